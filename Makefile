@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create .venv and install what they need; running them twice is safe.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FASHION := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test install data clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian ships Fashion-MNIST whole; where apt is not available the demo falls
+# back to torchvision's download (see resnetlab.data.builtin).
+data:
+	@if [ ! -f $(FASHION)/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
+		echo "note: could not install dataset-fashion-mnist; the demo will try torchvision's download"; \
+	fi
+
+demo: install data
+	$(PY) -m resnetlab train fashion-mnist-fast
+
+test: install data
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs

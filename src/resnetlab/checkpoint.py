@@ -1,0 +1,91 @@
+"""Checkpoints as plain dicts of tensors and primitives, written atomically.
+
+A checkpoint loads with ``torch.load(weights_only=True)``: no pickled objects, so
+a downloaded file cannot run code. Writes go to a temporary file in the same
+folder, are fsynced, then renamed over the old file: a process killed mid-write
+leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnetlab.errors import UserError
+
+FORMAT = "resnetlab-checkpoint"
+VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, foreign or code-carrying files all land here
+        raise UserError(f"cannot load checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is not a resnetlab checkpoint")
+    return state
+
+
+def load_model_state(model: nn.Module, state: dict[str, Any], *, path: Path, expected: str) -> None:
+    """Load weights, saying which model the checkpoint is for when it does not fit."""
+    saved = state["model"]
+    own = model.state_dict()
+    if set(saved) != set(own) or any(saved[k].shape != own[k].shape for k in own):
+        raise UserError(
+            f"checkpoint {path} is for {state.get('model_name', '?')} with {state.get('num_classes', '?')} "
+            f"classes, not {expected}; use that model or a checkpoint of this one"
+        )
+    model.load_state_dict(saved)
+
+
+def rng_state() -> dict[str, Any]:
+    out = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,37 @@
+"""The `resnetlab` command: one module per subcommand, each with add_parser() and run()."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from resnetlab.errors import UserError
+
+COMMANDS = ("train", "evaluate", "predict", "models", "recipes", "env")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from resnetlab import __version__
+    from resnetlab.cli import env, evaluate, models, predict, recipes, train
+
+    parser = argparse.ArgumentParser(
+        prog="resnetlab", description="Train, evaluate and predict with ResNet image classifiers."
+    )
+    parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (train, evaluate, predict, models, recipes, env):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"resnetlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
+        return 130

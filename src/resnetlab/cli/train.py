@@ -1,0 +1,53 @@
+"""`resnetlab train [RECIPE] [key=value ...]` and `resnetlab train --resume RUN [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from resnetlab.config import all_keys, load_config
+from resnetlab.errors import UserError
+
+EXAMPLES = """examples:
+  resnetlab train fashion-mnist-fast
+  resnetlab train fashion-mnist-fast train.epochs=3 optim.lr=0.1
+  resnetlab train data.dataset=path/to/folders model.name=cifar_resnet18 data.image_size=32
+  resnetlab train --resume runs/fashion-mnist-fast-20261122-101500 optim.lr=0.01
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a recipe and key=value overrides", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("items", nargs="*", metavar="RECIPE|key=value",
+                   help="a recipe name or YAML file (first), then overrides like optim.lr=0.05")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder where it stopped")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its default")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from resnetlab.session import prepare
+    from resnetlab.train import fit
+
+    if args.help_config:
+        from resnetlab.config import Config
+
+        cfg = Config().to_dict()
+        for key in all_keys():
+            section, _, leaf = key.partition(".")
+            print(f"{key} = {cfg[section][leaf] if leaf else cfg[section]}")
+        return 0
+    recipe, overrides = None, list(args.items)
+    if overrides and "=" not in overrides[0]:
+        recipe = overrides.pop(0)
+    if args.resume:
+        if recipe:
+            raise UserError("--resume takes its recipe from the run folder; give only key=value overrides")
+        session = prepare(None, run_name="", resume=Path(args.resume), overrides=overrides)
+    else:
+        cfg = load_config(recipe, overrides)
+        name = Path(recipe).stem if recipe else "run"
+        session = prepare(cfg, run_name=name)
+    fit(session)
+    return 0

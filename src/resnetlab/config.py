@@ -1,0 +1,325 @@
+"""Typed run configuration: dataclasses, loaded from YAML, changed by ``key=value``.
+
+A recipe is a YAML file with the sections below (any may be left out). On the
+command line ``optim.lr=0.05`` sets one value; a leaf name that is unique
+(``lr=0.05``, ``epochs=3``) works too. Unknown keys and wrong types are errors
+that name the nearest valid key, so a typo never silently trains the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resnetlab.errors import UserError
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+def _choice(default: str, *choices: str) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"  # a built-in name or a path (class folders, CIFAR, IDX)
+    image_size: int = 0  # px, side of the square the model sees; 0 = the images' own size
+    channels: int = 0  # 0 = the data set's own (1 for all-grey data, else 3)
+    val_fraction: float = 0.0  # share of train held out, stratified, when there is no val split
+    resize: str = _choice("squash", "squash", "crop")  # squash to a square, or short side + centre crop
+    cache: str = _choice("auto", "auto", "memory", "stream")  # auto: memory when it fits
+    cache_max_gb: float = 4.0  # GiB of uint8 pixels that 'auto' still keeps in memory
+    num_workers: int = 2  # DataLoader workers when streaming
+    on_bad_image: str = _choice("skip", "skip", "fail")
+    normalize: str = _choice("auto", "auto", "dataset", "imagenet", "half", "none")
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 4  # px of reflect padding for the random crop; 0 turns it off
+    hflip: bool = True  # random horizontal flip (off for digits and signs with text)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cifar_resnet18"  # see `resnetlab models`
+    weights: str | None = None  # a torchvision weight name (IMAGENET1K_V1, DEFAULT) or a file
+    stages: list[int] | None = None  # blocks per stage, for the configurable families
+    filters: list[int] | None = None  # stem width, then each stage's output width
+    # last BN of each block starts at 0 (Goyal et al. 2017: +0.2-0.3%); null = the family's default
+    zero_init_residual: bool | None = None
+
+
+@dataclass
+class OptimConfig:
+    name: str = _choice("sgd", "sgd", "adam", "adamw")
+    lr: float = 0.1  # peak learning rate for the global batch
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = False  # False: BN weights and biases get no weight decay
+    grad_clip_norm: float = 0.0  # max global L2 norm of the gradients; 0 = no clipping
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = _choice("cosine", "constant", "step", "cosine", "onecycle", "poly", "sgdr")
+    warmup_epochs: float = 0.0  # linear warm-up from 0 before the schedule (not for onecycle)
+    min_lr_ratio: float = 0.0  # floor, as a fraction of lr (cosine, poly, sgdr)
+    milestones: list[float] = field(default_factory=list)  # epochs at which step multiplies by gamma
+    gamma: float = 0.1
+    power: float = 1.0  # poly: 1 is the linear decay of the Keras recipes
+    cycle_len: float = 1.0  # sgdr: epochs in the first cycle
+    cycle_mult: float = 2.0  # sgdr: each cycle this many times longer than the last
+    pct_start: float = 0.25  # onecycle: share of steps spent rising
+    div_factor: float = 25.0  # onecycle: start at lr / div_factor
+    final_div_factor: float = 1e4  # onecycle: end at lr / div_factor / final_div_factor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128  # global: images per optimiser step
+    eval_batch_size: int = 512
+    precision: str = _choice("auto", "auto", "fp32", "bf16", "fp16")  # auto: bf16 where fast
+    channels_last: bool = True  # NHWC: the layout oneDNN and cuDNN convolutions prefer
+    device: str = "auto"  # auto (cuda, mps, cpu), or any torch device string
+    out_dir: str = "runs"
+    name: str = ""  # run folder name under out_dir; default: recipe name and time
+    progress: bool = True  # live progress bar; off gives only the per-epoch lines
+    checkpoint_every: int = 0  # also save 'last' every N steps (0: at epoch ends only)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise UserError(f"recipe file {path} does not exist")
+        return path
+    if (RECIPE_DIR / f"{name_or_path}.yaml").is_file():
+        return RECIPE_DIR / f"{name_or_path}.yaml"
+    near = difflib.get_close_matches(name_or_path, list_recipes(), n=1)
+    hint = f"did you mean '{near[0]}'? " if near else ""
+    raise UserError(f"unknown recipe '{name_or_path}': {hint}`resnetlab recipes` lists them")
+
+
+def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the recipe (a shipped name or a YAML path), then ``key=value`` overrides."""
+    cfg = Config()
+    if recipe:
+        path = recipe_path(recipe)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path} must hold a mapping of sections (data:, model:, ...)")
+        update_config(cfg, raw, source=str(path))
+    apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    cfg = Config()
+    update_config(cfg, raw, source="config")
+    validate(cfg)
+    return cfg
+
+
+def update_config(cfg: Config, raw: dict[str, Any], *, source: str) -> None:
+    for key, value in _flatten(raw):
+        set_value(cfg, key, value, source=source)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """Apply ``key=value`` strings; returns the full keys that were set."""
+    done = []
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' must look like key=value (e.g. optim.lr=0.05)")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        done.append(set_value(cfg, key.strip(), value, source="command line"))
+    return done
+
+
+def all_keys() -> list[str]:
+    keys = []
+    for f in dataclasses.fields(Config):
+        if f.name in _SECTIONS:
+            keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(_SECTIONS[f.name])]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "augment": AugmentConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "train": TrainConfig,
+}
+
+
+def _flatten(raw: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key in _SECTIONS:
+            out += _flatten(v, key + ".")
+        else:
+            out.append((key, v))
+    return out
+
+
+def resolve_key(key: str) -> str:
+    keys = all_keys()
+    if key in keys:
+        return key
+    leaves = [k for k in keys if k.rsplit(".", 1)[-1] == key]
+    if len(leaves) == 1:
+        return leaves[0]
+    if len(leaves) > 1:
+        raise UserError(f"'{key}' is ambiguous: write one of {', '.join(leaves)}")
+    near = difflib.get_close_matches(key, keys + [k.rsplit(".", 1)[-1] for k in keys], n=1, cutoff=0.5)
+    hint = f"; did you mean '{resolve_key(near[0])}'?" if near else ""
+    raise UserError(f"unknown config key '{key}'{hint} (`resnetlab train --help-config` lists all keys)")
+
+
+def set_value(cfg: Config, key: str, value: Any, *, source: str) -> str:
+    full = resolve_key(key)
+    if "." not in full:
+        target, name = cfg, full
+    else:
+        section, name = full.split(".")
+        target = getattr(cfg, section)
+    f = {g.name: g for g in dataclasses.fields(target)}[name]
+    hints = typing.get_type_hints(type(target))
+    setattr(target, name, _coerce(value, hints[name], full, source))
+    choices = f.metadata.get("choices")
+    if choices and getattr(target, name) not in choices:
+        raise UserError(f"{full}={value!r} ({source}) is not one of: {', '.join(choices)}")
+    return full
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    bad = UserError(f"{key}={value!r} ({source}) should be {_type_name(tp)}")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, source)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return [_coerce(v, item, key, source) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    raise bad
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, "null" if tp is type(None) else str(tp)
+    )
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that a type cannot express; each names the key."""
+    checks = [
+        (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
+        (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (cfg.train.eval_batch_size >= 1, "train.eval_batch_size must be at least 1"),
+        (cfg.optim.lr > 0, "optim.lr must be positive"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay must be 0 or more"),
+        (cfg.optim.grad_clip_norm >= 0, "optim.grad_clip_norm must be 0 (off) or more"),
+        (0 <= cfg.optim.label_smoothing < 1, "optim.label_smoothing must be in [0, 1)"),
+        (len(cfg.optim.betas) == 2, "optim.betas must be two numbers, e.g. [0.9, 0.999]"),
+        (0 <= cfg.data.val_fraction < 1, "data.val_fraction must be in [0, 1)"),
+        (cfg.data.image_size >= 0, "data.image_size must be 0 (native) or a size in px"),
+        (cfg.data.channels in (0, 1, 3), "data.channels must be 0 (auto), 1 or 3"),
+        (cfg.augment.crop_padding >= 0, "augment.crop_padding must be 0 or more px"),
+        (cfg.schedule.warmup_epochs >= 0, "schedule.warmup_epochs must be 0 or more"),
+        (0 < cfg.schedule.pct_start < 1, "schedule.pct_start must be in (0, 1)"),
+        (cfg.schedule.cycle_len > 0, "schedule.cycle_len must be positive"),
+        (cfg.schedule.cycle_mult >= 1, "schedule.cycle_mult must be 1 or more"),
+        (0 <= cfg.schedule.min_lr_ratio <= 1, "schedule.min_lr_ratio must be in [0, 1]"),
+        (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be 0 (off) or more steps"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from resnetlab.checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,104 @@
+"""Decode once into a uint8 tensor cache: (N, C, S, S), the form batch augmentation wants.
+
+Decoding is the slow part of small-image training (a 32 px JPEG takes longer to
+decode than a ResNet-18 step spends on it on a GPU), so it is done once, in
+threads: Pillow releases the GIL while it decodes.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from resnetlab.data.images import BadImage, load_array
+from resnetlab.errors import UserError
+
+# ITU-R BT.601 luma, what Pillow's convert("L") uses
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+
+
+def decode_files(
+    paths: list[str], *, size: int, resize: str, on_bad_image: str, progress: bool = True
+) -> tuple[list[np.ndarray], list[bool], list[int], list[tuple[str, str]]]:
+    """Decode every file; returns arrays, grey flags, kept indices into ``paths``, and skipped files."""
+
+    def one(i: int):
+        try:
+            return i, *load_array(paths[i], size, resize), None
+        except BadImage as e:
+            return i, None, False, str(e)
+
+    arrays, greys, kept, skipped = [], [], [], []
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(one, range(len(paths)), chunksize=64)
+        if progress and len(paths) > 2000:
+            from rich.progress import track
+
+            results = track(results, total=len(paths), description="decoding images", transient=True)
+        for i, arr, grey, err in results:
+            if err is not None:
+                if on_bad_image == "fail":
+                    raise UserError(f"bad image {paths[i]}: {err} (set data.on_bad_image=skip to leave it out)")
+                skipped.append((paths[i], err))
+                continue
+            arrays.append(arr)
+            greys.append(grey)
+            kept.append(i)
+    return arrays, greys, kept, skipped
+
+
+def stack_arrays(arrays: list[np.ndarray], paths: list[str], kept: list[int]) -> torch.Tensor:
+    """(H, W, 3) arrays of one size -> (N, 3, H, W) uint8; differing sizes need data.image_size."""
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        by_size = {}
+        for a, i in zip(arrays, kept):
+            by_size.setdefault(a.shape[:2], paths[i])
+        (s1, p1), (s2, p2) = list(by_size.items())[:2]
+        raise UserError(
+            f"images differ in size ({s1[1]}x{s1[0]} {p1}, {s2[1]}x{s2[0]} {p2}); "
+            "set data.image_size=N to resize them to N x N"
+        )
+    if not arrays:
+        return torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def set_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    grey = (images.float() * _LUMA).sum(1, keepdim=True)
+    return grey.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def resize_tensor(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Resize a uint8 (N, C, H, W) cache to (N, C, size, size), antialiased, in chunks to bound memory."""
+    if size <= 0 or images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = []
+    for part in images.split(chunk):
+        x = F.interpolate(part.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(x.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def mean_std(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a uint8 cache, in [0, 1] units, in float64 for exactness."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for part in images.split(chunk):
+        x = part.to(torch.float64) / 255
+        total += x.sum((0, 2, 3))
+        squares += (x * x).sum((0, 2, 3))
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / max(n, 1)
+    std = (squares / max(n, 1) - mean * mean).clamp_min(1e-12).sqrt()
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]

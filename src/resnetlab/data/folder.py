@@ -1,0 +1,68 @@
+"""A folder per class: ``root/<class>/*.jpg``, or ``root/{train,val,test}/<class>/*.jpg``.
+
+Only lists files; decoding happens in the cache (or in streaming workers).
+Class order is sorted folder names, as torchvision's ImageFolder sorts them, so
+class indices agree with a torchvision model trained on the same folders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from resnetlab.data.images import is_image_file
+from resnetlab.errors import UserError
+
+SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+@dataclass
+class FileList:
+    paths: list[str]
+    labels: list[int]
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    found = {}
+    for split, names in SPLIT_NAMES.items():
+        for name in names:
+            if (root / name).is_dir():
+                found[split] = root / name
+                break
+    return found
+
+
+def is_class_folder(root: Path) -> bool:
+    return root.is_dir() and ("train" in _split_dirs(root) or any(_class_dirs(root)))
+
+
+def list_class_folder(root: Path) -> tuple[list[str], dict[str, FileList]]:
+    """Class names and the files of each split present ('train' always, 'val'/'test' if there)."""
+    splits = _split_dirs(root)
+    if "train" not in splits:
+        splits = {"train": root}
+    classes = [d.name for d in _class_dirs(splits["train"])]
+    if not classes:
+        raise UserError(f"{splits['train']} has no class folders: expected {splits['train']}/<class>/<image>")
+    out = {}
+    for split, folder in splits.items():
+        names = [d.name for d in _class_dirs(folder)]
+        unknown = sorted(set(names) - set(classes))
+        if unknown:
+            raise UserError(
+                f"{folder} has class folder '{unknown[0]}' that {splits['train']} lacks; "
+                "every split must use the training classes"
+            )
+        paths, labels = [], []
+        for name in names:
+            files = sorted(p for p in (folder / name).rglob("*") if p.is_file() and is_image_file(p))
+            if not files and split == "train":
+                raise UserError(f"class folder {folder / name} has no images: add some or remove the folder")
+            paths += [str(p) for p in files]
+            labels += [classes.index(name)] * len(files)
+        out[split] = FileList(paths, labels)
+    return classes, out

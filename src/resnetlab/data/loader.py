@@ -1,0 +1,129 @@
+"""Batches for one epoch, from the uint8 cache or streamed from files.
+
+Both loaders are pure functions of (seed, epoch, step): the order of an epoch is
+a permutation drawn from (seed, epoch), each batch's augmentation from
+(seed, epoch, step). So a run resumed at any step sees exactly the batches an
+uninterrupted run would have seen, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from resnetlab.config import AugmentConfig
+from resnetlab.data.augment import crop_flip, make_generator
+from resnetlab.data.cache import set_channels
+from resnetlab.data.images import BadImage, load_array
+from resnetlab.errors import UserError
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, C, H, W), int64 (N,), on the device
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    if not shuffle:
+        return torch.arange(n)
+    return torch.randperm(n, generator=make_generator(seed, epoch))
+
+
+def batch_slices(n: int, batch_size: int, drop_last: bool) -> list[slice]:
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    return [slice(i, min(i + batch_size, stop)) for i in range(0, stop, batch_size)]
+
+
+class CachedLoader:
+    """Batches from a uint8 tensor kept on the training device; augmentation done per batch there."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        device: torch.device,
+        seed: int,
+        shuffle: bool = False,
+        augment: AugmentConfig | None = None,
+        drop_last: bool = False,
+    ):
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.batch_size, self.seed, self.shuffle, self.augment = batch_size, seed, shuffle, augment
+        self.slices = batch_slices(len(labels), batch_size, drop_last)
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        order = epoch_order(len(self.labels), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        order = order.to(self.images.device)
+        for step in range(start, len(self.slices)):
+            idx = order[self.slices[step]]
+            x = self.images[idx]
+            if self.augment is not None:
+                x = crop_flip(x, self.augment, make_generator(self.seed, epoch, step))
+            yield x, self.labels[idx]
+
+
+class FileDataset(Dataset):
+    """Decodes one file per item in a DataLoader worker; items are (index, epoch) keys."""
+
+    def __init__(self, paths, labels, *, size, resize, channels, augment: AugmentConfig | None, seed):
+        self.paths, self.labels = paths, labels
+        self.size, self.resize, self.channels = size, resize, channels
+        self.augment, self.seed = augment, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        try:
+            arr, _ = load_array(self.paths[index], self.size, self.resize)
+        except BadImage as e:
+            # reported in the main process, which knows on_bad_image and the run folder
+            blank = torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8)
+            return blank, -1, index, str(e)
+        x = set_channels(torch.from_numpy(arr).permute(2, 0, 1)[None], self.channels)
+        if self.augment is not None:
+            x = crop_flip(x, self.augment, make_generator(self.seed, epoch, index))
+        return x[0], int(self.labels[index]), index, ""
+
+
+class StreamLoader:
+    """Batches decoded by DataLoader workers, for data sets too large for the cache."""
+
+    def __init__(self, dataset: FileDataset, *, batch_size, device, seed, num_workers, on_bad_image,
+                 shuffle=False, drop_last=False):
+        self.dataset, self.device, self.seed = dataset, device, seed
+        self.shuffle, self.num_workers, self.on_bad_image = shuffle, num_workers, on_bad_image
+        self.slices = batch_slices(len(dataset), batch_size, drop_last)
+        self.skipped: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        order = epoch_order(len(self.dataset), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        batches = [[(int(i), epoch) for i in order[s]] for s in self.slices[start:]]
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for x, y, index, err in loader:
+            bad = y < 0
+            if bad.any():
+                for i in bad.nonzero().flatten().tolist():
+                    path = self.dataset.paths[int(index[i])]
+                    if self.on_bad_image == "fail":
+                        raise UserError(f"bad image {path}: {err[i]} (set data.on_bad_image=skip to leave it out)")
+                    self.skipped[path] = err[i]
+                x, y = x[~bad], y[~bad]
+                if len(y) == 0:
+                    continue
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -1,0 +1,86 @@
+"""The model registry: ``@register_model`` on a builder, ``get_model(name, *, ...)`` to build.
+
+Every builder takes ``num_classes`` and ``in_chans`` keyword-only, plus the
+options its family supports (``stages``, ``filters``, ``weights``...), and
+returns an ``nn.Module`` mapping (N, in_chans, H, W) images to (N, num_classes)
+logits.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from resnetlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    family: str
+    description: str
+    pretrained: bool  # has torchvision weight enums
+    default_size: int  # px the family was designed for
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    *, family: str, default_size: int, pretrained: bool = False
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[fn.__name__] = ModelEntry(
+            fn.__name__, fn, family, doc[0] if doc else "", pretrained, default_size
+        )
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY, key=_natural_key)
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        near = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        raise UserError(f"unknown model '{name}': {hint}`resnetlab models` lists them")
+    return _REGISTRY[name]
+
+
+def get_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int = 3,
+    weights: str | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build a registered model. Options a family does not take are an error, not ignored."""
+    entry = model_entry(name)
+    accepted = inspect.signature(entry.builder).parameters
+    given = {k: v for k, v in options.items() if v is not None}
+    for key in given:
+        if key not in accepted:
+            raise UserError(f"model '{name}' has no option '{key}' (it takes: {', '.join(accepted)})")
+    if weights is not None and "weights" not in accepted:
+        raise UserError(f"model '{name}' has no pretrained weights; use a torchvision resnet18..152")
+    if num_classes < 1:
+        raise UserError(f"num_classes must be at least 1, got {num_classes}")
+    if weights is not None:
+        given["weights"] = weights
+    return entry.builder(num_classes=num_classes, in_chans=in_chans, **given)
+
+
+def _natural_key(name: str) -> tuple:
+    head = name.rstrip("0123456789")
+    tail = name[len(head) :]
+    return (head, int(tail) if tail else 0)

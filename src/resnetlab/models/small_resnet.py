@@ -1,0 +1,109 @@
+"""ResNets for small images (28-64 px), where an ImageNet stem would throw away 4x of the pixels.
+
+- ``cifar_resnet18..152``: torchvision's BasicBlock/Bottleneck ResNet with a 3x3
+  stride-1 stem and no max-pool (as in most CIFAR-10 ResNet code); shortcuts
+  are torchvision's 1x1 conv + BN projections where the shape changes.
+- ``resnet9``: the DAWNBench ResNet-9 (Page, 2018): few, wide layers with
+  max-pool downsampling, which makes it the fastest to train per accuracy point.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from resnetlab.errors import UserError
+from resnetlab.models.registry import register_model
+
+_LAYOUTS = {
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (Bottleneck, [3, 4, 6, 3]),
+    101: (Bottleneck, [3, 4, 23, 3]),
+    152: (Bottleneck, [3, 8, 36, 3]),
+}
+
+
+def _cifar_resnet(depth: int, num_classes: int, in_chans: int, zero_init_residual: bool) -> nn.Module:
+    block, layers = _LAYOUTS[depth]
+    model = ResNet(block, layers, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    # 3x3 stride-1 stem, no max-pool: a 32 px image reaches layer4 at 4x4 instead of 1x1
+    model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+    return model
+
+
+def _make(depth: int):
+    def builder(*, num_classes: int, in_chans: int = 3, zero_init_residual: bool = True) -> nn.Module:
+        return _cifar_resnet(depth, num_classes, in_chans, zero_init_residual)
+
+    builder.__name__ = f"cifar_resnet{depth}"
+    kind = "BasicBlock" if depth < 50 else "Bottleneck"
+    builder.__doc__ = f"ResNet-{depth} ({kind}) with a 3x3 stem and no max-pool, for 32-64 px images"
+    return register_model(family="cifar", default_size=32)(builder)
+
+
+cifar_resnet18 = _make(18)
+cifar_resnet34 = _make(34)
+cifar_resnet50 = _make(50)
+cifar_resnet101 = _make(101)
+cifar_resnet152 = _make(152)
+
+
+def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int, zero_init: bool):
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(channels, channels), _conv_bn(channels, channels))
+        if zero_init:  # the block starts as identity, as zero_init_residual does for torchvision
+            nn.init.zeros_(self.body[1][1].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResNet9(nn.Module):
+    """prep -> (conv, pool, residual) -> (conv, pool) -> (conv, pool, residual) -> max-pool -> fc."""
+
+    def __init__(self, num_classes: int, in_chans: int, filters: list[int], zero_init_residual: bool):
+        super().__init__()
+        w0, w1, w2, w3 = filters
+        self.features = nn.Sequential(
+            _conv_bn(in_chans, w0),
+            _conv_bn(w0, w1),
+            nn.MaxPool2d(2),
+            _Residual(w1, zero_init_residual),
+            _conv_bn(w1, w2),
+            nn.MaxPool2d(2),
+            _conv_bn(w2, w3),
+            nn.MaxPool2d(2),
+            _Residual(w3, zero_init_residual),
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(),
+        )
+        self.fc = nn.Linear(w3, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+@register_model(family="resnet9", default_size=32)
+def resnet9(
+    *,
+    num_classes: int,
+    in_chans: int = 3,
+    filters: list[int] | None = None,
+    zero_init_residual: bool = False,
+) -> nn.Module:
+    """DAWNBench ResNet-9 (8 convs, 2 residual blocks); `filters` sets the 4 widths (default 64,128,256,512)"""
+    filters = list(filters or [64, 128, 256, 512])
+    if len(filters) != 4:
+        raise UserError(f"resnet9 needs 4 filters (prep, layer1, layer2, layer3), got {filters}")
+    return ResNet9(num_classes, in_chans, filters, zero_init_residual)

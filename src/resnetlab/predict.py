@@ -1,0 +1,110 @@
+"""A trained model with its preprocessing, loaded from a run folder or a checkpoint file.
+
+The checkpoint carries the model name, options, classes, image size, channels
+and mean/std, so prediction applies exactly the preprocessing training used.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resnetlab.checkpoint import load_checkpoint, load_model_state
+from resnetlab.data.augment import normalize
+from resnetlab.data.cache import set_channels
+from resnetlab.data.images import BadImage, is_image_file, load_array
+from resnetlab.errors import UserError
+from resnetlab.models import get_model
+from resnetlab.runs import find_checkpoint
+from resnetlab.runtime import autocast, resolve_precision, select_device
+
+
+@dataclass
+class Predictor:
+    model: nn.Module
+    classes: list[str]
+    image_size: int
+    channels: int
+    resize: str
+    mean: torch.Tensor
+    std: torch.Tensor
+    device: torch.device
+    precision: str
+    checkpoint: Path
+
+    @classmethod
+    def load(cls, path: str | Path, *, which: str = "best", device: str = "auto") -> "Predictor":
+        path = Path(path)
+        ckpt_path = find_checkpoint(path, which) if path.is_dir() else path
+        state = load_checkpoint(ckpt_path)
+        model = get_model(
+            state["model_name"], num_classes=state["num_classes"], in_chans=state["in_chans"],
+            **{k: v for k, v in state["model_options"].items() if v is not None},
+        )
+        load_model_state(model, state, path=ckpt_path, expected=state["model_name"])
+        dev = select_device(device)
+        cfg = state["config"]
+        pre = state["preprocess"]
+        return cls(
+            model=model.to(dev).eval(),
+            classes=list(state["classes"]),
+            image_size=pre["image_size"],
+            channels=pre["channels"],
+            resize=cfg["data"]["resize"],
+            mean=torch.tensor(pre["mean"], device=dev),
+            std=torch.tensor(pre["std"], device=dev),
+            device=dev,
+            precision=resolve_precision(cfg["train"]["precision"], dev),
+            checkpoint=ckpt_path,
+        )
+
+    def load_images(self, paths: list[str]) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+        """uint8 (N, C, S, S) for the readable files, their paths, and (path, reason) for the rest."""
+        arrays, kept, bad = [], [], []
+        for p in paths:
+            try:
+                arr, _ = load_array(p, self.image_size, self.resize)
+            except BadImage as e:
+                bad.append((p, str(e)))
+                continue
+            if arr.shape[0] != self.image_size or arr.shape[1] != self.image_size:
+                bad.append((p, f"{arr.shape[1]}x{arr.shape[0]} px but the model takes {self.image_size} px"))
+                continue
+            arrays.append(torch.from_numpy(arr).permute(2, 0, 1))
+            kept.append(p)
+        if not arrays:
+            return torch.empty(0, self.channels, self.image_size, self.image_size, dtype=torch.uint8), kept, bad
+        return set_channels(torch.stack(arrays), self.channels), kept, bad
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """uint8 (N, C, S, S) -> (N, K) float32 class probabilities on the CPU."""
+        out = []
+        with autocast(self.device, self.precision):
+            for part in images.split(batch_size):
+                x = normalize(part.to(self.device), self.mean, self.std, channels_last=True)
+                out.append(self.model(x).float().softmax(1).cpu())
+        return torch.cat(out) if out else torch.empty(0, len(self.classes))
+
+
+def expand_inputs(items: list[str]) -> list[str]:
+    """Files, folders (searched recursively for images) and globs -> a sorted list of image paths."""
+    paths: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image_file(f))
+        elif p.is_file():
+            paths.append(str(p))
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise UserError(f"{item} matches no file or folder")
+            paths += [m for m in matches if Path(m).is_file()]
+    if not paths:
+        raise UserError(f"no images found in {' '.join(items)}")
+    return paths

@@ -1,0 +1,103 @@
+"""The run folder: what every run writes, and reading it back for resume, evaluate and predict.
+
+runs/<name>/
+  config.yaml     resolved config (every default written out)
+  env.json        versions, git commit, seed, device, precision; resumes appended
+  classes.json    class names in index order
+  data.json       size, channels, mean/std the model expects; data set root
+  split.json      files (or indices) held out for validation, reused on resume
+  metrics.jsonl   one line an epoch
+  curves.png      loss, accuracy and learning rate against epoch
+  last.pt best.pt checkpoints
+  skipped_images.csv   files left out by on_bad_image=skip
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from resnetlab.checkpoint import atomic_write_text
+from resnetlab.errors import UserError
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: is {Path(path).parent} a resnetlab run folder?") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+
+
+def unique_run_dir(out_dir: Path, name: str) -> Path:
+    """runs/<name>, or runs/<name>-2, -3... so an earlier run is never overwritten."""
+    path, n = out_dir / name, 2
+    while path.exists():
+        path, n = out_dir / f"{name}-{n}", n + 1
+    return path
+
+
+def create_run_dir(out_dir: Path, name: str, files: dict[str, str]) -> Path:
+    """Make the folder with its first files in one rename, so no half-made run is ever listed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = unique_run_dir(out_dir, name)
+    staging = out_dir / f".{final.name}.{time.time_ns()}.partial"
+    staging.mkdir()
+    try:
+        for filename, text in files.items():
+            (staging / filename).write_text(text)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def check_run_dir(run: Path) -> Path:
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"run folder {run} does not exist")
+    if not (run / "config.yaml").is_file():
+        raise UserError(f"{run} is not a resnetlab run folder (no config.yaml)")
+    return run
+
+
+def find_checkpoint(run: Path, which: str = "best") -> Path:
+    run = check_run_dir(run)
+    for name in (which, "last", "best"):
+        if (run / f"{name}.pt").is_file():
+            return run / f"{name}.pt"
+    raise UserError(f"{run} has no checkpoint yet: train it first (`resnetlab train --resume {run}`)")
+
+
+def write_metrics(run: Path, history: list[dict]) -> None:
+    atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+
+def write_skipped(run: Path, skipped: list[tuple[str, str]]) -> None:
+    if not skipped:
+        return
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "reason"])
+    writer.writerows(skipped)
+    atomic_write_text(run / "skipped_images.csv", buffer.getvalue())
+
+
+def write_confusion_csv(path: Path, confusion: list[list[int]], classes: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["true \\ predicted", *classes])
+    for name, row in zip(classes, confusion):
+        writer.writerow([name, *row])
+    atomic_write_text(path, buffer.getvalue())

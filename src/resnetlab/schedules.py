@@ -1,0 +1,77 @@
+"""Learning-rate schedules as pure functions of the optimiser step.
+
+``lr_at(step, ...)`` gives the rate for step ``step`` (0-based) and depends on
+nothing else, so resume needs only the step count and tests can check values
+one by one. Where PyTorch has the same schedule, the formula is its closed
+form (CosineAnnealingLR, PolynomialLR, MultiStepLR, CosineAnnealingWarmRestarts,
+OneCycleLR with cosine annealing), evaluated every step rather than every epoch.
+"""
+
+from __future__ import annotations
+
+import math
+
+from resnetlab.config import ScheduleConfig
+
+
+def lr_at(
+    step: int, *, base_lr: float, total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig
+) -> float:
+    if cfg.name == "onecycle":  # has its own warm-up phase
+        return _onecycle(step, base_lr, total_steps, cfg)
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        # (step + 1) so the first step already moves; reaches base_lr at the last warm-up step
+        return base_lr * (step + 1) / warmup
+    t, span = step - warmup, max(1, total_steps - warmup)
+    low = base_lr * cfg.min_lr_ratio
+    if cfg.name == "constant":
+        return base_lr
+    if cfg.name == "step":
+        passed = sum(step >= round(m * steps_per_epoch) for m in cfg.milestones)
+        return base_lr * cfg.gamma**passed
+    if cfg.name == "cosine":
+        return low + (base_lr - low) * (1 + math.cos(math.pi * min(t, span) / span)) / 2
+    if cfg.name == "poly":
+        return low + (base_lr - low) * max(0.0, 1 - t / span) ** cfg.power
+    if cfg.name == "sgdr":
+        t_cur, t_i = _sgdr_position(t, cfg.cycle_len * steps_per_epoch, cfg.cycle_mult)
+        return low + (base_lr - low) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+    raise ValueError(f"unknown schedule {cfg.name}")
+
+
+def _sgdr_position(t: int, first: float, mult: float) -> tuple[float, float]:
+    """Steps into the current cycle and that cycle's length (Loshchilov & Hutter 2017)."""
+    if mult == 1:
+        return t % first, first
+    # cycles 0..n-1 span first * (mult**n - 1) / (mult - 1) steps
+    n = int(math.log(t / first * (mult - 1) + 1, mult))
+    start = first * (mult**n - 1) / (mult - 1)
+    if t < start:  # float rounding at a cycle boundary
+        n -= 1
+        start = first * (mult**n - 1) / (mult - 1)
+    length = first * mult**n
+    if t - start >= length:
+        start, length = start + length, length * mult
+    return t - start, length
+
+
+def sgdr_cycle_ends(total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig) -> list[int]:
+    """Steps after which an SGDR cycle ends (where snapshots are taken)."""
+    ends, start, length = [], 0.0, cfg.cycle_len * steps_per_epoch
+    while start + length <= total_steps + 1e-9:
+        ends.append(round(start + length))
+        start, length = start + length, length * cfg.cycle_mult
+    return ends
+
+
+def _onecycle(step: int, base_lr: float, total_steps: int, cfg: ScheduleConfig) -> float:
+    initial = base_lr / cfg.div_factor
+    final = initial / cfg.final_div_factor
+    peak_step = float(cfg.pct_start * total_steps) - 1
+    last_step = total_steps - 1
+    if step <= peak_step:
+        pct, start, end = step / peak_step, initial, base_lr
+    else:
+        pct, start, end = (step - peak_step) / (last_step - peak_step), base_lr, final
+    return end + (start - end) / 2 * (1 + math.cos(math.pi * min(pct, 1.0)))

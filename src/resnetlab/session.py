@@ -1,0 +1,192 @@
+"""Everything a training run needs, built from a Config (and a run folder when resuming).
+
+The order matters for "no half-written run folder": data and model are built
+and checked first; the run folder is created only when they are fine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from resnetlab.checkpoint import load_checkpoint, load_model_state, rng_state, set_rng_state
+from resnetlab.config import Config, OptimConfig, apply_overrides, config_from_dict, validate
+from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader, build_data
+from resnetlab.errors import UserError
+from resnetlab.models import get_model
+from resnetlab.runs import check_run_dir, create_run_dir, read_json, write_json
+from resnetlab.runtime import environment, resolve_precision, seed_everything, select_device
+
+
+@dataclass
+class Session:
+    cfg: Config
+    data: DataBundle
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    device: torch.device
+    precision: str
+    loaders: dict[str, Any]  # split name -> CachedLoader | StreamLoader
+    mean: torch.Tensor  # (C,) on the device, [0, 1] units
+    std: torch.Tensor
+    run_dir: Path
+    start_epoch: int = 0
+    start_step: int = 0  # step within start_epoch (a mid-epoch checkpoint)
+    partial: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct, seen
+    history: list[dict] = field(default_factory=list)
+    best_top1: float = -1.0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loaders["train"])
+
+
+def model_options(cfg: Config) -> dict[str, Any]:
+    m = cfg.model
+    return {"stages": m.stages, "filters": m.filters, "zero_init_residual": m.zero_init_residual}
+
+
+def build_model(cfg: Config, data: DataBundle, *, pretrained: bool = True) -> nn.Module:
+    return get_model(
+        cfg.model.name,
+        num_classes=len(data.classes),
+        in_chans=data.channels,
+        weights=cfg.model.weights if pretrained else None,
+        **model_options(cfg),
+    )
+
+
+def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            # BN scales and biases (1-d) gain nothing from decay and lose accuracy with it
+            (no_decay if p.ndim <= 1 and not o.decay_norm_and_bias else decay).append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+    if o.name == "adam":  # L2 added to the gradient, as torch.optim.Adam does
+        return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+
+
+def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.device, *, train: bool):
+    batch = cfg.train.batch_size if train else cfg.train.eval_batch_size
+    common = dict(batch_size=batch, device=device, seed=cfg.seed, shuffle=train, drop_last=train)
+    augment = cfg.augment if train else None
+    if split.images is not None:
+        return CachedLoader(split.images, split.labels, augment=augment, **common)
+    dataset = FileDataset(
+        split.paths, split.labels.tolist(), size=data.image_size, resize=cfg.data.resize,
+        channels=data.channels, augment=augment, seed=cfg.seed,
+    )
+    return StreamLoader(dataset, num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, **common)
+
+
+def prepare(cfg: Config, *, run_name: str, resume: Path | None = None, overrides: list[str] = ()) -> Session:
+    """Build data, model and optimiser; create the run folder (or reopen it to resume)."""
+    if resume is not None:
+        resume = check_run_dir(resume)
+        cfg = config_from_dict(yaml.safe_load((resume / "config.yaml").read_text()))
+        apply_overrides(cfg, overrides)
+        validate(cfg)
+    device = select_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    seed_everything(cfg.seed)
+    split = read_json(resume / "split.json") if resume and (resume / "split.json").exists() else {}
+    data = build_data(cfg, val_ids=split.get("val"), progress=cfg.train.progress)
+    if len(data.splits["train"]) < 1:
+        raise UserError("the training split is empty")
+    model = build_model(cfg, data, pretrained=resume is None).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    loaders = {name: make_loader(s, data, cfg, device, train=name == "train") for name, s in data.splits.items()}
+
+    if resume is None:
+        run_dir = _new_run(cfg, data, run_name, device, precision)
+    else:
+        run_dir = resume
+        env = read_json(run_dir / "env.json")
+        env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides)})
+        write_json(run_dir / "env.json", env)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    session = Session(
+        cfg, data, model, optimizer, scaler, device, precision, loaders,
+        torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device), run_dir,
+    )
+    if resume is not None and (run_dir / "last.pt").exists():
+        restore(session, run_dir / "last.pt")
+    return session
+
+
+def _new_run(cfg: Config, data: DataBundle, run_name: str, device, precision) -> Path:
+    name = cfg.train.name or f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    env = {**environment(device), "seed": cfg.seed, "precision": precision, "command": run_name}
+    data_info = {**data.preprocess(), "root": data.root, "cached": data.cached, "resize": cfg.data.resize,
+                 "sizes": {k: len(v) for k, v in data.splits.items()}}
+    files = {
+        "config.yaml": yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+        "env.json": json.dumps(env, indent=2) + "\n",
+        "classes.json": json.dumps(data.classes, indent=2) + "\n",
+        "data.json": json.dumps(data_info, indent=2) + "\n",
+    }
+    if data.val_ids:
+        files["split.json"] = json.dumps({"val_fraction": cfg.data.val_fraction, "seed": cfg.seed, "val": data.val_ids}) + "\n"
+    return create_run_dir(Path(cfg.train.out_dir), name, files)
+
+
+def checkpoint_state(s: Session, *, epoch: int, step: int, partial: list[float]) -> dict[str, Any]:
+    """epoch/step: where training continues from (step within epoch)."""
+    return {
+        "model": s.model.state_dict(),
+        "optimizer": s.optimizer.state_dict(),
+        "scaler": s.scaler.state_dict() if s.scaler else None,
+        "epoch": epoch,
+        "step_in_epoch": step,
+        "global_step": epoch * s.steps_per_epoch + step,
+        "partial": partial,
+        "history": s.history,
+        "best_top1": s.best_top1,
+        "rng": rng_state(),
+        "model_name": s.cfg.model.name,
+        "model_options": model_options(s.cfg),
+        "num_classes": len(s.data.classes),
+        "in_chans": s.data.channels,
+        "classes": s.data.classes,
+        "preprocess": s.data.preprocess(),
+        "config": s.cfg.to_dict(),
+    }
+
+
+def restore(s: Session, path: Path) -> None:
+    state = load_checkpoint(path)
+    load_model_state(s.model, state, path=path, expected=f"{s.cfg.model.name} with {len(s.data.classes)} classes")
+    try:
+        s.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise UserError(f"optimiser state in {path} does not fit optim.name={s.cfg.optim.name}: {e}") from None
+    if s.scaler and state.get("scaler"):
+        s.scaler.load_state_dict(state["scaler"])
+    # load_state_dict brought back the saved hyperparameters; overrides given on resume win
+    o = s.cfg.optim
+    for i, group in enumerate(s.optimizer.param_groups):
+        group["weight_decay"] = o.weight_decay if i == 0 else 0.0
+        if "momentum" in group:
+            group["momentum"], group["nesterov"] = o.momentum, o.nesterov and o.momentum > 0
+        if "betas" in group:
+            group["betas"] = tuple(o.betas)
+    s.start_epoch, s.start_step = state["epoch"], state["step_in_epoch"]
+    s.partial, s.history, s.best_top1 = list(state["partial"]), list(state["history"]), state["best_top1"]
+    set_rng_state(state["rng"])
