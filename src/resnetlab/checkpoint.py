@@ -71,11 +71,17 @@ def load_model_state(model: nn.Module, state: dict[str, Any], *, path: Path, exp
     saved = state["model"]
     own = model.state_dict()
     if set(saved) != set(own) or any(saved[k].shape != own[k].shape for k in own):
+        made = describe_model(state.get("model_name", "?"), state.get("model_options", {}), state.get("num_classes", "?"))
         raise UserError(
-            f"checkpoint {path} is for {state.get('model_name', '?')} with {state.get('num_classes', '?')} "
-            f"classes, not {expected}; use that model or a checkpoint of this one"
+            f"checkpoint {path} is for {made}, not {expected}; use that model or a checkpoint of this one"
         )
     model.load_state_dict(saved)
+
+
+def describe_model(name: str, options: dict[str, Any], num_classes: Any) -> str:
+    """'resnet9 (filters [16, 32, 64, 128]) with 10 classes': enough to tell two models apart."""
+    opts = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None)
+    return f"{name}{f' ({opts})' if opts else ''} with {num_classes} classes"
 
 
 def rng_state() -> dict[str, Any]:

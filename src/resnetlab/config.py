@@ -50,6 +50,7 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     name: str = "cifar_resnet18"  # see `resnetlab models`
+    num_classes: int = 0  # 0: as many as the data has; set, it must agree with the data
     weights: str | None = None  # a torchvision weight name (IMAGENET1K_V1, DEFAULT) or a file
     stages: list[int] | None = None  # blocks per stage, for the configurable families
     filters: list[int] | None = None  # stem width, then each stage's output width

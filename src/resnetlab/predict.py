@@ -45,7 +45,7 @@ class Predictor:
             state["model_name"], num_classes=state["num_classes"], in_chans=state["in_chans"],
             **{k: v for k, v in state["model_options"].items() if v is not None},
         )
-        load_model_state(model, state, path=ckpt_path, expected=state["model_name"])
+        load_model_state(model, state, path=ckpt_path, expected="the model it names")
         dev = select_device(device)
         cfg = state["config"]
         pre = state["preprocess"]

@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch import nn
 
-from resnetlab.checkpoint import load_checkpoint, load_model_state, rng_state, set_rng_state
+from resnetlab.checkpoint import atomic_write_text, describe_model, load_checkpoint, load_model_state, rng_state, set_rng_state
 from resnetlab.config import Config, OptimConfig, apply_overrides, config_from_dict, validate
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader, build_data
 from resnetlab.errors import UserError
@@ -55,6 +55,11 @@ def model_options(cfg: Config) -> dict[str, Any]:
 
 
 def build_model(cfg: Config, data: DataBundle, *, pretrained: bool = True) -> nn.Module:
+    if cfg.model.num_classes and cfg.model.num_classes != len(data.classes):
+        raise UserError(
+            f"model.num_classes={cfg.model.num_classes} but {data.root} has {len(data.classes)} classes; "
+            "set model.num_classes=0 to follow the data"
+        )
     return get_model(
         cfg.model.name,
         num_classes=len(data.classes),
@@ -114,20 +119,18 @@ def prepare(cfg: Config, *, run_name: str, resume: Path | None = None, overrides
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     loaders = {name: make_loader(s, data, cfg, device, train=name == "train") for name, s in data.splits.items()}
 
-    if resume is None:
-        run_dir = _new_run(cfg, data, run_name, device, precision)
-    else:
-        run_dir = resume
-        env = read_json(run_dir / "env.json")
-        env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides)})
-        write_json(run_dir / "env.json", env)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    run_dir = resume if resume is not None else _new_run(cfg, data, run_name, device, precision)
     session = Session(
         cfg, data, model, optimizer, scaler, device, precision, loaders,
         torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device), run_dir,
     )
-    if resume is not None and (run_dir / "last.pt").exists():
-        restore(session, run_dir / "last.pt")
+    if resume is not None:
+        if (run_dir / "last.pt").exists():
+            restore(session, run_dir / "last.pt")  # before touching the folder: a misfit changes nothing
+        env = read_json(run_dir / "env.json")
+        env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides)})
+        write_json(run_dir / "env.json", env)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return session
 
 
@@ -172,7 +175,7 @@ def checkpoint_state(s: Session, *, epoch: int, step: int, partial: list[float])
 
 def restore(s: Session, path: Path) -> None:
     state = load_checkpoint(path)
-    load_model_state(s.model, state, path=path, expected=f"{s.cfg.model.name} with {len(s.data.classes)} classes")
+    load_model_state(s.model, state, path=path, expected=describe_model(s.cfg.model.name, model_options(s.cfg), len(s.data.classes)))
     try:
         s.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as e:

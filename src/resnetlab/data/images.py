@@ -62,8 +62,8 @@ def to_array(img: Image.Image) -> tuple[np.ndarray, bool]:
         # transparent pixels carry arbitrary colour; composite on white as a viewer shows them
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB")), mode in ("LA",)
-    return np.asarray(img.convert("RGB")), mode in GREY_MODES
+        return np.array(Image.alpha_composite(white, rgba).convert("RGB")), mode in ("LA",)
+    return np.array(img.convert("RGB")), mode in GREY_MODES
 
 
 def fit_size(img: Image.Image, size: int, resize: str) -> Image.Image:
@@ -84,6 +84,6 @@ def load_array(path: str | Path, size: int, resize: str) -> tuple[np.ndarray, bo
     img = open_image(path)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F") and size > 0:
         arr, grey = to_array(img)  # resize after scaling to 8 bit: Pillow resizes few 16-bit modes
-        return np.asarray(fit_size(Image.fromarray(arr), size, resize)), grey
+        return np.array(fit_size(Image.fromarray(arr), size, resize)), grey
     arr, grey = to_array(fit_size(img, size, resize))
     return arr, grey

@@ -80,12 +80,14 @@ def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], *, arch: s
         state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
     head = {"fc.weight", "fc.bias"}
     wrong = [k for k in own if k not in head and (k not in state or state[k].shape != own[k].shape)]
+    wrong += [k for k in state if k not in own]  # e.g. ResNet-34's extra blocks offered to a ResNet-18
     if wrong:
-        example = wrong[0]
-        got = tuple(state[example].shape) if example in state else "missing"
+        k = wrong[0]
+        have = tuple(state[k].shape) if k in state else "missing"
+        want = tuple(own[k].shape) if k in own else "not in the model"
         raise UserError(
-            f"{source} does not fit {arch}: {len(wrong)} tensors differ, e.g. {example} "
-            f"{got} vs {tuple(own[example].shape)}; use weights made for {arch}"
+            f"{source} does not fit {arch}: {len(wrong)} tensors differ, e.g. {k} is {have}, "
+            f"{arch} has {want}; use weights made for {arch}"
         )
     for key in head:
         if key in state and state[key].shape != own[key].shape:

@@ -1,0 +1,121 @@
+"""Tiny data sets in each real layout, made fresh per test, plus the real subsets in ../shared/data."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnetlab.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(2)
+
+
+def pattern(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A class-specific, easy-to-learn RGB image: a bright band whose position encodes the class."""
+    img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    band = size // 4
+    start = (label * band) % (size - band + 1)
+    img[start : start + band, :, label % 3] = 230
+    return img
+
+
+def write_class_folders(root: Path, *, classes=("ant", "bee", "cat"), per_class=12, size=16, seed=0,
+                        splits=("train", "test"), fmt="png") -> Path:
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        base = root / split if split else root
+        for label, name in enumerate(classes):
+            folder = base / name
+            folder.mkdir(parents=True, exist_ok=True)
+            n = per_class if split in ("train", "") else max(2, per_class // 3)
+            for i in range(n):
+                Image.fromarray(pattern(label, size, rng)).save(folder / f"{i:03d}.{fmt}")
+    return root
+
+
+@pytest.fixture
+def class_folders(tmp_path) -> Path:
+    return write_class_folders(tmp_path / "folders")
+
+
+@pytest.fixture
+def single_folder(tmp_path) -> Path:
+    return write_class_folders(tmp_path / "single", splits=("",), per_class=20)
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+@pytest.fixture
+def idx_folder(tmp_path) -> Path:
+    root = tmp_path / "idx"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for prefix, n, gz in (("train", 60, True), ("t10k", 20, False)):
+        labels = np.arange(n) % 4
+        images = np.stack([pattern(int(l), 12, rng)[:, :, 0] for l in labels])
+        write_idx(root / f"{prefix}-images-idx3-ubyte", images, gz=gz)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", labels, gz=gz)
+    return root
+
+
+@pytest.fixture
+def cifar_folder(tmp_path) -> Path:
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": names, b"num_vis": 3072}, f)
+    for name, n in [(f"data_batch_{i}", 10) for i in range(1, 6)] + [("test_batch", 10)]:
+        labels = list(rng.integers(0, 10, n))
+        data = np.stack([pattern(int(l), 32, rng).transpose(2, 0, 1).reshape(-1) for l in labels])
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": [int(l) for l in labels], b"batch_label": name.encode()}, f)
+    return root
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    return SHARED_DATA
+
+
+def tiny_overrides(dataset: Path | str, out_dir: Path, *extra: str) -> list[str]:
+    """Overrides that train in about a second: a narrow ResNet-9 on tiny images."""
+    return [
+        f"data.dataset={dataset}",
+        f"train.out_dir={out_dir}",
+        "model.name=resnet9",
+        "model.filters=[8,8,16,16]",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "train.eval_batch_size=16",
+        "train.progress=false",
+        "optim.lr=0.05",
+        "augment.crop_padding=2",
+        "schedule.name=cosine",
+        "train.name=run",
+        *extra,
+    ]
+
+
+def tiny_config(dataset: Path | str, out_dir: Path, *extra: str):
+    return load_config(None, tiny_overrides(dataset, out_dir, *extra))

@@ -1,0 +1,134 @@
+"""The command line: user errors are one line on stderr with a non-zero status, and leave no run folder."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import REPO, tiny_overrides
+
+
+def cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "resnetlab", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
+def assert_one_line_error(proc, pattern):
+    import re
+
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from tests.conftest import write_class_folders
+
+    root = tmp_path_factory.mktemp("cli")
+    data = write_class_folders(root / "data")
+    proc = cli("train", *tiny_overrides(data, root / "runs"))
+    assert proc.returncode == 0, proc.stderr
+    assert "test top-1" in proc.stdout and "run folder:" in proc.stdout
+    return root / "runs" / "run", data
+
+
+def test_models_recipes_env():
+    out = cli("models").stdout
+    assert "resnet50" in out and "cifar_resnet18" in out and "preact_resnet56" in out
+    assert "fashion-mnist-fast" in cli("recipes").stdout
+    env = json.loads(cli("env", "--json").stdout)
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["torch_threads"] >= 1
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["data.dataset=/no/such/folder"], "neither a folder that exists"),
+        (["optim.lrr=0.1"], "did you mean 'optim.lr'"),
+        (["model.num_classes=7"], "model.num_classes=7 but .* has 3 classes"),
+        (["model.name=resnet19"], "unknown model 'resnet19'"),
+        (["train.device=cuda"], "no CUDA GPU is visible"),
+        (["train.epochs=0"], "train.epochs must be at least 1"),
+    ],
+)
+def test_train_user_errors_leave_no_run_folder(class_folders, tmp_path, args, pattern):
+    overrides = tiny_overrides(class_folders, tmp_path / "runs") + args
+    proc = cli("train", *overrides)
+    assert_one_line_error(proc, pattern)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_empty_class_folder(class_folders, tmp_path):
+    (class_folders / "train" / "dog").mkdir()
+    assert_one_line_error(cli("train", *tiny_overrides(class_folders, tmp_path / "runs")), "has no images")
+
+
+def test_unknown_recipe():
+    assert_one_line_error(cli("train", "fashion-mnist-fats"), "did you mean 'fashion-mnist-fast'")
+
+
+def test_evaluate_writes_json_and_table(trained):
+    run, _ = trained
+    proc = cli("evaluate", run, "--split", "test")
+    assert proc.returncode == 0, proc.stderr
+    assert "top-1" in proc.stdout and "bee" in proc.stdout
+    result = json.loads((run / "eval_test.json").read_text())
+    assert result["n"] == 12 and len(result["confusion"]) == 3 and result["per_class"]["ant"]["n"] == 4
+    assert (run / "confusion_test.csv").read_text().startswith("true \\ predicted,ant,bee,cat")
+
+
+def test_evaluate_on_folder_and_bad_folder(trained, tmp_path):
+    run, data = trained
+    proc = cli("evaluate", run, "--data", data / "test")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / "eval_test.json").read_text())["n"] == 12
+    (tmp_path / "emu").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "emu" / "a.png")
+    assert_one_line_error(cli("evaluate", run, "--data", tmp_path), "classes the model never saw: emu")
+    assert_one_line_error(cli("evaluate", run, "--split", "val"), "has no 'val' split")
+
+
+def test_evaluate_run_without_checkpoint(trained, tmp_path):
+    run, _ = trained
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    (empty / "config.yaml").write_text((run / "config.yaml").read_text())
+    assert_one_line_error(cli("evaluate", empty), "has no checkpoint yet")
+    assert_one_line_error(cli("evaluate", tmp_path / "nope"), "does not exist")
+
+
+def test_predict_formats(trained):
+    run, data = trained
+    folder = data / "test" / "bee"
+    table = cli("predict", run, folder, "--topk", "2")
+    assert table.returncode == 0, table.stderr
+    assert len(table.stdout.splitlines()) == 4 and "%" in table.stdout
+    rows = json.loads(cli("predict", run, str(folder / "*.png"), "--format", "json").stdout)
+    assert len(rows) == 4 and len(rows[0]["top"]) == 3
+    assert abs(sum(t["probability"] for t in rows[0]["top"]) - 1) < 1e-3
+    csv_text = cli("predict", run, folder / "000.png", "--format", "csv").stdout
+    assert csv_text.splitlines()[0].startswith("path,class1,prob1")
+
+
+def test_predict_reports_bad_image_and_missing(trained, tmp_path):
+    run, data = trained
+    (tmp_path / "bad.jpg").write_text("not an image")
+    rows = json.loads(cli("predict", run, tmp_path / "bad.jpg", data / "test" / "ant" / "000.png", "--format", "json").stdout)
+    assert rows[-1]["path"].endswith("bad.jpg") and "not an image" in rows[-1]["error"]
+    assert_one_line_error(cli("predict", run, tmp_path / "missing*.png"), "matches no file")
+
+
+def test_checkpoint_from_another_model(trained, tmp_path):
+    run, _ = trained
+    proc = cli("train", "--resume", run, "model.filters=[8,8,16,32]", "train.epochs=3")
+    assert_one_line_error(proc, r"last.pt is for resnet9 \(filters \[8, 8, 16, 16\]\) with 3 classes, not resnet9 \(filters \[8, 8, 16, 32\]\)")
+    import yaml
+
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["filters"] == [8, 8, 16, 16]  # unchanged
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert_one_line_error(cli("predict", tmp_path / "junk.pt", run), "cannot load checkpoint")

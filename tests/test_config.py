@@ -1,0 +1,57 @@
+import pytest
+
+from resnetlab.config import Config, all_keys, list_recipes, load_config
+from resnetlab.errors import UserError
+
+
+def test_defaults_and_recipe_and_overrides():
+    cfg = load_config("fashion-mnist-fast", ["optim.lr=0.05", "epochs=3", "model.filters=[8, 8, 16, 16]"])
+    assert cfg.model.name == "resnet9"
+    assert cfg.optim.lr == 0.05 and isinstance(cfg.optim.lr, float)
+    assert cfg.train.epochs == 3
+    assert cfg.model.filters == [8, 8, 16, 16]
+    assert "fashion-mnist-fast" in list_recipes()
+
+
+def test_yaml_scientific_without_dot_is_a_float():
+    assert load_config(None, ["optim.weight_decay=5e-4"]).optim.weight_decay == 5e-4
+
+
+def test_unknown_key_suggests_nearest():
+    with pytest.raises(UserError, match=r"unknown config key 'optim.lrr'; did you mean 'optim.lr'"):
+        load_config(None, ["optim.lrr=0.1"])
+    with pytest.raises(UserError, match=r"did you mean 'train.epochs'"):
+        load_config(None, ["epoch=3"])
+
+
+def test_unknown_key_in_recipe_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("optim:\n  momentun: 0.8\n")
+    with pytest.raises(UserError, match=r"unknown config key 'optim.momentun'; did you mean 'optim.momentum'"):
+        load_config(str(path))
+
+
+def test_wrong_type_and_choice_and_range():
+    with pytest.raises(UserError, match=r"train.epochs='ten' \(command line\) should be an integer"):
+        load_config(None, ["train.epochs=ten"])
+    with pytest.raises(UserError, match="is not one of: sgd, adam, adamw"):
+        load_config(None, ["optim.name=rmsprop"])
+    with pytest.raises(UserError, match=r"data.val_fraction must be in \[0, 1\)"):
+        load_config(None, ["data.val_fraction=1.5"])
+    with pytest.raises(UserError, match="must look like key=value"):
+        load_config(None, ["optim.lr"])
+
+
+def test_unknown_recipe_suggests():
+    with pytest.raises(UserError, match="did you mean 'fashion-mnist-fast'"):
+        load_config("fashion-mnist-fas")
+
+
+def test_every_key_listed_and_round_trips():
+    keys = all_keys()
+    assert "optim.lr" in keys and "seed" in keys and "schedule.cycle_mult" in keys
+    from resnetlab.config import config_from_dict
+
+    cfg = load_config("fashion-mnist-fast")
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert Config() == config_from_dict({})

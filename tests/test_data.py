@@ -1,0 +1,200 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from resnetlab.config import AugmentConfig
+from resnetlab.data import build_data
+from resnetlab.data.augment import crop_flip, make_generator
+from resnetlab.data.images import load_array
+from resnetlab.data.loader import CachedLoader, epoch_order
+from resnetlab.errors import UserError
+from tests.conftest import tiny_config, write_class_folders
+
+
+def test_class_folders_with_splits(class_folders, tmp_path):
+    data = build_data(tiny_config(class_folders, tmp_path))
+    assert data.classes == ["ant", "bee", "cat"]
+    assert set(data.splits) == {"train", "test"}
+    train = data.splits["train"]
+    assert train.images.shape == (36, 3, 16, 16) and train.images.dtype == torch.uint8
+    assert train.labels.tolist() == [0] * 12 + [1] * 12 + [2] * 12
+    assert data.channels == 3 and data.image_size == 16
+    assert len(data.mean) == 3 and all(0 < s < 1 for s in data.std)
+
+
+def test_val_fraction_is_stratified_seeded_and_reusable(single_folder, tmp_path):
+    cfg = tiny_config(single_folder, tmp_path, "data.val_fraction=0.25")
+    a, b = build_data(cfg), build_data(cfg)
+    assert a.val_ids == b.val_ids and len(a.val_ids) == 15  # 5 of each class's 20
+    assert torch.bincount(a.splits["val"].labels).tolist() == [5, 5, 5]
+    assert len(a.splits["train"]) == 45
+    other = build_data(tiny_config(single_folder, tmp_path, "data.val_fraction=0.25", "seed=7"))
+    assert other.val_ids != a.val_ids
+    again = build_data(tiny_config(single_folder, tmp_path, "seed=7"), val_ids=a.val_ids)
+    assert again.val_ids == a.val_ids  # the saved file list wins over seed and fraction
+
+
+def test_idx_gz_and_raw(idx_folder, tmp_path):
+    data = build_data(tiny_config(idx_folder, tmp_path))
+    assert data.channels == 1 and data.image_size == 12
+    assert data.splits["train"].images.shape == (60, 1, 12, 12)
+    assert data.splits["test"].images.shape == (20, 1, 12, 12)
+    assert data.classes == ["0", "1", "2", "3"]
+
+
+def test_idx_truncated_file(idx_folder, tmp_path):
+    path = idx_folder / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(UserError, match="truncated or padded"):
+        build_data(tiny_config(idx_folder, tmp_path))
+
+
+def test_cifar_python_format(cifar_folder, tmp_path):
+    data = build_data(tiny_config(cifar_folder, tmp_path))
+    assert data.classes[0] == "airplane" and len(data.classes) == 10
+    assert data.splits["train"].images.shape == (50, 3, 32, 32)
+    assert data.splits["test"].images.shape == (10, 3, 32, 32)
+
+
+def test_cifar_pickle_cannot_run_code(cifar_folder, tmp_path):
+    import os
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with open(cifar_folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": []}, f)
+    with pytest.raises(UserError, match="posix.system|os.system|not allowed"):
+        build_data(tiny_config(cifar_folder, tmp_path))
+
+
+def _odd_images(folder):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(rgb).convert("P").save(folder / "palette.png")
+    Image.fromarray(np.dstack([rgb, np.full((16, 16), 128, np.uint8)])).save(folder / "rgba.png")
+    Image.fromarray((rng.integers(0, 65535, (16, 16))).astype(np.uint16)).save(folder / "grey16.png")
+    Image.fromarray(rgb[:, :, 0]).save(folder / "grey.png")
+
+
+def test_every_mode_becomes_rgb(tmp_path):
+    _odd_images(tmp_path)
+    for name in ("cmyk.jpg", "palette.png", "rgba.png", "grey16.png", "grey.png"):
+        arr, _ = load_array(tmp_path / name, 16, "squash")
+        assert arr.shape == (16, 16, 3) and arr.dtype == np.uint8, name
+    img = Image.open(tmp_path / "grey16.png")
+    assert img.mode.startswith("I")
+    arr, grey = load_array(tmp_path / "grey16.png", 0, "squash")
+    expected = np.asarray(img, dtype=np.float64) / 65535 * 255
+    assert grey and np.abs(arr[:, :, 0] - expected).max() <= 1  # scaled, not clipped at 255
+
+
+def _bad_files(folder):
+    good = folder / "ok.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(good)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not a picture")
+    full = (folder / "ok.png").read_bytes()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / "big.jpg")
+    (folder / "truncated.jpg").write_bytes((folder / "big.jpg").read_bytes()[:300])
+    (folder / "big.jpg").unlink()
+    return full
+
+
+def test_bad_images_skip_and_fail(class_folders, tmp_path):
+    _bad_files(class_folders / "train" / "bee")
+    cfg = tiny_config(class_folders, tmp_path)
+    data = build_data(cfg)
+    reasons = {p.rsplit("/", 1)[-1]: r for p, r in data.skipped}
+    assert set(reasons) == {"empty.jpg", "text.jpg", "truncated.jpg"}
+    assert "empty" in reasons["empty.jpg"] and "not an image" in reasons["text.jpg"]
+    assert len(data.splits["train"]) == 37  # 36 + ok.png
+    with pytest.raises(UserError, match=r"bad image .*(empty|text|truncated)\.jpg"):
+        build_data(tiny_config(class_folders, tmp_path, "data.on_bad_image=fail"))
+
+
+def test_folder_errors(tmp_path):
+    root = write_class_folders(tmp_path / "d")
+    (root / "train" / "dog").mkdir()
+    with pytest.raises(UserError, match=r"class folder .*dog has no images"):
+        build_data(tiny_config(root, tmp_path))
+    (root / "train" / "dog").rmdir()
+    (root / "test" / "emu").mkdir()
+    with pytest.raises(UserError, match="class folder 'emu' that .* lacks"):
+        build_data(tiny_config(root, tmp_path))
+    with pytest.raises(UserError, match="neither a folder that exists nor a known name"):
+        build_data(tiny_config(tmp_path / "nowhere", tmp_path))
+
+
+def test_mixed_sizes_need_image_size(tmp_path):
+    root = write_class_folders(tmp_path / "d", splits=("",))
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(root / "ant" / "wide.png")
+    with pytest.raises(UserError, match="set data.image_size=N"):
+        build_data(tiny_config(root, tmp_path))
+    data = build_data(tiny_config(root, tmp_path, "data.image_size=8"))
+    assert data.splits["train"].images.shape[-2:] == (8, 8)
+
+
+def test_grey_folder_keeps_one_channel(tmp_path):
+    root = write_class_folders(tmp_path / "d", splits=("",))
+    for p in root.rglob("*.png"):
+        Image.open(p).convert("L").save(p)
+    assert build_data(tiny_config(root, tmp_path)).channels == 1
+    assert build_data(tiny_config(root, tmp_path, "data.channels=3")).channels == 3
+
+
+def test_streaming_matches_cache_without_augmentation(class_folders, tmp_path):
+    cached = build_data(tiny_config(class_folders, tmp_path, "data.image_size=16"))
+    streamed = build_data(tiny_config(class_folders, tmp_path, "data.image_size=16", "data.cache=stream"))
+    assert not streamed.cached and streamed.splits["train"].images is None
+    from resnetlab.session import make_loader
+
+    cfg = tiny_config(class_folders, tmp_path, "data.image_size=16", "data.cache=stream", "data.num_workers=0")
+    loader = make_loader(streamed.splits["test"], streamed, cfg, torch.device("cpu"), train=False)
+    x = torch.cat([b[0] for b in loader.epoch(0)])
+    assert torch.equal(x, cached.splits["test"].images)
+
+
+def test_crop_flip_matches_reflect_pad_reference():
+    torch.manual_seed(0)
+    x = torch.randint(0, 255, (6, 3, 10, 10), dtype=torch.uint8)
+    cfg = AugmentConfig(crop_padding=3, hflip=True)
+    out = crop_flip(x, cfg, make_generator(1, 2, 3))
+    g = make_generator(1, 2, 3)  # same draws, done the slow way
+    dy = torch.randint(0, 7, (6, 1), generator=g) - 3
+    dx = torch.randint(0, 7, (6, 1), generator=g) - 3
+    flip = torch.rand(6, generator=g) < 0.5
+    padded = F.pad(x.float(), (3, 3, 3, 3), mode="reflect")
+    for i in range(6):
+        ref = padded[i, :, 3 + dy[i, 0] : 13 + dy[i, 0], 3 + dx[i, 0] : 13 + dx[i, 0]]
+        ref = ref.flip(-1) if flip[i] else ref
+        assert torch.equal(out[i].float(), ref)
+    assert torch.equal(crop_flip(x, AugmentConfig(crop_padding=0, hflip=False), g), x)
+
+
+def test_loader_is_a_function_of_seed_and_epoch():
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 4, 4).contiguous()
+    labels = torch.arange(10)
+    loader = CachedLoader(images, labels, batch_size=3, device=torch.device("cpu"), seed=5, shuffle=True,
+                          augment=AugmentConfig(crop_padding=1), drop_last=True)
+    assert len(loader) == 3
+    first = [y.tolist() for _, y in loader.epoch(4)]
+    assert first == [y.tolist() for _, y in loader.epoch(4)]
+    assert [y.tolist() for _, y in loader.epoch(4, start=1)] == first[1:]
+    assert sorted(sum(first, [])) == sorted(epoch_order(10, seed=5, epoch=4, shuffle=True)[:9].tolist())
+    assert first != [y.tolist() for _, y in loader.epoch(5)]
+
+
+def test_real_cifar10_jpeg_subset(shared_data, tmp_path):
+    data = build_data(tiny_config(shared_data / "cifar10-jpeg", tmp_path))
+    assert len(data.classes) == 10 and data.classes[0] == "airplane"
+    assert data.splits["train"].images.shape == (2000, 3, 32, 32)
+    assert data.splits["test"].images.shape == (1000, 3, 32, 32)
+    json.dumps(data.preprocess())

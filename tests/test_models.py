@@ -1,0 +1,124 @@
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from resnetlab.errors import UserError
+from resnetlab.models import get_model, list_models, model_entry
+
+# Small inputs keep the deep ones quick: the ImageNet stem reaches 1x1 at layer4 from 32 px,
+# the small-image families 2x2 from 16 px; both still train.
+SIZE = {"preact_resnet_tiny": 32, "resnet9": 16}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_builds_shapes_and_overfits_one_batch(name):
+    torch.manual_seed(0)
+    model = get_model(name, num_classes=3, in_chans=1 if name == "resnet9" else 3)
+    size = SIZE.get(name, 32 if model_entry(name).family == "torchvision" else 16)
+    x = torch.randn(4, model_in_chans(model), size, size)
+    y = torch.tensor([0, 1, 2, 1])
+    assert model(x).shape == (4, 3)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    first = None
+    for _ in range(12):
+        loss = F.cross_entropy(model(x), y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():  # train mode: batch statistics, as during the steps
+        final = F.cross_entropy(model(x), y).item()
+    assert final < 0.5 * first, (first, final)
+
+
+def model_in_chans(model):
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    return conv.in_channels
+
+
+def test_preact_configurable_stages_and_filters():
+    model = get_model("preact_resnet56", num_classes=10, stages=[1, 1], filters=[16, 32, 64])
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert len(model.blocks) == 2
+    assert model.blocks[1].conv2.stride == (2, 2) and model.blocks[1].conv1.out_channels == 16
+    with pytest.raises(UserError, match=r"len\(filters\) = len\(stages\) \+ 1"):
+        get_model("preact_resnet56", num_classes=10, stages=[1, 1], filters=[16, 32])
+
+
+def test_cifar_stem_keeps_resolution():
+    model = get_model("cifar_resnet18", num_classes=10)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert model_entry("cifar_resnet50").default_size == 32
+
+
+def test_registry_errors():
+    with pytest.raises(UserError, match="did you mean 'resnet34'"):
+        get_model("resnet344", num_classes=10)
+    with pytest.raises(UserError, match="has no option 'stages'"):
+        get_model("resnet18", num_classes=10, stages=[1, 1])
+    with pytest.raises(UserError, match="has no pretrained weights"):
+        get_model("cifar_resnet18", num_classes=10, weights="IMAGENET1K_V1")
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """A private torchvision cache: $TORCH_HOME/hub/checkpoints, where torchvision looks first."""
+    old = torch.hub.get_dir()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    torch.hub.set_dir(str(tmp_path / "torch" / "hub"))
+    yield tmp_path / "torch" / "hub" / "checkpoints"
+    torch.hub.set_dir(old)
+
+
+def _place(cache, arch, weights_name, state):
+    enum = torchvision.models.get_model_weights(arch)[weights_name]
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(state, cache / enum.url.rsplit("/", 1)[-1])
+
+
+def test_pretrained_enum_loads_from_torchvision_cache(torch_home):
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18(num_classes=1000)
+    _place(torch_home, "resnet18", "IMAGENET1K_V1", reference.state_dict())
+    model = get_model("resnet18", num_classes=5, weights="IMAGENET1K_V1")
+    assert torch.equal(model.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
+    assert model.fc.out_features == 5
+    grey = get_model("resnet18", num_classes=5, in_chans=1, weights="ResNet18_Weights.IMAGENET1K_V1")
+    assert torch.allclose(grey.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
+
+
+def test_mismatched_weights_file_is_refused(torch_home):
+    _place(torch_home, "resnet18", "IMAGENET1K_V1", torchvision.models.resnet34().state_dict())
+    with pytest.raises(UserError, match="does not fit resnet18"):
+        get_model("resnet18", num_classes=5, weights="IMAGENET1K_V1")
+
+
+def test_offline_and_not_cached_names_the_file(torch_home, monkeypatch):
+    import urllib.error
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UserError, match=r"put resnet34-b627a593.pth .* at .*checkpoints"):
+        get_model("resnet34", num_classes=5, weights="IMAGENET1K_V1")
+
+
+def test_weights_name_errors():
+    with pytest.raises(UserError, match="has no weights 'IMAGENET9'"):
+        get_model("resnet18", num_classes=5, weights="IMAGENET9")
+    with pytest.raises(UserError, match="are not for resnet18"):
+        get_model("resnet18", num_classes=5, weights="ResNet50_Weights.IMAGENET1K_V1")
+
+
+def test_local_weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    reference = torchvision.models.resnet18(num_classes=7)
+    path = tmp_path / "w.safetensors"
+    save_file(reference.state_dict(), str(path))
+    model = get_model("resnet18", num_classes=7, weights=str(path))
+    assert torch.equal(model.fc.weight, reference.fc.weight)
