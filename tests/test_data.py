@@ -198,3 +198,19 @@ def test_real_cifar10_jpeg_subset(shared_data, tmp_path):
     assert data.splits["train"].images.shape == (2000, 3, 32, 32)
     assert data.splits["test"].images.shape == (1000, 3, 32, 32)
     json.dumps(data.preprocess())
+
+
+def test_streaming_augmentation_is_deterministic_across_workers(class_folders, tmp_path):
+    from resnetlab.session import make_loader
+
+    batches = {}
+    for workers in (0, 2):
+        cfg = tiny_config(class_folders, tmp_path, "data.cache=stream", "data.image_size=16",
+                          "augment.crop_padding=3", f"data.num_workers={workers}")
+        data = build_data(cfg)
+        loader = make_loader(data.splits["train"], data, cfg, torch.device("cpu"), train=True)
+        batches[workers] = [(x.clone(), y.clone()) for x, y in loader.epoch(1, start=1)]
+    assert len(batches[0]) == 3  # 36 images, batch 8, drop_last, from step 1
+    for (x0, y0), (x2, y2) in zip(batches[0], batches[2]):
+        assert x0.shape == (8, 3, 16, 16) and x0.dtype == torch.uint8
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)

@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
 from resnetlab.config import AugmentConfig
 from resnetlab.data.augment import crop_flip, make_generator
@@ -68,12 +69,24 @@ class CachedLoader:
 
 
 class FileDataset(Dataset):
-    """Decodes one file per item in a DataLoader worker; items are (index, epoch) keys."""
+    """Decodes one file per item in a DataLoader worker, augmented by torchvision transforms v2.
+
+    Items are (index, epoch) keys, so the augmentation of an image is a function of
+    (seed, epoch, index) whatever worker decodes it.
+    """
 
     def __init__(self, paths, labels, *, size, resize, channels, augment: AugmentConfig | None, seed):
         self.paths, self.labels = paths, labels
         self.size, self.resize, self.channels = size, resize, channels
-        self.augment, self.seed = augment, seed
+        self.seed = seed
+        self.transform = None
+        if augment is not None and (augment.crop_padding or augment.hflip):
+            steps = []
+            if augment.crop_padding:
+                steps.append(v2.RandomCrop(size, padding=augment.crop_padding, padding_mode="reflect"))
+            if augment.hflip:
+                steps.append(v2.RandomHorizontalFlip())
+            self.transform = v2.Compose(steps)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -86,10 +99,14 @@ class FileDataset(Dataset):
             # reported in the main process, which knows on_bad_image and the run folder
             blank = torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8)
             return blank, -1, index, str(e)
-        x = set_channels(torch.from_numpy(arr).permute(2, 0, 1)[None], self.channels)
-        if self.augment is not None:
-            x = crop_flip(x, self.augment, make_generator(self.seed, epoch, index))
-        return x[0], int(self.labels[index]), index, ""
+        x = set_channels(torch.from_numpy(arr).permute(2, 0, 1)[None], self.channels)[0]
+        if self.transform is not None:
+            # v2 transforms draw from torch's global RNG: seed it per (seed, epoch, image), in a
+            # forked RNG so the worker (or the main process, with 0 workers) is left as it was
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(make_generator(self.seed, epoch, index).initial_seed()))
+                x = self.transform(x)
+        return x, int(self.labels[index]), index, ""
 
 
 class StreamLoader:
