@@ -214,3 +214,50 @@ def test_streaming_augmentation_is_deterministic_across_workers(class_folders, t
     for (x0, y0), (x2, y2) in zip(batches[0], batches[2]):
         assert x0.shape == (8, 3, 16, 16) and x0.dtype == torch.uint8
         assert torch.equal(x0, x2) and torch.equal(y0, y2)
+
+
+def test_fashion_mnist_by_name_from_debian(tmp_path):
+    from resnetlab.data import builtin
+
+    if not (builtin.Path(builtin.BUILTIN["fashion-mnist"][3]) / "t10k-labels-idx1-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (make test installs it)")
+    data = build_data(tiny_config("fashion-mnist", tmp_path))
+    assert data.classes[0] == "T-shirt/top" and data.classes[9] == "Ankle boot"
+    assert data.splits["train"].images.shape == (60000, 1, 28, 28)
+    assert torch.bincount(data.splits["test"].labels).tolist() == [1000] * 10
+    assert data.mean[0] == pytest.approx(0.286, abs=1e-3) and data.std[0] == pytest.approx(0.353, abs=1e-3)
+
+
+def test_builtin_offline_names_where_to_put_files(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    from resnetlab.data import builtin
+
+    monkeypatch.setattr(builtin, "candidates", lambda name: [tmp_path / "none"])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(UserError, match=r"cannot download cifar10 .*offline, put its files in .*cifar-10-batches-py"):
+        build_data(tiny_config("cifar10", tmp_path))
+
+
+def test_streaming_bad_file_skip_and_fail(class_folders, tmp_path):
+    from resnetlab.session import make_loader
+
+    (class_folders / "train" / "ant" / "zz.jpg").write_text("not an image")
+    for mode in ("skip", "fail"):
+        cfg = tiny_config(class_folders, tmp_path, "data.cache=stream", "data.image_size=16",
+                          "data.num_workers=0", f"data.on_bad_image={mode}")
+        data = build_data(cfg)
+        loader = make_loader(data.splits["train"], data, cfg, torch.device("cpu"), train=False)
+        if mode == "skip":
+            assert sum(len(y) for _, y in loader.epoch(0)) == 36
+            assert list(loader.skipped) == [str(class_folders / "train" / "ant" / "zz.jpg")]
+        else:
+            with pytest.raises(UserError, match=r"bad image .*zz.jpg: not an image"):
+                list(loader.epoch(0))

@@ -144,6 +144,11 @@ def _evaluate(s: Session, split: str) -> dict:
 
 def _end_of_epoch(s: Session, record: dict, console: Console) -> None:
     """Metrics and curves first, then checkpoints: a kill in between only repeats this epoch."""
+    streamed = getattr(s.loaders["train"], "skipped", {})  # bad files found by streaming workers
+    if streamed:
+        known = {p for p, _ in s.data.skipped}
+        s.data.skipped += [(p, r) for p, r in streamed.items() if p not in known]
+        write_skipped(s.run_dir, s.data.skipped)
     write_metrics(s.run_dir, s.history)
     training_curves(s.history, s.run_dir / "curves.png")
     state = checkpoint_state(s, epoch=record["epoch"], step=0, partial=[0.0, 0.0, 0.0])
