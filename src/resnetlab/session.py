@@ -98,8 +98,12 @@ def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.devic
     return StreamLoader(dataset, num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, **common)
 
 
-def prepare(cfg: Config, *, run_name: str, resume: Path | None = None, overrides: list[str] = ()) -> Session:
-    """Build data, model and optimiser; create the run folder (or reopen it to resume)."""
+def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, overrides: list[str] = ()) -> Session:
+    """Build data, model and optimiser; create the run folder (or reopen it to resume).
+
+    With ``resume`` the config comes from the run folder (``cfg`` is ignored) and
+    ``overrides`` are applied on top and recorded in env.json.
+    """
     if resume is not None:
         resume = check_run_dir(resume)
         cfg = config_from_dict(yaml.safe_load((resume / "config.yaml").read_text()))
@@ -112,7 +116,8 @@ def prepare(cfg: Config, *, run_name: str, resume: Path | None = None, overrides
     data = build_data(cfg, val_ids=split.get("val"), progress=cfg.train.progress)
     if len(data.splits["train"]) < 1:
         raise UserError("the training split is empty")
-    model = build_model(cfg, data, pretrained=resume is None).to(device)
+    has_checkpoint = resume is not None and (resume / "last.pt").exists()
+    model = build_model(cfg, data, pretrained=not has_checkpoint).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
@@ -125,7 +130,7 @@ def prepare(cfg: Config, *, run_name: str, resume: Path | None = None, overrides
         torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device), run_dir,
     )
     if resume is not None:
-        if (run_dir / "last.pt").exists():
+        if has_checkpoint:
             restore(session, run_dir / "last.pt")  # before touching the folder: a misfit changes nothing
         env = read_json(run_dir / "env.json")
         env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides)})
