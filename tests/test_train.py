@@ -154,3 +154,55 @@ def test_sigkill_during_checkpoint_write_leaves_previous_loadable(tmp_path):
     proc.wait()
     state = load_checkpoint(path)
     assert state["i"] >= 3 and torch.equal(state["model"]["w"], torch.full((4_000_000,), float(state["i"])))
+
+
+TERMINATED = textwrap.dedent(
+    """
+    import os, signal, sys
+    from resnetlab.config import load_config
+    from resnetlab.session import prepare
+    from resnetlab.train import Preempted, fit
+
+    stop_at = int(sys.argv[1])
+    def on_batch_end(session, info):
+        if info["step"] == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler preempting the job
+
+    try:
+        fit(prepare(load_config(None, sys.argv[2:]), run_name="k"), callbacks={"on_batch_end": [on_batch_end]})
+    except Preempted as e:
+        print(e, file=sys.stderr)
+        sys.exit(Preempted.exit_code)
+    """
+)
+
+
+@pytest.mark.parametrize("stop_at", [5, 7])  # mid-epoch 2, and the last step of epoch 2
+def test_sigterm_saves_the_step_and_resume_equals_uninterrupted(class_folders, tmp_path, stop_at):
+    extra = ("train.epochs=3",)
+    full = prepare(tiny_config(class_folders, tmp_path / "full", *extra), run_name="f")
+    fit(full)
+    args = tiny_overrides(class_folders, tmp_path / "stopped", *extra)
+    proc = subprocess.run([sys.executable, "-c", TERMINATED, str(stop_at), *args], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 75, proc.stderr
+    run = tmp_path / "stopped" / "run"
+    state = load_checkpoint(run / "last.pt")
+    done = stop_at + 1  # steps finished when the signal was acted on
+    assert (state["epoch"], state["step_in_epoch"]) == divmod(done, 4)
+    assert f"stopped by SIGTERM at epoch {done // 4 + 1}, step {done % 4}" in proc.stderr
+    resumed = cli("train", "--resume", str(run), cwd=REPO)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(weights(full.run_dir), weights(run))
+
+
+def test_cli_exits_75_on_sigterm(class_folders, tmp_path):
+    args = tiny_overrides(class_folders, tmp_path, "train.epochs=500")
+    proc = subprocess.Popen([sys.executable, "-m", "resnetlab", "train", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while "epoch   1/500" not in proc.stdout.readline():
+        pass
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75
+    assert err.strip().startswith("resnetlab train: stopped by SIGTERM at epoch") and "--resume" in err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] >= 1

@@ -7,7 +7,10 @@ depend on them.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -36,6 +39,40 @@ class NonFiniteLoss(UserError):
     pass
 
 
+class Preempted(Exception):
+    """SIGTERM or SIGINT stopped training at a step boundary; last.pt holds the exact position."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again later", what a scheduler should requeue
+
+    def __init__(self, signal_name: str, run_dir: Path, epoch: int, step_in_epoch: int):
+        super().__init__(
+            f"stopped by {signal_name} at epoch {epoch + 1}, step {step_in_epoch}; saved {run_dir / 'last.pt'}; "
+            f"continue with: resnetlab train --resume {run_dir}"
+        )
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGTERM/SIGINT only set a flag, read at the next step boundary, so the checkpoint written
+    then is consistent. A second Ctrl+C interrupts at once (the last checkpoint stays as it was)."""
+    requested: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        if requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console: Console | None = None) -> dict:
     cfg, console = s.cfg, console or Console(soft_wrap=True)
     hooks = defaultdict(list, callbacks or {})
@@ -54,8 +91,10 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%  {task.fields[ips]:.0f} img/s"),
         TimeRemainingColumn(), console=console, transient=True, disable=not cfg.train.progress,
     )
-    with progress:
+    with progress, _stop_on_signals() as stop:
         for epoch in range(s.start_epoch, epochs):
+            if stop:  # arrived during the last step of the previous epoch, which is saved
+                raise Preempted(stop[0], s.run_dir, epoch, 0)
             s.model.train()
             task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=spe, completed=s.start_step, loss=0, acc=0, ips=0)
             sums = torch.tensor(s.partial, dtype=torch.float64, device=s.device)  # loss sum, correct, seen
@@ -85,9 +124,12 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
                     last_ui = now
                 for fn in hooks["on_batch_end"]:
                     fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss})
-                if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and i < spe - 1:
+                periodic = cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0
+                if (periodic or stop) and i < spe - 1:  # at the epoch's last step, the epoch end saves
                     _check_finite(s, finite, epoch, i)
                     save_checkpoint(s.run_dir / "last.pt", checkpoint_state(s, epoch=epoch, step=i + 1, partial=sums.tolist()))
+                    if stop:
+                        raise Preempted(stop[0], s.run_dir, epoch, i + 1)
             seconds = time.perf_counter() - start
             _check_finite(s, finite, epoch, spe - 1)
             progress.remove_task(task)

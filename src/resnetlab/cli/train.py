@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from resnetlab.config import all_keys, load_config
@@ -28,7 +29,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from resnetlab.session import prepare
-    from resnetlab.train import fit
+    from resnetlab.train import Preempted, fit
 
     if args.help_config:
         from resnetlab.config import Config
@@ -49,5 +50,9 @@ def run(args) -> int:
         cfg = load_config(recipe, overrides)
         name = Path(recipe).stem if recipe else "run"
         session = prepare(cfg, run_name=name)
-    fit(session)
+    try:
+        fit(session)
+    except Preempted as e:
+        print(f"resnetlab train: {e}", file=sys.stderr)
+        return Preempted.exit_code
     return 0
