@@ -98,6 +98,8 @@ class TrainConfig:
     name: str = ""  # run folder name under out_dir; default: recipe name and time
     progress: bool = True  # live progress bar; off gives only the per-epoch lines
     checkpoint_every: int = 0  # also save 'last' every N steps (0: at epoch ends only)
+    sync_bn: bool = False  # BatchNorm statistics over the global batch of all processes
+    dist_timeout: float = 600.0  # s a collective waits for a peer before failing (a dead rank)
 
 
 @dataclass

@@ -43,6 +43,8 @@ def infer(
     start = time.perf_counter()
     with autocast(device, precision):
         for x, y in batches:
+            if len(y) == 0:  # this rank's share of a batch smaller than the rank count
+                continue
             out = model(normalize(x.to(device), mean, std, channels_last=channels_last))
             logits.append(out.float().cpu())
             labels.append(y.cpu())

@@ -15,10 +15,13 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from resnetlab.checkpoint import atomic_write_text, describe_model, load_checkpoint, load_model_state, rng_state, set_rng_state
 from resnetlab.config import Config, OptimConfig, apply_overrides, config_from_dict, validate
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader, build_data
+from resnetlab import distributed
+from resnetlab.distributed import Dist
 from resnetlab.errors import UserError
 from resnetlab.models import get_model
 from resnetlab.runs import check_run_dir, create_run_dir, read_json, write_json
@@ -43,6 +46,13 @@ class Session:
     partial: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct, seen
     history: list[dict] = field(default_factory=list)
     best_top1: float = -1.0
+    dist: Dist = field(default_factory=Dist)
+    ddp: nn.Module | None = None  # the DistributedDataParallel wrapper when there are 2+ ranks
+
+    @property
+    def net(self) -> nn.Module:
+        """What the training step calls: the DDP wrapper, or the model itself."""
+        return self.ddp if self.ddp is not None else self.model
 
     @property
     def steps_per_epoch(self) -> int:
@@ -85,9 +95,10 @@ def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
 
 
-def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.device, *, train: bool):
+def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.device, *, train: bool,
+                dist: Dist = Dist()):
     batch = cfg.train.batch_size if train else cfg.train.eval_batch_size
-    common = dict(batch_size=batch, device=device, seed=cfg.seed, shuffle=train, drop_last=train)
+    common = dict(batch_size=batch, device=device, seed=cfg.seed, shuffle=train, merge_tail=train, dist=dist)
     augment = cfg.augment if train else None
     if split.images is not None:
         return CachedLoader(split.images, split.labels, augment=augment, **common)
@@ -109,7 +120,11 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
         cfg = config_from_dict(yaml.safe_load((resume / "config.yaml").read_text()))
         apply_overrides(cfg, overrides)
         validate(cfg)
-    device = select_device(cfg.train.device)
+    d = distributed.from_environment()
+    if d.world > cfg.train.batch_size:
+        raise UserError(f"{d.world} processes cannot share a global batch of {cfg.train.batch_size}: "
+                        "raise train.batch_size or start fewer processes")
+    device = distributed.init(d, select_device(cfg.train.device), timeout_s=cfg.train.dist_timeout)
     precision = resolve_precision(cfg.train.precision, device)
     seed_everything(cfg.seed)
     split = read_json(resume / "split.json") if resume and (resume / "split.json").exists() else {}
@@ -117,21 +132,30 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     if len(data.splits["train"]) < 1:
         raise UserError("the training split is empty")
     has_checkpoint = resume is not None and (resume / "last.pt").exists()
-    model = build_model(cfg, data, pretrained=not has_checkpoint).to(device)
+    model = build_model(cfg, data, pretrained=not has_checkpoint)
+    if cfg.train.sync_bn and (d.enabled or device.type == "cpu"):  # on CPU: the same BN for any rank count
+        model = distributed.convert_sync_batchnorm(model, device)
+    model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    loaders = {name: make_loader(s, data, cfg, device, train=name == "train") for name, s in data.splits.items()}
+    loaders = {name: make_loader(s, data, cfg, device, train=name == "train", dist=d) for name, s in data.splits.items()}
 
-    run_dir = resume if resume is not None else _new_run(cfg, data, run_name, device, precision)
+    if resume is not None:
+        run_dir = resume
+    else:  # rank 0 names and creates the folder; the others learn its name
+        run_dir = distributed.broadcast_object(_new_run(cfg, data, run_name, device, precision, d) if d.main else None, d)
     session = Session(
         cfg, data, model, optimizer, scaler, device, precision, loaders,
-        torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device), run_dir,
+        torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device), run_dir, dist=d,
     )
-    if resume is not None:
-        if has_checkpoint:
-            restore(session, run_dir / "last.pt")  # before touching the folder: a misfit changes nothing
+    if resume is not None and has_checkpoint:
+        restore(session, run_dir / "last.pt")  # before touching the folder: a misfit changes nothing
+    if d.enabled:  # gradients averaged across ranks; parameters broadcast from rank 0 once
+        session.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              broadcast_buffers=False)
+    if resume is not None and d.main:
         env = read_json(run_dir / "env.json")
         env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides)})
         write_json(run_dir / "env.json", env)
@@ -139,9 +163,10 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     return session
 
 
-def _new_run(cfg: Config, data: DataBundle, run_name: str, device, precision) -> Path:
+def _new_run(cfg: Config, data: DataBundle, run_name: str, device, precision, d: Dist) -> Path:
     name = cfg.train.name or f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    env = {**environment(device), "seed": cfg.seed, "precision": precision, "command": run_name}
+    env = {**environment(device), "seed": cfg.seed, "precision": precision, "command": run_name,
+           "world_size": d.world}
     data_info = {**data.preprocess(), "root": data.root, "cached": data.cached, "resize": cfg.data.resize,
                  "sizes": {k: len(v) for k, v in data.splits.items()}}
     files = {

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from resnetlab import distributed
 from resnetlab.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.data.augment import normalize
 from resnetlab.errors import UserError
@@ -74,66 +75,76 @@ def _stop_on_signals():
 
 
 def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console: Console | None = None) -> dict:
-    cfg, console = s.cfg, console or Console(soft_wrap=True)
+    cfg, d = s.cfg, s.dist
+    console = console or Console(soft_wrap=True, quiet=not d.main)  # rank 0 speaks for all ranks
     hooks = defaultdict(list, callbacks or {})
     spe, epochs = s.steps_per_epoch, cfg.train.epochs
     total = spe * epochs
-    write_skipped(s.run_dir, s.data.skipped)
+    if d.main:
+        write_skipped(s.run_dir, s.data.skipped)
     if s.data.skipped:
         console.print(f"skipped {len(s.data.skipped)} bad images: see {s.run_dir / 'skipped_images.csv'}")
     console.print(
         f"training {cfg.model.name} on {len(s.data.splits['train'])} images "
         f"({s.data.image_size} px, {len(s.data.classes)} classes) for {epochs} epochs on "
-        f"{s.device} in {s.precision}; run folder {s.run_dir}"
+        f"{s.device} in {s.precision}{f' x {d.world} processes' if d.enabled else ''}; run folder {s.run_dir}"
     )
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%  {task.fields[ips]:.0f} img/s"),
-        TimeRemainingColumn(), console=console, transient=True, disable=not cfg.train.progress,
+        TimeRemainingColumn(), console=console, transient=True, disable=not (cfg.train.progress and d.main),
     )
     with progress, _stop_on_signals() as stop:
         for epoch in range(s.start_epoch, epochs):
-            if stop:  # arrived during the last step of the previous epoch, which is saved
-                raise Preempted(stop[0], s.run_dir, epoch, 0)
+            if distributed.any_rank(bool(stop), d, s.device):  # came in the previous epoch's last step
+                raise Preempted(_signal_name(stop), s.run_dir, epoch, 0)
             s.model.train()
             task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=spe, completed=s.start_step, loss=0, acc=0, ips=0)
-            sums = torch.tensor(s.partial, dtype=torch.float64, device=s.device)  # loss sum, correct, seen
+            # loss sum, correct, seen; a resumed partial epoch's sums are global, so rank 0 alone carries them
+            sums = torch.tensor(s.partial if d.main else [0.0] * 3, dtype=torch.float64, device=s.device)
             finite = torch.ones((), dtype=torch.bool, device=s.device)
-            start, seen0, last_ui = time.perf_counter(), sums[2].item(), 0.0
+            start, seen0, last_ui = time.perf_counter(), s.partial[2], 0.0
             for i, (x, y) in enumerate(s.loaders["train"].epoch(epoch, start=s.start_step), start=s.start_step):
                 step = epoch * spe + i
                 lr = lr_at(step, base_lr=cfg.optim.lr, total_steps=total, steps_per_epoch=spe, cfg=cfg.schedule)
                 for group in s.optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 with autocast(s.device, s.precision):
-                    logits = s.model(normalize(x, s.mean, s.std, channels_last=cfg.train.channels_last))
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
+                    logits = s.net(normalize(x, s.mean, s.std, channels_last=cfg.train.channels_last))
+                # sum over this rank's images / images in the global batch, x ranks because DDP averages
+                # gradients over ranks: the gradient is the global batch mean for any rank count
+                n_global = s.loaders["train"].global_batch(i)
+                loss_sum = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing, reduction="sum")
                 s.optimizer.zero_grad(set_to_none=True)
-                _backward_step(s, loss)
+                _backward_step(s, loss_sum * (d.world / n_global))
                 with torch.no_grad():  # accumulate on the device: no host sync per step on a GPU
-                    finite &= torch.isfinite(loss)
-                    sums[0] += loss.detach() * len(y)
+                    finite &= torch.isfinite(loss_sum)
+                    sums[0] += loss_sum.detach()
                     sums[1] += (logits.argmax(1) == y).sum()
                     sums[2] += len(y)
                 now = time.perf_counter()
-                if now - last_ui > 0.5 or i == spe - 1:
-                    _check_finite(s, finite, epoch, i)
-                    n = sums[2].item()
+                if d.main and (now - last_ui > 0.5 or i == spe - 1):  # live display: rank 0's share
+                    n = max(sums[2].item(), 1)
                     progress.update(task, completed=i + 1, loss=sums[0].item() / n, acc=100 * sums[1].item() / n,
-                                    ips=(n - seen0) / max(now - start, 1e-9))
+                                    ips=d.world * (n - seen0) / max(now - start, 1e-9))
                     last_ui = now
                 for fn in hooks["on_batch_end"]:
-                    fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss})
-                periodic = cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0
-                if (periodic or stop) and i < spe - 1:  # at the epoch's last step, the epoch end saves
+                    fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum / len(y)})
+                if i % 50 == 49:  # at the same steps on every rank, since it is a collective
                     _check_finite(s, finite, epoch, i)
-                    save_checkpoint(s.run_dir / "last.pt", checkpoint_state(s, epoch=epoch, step=i + 1, partial=sums.tolist()))
-                    if stop:
-                        raise Preempted(stop[0], s.run_dir, epoch, i + 1)
+                stop_now = distributed.any_rank(bool(stop), d, s.device)
+                periodic = cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0
+                if (periodic or stop_now) and i < spe - 1:  # at the epoch's last step, the epoch end saves
+                    _check_finite(s, finite, epoch, i)
+                    partial = distributed.all_sum(sums.clone(), d).tolist()
+                    if d.main:
+                        save_checkpoint(s.run_dir / "last.pt", checkpoint_state(s, epoch=epoch, step=i + 1, partial=partial))
+                    if stop_now:
+                        raise Preempted(_signal_name(stop), s.run_dir, epoch, i + 1)
             seconds = time.perf_counter() - start
             _check_finite(s, finite, epoch, spe - 1)
             progress.remove_task(task)
-            loss_sum, correct, seen = sums.tolist()
+            loss_sum, correct, seen = distributed.all_sum(sums, d).tolist()
             record = {"epoch": epoch + 1, "step": (epoch + 1) * spe, "lr": lr, "train_loss": loss_sum / seen,
                       "train_top1": correct / seen, "images_per_s": (seen - seen0) / seconds, "seconds": round(seconds, 2)}
             if "val" in s.loaders:
@@ -148,6 +159,10 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
     for fn in hooks["on_train_end"]:
         fn(s, result)
     return result
+
+
+def _signal_name(stop: list[str]) -> str:
+    return stop[0] if stop else "another rank's signal"
 
 
 def _backward_step(s: Session, loss: torch.Tensor) -> None:
@@ -167,7 +182,7 @@ def _backward_step(s: Session, loss: torch.Tensor) -> None:
 
 
 def _check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
-    if not bool(finite):
+    if distributed.any_rank(not bool(finite), s.dist, s.device):
         last = s.run_dir / "last.pt"
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
         raise NonFiniteLoss(
@@ -177,15 +192,24 @@ def _check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
 
 
 def _evaluate(s: Session, split: str) -> dict:
+    """Each rank infers its shard of every batch; the shards are gathered, so each image counts once."""
     out = infer(s.model, s.loaders[split].epoch(0), mean=s.mean, std=s.std, device=s.device,
                 precision=s.precision, channels_last=s.cfg.train.channels_last)
-    result = metrics(out.logits, out.labels, s.data.classes)
-    result["images_per_s"] = out.images_per_second
+    logits, labels = distributed.gather_cat(out.logits, s.dist), distributed.gather_cat(out.labels, s.dist)
+    result = metrics(logits, labels, s.data.classes)
+    result["images_per_s"] = len(labels) / max(out.seconds, 1e-9)
     return result
 
 
 def _end_of_epoch(s: Session, record: dict, console: Console) -> None:
     """Metrics and curves first, then checkpoints: a kill in between only repeats this epoch."""
+    score = record.get("val_top1", record["train_top1"] if "val" not in s.loaders else -1.0)
+    improved = not math.isnan(score) and score > s.best_top1
+    if improved:
+        s.best_top1 = score
+    if not s.dist.main:
+        distributed.barrier(s.dist)  # the others wait until rank 0 has written the checkpoints
+        return
     streamed = getattr(s.loaders["train"], "skipped", {})  # bad files found by streaming workers
     if streamed:
         known = {p for p, _ in s.data.skipped}
@@ -194,13 +218,10 @@ def _end_of_epoch(s: Session, record: dict, console: Console) -> None:
     write_metrics(s.run_dir, s.history)
     training_curves(s.history, s.run_dir / "curves.png")
     state = checkpoint_state(s, epoch=record["epoch"], step=0, partial=[0.0, 0.0, 0.0])
-    score = record.get("val_top1", record["train_top1"] if "val" not in s.loaders else -1.0)
-    improved = not math.isnan(score) and score > s.best_top1
-    if improved:
-        s.best_top1 = state["best_top1"] = score
     save_checkpoint(s.run_dir / "last.pt", state)
     if improved or not (s.run_dir / "best.pt").exists():
         save_checkpoint(s.run_dir / "best.pt", state)
+    distributed.barrier(s.dist)
     line = (f"epoch {record['epoch']:>3}/{s.cfg.train.epochs}  lr {record['lr']:.2e}  "
             f"train loss {record['train_loss']:.4f} top-1 {100 * record['train_top1']:.2f}%")
     if "val_top1" in record:
@@ -218,8 +239,9 @@ def _final_test(s: Session, console: Console) -> dict:
         s.model.load_state_dict(load_checkpoint(s.run_dir / "best.pt")["model"])
     result = _evaluate(s, "test")
     result["checkpoint"] = "best.pt" if "val" in s.loaders else "last.pt"
-    write_json(s.run_dir / "eval_test.json", result)
-    write_confusion_csv(s.run_dir / "confusion_test.csv", result["confusion"], s.data.classes)
+    if s.dist.main:
+        write_json(s.run_dir / "eval_test.json", result)
+        write_confusion_csv(s.run_dir / "confusion_test.csv", result["confusion"], s.data.classes)
     console.print(
         f"test top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  "
         f"(n={result['n']}, {result['images_per_s']:.0f} img/s)"

@@ -35,3 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or not isinstance(e, (dist.DistError, RuntimeError)):
+            raise
+        # a peer died or timed out: say so in one line; checkpoints are only ever replaced whole
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        print(f"resnetlab {args.command}: error: another process of this run failed or timed out "
+              f"({first}); the last checkpoint is intact, resume with --resume", file=sys.stderr)
+        return 1
+    finally:
+        from resnetlab.distributed import shutdown
+
+        shutdown()

@@ -53,6 +53,7 @@ def run(args) -> int:
     try:
         fit(session)
     except Preempted as e:
-        print(f"resnetlab train: {e}", file=sys.stderr)
+        if session.dist.main:  # every rank stops; one says so
+            print(f"resnetlab train: {e}", file=sys.stderr)
         return Preempted.exit_code
     return 0

@@ -18,6 +18,7 @@ from resnetlab.config import AugmentConfig
 from resnetlab.data.augment import crop_flip, make_generator
 from resnetlab.data.cache import set_channels
 from resnetlab.data.images import BadImage, load_array
+from resnetlab.distributed import Dist, shard
 from resnetlab.errors import UserError
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, C, H, W), int64 (N,), on the device
@@ -29,9 +30,13 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> torch.Tensor
     return torch.randperm(n, generator=make_generator(seed, epoch))
 
 
-def batch_slices(n: int, batch_size: int, drop_last: bool) -> list[slice]:
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
-    return [slice(i, min(i + batch_size, stop)) for i in range(0, stop, batch_size)]
+def batch_slices(n: int, batch_size: int, merge_tail: bool) -> list[slice]:
+    """Batches of an epoch. With merge_tail (training) a short last batch joins the one before:
+    every image is used once an epoch, and no step sees a tiny batch (BatchNorm needs 2+)."""
+    starts = list(range(0, n, batch_size))
+    if merge_tail and len(starts) > 1 and n - starts[-1] < batch_size:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
 
 
 class CachedLoader:
@@ -47,15 +52,21 @@ class CachedLoader:
         seed: int,
         shuffle: bool = False,
         augment: AugmentConfig | None = None,
-        drop_last: bool = False,
+        merge_tail: bool = False,
+        dist: Dist = Dist(),
     ):
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size, self.seed, self.shuffle, self.augment = batch_size, seed, shuffle, augment
-        self.slices = batch_slices(len(labels), batch_size, drop_last)
+        self.slices = batch_slices(len(labels), batch_size, merge_tail)
+        self.dist = dist
 
     def __len__(self) -> int:
         return len(self.slices)
+
+    def global_batch(self, step: int) -> int:
+        """Images in step ``step`` summed over all ranks."""
+        return self.slices[step].stop - self.slices[step].start
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         order = epoch_order(len(self.labels), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
@@ -64,8 +75,9 @@ class CachedLoader:
             idx = order[self.slices[step]]
             x = self.images[idx]
             if self.augment is not None:
+                # drawn for the whole global batch, then sharded: any rank count sees the same images
                 x = crop_flip(x, self.augment, make_generator(self.seed, epoch, step))
-            yield x, self.labels[idx]
+            yield shard(x, self.dist), shard(self.labels[idx], self.dist)
 
 
 class FileDataset(Dataset):
@@ -113,18 +125,24 @@ class StreamLoader:
     """Batches decoded by DataLoader workers, for data sets too large for the cache."""
 
     def __init__(self, dataset: FileDataset, *, batch_size, device, seed, num_workers, on_bad_image,
-                 shuffle=False, drop_last=False):
+                 shuffle=False, merge_tail=False, dist: Dist = Dist()):
         self.dataset, self.device, self.seed = dataset, device, seed
         self.shuffle, self.num_workers, self.on_bad_image = shuffle, num_workers, on_bad_image
-        self.slices = batch_slices(len(dataset), batch_size, drop_last)
+        self.slices = batch_slices(len(dataset), batch_size, merge_tail)
+        self.dist = dist
         self.skipped: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.slices)
 
+    def global_batch(self, step: int) -> int:
+        """Images in step ``step`` summed over all ranks."""
+        return self.slices[step].stop - self.slices[step].start
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         order = epoch_order(len(self.dataset), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
-        batches = [[(int(i), epoch) for i in order[s]] for s in self.slices[start:]]
+        batches = [[(int(i), epoch) for i in shard(order[s], self.dist)] for s in self.slices[start:]]
+        batches = [b for b in batches if b]  # an eval batch smaller than the rank count
         loader = DataLoader(
             self.dataset,
             batch_sampler=batches,
