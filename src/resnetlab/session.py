@@ -153,8 +153,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     if resume is not None and has_checkpoint:
         restore(session, run_dir / "last.pt")  # before touching the folder: a misfit changes nothing
     if d.enabled:  # gradients averaged across ranks; parameters broadcast from rank 0 once
-        session.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                              broadcast_buffers=False)
+        session.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if resume is not None and d.main:
         env = read_json(run_dir / "env.json")
         env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides)})
