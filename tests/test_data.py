@@ -10,7 +10,7 @@ from resnetlab.config import AugmentConfig
 from resnetlab.data import build_data
 from resnetlab.data.augment import crop_flip, make_generator
 from resnetlab.data.images import load_array
-from resnetlab.data.loader import CachedLoader, epoch_order
+from resnetlab.data.loader import CachedLoader
 from resnetlab.errors import UserError
 from tests.conftest import tiny_config, write_class_folders
 
