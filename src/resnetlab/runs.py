@@ -22,7 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from resnetlab.checkpoint import atomic_write_text
+from resnetlab.config import Config, config_from_dict
 from resnetlab.errors import UserError
 
 
@@ -70,6 +73,17 @@ def check_run_dir(run: Path) -> Path:
     if not (run / "config.yaml").is_file():
         raise UserError(f"{run} is not a resnetlab run folder (no config.yaml)")
     return run
+
+
+def read_run_config(run: Path) -> Config:
+    """The resolved config a run was trained with (or last resumed with)."""
+    return config_from_dict(yaml.safe_load((check_run_dir(run) / "config.yaml").read_text()))
+
+
+def saved_val_ids(run: Path) -> list | None:
+    """The files (or indices) held out for validation, from split.json; None if the run has none."""
+    path = Path(run) / "split.json"
+    return read_json(path).get("val") if path.exists() else None
 
 
 def find_checkpoint(run: Path, which: str = "best") -> Path:

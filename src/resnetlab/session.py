@@ -17,14 +17,14 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from resnetlab.checkpoint import atomic_write_text, describe_model, load_checkpoint, load_model_state, rng_state, set_rng_state
-from resnetlab.config import Config, OptimConfig, apply_overrides, config_from_dict, validate
+from resnetlab.checkpoint import describe_model, load_checkpoint, load_model_state, rng_state, set_rng_state
+from resnetlab.config import Config, OptimConfig, apply_overrides, save_config, validate
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader, build_data
 from resnetlab import distributed
 from resnetlab.distributed import Dist
 from resnetlab.errors import UserError
 from resnetlab.models import get_model
-from resnetlab.runs import check_run_dir, create_run_dir, read_json, write_json
+from resnetlab.runs import check_run_dir, create_run_dir, read_json, read_run_config, saved_val_ids, write_json
 from resnetlab.runtime import environment, resolve_precision, seed_everything, select_device
 
 
@@ -117,7 +117,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     """
     if resume is not None:
         resume = check_run_dir(resume)
-        cfg = config_from_dict(yaml.safe_load((resume / "config.yaml").read_text()))
+        cfg = read_run_config(resume)
         apply_overrides(cfg, overrides)
         validate(cfg)
     d = distributed.from_environment()
@@ -127,8 +127,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     device = distributed.init(d, select_device(cfg.train.device), timeout_s=cfg.train.dist_timeout)
     precision = resolve_precision(cfg.train.precision, device)
     seed_everything(cfg.seed)
-    split = read_json(resume / "split.json") if resume and (resume / "split.json").exists() else {}
-    data = build_data(cfg, val_ids=split.get("val"), progress=cfg.train.progress)
+    data = build_data(cfg, val_ids=saved_val_ids(resume) if resume else None, progress=cfg.train.progress)
     if len(data.splits["train"]) < 1:
         raise UserError("the training split is empty")
     has_checkpoint = resume is not None and (resume / "last.pt").exists()
@@ -158,7 +157,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
         env = read_json(run_dir / "env.json")
         env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides)})
         write_json(run_dir / "env.json", env)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        save_config(cfg, run_dir / "config.yaml")
     return session
 
 

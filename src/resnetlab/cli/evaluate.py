@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 
 from resnetlab.errors import UserError
 
@@ -22,11 +21,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from resnetlab.config import config_from_dict
     from resnetlab.data import CachedLoader, build_data
     from resnetlab.evaluate import format_table, infer, metrics
     from resnetlab.predict import Predictor
-    from resnetlab.runs import check_run_dir, write_confusion_csv, write_json
+    from resnetlab.runs import check_run_dir, read_run_config, saved_val_ids, write_confusion_csv, write_json
 
     run_dir = check_run_dir(Path(args.run))
     if args.batch_size < 1:
@@ -35,14 +33,7 @@ def run(args) -> int:
     if args.data:
         images, labels, name = _folder_split(Path(args.data), predictor)
     else:
-        cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-        split_file = run_dir / "split.json"
-        val_ids = None
-        if split_file.exists():
-            import json
-
-            val_ids = json.loads(split_file.read_text()).get("val")
-        data = build_data(cfg, val_ids=val_ids, progress=False)
+        data = build_data(read_run_config(run_dir), val_ids=saved_val_ids(run_dir), progress=False)
         if args.split not in data.splits:
             raise UserError(f"the run's data has no '{args.split}' split (it has {', '.join(data.splits)}); use --data FOLDER")
         split = data.splits[args.split]

@@ -39,7 +39,22 @@ def batch_slices(n: int, batch_size: int, merge_tail: bool) -> list[slice]:
     return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
 
 
-class CachedLoader:
+class _Batches:
+    """The batch plan both loaders share: global slices of an epoch's order, and this rank's share."""
+
+    def __init__(self, n: int, batch_size: int, merge_tail: bool, dist: Dist):
+        self.slices = batch_slices(n, batch_size, merge_tail)
+        self.dist = dist
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def global_batch(self, step: int) -> int:
+        """Images in step ``step`` summed over all ranks."""
+        return self.slices[step].stop - self.slices[step].start
+
+
+class CachedLoader(_Batches):
     """Batches from a uint8 tensor kept on the training device; augmentation done per batch there."""
 
     def __init__(
@@ -55,18 +70,10 @@ class CachedLoader:
         merge_tail: bool = False,
         dist: Dist = Dist(),
     ):
+        super().__init__(len(labels), batch_size, merge_tail, dist)
         self.images = images.to(device)
         self.labels = labels.to(device)
-        self.batch_size, self.seed, self.shuffle, self.augment = batch_size, seed, shuffle, augment
-        self.slices = batch_slices(len(labels), batch_size, merge_tail)
-        self.dist = dist
-
-    def __len__(self) -> int:
-        return len(self.slices)
-
-    def global_batch(self, step: int) -> int:
-        """Images in step ``step`` summed over all ranks."""
-        return self.slices[step].stop - self.slices[step].start
+        self.seed, self.shuffle, self.augment = seed, shuffle, augment
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         order = epoch_order(len(self.labels), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
@@ -121,23 +128,15 @@ class FileDataset(Dataset):
         return x, int(self.labels[index]), index, ""
 
 
-class StreamLoader:
+class StreamLoader(_Batches):
     """Batches decoded by DataLoader workers, for data sets too large for the cache."""
 
     def __init__(self, dataset: FileDataset, *, batch_size, device, seed, num_workers, on_bad_image,
                  shuffle=False, merge_tail=False, dist: Dist = Dist()):
+        super().__init__(len(dataset), batch_size, merge_tail, dist)
         self.dataset, self.device, self.seed = dataset, device, seed
         self.shuffle, self.num_workers, self.on_bad_image = shuffle, num_workers, on_bad_image
-        self.slices = batch_slices(len(dataset), batch_size, merge_tail)
-        self.dist = dist
         self.skipped: dict[str, str] = {}
-
-    def __len__(self) -> int:
-        return len(self.slices)
-
-    def global_batch(self, step: int) -> int:
-        """Images in step ``step`` summed over all ranks."""
-        return self.slices[step].stop - self.slices[step].start
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         order = epoch_order(len(self.dataset), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
