@@ -48,7 +48,7 @@ def test_models_recipes_env():
 @pytest.mark.parametrize(
     "args, pattern",
     [
-        (["data.dataset=/no/such/folder"], "neither a folder that exists"),
+        (["data.dataset=/no/such/folder"], "neither a folder or CSV that exists"),
         (["optim.lrr=0.1"], "did you mean 'optim.lr'"),
         (["model.num_classes=7"], "model.num_classes=7 but .* has 3 classes"),
         (["model.name=resnet19"], "unknown model 'resnet19'"),

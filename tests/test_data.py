@@ -27,15 +27,20 @@ def test_class_folders_with_splits(class_folders, tmp_path):
 
 
 def test_val_fraction_is_stratified_seeded_and_reusable(single_folder, tmp_path):
+    from resnetlab.data.manifest import split_file_text
+
     cfg = tiny_config(single_folder, tmp_path, "data.val_fraction=0.25")
     a, b = build_data(cfg), build_data(cfg)
-    assert a.val_ids == b.val_ids and len(a.val_ids) == 15  # 5 of each class's 20
+    assert a.splits["val"].paths == b.splits["val"].paths and len(a.splits["val"]) == 15  # 5 of each class's 20
     assert torch.bincount(a.splits["val"].labels).tolist() == [5, 5, 5]
     assert len(a.splits["train"]) == 45
     other = build_data(tiny_config(single_folder, tmp_path, "data.val_fraction=0.25", "seed=7"))
-    assert other.val_ids != a.val_ids
-    again = build_data(tiny_config(single_folder, tmp_path, "seed=7"), val_ids=a.val_ids)
-    assert again.val_ids == a.val_ids  # the saved file list wins over seed and fraction
+    assert other.splits["val"].paths != a.splits["val"].paths
+    saved = tmp_path / "split.csv"
+    saved.write_text(split_file_text(a.catalog))
+    again = build_data(tiny_config(single_folder, tmp_path, "seed=7"), split_file=saved)
+    assert again.splits["val"].paths == a.splits["val"].paths  # the saved split wins over seed and fraction
+    assert torch.equal(again.splits["train"].images, a.splits["train"].images)
 
 
 def test_idx_gz_and_raw(idx_folder, tmp_path):
@@ -129,7 +134,7 @@ def test_folder_errors(tmp_path):
     (root / "test" / "emu").mkdir()
     with pytest.raises(UserError, match="class folder 'emu' that .* lacks"):
         build_data(tiny_config(root, tmp_path))
-    with pytest.raises(UserError, match="neither a folder that exists nor a known name"):
+    with pytest.raises(UserError, match="neither a folder or CSV that exists nor a known name"):
         build_data(tiny_config(tmp_path / "nowhere", tmp_path))
 
 
@@ -219,7 +224,7 @@ def test_streaming_augmentation_is_deterministic_across_workers(class_folders, t
 def test_fashion_mnist_by_name_from_debian(tmp_path):
     from resnetlab.data import builtin
 
-    if not (builtin.Path(builtin.BUILTIN["fashion-mnist"][3]) / "t10k-labels-idx1-ubyte.gz").exists():
+    if not (builtin.Path(builtin.BUILTIN["fashion-mnist"].system) / "t10k-labels-idx1-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make test installs it)")
     data = build_data(tiny_config("fashion-mnist", tmp_path))
     assert data.classes[0] == "T-shirt/top" and data.classes[9] == "Ankle boot"
@@ -242,7 +247,7 @@ def test_builtin_offline_names_where_to_put_files(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(UserError, match=r"cannot download cifar10 .*offline, put its files in .*cifar-10-batches-py"):
+    with pytest.raises(UserError, match=r"cannot download cifar10 .*offline, put its files in .*cache/resnetlab/datasets/cifar10"):
         build_data(tiny_config("cifar10", tmp_path))
 
 

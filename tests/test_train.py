@@ -34,7 +34,7 @@ def test_run_folder_contents(class_folders, tmp_path):
     result = fit(session)
     run = session.run_dir
     assert RUN_FILES <= {p.name for p in run.iterdir()}
-    assert {"split.json", "eval_test.json", "confusion_test.csv"} <= {p.name for p in run.iterdir()}
+    assert {"split.csv", "eval_test.json", "confusion_test.csv"} <= {p.name for p in run.iterdir()}
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [1, 2]
     assert {"train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "seconds"} <= set(lines[0])

@@ -29,10 +29,19 @@ def _choice(default: str, *choices: str) -> Any:
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion-mnist"  # a built-in name or a path (class folders, CIFAR, IDX)
+    dataset: str = "fashion-mnist"  # a built-in name, or a folder (any layout resnetlab reads) or CSV
+    classes: list[str] = field(default_factory=list)  # keep only these (ids or names); empty: all
+    unknown_count: int = 0  # add an 'unknown' class of this many images drawn from the other classes
+    unknown_fraction: float = 0.0  # ... or of this share of the other classes' images
     image_size: int = 0  # px, side of the square the model sees; 0 = the images' own size
     channels: int = 0  # 0 = the data set's own (1 for all-grey data, else 3)
-    val_fraction: float = 0.0  # share of train held out, stratified, when there is no val split
+    val_fraction: float = 0.0  # share of train held out for validation (stratified, seeded)
+    val_count: int = 0  # ... or exactly this many images
+    test_fraction: float = 0.0  # share of train held out as the test split (replaces the layout's)
+    split_file: str = ""  # a run's split.csv: reuse its images and splits instead of drawing them
+    roi_crop: bool = False  # crop to the annotated region of interest (GTSRB) before resizing
+    roi_margin: float = 0.1  # ... widened by this share of its width/height on each side
+    sampler: str = _choice("shuffle", "shuffle", "balanced")  # balanced: classes drawn equally often
     resize: str = _choice("squash", "squash", "crop")  # squash to a square, or short side + centre crop
     cache: str = _choice("auto", "auto", "memory", "stream")  # auto: memory when it fits
     cache_max_gb: float = 4.0  # GiB of uint8 pixels that 'auto' still keeps in memory
@@ -69,6 +78,7 @@ class OptimConfig:
     decay_norm_and_bias: bool = False  # False: BN weights and biases get no weight decay
     grad_clip_norm: float = 0.0  # max global L2 norm of the gradients; 0 = no clipping
     label_smoothing: float = 0.0
+    class_weights: str = _choice("none", "none", "balanced")  # balanced: loss weight n / (k * n_class)
 
 
 @dataclass
@@ -256,6 +266,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         (item,) = typing.get_args(tp)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
+        if isinstance(value, str):  # classes=12,13,14,17 on a command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise bad
         return [_coerce(v, item, key, source) for v in value]
@@ -307,6 +319,15 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.optim.label_smoothing < 1, "optim.label_smoothing must be in [0, 1)"),
         (len(cfg.optim.betas) == 2, "optim.betas must be two numbers, e.g. [0.9, 0.999]"),
         (0 <= cfg.data.val_fraction < 1, "data.val_fraction must be in [0, 1)"),
+        (0 <= cfg.data.test_fraction < 1, "data.test_fraction must be in [0, 1)"),
+        (cfg.data.val_fraction + cfg.data.test_fraction < 1, "data.val_fraction + data.test_fraction must be below 1"),
+        (cfg.data.val_count >= 0, "data.val_count must be 0 (off) or more"),
+        (not (cfg.data.val_count and cfg.data.val_fraction), "set data.val_count or data.val_fraction, not both"),
+        (cfg.data.unknown_count >= 0, "data.unknown_count must be 0 (off) or more"),
+        (0 <= cfg.data.unknown_fraction <= 1, "data.unknown_fraction must be in [0, 1]"),
+        (not (cfg.data.unknown_count and cfg.data.unknown_fraction),
+         "set data.unknown_count or data.unknown_fraction, not both"),
+        (cfg.data.roi_margin >= 0, "data.roi_margin must be 0 or more"),
         (cfg.data.image_size >= 0, "data.image_size must be 0 (native) or a size in px"),
         (cfg.data.channels in (0, 1, 3), "data.channels must be 0 (auto), 1 or 3"),
         (cfg.augment.crop_padding >= 0, "augment.crop_padding must be 0 or more px"),

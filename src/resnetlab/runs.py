@@ -5,7 +5,7 @@ runs/<name>/
   env.json        versions, git commit, seed, device, precision; resumes appended
   classes.json    class names in index order
   data.json       size, channels, mean/std the model expects; data set root
-  split.json      files (or indices) held out for validation, reused on resume
+  split.csv       every image used (key,label,split), reused on resume and by evaluate
   metrics.jsonl   one line an epoch
   curves.png      loss, accuracy and learning rate against epoch
   last.pt best.pt checkpoints
@@ -80,10 +80,10 @@ def read_run_config(run: Path) -> Config:
     return config_from_dict(yaml.safe_load((check_run_dir(run) / "config.yaml").read_text()))
 
 
-def saved_val_ids(run: Path) -> list | None:
-    """The files (or indices) held out for validation, from split.json; None if the run has none."""
-    path = Path(run) / "split.json"
-    return read_json(path).get("val") if path.exists() else None
+def saved_split_file(run: Path) -> Path | None:
+    """The run's split.csv (its images and their splits), or None for a run written without one."""
+    path = Path(run) / "split.csv"
+    return path if path.is_file() else None
 
 
 def find_checkpoint(run: Path, which: str = "best") -> Path:

@@ -20,11 +20,12 @@ from torch.nn.parallel import DistributedDataParallel
 from resnetlab.checkpoint import describe_model, load_checkpoint, load_model_state, rng_state, set_rng_state
 from resnetlab.config import Config, OptimConfig, apply_overrides, save_config, validate
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader, build_data
+from resnetlab.data.manifest import split_file_text
 from resnetlab import distributed
 from resnetlab.distributed import Dist
 from resnetlab.errors import UserError
 from resnetlab.models import get_model
-from resnetlab.runs import check_run_dir, create_run_dir, read_json, read_run_config, saved_val_ids, write_json
+from resnetlab.runs import check_run_dir, create_run_dir, read_json, read_run_config, saved_split_file, write_json
 from resnetlab.runtime import environment, resolve_precision, seed_everything, select_device
 
 
@@ -48,6 +49,7 @@ class Session:
     best_top1: float = -1.0
     dist: Dist = field(default_factory=Dist)
     ddp: nn.Module | None = None  # the DistributedDataParallel wrapper when there are 2+ ranks
+    class_weights: torch.Tensor | None = None  # (k,) loss weight per class, optim.class_weights=balanced
 
     @property
     def net(self) -> nn.Module:
@@ -99,14 +101,23 @@ def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.devic
                 dist: Dist = Dist()):
     batch = cfg.train.batch_size if train else cfg.train.eval_batch_size
     common = dict(batch_size=batch, device=device, seed=cfg.seed, shuffle=train, merge_tail=train, dist=dist)
+    if train and cfg.data.sampler == "balanced":
+        common["sample_weights"] = balanced_weights(split.labels, len(data.classes))[split.labels]
     augment = cfg.augment if train else None
     if split.images is not None:
         return CachedLoader(split.images, split.labels, augment=augment, **common)
     dataset = FileDataset(
         split.paths, split.labels.tolist(), size=data.image_size, resize=cfg.data.resize,
-        channels=data.channels, augment=augment, seed=cfg.seed,
+        channels=data.channels, augment=augment, seed=cfg.seed, boxes=split.boxes, margin=cfg.data.roi_margin,
     )
     return StreamLoader(dataset, num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, **common)
+
+
+def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """n / (k * n_class) for each class: each class then carries the same total weight (1/k);
+    a class with no images gets 0."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    return torch.where(counts > 0, len(labels) / (num_classes * counts.clamp_min(1)), 0.0).float()
 
 
 def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, overrides: list[str] = ()) -> Session:
@@ -127,7 +138,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     device = distributed.init(d, select_device(cfg.train.device), timeout_s=cfg.train.dist_timeout)
     precision = resolve_precision(cfg.train.precision, device)
     seed_everything(cfg.seed)
-    data = build_data(cfg, val_ids=saved_val_ids(resume) if resume else None, progress=cfg.train.progress)
+    data = build_data(cfg, split_file=saved_split_file(resume) if resume else None, progress=cfg.train.progress)
     if len(data.splits["train"]) < 1:
         raise UserError("the training split is empty")
     has_checkpoint = resume is not None and (resume / "last.pt").exists()
@@ -149,6 +160,8 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
         cfg, data, model, optimizer, scaler, device, precision, loaders,
         torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device), run_dir, dist=d,
     )
+    if cfg.optim.class_weights == "balanced":
+        session.class_weights = balanced_weights(data.splits["train"].labels, len(data.classes)).to(device)
     if resume is not None and has_checkpoint:
         restore(session, run_dir / "last.pt")  # before touching the folder: a misfit changes nothing
     if d.enabled:  # gradients averaged across ranks; parameters broadcast from rank 0 once
@@ -166,15 +179,15 @@ def _new_run(cfg: Config, data: DataBundle, run_name: str, device, precision, d:
     env = {**environment(device), "seed": cfg.seed, "precision": precision, "command": run_name,
            "world_size": d.world}
     data_info = {**data.preprocess(), "root": data.root, "cached": data.cached, "resize": cfg.data.resize,
-                 "sizes": {k: len(v) for k, v in data.splits.items()}}
+                 "sizes": {k: len(v) for k, v in data.splits.items()}, "class_ids": data.catalog.class_ids,
+                 "counts": data.counts(), "notes": data.notes}
     files = {
         "config.yaml": yaml.safe_dump(cfg.to_dict(), sort_keys=False),
         "env.json": json.dumps(env, indent=2) + "\n",
         "classes.json": json.dumps(data.classes, indent=2) + "\n",
         "data.json": json.dumps(data_info, indent=2) + "\n",
     }
-    if data.val_ids:
-        files["split.json"] = json.dumps({"val_fraction": cfg.data.val_fraction, "seed": cfg.seed, "val": data.val_ids}) + "\n"
+    files["split.csv"] = split_file_text(data.catalog)
     return create_run_dir(Path(cfg.train.out_dir), name, files)
 
 

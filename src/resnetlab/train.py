@@ -84,6 +84,9 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         write_skipped(s.run_dir, s.data.skipped)
     if s.data.skipped:
         console.print(f"skipped {len(s.data.skipped)} bad images: see {s.run_dir / 'skipped_images.csv'}")
+    for note in s.data.notes:
+        console.print(f"note: {note}")
+    console.print(s.data.balance())
     console.print(
         f"training {cfg.model.name} on {len(s.data.splits['train'])} images "
         f"({s.data.image_size} px, {len(s.data.classes)} classes) for {epochs} epochs on "
@@ -114,7 +117,8 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
                 # sum over this rank's images / images in the global batch, x ranks because DDP averages
                 # gradients over ranks: the gradient is the global batch mean for any rank count
                 n_global = s.loaders["train"].global_batch(i)
-                loss_sum = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing, reduction="sum")
+                loss_sum = F.cross_entropy(logits.float(), y, weight=s.class_weights,
+                                           label_smoothing=cfg.optim.label_smoothing, reduction="sum")
                 s.optimizer.zero_grad(set_to_none=True)
                 _backward_step(s, loss_sum * (d.world / n_global))
                 with torch.no_grad():  # accumulate on the device: no host sync per step on a GPU

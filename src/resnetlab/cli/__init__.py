@@ -7,26 +7,33 @@ import sys
 
 from resnetlab.errors import UserError
 
-COMMANDS = ("train", "evaluate", "predict", "models", "recipes", "env")
+COMMANDS = ("train", "evaluate", "predict", "data", "models", "recipes", "env")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from resnetlab import __version__
-    from resnetlab.cli import env, evaluate, models, predict, recipes, train
+    from resnetlab.cli import data, env, evaluate, models, predict, recipes, train
 
     parser = argparse.ArgumentParser(
         prog="resnetlab", description="Train, evaluate and predict with ResNet image classifiers."
     )
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train, evaluate, predict, models, recipes, env):
+    for module in (train, evaluate, predict, data, models, recipes, env):
         module.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value after an option (`train recipe --resume R k=v`): argparse stops filling a
+    # positional list at the first option, so collect the rest here rather than refuse them
+    listed = "items" if hasattr(args, "items") else "overrides" if hasattr(args, "overrides") else None
+    if extra and listed and all("=" in e and not e.startswith("-") for e in extra):
+        getattr(args, listed).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args) or 0
     except UserError as e:

@@ -24,7 +24,7 @@ def run(args) -> int:
     from resnetlab.data import CachedLoader, build_data
     from resnetlab.evaluate import format_table, infer, metrics
     from resnetlab.predict import Predictor
-    from resnetlab.runs import check_run_dir, read_run_config, saved_val_ids, write_confusion_csv, write_json
+    from resnetlab.runs import check_run_dir, read_run_config, saved_split_file, write_confusion_csv, write_json
 
     run_dir = check_run_dir(Path(args.run))
     if args.batch_size < 1:
@@ -33,7 +33,7 @@ def run(args) -> int:
     if args.data:
         images, labels, name = _folder_split(Path(args.data), predictor)
     else:
-        data = build_data(read_run_config(run_dir), val_ids=saved_val_ids(run_dir), progress=False)
+        data = build_data(read_run_config(run_dir), split_file=saved_split_file(run_dir), progress=False)
         if args.split not in data.splits:
             raise UserError(f"the run's data has no '{args.split}' split (it has {', '.join(data.splits)}); use --data FOLDER")
         split = data.splits[args.split]

@@ -22,13 +22,15 @@ _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
 def decode_files(
-    paths: list[str], *, size: int, resize: str, on_bad_image: str, progress: bool = True
+    paths: list[str], *, size: int, resize: str, on_bad_image: str, progress: bool = True,
+    boxes=None, margin: float = 0.1,
 ) -> tuple[list[np.ndarray], list[bool], list[int], list[tuple[str, str]]]:
-    """Decode every file; returns arrays, grey flags, kept indices into ``paths``, and skipped files."""
+    """Decode every file (cropped to ``boxes[i]`` if given); returns arrays, grey flags, kept
+    indices into ``paths``, and skipped files."""
 
     def one(i: int):
         try:
-            return i, *load_array(paths[i], size, resize), None
+            return i, *load_array(paths[i], size, resize, None if boxes is None else boxes[i], margin), None
         except BadImage as e:
             return i, None, False, str(e)
 

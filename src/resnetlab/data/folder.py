@@ -1,5 +1,8 @@
 """A folder per class: ``root/<class>/*.jpg``, or ``root/{train,val,test}/<class>/*.jpg``.
 
+Kaggle's layouts are read too: split folders named ``seg_train``/``seg_test`` (Intel
+scenes) and a folder doubled by unzipping (``seg_train/seg_train/<class>``).
+
 Only lists files; decoding happens in the cache (or in streaming workers).
 Class order is sorted folder names, as torchvision's ImageFolder sorts them, so
 class indices agree with a torchvision model trained on the same folders.
@@ -10,10 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from resnetlab.data.catalog import Catalog, from_files
 from resnetlab.data.images import is_image_file
 from resnetlab.errors import UserError
 
-SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+SPLIT_NAMES = {
+    "train": ("train", "training", "seg_train"),
+    "val": ("val", "valid", "validation", "seg_val"),
+    "test": ("test", "testing", "seg_test"),
+}
 
 
 @dataclass
@@ -26,12 +34,19 @@ def _class_dirs(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
+def _unwrap(folder: Path) -> Path:
+    """``seg_train/seg_train`` (a zip's own folder inside the one it was unzipped to) -> the inner one."""
+    inner = folder / folder.name
+    only_child = [p for p in folder.iterdir() if not p.name.startswith(".")] == [inner]
+    return inner if inner.is_dir() and only_child else folder
+
+
 def _split_dirs(root: Path) -> dict[str, Path]:
     found = {}
     for split, names in SPLIT_NAMES.items():
         for name in names:
             if (root / name).is_dir():
-                found[split] = root / name
+                found[split] = _unwrap(root / name)
                 break
     return found
 
@@ -66,3 +81,14 @@ def list_class_folder(root: Path) -> tuple[list[str], dict[str, FileList]]:
             labels += [classes.index(name)] * len(files)
         out[split] = FileList(paths, labels)
     return classes, out
+
+
+def read(root: Path) -> Catalog:
+    classes, lists = list_class_folder(root)
+    paths, keys, labels, splits = [], [], [], []
+    for split, files in lists.items():
+        paths += files.paths
+        keys += [Path(p).relative_to(root).as_posix() for p in files.paths]
+        labels += files.labels
+        splits += [split] * len(files.paths)
+    return from_files(classes, classes, paths, keys, labels, splits)

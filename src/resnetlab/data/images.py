@@ -79,9 +79,24 @@ def fit_size(img: Image.Image, size: int, resize: str) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def load_array(path: str | Path, size: int, resize: str) -> tuple[np.ndarray, bool]:
-    """Decode, convert and resize one file: ((size, size, 3) uint8, was_grey)."""
+def crop_box(img: Image.Image, box, margin: float) -> Image.Image:
+    """Crop to an annotated region (x1, y1, x2, y2, inclusive px), widened by ``margin`` of its size
+    on each side and kept inside the image: a sign cropped flush loses the border that tells
+    its shape apart."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    dx, dy = margin * (x2 - x1 + 1), margin * (y2 - y1 + 1)
+    left, top = max(0, round(x1 - dx)), max(0, round(y1 - dy))
+    right, bottom = min(img.width, round(x2 + 1 + dx)), min(img.height, round(y2 + 1 + dy))
+    if right - left < 1 or bottom - top < 1:
+        return img  # a box outside the image: keep the whole photo rather than nothing
+    return img.crop((left, top, right, bottom))
+
+
+def load_array(path: str | Path, size: int, resize: str, box=None, margin: float = 0.1) -> tuple[np.ndarray, bool]:
+    """Decode, convert, crop to ``box`` if given, and resize one file: ((size, size, 3) uint8, was_grey)."""
     img = open_image(path)
+    if box is not None:
+        img = crop_box(img, box, margin)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F") and size > 0:
         arr, grey = to_array(img)  # resize after scaling to 8 bit: Pillow resizes few 16-bit modes
         return np.array(fit_size(Image.fromarray(arr), size, resize)), grey

@@ -24,9 +24,13 @@ from resnetlab.errors import UserError
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, C, H, W), int64 (N,), on the device
 
 
-def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The images of an epoch, in order. With ``weights`` (the class-balanced sampler) n draws with
+    replacement, each image with probability proportional to its weight."""
     if not shuffle:
         return torch.arange(n)
+    if weights is not None:
+        return torch.multinomial(weights.double().cpu(), n, replacement=True, generator=make_generator(seed, epoch))
     return torch.randperm(n, generator=make_generator(seed, epoch))
 
 
@@ -69,14 +73,17 @@ class CachedLoader(_Batches):
         augment: AugmentConfig | None = None,
         merge_tail: bool = False,
         dist: Dist = Dist(),
+        sample_weights: torch.Tensor | None = None,
     ):
         super().__init__(len(labels), batch_size, merge_tail, dist)
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.seed, self.shuffle, self.augment = seed, shuffle, augment
+        self.sample_weights = sample_weights
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        order = epoch_order(len(self.labels), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        order = epoch_order(len(self.labels), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                            weights=self.sample_weights)
         order = order.to(self.images.device)
         for step in range(start, len(self.slices)):
             idx = order[self.slices[step]]
@@ -94,8 +101,10 @@ class FileDataset(Dataset):
     (seed, epoch, index) whatever worker decodes it.
     """
 
-    def __init__(self, paths, labels, *, size, resize, channels, augment: AugmentConfig | None, seed):
+    def __init__(self, paths, labels, *, size, resize, channels, augment: AugmentConfig | None, seed,
+                 boxes=None, margin: float = 0.1):
         self.paths, self.labels = paths, labels
+        self.boxes, self.margin = boxes, margin
         self.size, self.resize, self.channels = size, resize, channels
         self.seed = seed
         self.transform = None
@@ -113,7 +122,8 @@ class FileDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, epoch = key
         try:
-            arr, _ = load_array(self.paths[index], self.size, self.resize)
+            box = None if self.boxes is None else self.boxes[index]
+            arr, _ = load_array(self.paths[index], self.size, self.resize, box, self.margin)
         except BadImage as e:
             # reported in the main process, which knows on_bad_image and the run folder
             blank = torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8)
@@ -132,14 +142,16 @@ class StreamLoader(_Batches):
     """Batches decoded by DataLoader workers, for data sets too large for the cache."""
 
     def __init__(self, dataset: FileDataset, *, batch_size, device, seed, num_workers, on_bad_image,
-                 shuffle=False, merge_tail=False, dist: Dist = Dist()):
+                 shuffle=False, merge_tail=False, dist: Dist = Dist(), sample_weights=None):
         super().__init__(len(dataset), batch_size, merge_tail, dist)
         self.dataset, self.device, self.seed = dataset, device, seed
+        self.sample_weights = sample_weights
         self.shuffle, self.num_workers, self.on_bad_image = shuffle, num_workers, on_bad_image
         self.skipped: dict[str, str] = {}
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        order = epoch_order(len(self.dataset), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        order = epoch_order(len(self.dataset), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                            weights=self.sample_weights)
         batches = [[(int(i), epoch) for i in shard(order[s], self.dist)] for s in self.slices[start:]]
         batches = [b for b in batches if b]  # an eval batch smaller than the rank count
         loader = DataLoader(

@@ -1,0 +1,77 @@
+"""`resnetlab data inspect DATASET [key=value ...]`: counts, sizes, samples, augmentations, bad files, duplicates."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+EXAMPLES = """examples:
+  resnetlab data inspect gtsrb
+  resnetlab data inspect gtsrb classes=12,13,14,17 unknown_fraction=0.1 test_fraction=0.1 val_fraction=0.1
+  resnetlab data inspect path/to/class/folders --recipe fashion-mnist-fast --out inspect/mine
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("data", help="look at a data set before training on it")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    q = verbs.add_parser("inspect", help="images per class and split, sizes, sample grids, bad files, duplicates",
+                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("dataset", help="a data set name, a folder, or a CSV of path,label[,split]")
+    q.add_argument("overrides", nargs="*", metavar="key=value", help="data options, e.g. classes=12,13 val_fraction=0.1")
+    q.add_argument("--recipe", help="take data and augmentation settings from this recipe")
+    q.add_argument("--out", metavar="DIR", help="where to write (default: inspect/<data set name>)")
+    q.add_argument("--samples", type=int, default=8, help="images per class in the sample grid")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from resnetlab.config import load_config
+    from resnetlab.errors import UserError
+    from resnetlab.inspect_data import inspect
+
+    if args.samples < 1:
+        raise UserError("--samples must be at least 1")
+    cfg = load_config(args.recipe, [f"data.dataset={args.dataset}", *args.overrides])
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.dataset.rstrip("/")).name or "data")
+    out = Path(args.out or Path("inspect") / name)
+    summary = inspect(cfg, out, samples=args.samples, progress=True)
+
+    console = Console()
+    counts = summary["counts"]
+    table = Table(title=f"{summary['dataset']}: {summary['images']:,} images, {len(summary['classes'])} classes")
+    table.add_column("class")
+    for split in counts:
+        table.add_column(split, justify="right")
+    rows = list(enumerate(summary["classes"]))
+    if len(rows) > 24:  # the 10 smallest and 10 largest by training count; all are in counts.csv
+        first = next(iter(counts))
+        rows.sort(key=lambda r: counts[first][r[0]])
+        rows = rows[:10] + [(None, "...")] + rows[-10:]
+    for k, cls in rows:
+        table.add_row(cls, *(("" if k is None else f"{counts[s][k]:,}") for s in counts))
+    table.add_row("all", *(f"{sum(v):,}" for v in counts.values()), style="bold")
+    console.print(table)
+    for split, values in counts.items():
+        lo, hi = min(values), max(values)
+        console.print(f"{split}: {lo:,} to {hi:,} images a class" + (f" ({hi / lo:.1f}x)" if lo else ""))
+    if summary["sizes_px"]:
+        w, h = summary["sizes_px"]["width"], summary["sizes_px"]["height"]
+        console.print(f"size (min/median/max px): width {w[0]}/{w[1]}/{w[2]}, height {h[0]}/{h[1]}/{h[2]}")
+    console.print(f"unreadable files: {summary['bad_files']}"
+                  + (f" (see {out / 'bad_files.csv'})" if summary["bad_files"] else ""))
+    leaks = ", ".join(f"{k}: {v}" for k, v in summary["leaks"].items()) or "none"
+    console.print(f"identical images: {summary['duplicate_groups']} groups; {summary['duplicates_within_split']} "
+                  f"extra copies within a split; across splits (leaks) {leaks}"
+                  + (f"; {summary['label_conflicts']} with conflicting labels" if summary["label_conflicts"] else ""))
+    for note in summary["notes"]:
+        console.print(f"note: {note}")
+    t = summary["seconds"]
+    console.print(f"indexed in {t['index']:.1f} s (catalog {t['catalog']:.1f} s, all {t['total']:.1f} s); "
+                  f"wrote counts.csv/png, sizes.png, samples.png, augment.png, bad_files.csv, duplicates.csv, "
+                  f"summary.json to {out}")
+    return 0
