@@ -15,8 +15,8 @@ from torch import nn
 
 from resnetlab.checkpoint import load_checkpoint, load_model_state
 from resnetlab.data.augment import normalize
-from resnetlab.data.cache import set_channels
-from resnetlab.data.images import BadImage, is_image_file, load_array
+from resnetlab.data.cache import decode_files, set_channels
+from resnetlab.data.images import is_image_file
 from resnetlab.errors import UserError
 from resnetlab.models import get_model
 from resnetlab.runs import find_checkpoint
@@ -64,18 +64,15 @@ class Predictor:
 
     def load_images(self, paths: list[str]) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
         """uint8 (N, C, S, S) for the readable files, their paths, and (path, reason) for the rest."""
-        arrays, kept, bad = [], [], []
-        for p in paths:
-            try:
-                arr, _ = load_array(p, self.image_size, self.resize)
-            except BadImage as e:
-                bad.append((p, str(e)))
-                continue
+        decoded, _, indices, bad = decode_files(paths, size=self.image_size, resize=self.resize,
+                                                on_bad_image="skip", progress=False)
+        arrays, kept = [], []
+        for arr, i in zip(decoded, indices):
             if arr.shape[0] != self.image_size or arr.shape[1] != self.image_size:
-                bad.append((p, f"{arr.shape[1]}x{arr.shape[0]} px but the model takes {self.image_size} px"))
+                bad.append((paths[i], f"{arr.shape[1]}x{arr.shape[0]} px but the model takes {self.image_size} px"))
                 continue
             arrays.append(torch.from_numpy(arr).permute(2, 0, 1))
-            kept.append(p)
+            kept.append(paths[i])
         if not arrays:
             return torch.empty(0, self.channels, self.image_size, self.image_size, dtype=torch.uint8), kept, bad
         return set_channels(torch.stack(arrays), self.channels), kept, bad

@@ -40,6 +40,8 @@ def resolve_root(dataset: str) -> Path:
         wanted = _EXPECTED[dataset]
         return builtin.resolve_builtin(dataset, lambda root: detect(root) == wanted)
     root = Path(dataset).expanduser()
+    if not root.exists() and root.suffix.lower() in (".csv", ".tsv"):
+        raise UserError(f"CSV file {root} does not exist: give a CSV of path,label[,split] rows")
     if not root.exists():
         names = ", ".join(builtin.BUILTIN)
         raise UserError(f"data set '{dataset}' is neither a folder or CSV that exists nor a known name ({names})")
