@@ -39,7 +39,7 @@ def generate(root: Path) -> None:
             track, image = divmod(n, 30)
             name, *rest = rows[(track % 3) * 30 + image]
             pixels = np.array(Image.open(src / name))
-            pixels[0, 0, 0] = (pixels[0, 0, 0] + 1 + track) % 256  # a distinct copy, not a duplicate
+            pixels[0, 0, 0] = (int(pixels[0, 0, 0]) + 1 + track) % 256  # a distinct copy, not a duplicate
             filename = f"{track:05d}_{image:05d}.ppm"
             Image.fromarray(pixels).save(dst / filename)
             out.append(";".join([filename, *rest]))
