@@ -113,6 +113,22 @@ class TrainConfig:
 
 
 @dataclass
+class StageConfig:
+    """One phase of staged training (fastai's fit_one_cycle / unfreeze / fit(cycle_len...) calls)."""
+
+    epochs: int = 0  # with schedule sgdr, may come from cycles instead
+    train: str = "all"  # 'all', 'head', or a layer group: it and every group after it train
+    lr: list[float] = field(default_factory=list)  # [lr], or [lo, hi]: first group .. head; empty: optim.lr
+    weight_decay: float | None = None  # null: optim.weight_decay
+    train_bn: bool = True  # BatchNorm of frozen groups keeps training (fastai's default); false: frozen too
+    schedule: str | None = None  # null: schedule.name
+    cycle_len: float | None = None  # sgdr, epochs; null: schedule.cycle_len
+    cycle_mult: float | None = None  # sgdr; null: schedule.cycle_mult
+    cycles: int = 0  # sgdr: this many cycles (sets epochs: 1, 2, 4, 8 epochs for cycle_len 1, mult 2)
+    snapshots: bool = False  # save snapshot-K.pt at the end of every sgdr cycle, for ensembling
+
+
+@dataclass
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -121,6 +137,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # staged training; when given, train.epochs is the sum of the stages' epochs
+    stages: list[StageConfig] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -262,6 +280,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key, source)
+    if origin is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key} ({source}) should be a list of mappings")
+        return [_dataclass_item(v, typing.get_args(tp)[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
     if origin is list:
         (item,) = typing.get_args(tp)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -295,6 +317,23 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return str(value)
         raise bad
     raise bad
+
+
+def _dataclass_item(value: Any, cls: type, key: str, source: str) -> Any:
+    """A mapping -> ``cls``, each field coerced; unknown fields suggest the nearest one."""
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    if not isinstance(value, dict):
+        raise UserError(f"{key} ({source}) should be a mapping of {cls.__name__} fields")
+    item, hints = cls(), typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for name, v in value.items():
+        if name not in names:
+            near = difflib.get_close_matches(str(name), names, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise UserError(f"{key} ({source}) has unknown field '{name}'{hint} (fields: {', '.join(names)})")
+        setattr(item, name, _coerce(v, hints[name], f"{key}.{name}", source))
+    return item
 
 
 def _type_name(tp: Any) -> str:
@@ -341,6 +380,35 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    _resolve_stages(cfg)
+
+
+def _resolve_stages(cfg: Config) -> None:
+    """Check each stage and derive epochs from sgdr cycles; train.epochs becomes the stages' sum."""
+    if not cfg.stages:
+        return
+    schedules = dataclasses.fields(ScheduleConfig)[0].metadata["choices"]
+    for i, st in enumerate(cfg.stages):
+        where = f"stages[{i}]"
+        if st.schedule is not None and st.schedule not in schedules:
+            raise UserError(f"{where}.schedule={st.schedule!r} is not one of: {', '.join(schedules)}")
+        if len(st.lr) > 2 or any(v <= 0 for v in st.lr):
+            raise UserError(f"{where}.lr must be [lr] or [lo, hi] with positive rates, got {st.lr}")
+        if len(st.lr) == 2 and st.lr[0] > st.lr[1]:
+            raise UserError(f"{where}.lr=[lo, hi] must rise from the first group to the head, got {st.lr}")
+        if st.cycles:
+            if (st.schedule or cfg.schedule.name) != "sgdr":
+                raise UserError(f"{where}.cycles needs schedule sgdr")
+            length = st.cycle_len or cfg.schedule.cycle_len
+            mult = st.cycle_mult or cfg.schedule.cycle_mult
+            total = length * st.cycles if mult == 1 else length * (mult**st.cycles - 1) / (mult - 1)
+            if abs(total - round(total)) > 1e-9 or (st.epochs and st.epochs != round(total)):
+                raise UserError(f"{where}: {st.cycles} cycles of {length} epochs x {mult} make {total:g} epochs, "
+                                f"not {'a whole number' if not st.epochs else st.epochs}")
+            st.epochs = int(round(total))
+        if st.epochs < 1:
+            raise UserError(f"{where}.epochs must be at least 1 (or give cycles with schedule sgdr)")
+    cfg.train.epochs = sum(st.epochs for st in cfg.stages)
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -24,7 +24,8 @@ from resnetlab.data.manifest import split_file_text
 from resnetlab import distributed
 from resnetlab.distributed import Dist
 from resnetlab.errors import UserError
-from resnetlab.models import get_model
+from resnetlab.models import get_model, model_entry
+from resnetlab.models.groups import first_trained, layer_groups
 from resnetlab.runs import check_run_dir, create_run_dir, read_json, read_run_config, saved_split_file, write_json
 from resnetlab.runtime import environment, resolve_precision, seed_everything, select_device
 
@@ -67,6 +68,10 @@ def model_options(cfg: Config) -> dict[str, Any]:
 
 
 def build_model(cfg: Config, data: DataBundle, *, pretrained: bool = True) -> nn.Module:
+    entry = model_entry(cfg.model.name)
+    if data.image_size < entry.min_size:
+        raise UserError(f"{cfg.model.name} needs images of at least {entry.min_size} px (it downsamples them "
+                        f"to 1 px before its last stage); set data.image_size={entry.default_size} or more")
     if cfg.model.num_classes and cfg.model.num_classes != len(data.classes):
         raise UserError(
             f"model.num_classes={cfg.model.num_classes} but {data.root} has {len(data.classes)} classes; "
@@ -82,14 +87,19 @@ def build_model(cfg: Config, data: DataBundle, *, pretrained: bool = True) -> nn
 
 
 def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            # BN scales and biases (1-d) gain nothing from decay and lose accuracy with it
-            (no_decay if p.ndim <= 1 and not o.decay_norm_and_bias else decay).append(p)
-    groups = [{"params": decay, "weight_decay": o.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    """Two parameter groups per layer group (stem, layer1, ..., head): with and without weight decay.
+    Stages set each group's ``lr_scale`` (discriminative rates) and freeze groups by requires_grad."""
+    groups = []
+    for name, modules in layer_groups(model):
+        decay, no_decay = [], []
+        for m in modules:
+            for p in m.parameters():
+                # BN scales and biases (1-d) gain nothing from decay and lose accuracy with it
+                (no_decay if p.ndim <= 1 and not o.decay_norm_and_bias else decay).append(p)
+        for params, with_decay in ((decay, True), (no_decay, False)):
+            if params:
+                groups.append({"params": params, "weight_decay": o.weight_decay if with_decay else 0.0,
+                               "layer_group": name, "decay": with_decay, "lr_scale": 1.0})
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
     if o.name == "adam":  # L2 added to the gradient, as torch.optim.Adam does
@@ -143,6 +153,8 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
         raise UserError("the training split is empty")
     has_checkpoint = resume is not None and (resume / "last.pt").exists()
     model = build_model(cfg, data, pretrained=not has_checkpoint)
+    for st in cfg.stages:  # a stage naming a group the model lacks fails before any folder is made
+        first_trained(model, st.train)
     if cfg.train.sync_bn and (d.enabled or device.type == "cpu"):  # on CPU: the same BN for any rank count
         model = distributed.convert_sync_batchnorm(model, device)
     model = model.to(device)
@@ -165,7 +177,9 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     if resume is not None and has_checkpoint:
         restore(session, run_dir / "last.pt")  # before touching the folder: a misfit changes nothing
     if d.enabled:  # gradients averaged across ranks; parameters broadcast from rank 0 once
-        session.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # stages freeze groups after DDP is built: let it skip parameters that get no gradient
+        session.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=bool(cfg.stages))
     if resume is not None and d.main:
         env = read_json(run_dir / "env.json")
         env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides)})
@@ -225,8 +239,8 @@ def restore(s: Session, path: Path) -> None:
         s.scaler.load_state_dict(state["scaler"])
     # load_state_dict brought back the saved hyperparameters; overrides given on resume win
     o = s.cfg.optim
-    for i, group in enumerate(s.optimizer.param_groups):
-        group["weight_decay"] = o.weight_decay if i == 0 else 0.0
+    for group in s.optimizer.param_groups:
+        group["weight_decay"] = o.weight_decay if group["decay"] else 0.0
         if "momentum" in group:
             group["momentum"], group["nesterov"] = o.momentum, o.nesterov and o.momentum > 0
         if "betas" in group:

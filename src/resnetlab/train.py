@@ -29,8 +29,8 @@ from resnetlab.evaluate import infer, metrics
 from resnetlab.plots import training_curves
 from resnetlab.runs import write_confusion_csv, write_json, write_metrics, write_skipped
 from resnetlab.runtime import autocast
-from resnetlab.schedules import lr_at
 from resnetlab.session import Session, checkpoint_state
+from resnetlab.stages import apply_stage, freeze_bn_statistics, lr_for_step, snapshot_epochs, stage_at
 
 Callback = Callable[..., None]
 EVENTS = ("on_batch_end", "on_epoch_end", "on_train_end")
@@ -79,7 +79,6 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
     console = console or Console(soft_wrap=True, quiet=not d.main)  # rank 0 speaks for all ranks
     hooks = defaultdict(list, callbacks or {})
     spe, epochs = s.steps_per_epoch, cfg.train.epochs
-    total = spe * epochs
     if d.main:
         write_skipped(s.run_dir, s.data.skipped)
     if s.data.skipped:
@@ -101,7 +100,13 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         for epoch in range(s.start_epoch, epochs):
             if distributed.any_rank(bool(stop), d, s.device):  # came in the previous epoch's last step
                 raise Preempted(_signal_name(stop), s.run_dir, epoch, 0)
+            if cfg.stages:
+                index, _ = stage_at(cfg, epoch)
+                if epoch == s.start_epoch or stage_at(cfg, epoch - 1)[0] != index:
+                    console.print(apply_stage(s.model, s.optimizer, cfg, index))
             s.model.train()
+            if cfg.stages:
+                freeze_bn_statistics(s.model, cfg, index)
             task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=spe, completed=s.start_step, loss=0, acc=0, ips=0)
             # loss sum, correct, seen; a resumed partial epoch's sums are global, so rank 0 alone carries them
             sums = torch.tensor(s.partial if d.main else [0.0] * 3, dtype=torch.float64, device=s.device)
@@ -109,7 +114,7 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
             start, seen0, last_ui = time.perf_counter(), s.partial[2], 0.0
             for i, (x, y) in enumerate(s.loaders["train"].epoch(epoch, start=s.start_step), start=s.start_step):
                 step = epoch * spe + i
-                lr = lr_at(step, base_lr=cfg.optim.lr, total_steps=total, steps_per_epoch=spe, cfg=cfg.schedule)
+                lr = lr_for_step(cfg, step, spe)
                 for group in s.optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 with autocast(s.device, s.precision):
@@ -225,6 +230,9 @@ def _end_of_epoch(s: Session, record: dict, console: Console) -> None:
     save_checkpoint(s.run_dir / "last.pt", state)
     if improved or not (s.run_dir / "best.pt").exists():
         save_checkpoint(s.run_dir / "best.pt", state)
+    snapshots = sorted(snapshot_epochs(s.cfg))
+    if record["epoch"] in snapshots:  # the end of an SGDR cycle: a model for snapshot ensembling
+        save_checkpoint(s.run_dir / f"snapshot-{snapshots.index(record['epoch']) + 1}.pt", state)
     distributed.barrier(s.dist)
     line = (f"epoch {record['epoch']:>3}/{s.cfg.train.epochs}  lr {record['lr']:.2e}  "
             f"train loss {record['train_loss']:.4f} top-1 {100 * record['train_top1']:.2f}%")

@@ -62,7 +62,7 @@ class PreActResNet(nn.Module):
                 blocks.append(PreActBottleneck(c_in, k, stride=2 if (i > 0 and j == 0) else 1))
                 c_in = k
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(
+        self.final = nn.Sequential(  # the last pre-activation: BN and ReLU before pooling
             nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()
         )
         self.fc = nn.Linear(c_in, num_classes)
@@ -71,10 +71,10 @@ class PreActResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.head(self.blocks(self.stem(x))))
+        return self.fc(self.final(self.blocks(self.stem(x))))
 
 
-@register_model(family="preact", default_size=32)
+@register_model(family="preact", default_size=32, min_size=4)
 def preact_resnet56(
     *,
     num_classes: int,
@@ -86,7 +86,7 @@ def preact_resnet56(
     return PreActResNet(num_classes, in_chans, stages or [9, 9, 9], filters or [64, 64, 128, 256], "cifar")
 
 
-@register_model(family="preact", default_size=64)
+@register_model(family="preact", default_size=64, min_size=8)
 def preact_resnet_tiny(
     *,
     num_classes: int,

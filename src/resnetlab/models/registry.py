@@ -26,18 +26,21 @@ class ModelEntry:
     description: str
     pretrained: bool  # has torchvision weight enums
     default_size: int  # px the family was designed for
+    # px below which the last stride-2 conv sees a 1x1 input: useless, and PyTorch 2.14's CPU bf16
+    # weight gradient for a stride-2 3x3 conv on 1x1 input returns uninitialised memory (NaN, 1e37)
+    min_size: int = 1
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    *, family: str, default_size: int, pretrained: bool = False
+    *, family: str, default_size: int, pretrained: bool = False, min_size: int = 1
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[fn.__name__] = ModelEntry(
-            fn.__name__, fn, family, doc[0] if doc else "", pretrained, default_size
+            fn.__name__, fn, family, doc[0] if doc else "", pretrained, default_size, min_size
         )
         return fn
 

@@ -42,7 +42,7 @@ def _make(depth: int):
     builder.__name__ = f"cifar_resnet{depth}"
     kind = "BasicBlock" if depth < 50 else "Bottleneck"
     builder.__doc__ = f"ResNet-{depth} ({kind}) with a 3x3 stem and no max-pool, for 32-64 px images"
-    return register_model(family="cifar", default_size=32)(builder)
+    return register_model(family="cifar", default_size=32, min_size=8)(builder)
 
 
 cifar_resnet18 = _make(18)
@@ -94,7 +94,7 @@ class ResNet9(nn.Module):
         return self.fc(self.features(x))
 
 
-@register_model(family="resnet9", default_size=32)
+@register_model(family="resnet9", default_size=32, min_size=8)
 def resnet9(
     *,
     num_classes: int,

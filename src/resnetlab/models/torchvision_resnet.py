@@ -114,7 +114,7 @@ def _make(arch: str):
 
     builder.__name__ = arch
     builder.__doc__ = f"torchvision {arch}: ImageNet stem (7x7/2 conv + max-pool), for images of 64 px and up"
-    return register_model(family="torchvision", default_size=224, pretrained=True)(builder)
+    return register_model(family="torchvision", default_size=224, pretrained=True, min_size=32)(builder)
 
 
 resnet18 = _make("resnet18")

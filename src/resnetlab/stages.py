@@ -1,0 +1,105 @@
+"""Staged training: which layer groups train, at what rates, in each phase of a run.
+
+A run without ``stages`` is one stage that trains everything at ``optim.lr``
+under ``schedule``. With stages (the fastai GTSRB tutorial: head for 1 epoch,
+unfreeze, then SGDR cycles), each stage has its own schedule over its own
+steps, and the learning rate stays a pure function of the global step, so
+resume lands in the right stage at the right rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from resnetlab.config import Config, ScheduleConfig, StageConfig
+from resnetlab.models.groups import first_trained, group_lr_scales, layer_groups
+from resnetlab.schedules import lr_at, sgdr_cycle_ends
+
+
+def stage_at(cfg: Config, epoch: int) -> tuple[int, int]:
+    """(stage index, the epoch it starts at) for a 0-based epoch."""
+    start = 0
+    for i, st in enumerate(cfg.stages):
+        if epoch < start + st.epochs:
+            return i, start
+        start += st.epochs
+    return len(cfg.stages) - 1, start - cfg.stages[-1].epochs
+
+
+def stage_schedule(cfg: Config, st: StageConfig) -> ScheduleConfig:
+    changes = {k: v for k, v in (("name", st.schedule), ("cycle_len", st.cycle_len),
+                                 ("cycle_mult", st.cycle_mult)) if v is not None}
+    return dataclasses.replace(cfg.schedule, **changes)
+
+
+def top_lr(cfg: Config, st: StageConfig) -> float:
+    return st.lr[-1] if st.lr else cfg.optim.lr
+
+
+def lr_for_step(cfg: Config, step: int, steps_per_epoch: int) -> float:
+    """The head's learning rate at global step ``step`` (other groups get their multiple of it)."""
+    if not cfg.stages:
+        return lr_at(step, base_lr=cfg.optim.lr, total_steps=steps_per_epoch * cfg.train.epochs,
+                     steps_per_epoch=steps_per_epoch, cfg=cfg.schedule)
+    index, start = stage_at(cfg, step // steps_per_epoch)
+    st = cfg.stages[index]
+    return lr_at(step - start * steps_per_epoch, base_lr=top_lr(cfg, st), total_steps=st.epochs * steps_per_epoch,
+                 steps_per_epoch=steps_per_epoch, cfg=stage_schedule(cfg, st))
+
+
+def snapshot_epochs(cfg: Config) -> set[int]:
+    """1-based epochs after which an SGDR cycle of a ``snapshots: true`` stage ends."""
+    out, start = set(), 0
+    for st in cfg.stages:
+        if st.snapshots:
+            sched = stage_schedule(cfg, st)
+            # cycle ends in epochs: steps_per_epoch=1 makes the step count an epoch count
+            out |= {start + e for e in sgdr_cycle_ends(st.epochs, 1, sched)}
+        start += st.epochs
+    return out
+
+
+def apply_stage(model: nn.Module, optimizer, cfg: Config, index: int) -> str:
+    """Freeze the groups before the stage's first trained one; set each group's rate scale and decay.
+
+    Returns a line describing the stage for the log.
+    """
+    st = cfg.stages[index]
+    groups = layer_groups(model)
+    first = first_trained(model, st.train)
+    scales = [0.0] * first + group_lr_scales(len(groups) - first, st.lr)
+    by_name = {}
+    for (name, modules), scale in zip(groups, scales):
+        by_name[name] = scale
+        for m in modules:
+            for sub in m.modules():
+                is_bn = isinstance(sub, nn.modules.batchnorm._NormBase)
+                for p in sub.parameters(recurse=False):
+                    p.requires_grad_(scale > 0 or (is_bn and st.train_bn))
+    decay = st.weight_decay if st.weight_decay is not None else cfg.optim.weight_decay
+    for group in optimizer.param_groups:
+        scale = by_name.get(group.get("layer_group"), 1.0)
+        # a frozen group's BatchNorm that still trains (train_bn) moves at the lowest trained rate
+        group["lr_scale"] = scale if scale > 0 else min(s for s in scales if s > 0)
+        if group.get("decay"):
+            group["weight_decay"] = decay
+    trained = [n for n, _ in groups][first:]
+    rates = " ".join(f"{n}={top_lr(cfg, st) * s:.2e}" for n, s in zip(trained, scales[first:]))
+    return (f"stage {index + 1}/{len(cfg.stages)}: {st.epochs} epochs, training {', '.join(trained)}"
+            f"{' (+ BatchNorm everywhere)' if first and st.train_bn else ''}; lr {rates}; "
+            f"schedule {stage_schedule(cfg, st).name}")
+
+
+def freeze_bn_statistics(model: nn.Module, cfg: Config, index: int) -> None:
+    """After model.train(): BatchNorm of frozen groups in eval mode, when the stage says train_bn=false."""
+    st = cfg.stages[index]
+    if st.train_bn:
+        return
+    first = first_trained(model, st.train)
+    for _, modules in layer_groups(model)[:first]:
+        for m in modules:
+            for sub in m.modules():
+                if isinstance(sub, nn.modules.batchnorm._NormBase):
+                    sub.eval()
