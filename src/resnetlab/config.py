@@ -54,6 +54,10 @@ class DataConfig:
 class AugmentConfig:
     crop_padding: int = 4  # px of reflect padding for the random crop; 0 turns it off
     hflip: bool = True  # random horizontal flip (off for digits and signs with text)
+    rotation: float = 0.0  # degrees: uniform in [-rotation, rotation]
+    zoom: float = 1.0  # largest zoom-in: scale uniform in [1, zoom] (fastai's max_zoom)
+    lighting: float = 0.0  # brightness and contrast each times 1 +- up to this (fastai's max_lighting)
+    resized_crop: list[float] = field(default_factory=list)  # [min, max] area share: RandomResizedCrop
 
 
 @dataclass
@@ -370,6 +374,12 @@ def validate(cfg: Config) -> None:
         (cfg.data.image_size >= 0, "data.image_size must be 0 (native) or a size in px"),
         (cfg.data.channels in (0, 1, 3), "data.channels must be 0 (auto), 1 or 3"),
         (cfg.augment.crop_padding >= 0, "augment.crop_padding must be 0 or more px"),
+        (0 <= cfg.augment.rotation <= 180, "augment.rotation must be in [0, 180] degrees"),
+        (cfg.augment.zoom >= 1, "augment.zoom must be 1 (off) or more"),
+        (0 <= cfg.augment.lighting < 1, "augment.lighting must be in [0, 1)"),
+        (not cfg.augment.resized_crop or (len(cfg.augment.resized_crop) == 2
+                                          and 0 < cfg.augment.resized_crop[0] <= cfg.augment.resized_crop[1] <= 1),
+         "augment.resized_crop must be [] or [min, max] area shares with 0 < min <= max <= 1"),
         (cfg.schedule.warmup_epochs >= 0, "schedule.warmup_epochs must be 0 or more"),
         (0 < cfg.schedule.pct_start < 1, "schedule.pct_start must be in (0, 1)"),
         (cfg.schedule.cycle_len > 0, "schedule.cycle_len must be positive"),

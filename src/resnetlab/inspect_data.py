@@ -25,7 +25,7 @@ import torch
 
 from resnetlab.checkpoint import atomic_write_text
 from resnetlab.config import Config
-from resnetlab.data.augment import crop_flip, make_generator
+from resnetlab.data.augment import augment_batch, make_generator
 from resnetlab.data.bundle import plan_data
 from resnetlab.data.catalog import Catalog
 from resnetlab.data.images import BadImage, load_array, open_image
@@ -115,7 +115,7 @@ def _augmented(catalog: Catalog, row: int, cfg: Config, count: int) -> np.ndarra
     size = cfg.data.image_size or (int(catalog.arrays.shape[-1]) if catalog.arrays is not None else 64)
     image = torch.from_numpy(_tiles(catalog, [row], size, cfg)[0]).permute(2, 0, 1)
     batch = image[None].expand(count - 1, -1, -1, -1).contiguous()
-    views = crop_flip(batch, cfg.augment, make_generator(cfg.seed, 0xA06))
+    views = augment_batch(batch, cfg.augment, make_generator(cfg.seed, 0xA06))
     return torch.cat([image[None], views]).permute(0, 2, 3, 1).numpy()
 
 

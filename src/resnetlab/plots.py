@@ -108,3 +108,31 @@ def augment_grid(views, title: str, path: Path) -> None:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def lr_find_curves(result, path: Path, window: int) -> None:
+    """Loss against learning rate (log axis) with the suggestion, and the loss's rate of change."""
+    from resnetlab.lr_find import loss_change
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    ax = axes[0]
+    ax.plot(result.lr, result.loss, alpha=0.3, label="loss a step")
+    ax.plot(result.lr, result.smoothed, label="smoothed")
+    ax.axvline(result.suggested_lr, color="C3", ls="--", label=f"suggested {result.suggested_lr:.1e}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR range test")
+    top = min(max(result.smoothed), 3 * min(result.smoothed) + 1)
+    ax.set_ylim(min(result.loss) * 0.95, top)
+    ax.legend()
+    ax = axes[1]
+    ax.plot(result.lr, loss_change(result.loss, window))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="d(loss) a step",
+           title=f"rate of change of the loss (moving average over {window} steps)")
+    change = [v for v in loss_change(result.loss, window) if v == v]
+    if change:
+        spread = max(abs(min(change)), 1e-6)
+        ax.set_ylim(-1.5 * spread, 1.5 * spread)
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -115,17 +115,7 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
             for i, (x, y) in enumerate(s.loaders["train"].epoch(epoch, start=s.start_step), start=s.start_step):
                 step = epoch * spe + i
                 lr = lr_for_step(cfg, step, spe)
-                for group in s.optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                with autocast(s.device, s.precision):
-                    logits = s.net(normalize(x, s.mean, s.std, channels_last=cfg.train.channels_last))
-                # sum over this rank's images / images in the global batch, x ranks because DDP averages
-                # gradients over ranks: the gradient is the global batch mean for any rank count
-                n_global = s.loaders["train"].global_batch(i)
-                loss_sum = F.cross_entropy(logits.float(), y, weight=s.class_weights,
-                                           label_smoothing=cfg.optim.label_smoothing, reduction="sum")
-                s.optimizer.zero_grad(set_to_none=True)
-                _backward_step(s, loss_sum * (d.world / n_global))
+                logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i))
                 with torch.no_grad():  # accumulate on the device: no host sync per step on a GPU
                     finite &= torch.isfinite(loss_sum)
                     sums[0] += loss_sum.detach()
@@ -172,6 +162,21 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
 
 def _signal_name(stop: list[str]) -> str:
     return stop[0] if stop else "another rank's signal"
+
+
+def train_step(s: Session, x: torch.Tensor, y: torch.Tensor, lr: float, n_global: int):
+    """One optimiser step at head rate ``lr``; returns (logits, summed loss) of this rank's images."""
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    with autocast(s.device, s.precision):
+        logits = s.net(normalize(x, s.mean, s.std, channels_last=s.cfg.train.channels_last))
+    loss_sum = F.cross_entropy(logits.float(), y, weight=s.class_weights,
+                               label_smoothing=s.cfg.optim.label_smoothing, reduction="sum")
+    s.optimizer.zero_grad(set_to_none=True)
+    # sum over this rank's images / images in the global batch, x ranks because DDP averages
+    # gradients over ranks: the gradient is the global batch mean for any rank count
+    _backward_step(s, loss_sum * (s.dist.world / n_global))
+    return logits, loss_sum
 
 
 def _backward_step(s: Session, loss: torch.Tensor) -> None:

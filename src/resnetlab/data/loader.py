@@ -12,10 +12,9 @@ from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from resnetlab.config import AugmentConfig
-from resnetlab.data.augment import crop_flip, make_generator
+from resnetlab.data.augment import augment_batch, make_generator, stream_transforms
 from resnetlab.data.cache import set_channels
 from resnetlab.data.images import BadImage, load_array
 from resnetlab.distributed import Dist, shard
@@ -90,7 +89,7 @@ class CachedLoader(_Batches):
             x = self.images[idx]
             if self.augment is not None:
                 # drawn for the whole global batch, then sharded: any rank count sees the same images
-                x = crop_flip(x, self.augment, make_generator(self.seed, epoch, step))
+                x = augment_batch(x, self.augment, make_generator(self.seed, epoch, step))
             yield shard(x, self.dist), shard(self.labels[idx], self.dist)
 
 
@@ -107,14 +106,7 @@ class FileDataset(Dataset):
         self.boxes, self.margin = boxes, margin
         self.size, self.resize, self.channels = size, resize, channels
         self.seed = seed
-        self.transform = None
-        if augment is not None and (augment.crop_padding or augment.hflip):
-            steps = []
-            if augment.crop_padding:
-                steps.append(v2.RandomCrop(size, padding=augment.crop_padding, padding_mode="reflect"))
-            if augment.hflip:
-                steps.append(v2.RandomHorizontalFlip())
-            self.transform = v2.Compose(steps)
+        self.transform = stream_transforms(augment, size) if augment is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
