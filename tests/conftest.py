@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 from resnetlab.config import load_config
@@ -119,3 +120,19 @@ def tiny_overrides(dataset: Path | str, out_dir: Path, *extra: str) -> list[str]
 
 def tiny_config(dataset: Path | str, out_dir: Path, *extra: str):
     return load_config(None, tiny_overrides(dataset, out_dir, *extra))
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """A private torchvision cache: $TORCH_HOME/hub/checkpoints, where torchvision looks first."""
+    old = torch.hub.get_dir()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    torch.hub.set_dir(str(tmp_path / "torch" / "hub"))
+    yield tmp_path / "torch" / "hub" / "checkpoints"
+    torch.hub.set_dir(old)
+
+
+def place_weights(cache, arch, weights_name, state):
+    enum = torchvision.models.get_model_weights(arch)[weights_name]
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(state, cache / enum.url.rsplit("/", 1)[-1])

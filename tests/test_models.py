@@ -5,6 +5,7 @@ import torchvision
 
 from resnetlab.errors import UserError
 from resnetlab.models import get_model, list_models, model_entry
+from tests.conftest import place_weights
 
 # Small inputs keep the deep ones quick: the ImageNet stem reaches 1x1 at layer4 from 32 px,
 # the small-image families 2x2 from 16 px; both still train.
@@ -63,26 +64,10 @@ def test_registry_errors():
         get_model("cifar_resnet18", num_classes=10, weights="IMAGENET1K_V1")
 
 
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch):
-    """A private torchvision cache: $TORCH_HOME/hub/checkpoints, where torchvision looks first."""
-    old = torch.hub.get_dir()
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    torch.hub.set_dir(str(tmp_path / "torch" / "hub"))
-    yield tmp_path / "torch" / "hub" / "checkpoints"
-    torch.hub.set_dir(old)
-
-
-def _place(cache, arch, weights_name, state):
-    enum = torchvision.models.get_model_weights(arch)[weights_name]
-    cache.mkdir(parents=True, exist_ok=True)
-    torch.save(state, cache / enum.url.rsplit("/", 1)[-1])
-
-
 def test_pretrained_enum_loads_from_torchvision_cache(torch_home):
     torch.manual_seed(1)
     reference = torchvision.models.resnet18(num_classes=1000)
-    _place(torch_home, "resnet18", "IMAGENET1K_V1", reference.state_dict())
+    place_weights(torch_home, "resnet18", "IMAGENET1K_V1", reference.state_dict())
     model = get_model("resnet18", num_classes=5, weights="IMAGENET1K_V1")
     assert torch.equal(model.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
     assert model.fc.out_features == 5
@@ -91,7 +76,7 @@ def test_pretrained_enum_loads_from_torchvision_cache(torch_home):
 
 
 def test_mismatched_weights_file_is_refused(torch_home):
-    _place(torch_home, "resnet18", "IMAGENET1K_V1", torchvision.models.resnet34().state_dict())
+    place_weights(torch_home, "resnet18", "IMAGENET1K_V1", torchvision.models.resnet34().state_dict())
     with pytest.raises(UserError, match="does not fit resnet18"):
         get_model("resnet18", num_classes=5, weights="IMAGENET1K_V1")
 

@@ -39,6 +39,7 @@ class DataConfig:
     val_count: int = 0  # ... or exactly this many images
     test_fraction: float = 0.0  # share of train held out as the test split (replaces the layout's)
     split_file: str = ""  # a run's split.csv: reuse its images and splits instead of drawing them
+    merge_val: bool = False  # train on train + val: the final model, once the settings are chosen
     roi_crop: bool = False  # crop to the annotated region of interest (GTSRB) before resizing
     roi_margin: float = 0.1  # ... widened by this share of its width/height on each side
     sampler: str = _choice("shuffle", "shuffle", "balanced")  # balanced: classes drawn equally often
@@ -112,6 +113,7 @@ class TrainConfig:
     name: str = ""  # run folder name under out_dir; default: recipe name and time
     progress: bool = True  # live progress bar; off gives only the per-epoch lines
     checkpoint_every: int = 0  # also save 'last' every N steps (0: at epoch ends only)
+    limit_batches: int = 0  # smoke tests: at most N batches an epoch in every split (0: all)
     sync_bn: bool = False  # BatchNorm statistics over the global batch of all processes
     dist_timeout: float = 600.0  # s a collective waits for a peer before failing (a dead rank)
 
@@ -385,6 +387,7 @@ def validate(cfg: Config) -> None:
         (cfg.schedule.cycle_len > 0, "schedule.cycle_len must be positive"),
         (cfg.schedule.cycle_mult >= 1, "schedule.cycle_mult must be 1 or more"),
         (0 <= cfg.schedule.min_lr_ratio <= 1, "schedule.min_lr_ratio must be in [0, 1]"),
+        (cfg.train.limit_batches >= 0, "train.limit_batches must be 0 (all) or more"),
         (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be 0 (off) or more steps"),
     ]
     for ok, message in checks:

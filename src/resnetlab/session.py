@@ -110,7 +110,8 @@ def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
 def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.device, *, train: bool,
                 dist: Dist = Dist()):
     batch = cfg.train.batch_size if train else cfg.train.eval_batch_size
-    common = dict(batch_size=batch, device=device, seed=cfg.seed, shuffle=train, merge_tail=train, dist=dist)
+    common = dict(batch_size=batch, device=device, seed=cfg.seed, shuffle=train, merge_tail=train, dist=dist,
+                  limit=cfg.train.limit_batches)
     if train and cfg.data.sampler == "balanced":
         common["sample_weights"] = balanced_weights(split.labels, len(data.classes))[split.labels]
     augment = cfg.augment if train else None

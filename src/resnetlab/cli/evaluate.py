@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
+    p.add_argument("--snapshots", action="store_true",
+                   help="also score the mean probability of the run's SGDR snapshots (snapshot-K.pt)")
     p.set_defaults(func=run)
 
 
@@ -47,11 +49,39 @@ def run(args) -> int:
                 precision=predictor.precision, channels_last=True)
     result = metrics(out.logits, out.labels, predictor.classes)
     result.update(images_per_s=out.images_per_second, checkpoint=predictor.checkpoint.name, split=name)
+    if args.snapshots:
+        result["snapshot_ensemble"] = _snapshot_ensemble(run_dir, images, labels, args)
+        ens = result["snapshot_ensemble"]
+        print(f"snapshot ensemble of {ens['members']}: top-1 {100 * ens['top1']:.2f}%  top-5 {100 * ens['top5']:.2f}% "
+              f"(n={ens['n']}); {predictor.checkpoint.name} alone {100 * result['top1']:.2f}%")
     write_json(run_dir / f"eval_{name}.json", result)
     write_confusion_csv(run_dir / f"confusion_{name}.csv", result["confusion"], predictor.classes)
     print(format_table(result, predictor.classes))
     print(f"{out.images_per_second:.0f} img/s; wrote {run_dir / f'eval_{name}.json'} and confusion_{name}.csv")
     return 0
+
+
+def _snapshot_ensemble(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, args) -> dict:
+    """Mean class probability over snapshot-K.pt (Huang et al. 2017: M models for the cost of one run)."""
+    from resnetlab.data import CachedLoader
+    from resnetlab.evaluate import infer, metrics
+    from resnetlab.predict import Predictor
+
+    paths = sorted(run_dir.glob("snapshot-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    if not paths:
+        raise UserError(f"{run_dir} has no snapshot-K.pt: train with a stage of schedule sgdr and snapshots: true")
+    total = None
+    for path in paths:
+        member = Predictor.load(path, device=args.device)
+        loader = CachedLoader(images, labels, batch_size=args.batch_size, device=member.device, seed=0)
+        out = infer(member.model, loader.epoch(0), mean=member.mean, std=member.std, device=member.device,
+                    precision=member.precision, channels_last=True)
+        probs = out.logits.float().softmax(1)
+        total = probs if total is None else total + probs
+    # log of the mean probability: softmax gives the mean back, so metrics() scores the ensemble
+    result = metrics((total / len(paths)).clamp_min(1e-12).log(), out.labels, member.classes)
+    result["members"] = [p.name for p in paths]
+    return result
 
 
 def _folder_split(folder: Path, predictor) -> tuple[torch.Tensor, torch.Tensor, str]:

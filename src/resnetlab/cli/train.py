@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("items", nargs="*", metavar="RECIPE|key=value",
                    help="a recipe name or YAML file (first), then overrides like optim.lr=0.05")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder where it stopped")
+    p.add_argument("--retrain-on-all", action="store_true",
+                   help="then train again, same settings, on train + val (as the fastai GTSRB tutorial does "
+                        "before testing); written to <run>-all")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default")
     p.set_defaults(func=run)
 
@@ -52,8 +55,23 @@ def run(args) -> int:
         session = prepare(cfg, run_name=name)
     try:
         fit(session)
+        if args.retrain_on_all:
+            fit(prepare(_on_all(session.run_dir), run_name=""))
     except Preempted as e:
         if session.dist.main:  # every rank stops; one says so
             print(f"resnetlab train: {e}", file=sys.stderr)
         return Preempted.exit_code
     return 0
+
+
+def _on_all(run: Path):
+    """The finished run's settings and images, with its validation images moved into training."""
+    from resnetlab.runs import read_run_config
+
+    cfg = read_run_config(run)
+    if not any(line.endswith(",val") for line in (run / "split.csv").read_text().splitlines()):
+        raise UserError(f"{run} has no validation split to add to training: --retrain-on-all needs one")
+    cfg.data.split_file, cfg.data.merge_val = str(run / "split.csv"), True
+    cfg.train.name = f"{run.name}-all"
+    print(f"retraining on train + val: {cfg.train.name}")
+    return cfg

@@ -84,10 +84,13 @@ def plan_data(cfg: Config, *, split_file: Path | None = None) -> tuple[Catalog, 
         classes, ids = class_lists(catalog, chosen, unknown)
         catalog = apply_split_file(catalog, split_file, classes)
         catalog.class_ids = ids
-        return catalog, root, notes
-    catalog = select(catalog, chosen, unknown, d, cfg.seed)
-    catalog, held_notes = hold_out(catalog, d, cfg.seed)
-    return catalog, root, notes + held_notes
+    else:
+        catalog = select(catalog, chosen, unknown, d, cfg.seed)
+        catalog, held_notes = hold_out(catalog, d, cfg.seed)
+        notes += held_notes
+    if d.merge_val:
+        catalog.splits[catalog.splits == "val"] = "train"
+    return catalog, root, notes
 
 
 def build_data(cfg: Config, *, split_file: Path | None = None, progress: bool = True) -> DataBundle:

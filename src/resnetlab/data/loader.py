@@ -45,8 +45,8 @@ def batch_slices(n: int, batch_size: int, merge_tail: bool) -> list[slice]:
 class _Batches:
     """The batch plan both loaders share: global slices of an epoch's order, and this rank's share."""
 
-    def __init__(self, n: int, batch_size: int, merge_tail: bool, dist: Dist):
-        self.slices = batch_slices(n, batch_size, merge_tail)
+    def __init__(self, n: int, batch_size: int, merge_tail: bool, dist: Dist, limit: int = 0):
+        self.slices = batch_slices(n, batch_size, merge_tail)[: limit or None]
         self.dist = dist
 
     def __len__(self) -> int:
@@ -73,8 +73,9 @@ class CachedLoader(_Batches):
         merge_tail: bool = False,
         dist: Dist = Dist(),
         sample_weights: torch.Tensor | None = None,
+        limit: int = 0,
     ):
-        super().__init__(len(labels), batch_size, merge_tail, dist)
+        super().__init__(len(labels), batch_size, merge_tail, dist, limit)
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.seed, self.shuffle, self.augment = seed, shuffle, augment
@@ -134,8 +135,8 @@ class StreamLoader(_Batches):
     """Batches decoded by DataLoader workers, for data sets too large for the cache."""
 
     def __init__(self, dataset: FileDataset, *, batch_size, device, seed, num_workers, on_bad_image,
-                 shuffle=False, merge_tail=False, dist: Dist = Dist(), sample_weights=None):
-        super().__init__(len(dataset), batch_size, merge_tail, dist)
+                 shuffle=False, merge_tail=False, dist: Dist = Dist(), sample_weights=None, limit: int = 0):
+        super().__init__(len(dataset), batch_size, merge_tail, dist, limit)
         self.dataset, self.device, self.seed = dataset, device, seed
         self.sample_weights = sample_weights
         self.shuffle, self.num_workers, self.on_bad_image = shuffle, num_workers, on_bad_image
