@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test install data clean
+.PHONY: demo test install data browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,18 @@ data:
 		echo "note: could not install dataset-fashion-mnist; the demo will try torchvision's download"; \
 	fi
 
+# Debian's chromium: the report test opens report.html in a real headless browser.
+browser:
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) || \
+		echo "note: could not install chromium; the browser test will be skipped"; \
+	fi
+
 demo: install data
 	$(PY) -m resnetlab train fashion-mnist-fast
 
-test: install data
+test: install data browser
 	$(PY) -m pytest
 
 clean:

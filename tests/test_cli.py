@@ -112,7 +112,7 @@ def test_predict_formats(trained):
     assert len(rows) == 4 and len(rows[0]["top"]) == 3
     assert abs(sum(t["probability"] for t in rows[0]["top"]) - 1) < 1e-3
     csv_text = cli("predict", run, folder / "000.png", "--format", "csv").stdout
-    assert csv_text.splitlines()[0].startswith("path,class1,prob1")
+    assert csv_text.splitlines()[0].startswith("path,verdict,class1,prob1")
 
 
 def test_predict_reports_bad_image_and_missing(trained, tmp_path):

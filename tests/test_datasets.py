@@ -215,8 +215,8 @@ def test_split_file_is_written_and_reused(shared_data, tmp_path):
     out = tmp_path / "seg_pred.csv"
     assert main(["predict", str(run), str(intel / "seg_pred"), "--format", "csv", "-o", str(out), "--topk", "2"]) == 0
     rows = list(csv.reader(out.open()))
-    assert rows[0] == ["path", "class1", "prob1", "class2", "prob2", "error"] and len(rows) == 61
-    assert {r[1] for r in rows[1:]} <= {"forest", "sea", "unknown"}
+    assert rows[0] == ["path", "verdict", "class1", "prob1", "class2", "prob2", "error"] and len(rows) == 61
+    assert {r[2] for r in rows[1:]} <= {"forest", "sea", "unknown"}
 
 
 def test_tiny_imagenet_layout_real_subset(shared_data):

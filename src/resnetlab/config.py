@@ -114,6 +114,7 @@ class TrainConfig:
     progress: bool = True  # live progress bar; off gives only the per-epoch lines
     checkpoint_every: int = 0  # also save 'last' every N steps (0: at epoch ends only)
     limit_batches: int = 0  # smoke tests: at most N batches an epoch in every split (0: all)
+    report: bool = True  # after training: evaluate the test split with figures and write report.html
     sync_bn: bool = False  # BatchNorm statistics over the global batch of all processes
     dist_timeout: float = 600.0  # s a collective waits for a peer before failing (a dead rank)
 

@@ -73,24 +73,36 @@ def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int)
 
 
 def metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
-    """Top-1, top-5, loss, per-class accuracy and the confusion matrix, each with its count n."""
+    """Top-1/5, loss, balanced accuracy, macro-F1, per-class precision/recall/F1/support, and the
+    confusion matrix raw and row-normalised. Every figure comes with its count n."""
     k = len(classes)
-    cm = confusion_matrix(logits.argmax(1), labels, k)
-    support = cm.sum(1)
+    cm = confusion_matrix(logits.argmax(1), labels, k).double()
+    support, predicted, hits = cm.sum(1), cm.sum(0), cm.diag()
+    precision = torch.where(predicted > 0, hits / predicted.clamp_min(1), torch.nan)
+    recall = torch.where(support > 0, hits / support.clamp_min(1), torch.nan)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    f1 = torch.where(support > 0, f1, torch.nan)
+
+    def value(t: torch.Tensor, i: int):
+        return None if torch.isnan(t[i]) else round(t[i].item(), 6)
+
     per_class = {
-        name: {
-            "accuracy": (cm[i, i] / support[i]).item() if support[i] else None,
-            "n": int(support[i]),
-        }
+        name: {"accuracy": value(recall, i), "precision": value(precision, i), "recall": value(recall, i),
+               "f1": value(f1, i), "n": int(support[i]), "predicted": int(predicted[i])}
         for i, name in enumerate(classes)
     }
+    present = support > 0  # classes absent from this split do not count in the averages
     return {
         "n": len(labels),
         "top1": topk_accuracy(logits, labels, 1),
         "top5": topk_accuracy(logits, labels, 5),
         "loss": F.cross_entropy(logits, labels).item() if len(labels) else float("nan"),
+        "balanced_accuracy": recall[present].mean().item() if present.any() else float("nan"),
+        "macro_f1": f1[present].nan_to_num(0.0).mean().item() if present.any() else float("nan"),
+        "classes_present": int(present.sum()),
         "per_class": per_class,
-        "confusion": cm.tolist(),
+        "confusion": cm.long().tolist(),
+        "confusion_normalized": [[round(v, 6) for v in row] for row in (cm / support.clamp_min(1)[:, None]).tolist()],
     }
 
 
@@ -98,14 +110,45 @@ def format_table(result: dict, classes: list[str], *, limit: int = 50) -> str:
     """A plain-text report: headline metrics, then per-class accuracy with counts."""
     lines = [
         f"images {result['n']}   top-1 {100 * result['top1']:.2f}%   top-5 {100 * result['top5']:.2f}%   "
-        f"loss {result['loss']:.4f}"
+        f"loss {result['loss']:.4f}   balanced accuracy {100 * result['balanced_accuracy']:.2f}%   "
+        f"macro-F1 {100 * result['macro_f1']:.2f}%"
     ]
     width = max(len(c) for c in classes[:limit]) if classes else 5
-    lines.append(f"{'class':<{width}}  accuracy      n")
+    lines.append(f"{'class':<{width}}  precision    recall        F1      n")
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+
     for name in classes[:limit]:
         row = result["per_class"][name]
-        acc = "-" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f}%"
-        lines.append(f"{name:<{width}}  {acc:>8}  {row['n']:>5}")
+        lines.append(f"{name:<{width}}  {pct(row['precision']):>9}  {pct(row['recall']):>8}  {pct(row['f1']):>8}  "
+                     f"{row['n']:>5}")
     if len(classes) > limit:
         lines.append(f"... {len(classes) - limit} more classes in the JSON")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def infer_tta(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, views: int, reduce: str,
+              augment, mean: torch.Tensor, std: torch.Tensor, device: torch.device, precision: str,
+              batch_size: int = 256, seed: int = 0) -> Inference:
+    """Class probabilities over ``views`` versions of each image: the image itself, then views drawn
+    with the training augmentation (so flips only where training flipped), one generator per view.
+    Returned as log-probabilities in ``logits``: softmax of them gives the combined probabilities.
+    Each view streams the images once, batched, under no_grad and the training precision."""
+    from resnetlab.data.augment import augment_batch, make_generator
+
+    model.eval()
+    total, start = None, time.perf_counter()
+    for v in range(views):
+        parts = []
+        for i, x in enumerate(images.split(batch_size)):
+            if v:
+                x = augment_batch(x, augment, make_generator(seed, 0x77A, v, i))
+            with autocast(device, precision):
+                out = model(normalize(x.to(device), mean, std, channels_last=True))
+            parts.append(out.float().softmax(1).cpu())
+        probs = torch.cat(parts)
+        total = probs if total is None else (total + probs if reduce == "mean" else torch.maximum(total, probs))
+    combined = total / views if reduce == "mean" else total / total.sum(1, keepdim=True)
+    return Inference(combined.clamp_min(1e-12).log(), labels.cpu(), time.perf_counter() - start)

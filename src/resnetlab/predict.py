@@ -7,13 +7,15 @@ and mean/std, so prediction applies exactly the preprocessing training used.
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from resnetlab.checkpoint import load_checkpoint, load_model_state
+from resnetlab.config import AugmentConfig
 from resnetlab.data.augment import normalize
 from resnetlab.data.cache import decode_files, set_channels
 from resnetlab.data.images import is_image_file
@@ -35,6 +37,9 @@ class Predictor:
     device: torch.device
     precision: str
     checkpoint: Path
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the training augmentation, for TTA
+    temperature: float = 1.0  # from calibration.json (fitted on val by evaluate); 1 = raw softmax
+    calibration: dict | None = None  # temperature and rejection thresholds, if the run was calibrated
 
     @classmethod
     def load(cls, path: str | Path, *, which: str = "best", device: str = "auto") -> "Predictor":
@@ -49,6 +54,10 @@ class Predictor:
         dev = select_device(device)
         cfg = state["config"]
         pre = state["preprocess"]
+        cal_path = ckpt_path.parent / "calibration.json"
+        calibration = json.loads(cal_path.read_text()) if cal_path.is_file() else None
+        augment = AugmentConfig(**{k: v for k, v in cfg.get("augment", {}).items()
+                                   if k in {f.name for f in fields(AugmentConfig)}})
         return cls(
             model=model.to(dev).eval(),
             classes=list(state["classes"]),
@@ -60,6 +69,9 @@ class Predictor:
             device=dev,
             precision=resolve_precision(cfg["train"]["precision"], dev),
             checkpoint=ckpt_path,
+            augment=augment,
+            temperature=calibration["temperature"] if calibration else 1.0,
+            calibration=calibration,
         )
 
     def load_images(self, paths: list[str]) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
@@ -78,14 +90,18 @@ class Predictor:
         return set_channels(torch.stack(arrays), self.channels), kept, bad
 
     @torch.no_grad()
-    def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """uint8 (N, C, S, S) -> (N, K) float32 class probabilities on the CPU."""
+    def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """uint8 (N, C, S, S) -> (N, K) float32 logits on the CPU (no temperature)."""
         out = []
         with autocast(self.device, self.precision):
             for part in images.split(batch_size):
                 x = normalize(part.to(self.device), self.mean, self.std, channels_last=True)
-                out.append(self.model(x).float().softmax(1).cpu())
+                out.append(self.model(x).float().cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
+
+    def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """uint8 (N, C, S, S) -> (N, K) float32 class probabilities, temperature-scaled if calibrated."""
+        return (self.logits(images, batch_size) / self.temperature).softmax(1)
 
 
 def expand_inputs(items: list[str]) -> list[str]:

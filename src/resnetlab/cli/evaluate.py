@@ -10,55 +10,83 @@ from resnetlab.errors import UserError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy, confusion matrix of a trained run")
+    p = sub.add_parser("evaluate", help="metrics, error analysis, TTA, calibration and rejection of a trained run")
     p.add_argument("run", help="run folder")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split of the run's data")
     p.add_argument("--data", metavar="FOLDER", help="evaluate on this folder of class folders instead")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
+    p.add_argument("--tta", type=int, default=1, metavar="N",
+                   help="also score N views per image (the image, then training augmentations); 20 as in the GTSRB tutorial")
+    p.add_argument("--tta-reduce", default="mean", choices=["mean", "max"], help="how TTA views combine")
+    p.add_argument("--reject-target", type=float, default=0.05,
+                   help="rejection thresholds reject at most this share of known-class val images")
+    p.add_argument("--no-figures", action="store_true", help="metrics only, no PNGs")
     p.add_argument("--snapshots", action="store_true",
                    help="also score the mean probability of the run's SGDR snapshots (snapshot-K.pt)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from resnetlab.data import CachedLoader, build_data
-    from resnetlab.evaluate import format_table, infer, metrics
+    from resnetlab.data import build_data
+    from resnetlab.evaluate import format_table
+    from resnetlab.evaluation import Options, evaluate_split, split_images, unseen_images
     from resnetlab.predict import Predictor
-    from resnetlab.runs import check_run_dir, read_run_config, saved_split_file, write_confusion_csv, write_json
+    from resnetlab.runs import check_run_dir, read_run_config, saved_split_file, write_json
 
     run_dir = check_run_dir(Path(args.run))
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if args.tta < 1:
+        raise UserError(f"--tta {args.tta}: give the number of views, 1 (none) or more, e.g. --tta 20")
+    if not 0 < args.reject_target < 1:
+        raise UserError(f"--reject-target {args.reject_target:g} must be in (0, 1), e.g. 0.05 for at most 5%")
     predictor = Predictor.load(run_dir, which=args.checkpoint, device=args.device)
+    val = unseen = None
     if args.data:
         images, labels, name = _folder_split(Path(args.data), predictor)
     else:
-        data = build_data(read_run_config(run_dir), split_file=saved_split_file(run_dir), progress=False)
+        cfg = read_run_config(run_dir)
+        data = build_data(cfg, split_file=saved_split_file(run_dir), progress=False)
         if args.split not in data.splits:
             raise UserError(f"the run's data has no '{args.split}' split (it has {', '.join(data.splits)}); use --data FOLDER")
-        split = data.splits[args.split]
-        if split.images is None:
-            images, _, _ = predictor.load_images(split.paths)
-        else:
-            images = split.images
-        labels, name = split.labels, args.split
-    loader = CachedLoader(images, labels, batch_size=args.batch_size, device=predictor.device, seed=0)
-    out = infer(predictor.model, loader.epoch(0), mean=predictor.mean, std=predictor.std, device=predictor.device,
-                precision=predictor.precision, channels_last=True)
-    result = metrics(out.logits, out.labels, predictor.classes)
-    result.update(images_per_s=out.images_per_second, checkpoint=predictor.checkpoint.name, split=name)
+        images, labels = split_images(data.splits[args.split], predictor)
+        name = args.split
+        if "val" in data.splits and args.split != "val":
+            val = split_images(data.splits["val"], predictor)
+        unseen = unseen_images(cfg, run_dir, predictor)
+    opts = Options(tta=args.tta, reduce=args.tta_reduce, reject_target=args.reject_target,
+                   batch_size=args.batch_size, figures=not args.no_figures)
+    result = evaluate_split(run_dir, predictor, name, images, labels, opts, val=val, unseen=unseen)
+    print(format_table(result, predictor.classes))
+    _print_extras(result)
     if args.snapshots:
         result["snapshot_ensemble"] = _snapshot_ensemble(run_dir, images, labels, args)
         ens = result["snapshot_ensemble"]
         print(f"snapshot ensemble of {ens['members']}: top-1 {100 * ens['top1']:.2f}%  top-5 {100 * ens['top5']:.2f}% "
               f"(n={ens['n']}); {predictor.checkpoint.name} alone {100 * result['top1']:.2f}%")
-    write_json(run_dir / f"eval_{name}.json", result)
-    write_confusion_csv(run_dir / f"confusion_{name}.csv", result["confusion"], predictor.classes)
-    print(format_table(result, predictor.classes))
-    print(f"{out.images_per_second:.0f} img/s; wrote {run_dir / f'eval_{name}.json'} and confusion_{name}.csv")
+        write_json(run_dir / f"eval_{name}.json", result)
+    print(f"{result['images_per_s']:.0f} img/s; wrote {run_dir / f'eval_{name}.json'}, confusion_{name}.csv"
+          + ("" if args.no_figures else f" and figures in {run_dir / f'eval_{name}'}"))
     return 0
+
+
+def _print_extras(result: dict) -> None:
+    if "tta" in result:
+        t = result["tta"]
+        print(f"TTA x{t['views']} ({t['reduce']}): top-1 {100 * t['top1']:.2f}% vs {100 * result['top1']:.2f}% without "
+              f"(n={t['n']})")
+    cal = result["calibration"]
+    line = f"ECE {100 * cal['ece']:.2f}%"
+    if "temperature" in cal:
+        line += f" -> {100 * cal['ece_scaled']:.2f}% with temperature {cal['temperature']:.3f} (fitted on val)"
+    print(line + f" (n={cal['n']})")
+    for method, row in result["rejection"].get("methods", {}).items():
+        parts = [f"known wrongly rejected {100 * row['known_rejected']:.1f}%"] if row.get("known_rejected") is not None else []
+        if "unseen_rejected" in row:
+            parts.append(f"unseen classes rejected {100 * row['unseen_rejected']:.1f}% (n={result['rejection']['unseen_n']})")
+        print(f"rejection by {method}: " + ", ".join(parts))
 
 
 def _snapshot_ensemble(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, args) -> dict:

@@ -55,13 +55,34 @@ def run(args) -> int:
         session = prepare(cfg, run_name=name)
     try:
         fit(session)
+        _report(session)
         if args.retrain_on_all:
-            fit(prepare(_on_all(session.run_dir), run_name=""))
+            final = prepare(_on_all(session.run_dir), run_name="")
+            fit(final)
+            _report(final)
     except Preempted as e:
         if session.dist.main:  # every rank stops; one says so
             print(f"resnetlab train: {e}", file=sys.stderr)
         return Preempted.exit_code
     return 0
+
+
+def _report(session) -> None:
+    """Evaluate the test split with figures (calibrated on val) and write report.html: rank 0 only."""
+    from resnetlab.evaluation import Options, evaluate_split, split_images
+    from resnetlab.predict import Predictor
+    from resnetlab.report import build_report
+
+    if not session.cfg.train.report or not session.dist.main:
+        return
+    splits = session.data.splits
+    if "test" in splits:
+        predictor = Predictor.load(session.run_dir, device=str(session.device))
+        val = split_images(splits["val"], predictor) if "val" in splits else None
+        images, labels = split_images(splits["test"], predictor)
+        evaluate_split(session.run_dir, predictor, "test", images, labels,
+                       Options(batch_size=session.cfg.train.eval_batch_size), val=val)
+    print(f"report: {build_report(session.run_dir)}")
 
 
 def _on_all(run: Path):

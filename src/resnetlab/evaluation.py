@@ -1,0 +1,192 @@
+"""`evaluate` as a library function: metrics, TTA, calibration, rejection and figures for one split.
+
+Writes into the run folder: eval_<split>.json (every figure with its n), confusion_<split>.csv,
+calibration.json (temperature and rejection thresholds fitted on val, used by predict), and
+eval_<split>/ with confusion.png, confusion_normalized.png, top_losses.png, confused_pairs.csv,
+random_predictions.png, probabilities.png, gradcam.png and reliability.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resnetlab import analysis, calibration, plots
+from resnetlab.checkpoint import atomic_write_text
+from resnetlab.data import CachedLoader
+from resnetlab.evaluate import Inference, infer, infer_tta, metrics
+from resnetlab.predict import Predictor
+from resnetlab.runs import write_confusion_csv, write_json
+
+
+@dataclass
+class Options:
+    tta: int = 1  # views per image; 1 = none
+    reduce: str = "mean"  # how views combine: mean or max of probabilities
+    reject_target: float = 0.05  # share of known-class val images rejection may cost
+    batch_size: int = 256
+    figures: bool = True
+
+
+def _infer(p: Predictor, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Inference:
+    loader = CachedLoader(images, labels, batch_size=batch_size, device=p.device, seed=0)
+    return infer(p.model, loader.epoch(0), mean=p.mean, std=p.std, device=p.device, precision=p.precision,
+                 channels_last=True)
+
+
+def _hwc(images: torch.Tensor) -> np.ndarray:
+    x = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def evaluate_split(run_dir: Path, p: Predictor, name: str, images: torch.Tensor, labels: torch.Tensor,
+                   opts: Options, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   unseen: torch.Tensor | None = None) -> dict:
+    classes = p.classes
+    plain = _infer(p, images, labels, opts.batch_size)
+    result = metrics(plain.logits, plain.labels, classes)
+    result.update(split=name, checkpoint=p.checkpoint.name, images_per_s=round(plain.images_per_second, 1))
+    probs = plain.logits.softmax(1)
+    if opts.tta > 1:
+        tta = infer_tta(p.model, images, labels, views=opts.tta, reduce=opts.reduce, augment=p.augment,
+                        mean=p.mean, std=p.std, device=p.device, precision=p.precision, batch_size=opts.batch_size)
+        m = metrics(tta.logits, tta.labels, classes)
+        result["tta"] = {"views": opts.tta, "reduce": opts.reduce, "top1": m["top1"], "top5": m["top5"],
+                         "loss": m["loss"], "balanced_accuracy": m["balanced_accuracy"], "n": m["n"],
+                         "images_per_s": round(len(labels) * opts.tta / max(tta.seconds, 1e-9), 1)}
+    result["calibration"] = _calibration(run_dir, p, plain, val, opts)
+    result["rejection"] = _rejection(p, plain, result["calibration"], unseen, opts)
+    if opts.figures and len(labels):
+        _figures(run_dir / f"eval_{name}", p, images, labels, probs, result)
+    write_json(run_dir / f"eval_{name}.json", result)
+    write_confusion_csv(run_dir / f"confusion_{name}.csv", result["confusion"], classes)
+    return result
+
+
+def split_images(split, predictor: Predictor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and labels of a split: its cache, or its files decoded at the model's size."""
+    if split.images is not None:
+        return split.images, split.labels
+    images, kept, _ = predictor.load_images(split.paths)
+    where = {p: i for i, p in enumerate(split.paths)}
+    return images, split.labels[[where[p] for p in kept]]
+
+
+def unseen_images(cfg, run_dir: Path, predictor: Predictor, limit: int = 2000) -> torch.Tensor | None:
+    """Images of the data set's classes the run left out (data.classes) and never used: the honest
+    test of rejection. None when the run kept every class."""
+    from resnetlab.data import read_catalog
+    from resnetlab.data.split import final_classes
+
+    if not cfg.data.classes:
+        return None
+    catalog, _, aliases = read_catalog(cfg.data.dataset)
+    chosen, _ = final_classes(catalog, cfg.data, aliases)
+    used = {line.split(",", 1)[0] for line in (run_dir / "split.csv").read_text().splitlines()[1:]}
+    rows = [i for i in range(len(catalog)) if int(catalog.labels[i]) not in chosen and catalog.keys[i] not in used]
+    if not rows:
+        return None
+    pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:limit].tolist()
+    if catalog.arrays is not None:
+        x = torch.from_numpy(catalog.arrays[[rows[i] for i in pick]])
+        return x if x.shape[-1] == predictor.image_size else None
+    images, _, _ = predictor.load_images([catalog.paths[rows[i]] for i in pick])
+    return images
+
+
+def _calibration(run_dir: Path, p: Predictor, plain: Inference, val, opts: Options) -> dict:
+    """Fit T and thresholds on val (saved for predict); ECE on this split before and after T."""
+    out = {}
+    fitted = None
+    if val is not None and len(val[1]):
+        v = _infer(p, val[0], val[1], opts.batch_size)
+        known = v.labels != p.classes.index("unknown") if "unknown" in p.classes else None
+        fitted = calibration.calibrate(v.logits, v.labels, target=opts.reject_target, known=known)
+        write_json(run_dir / "calibration.json", fitted)
+        p.temperature = fitted["temperature"]
+    elif (run_dir / "calibration.json").is_file():
+        fitted = json.loads((run_dir / "calibration.json").read_text())
+    raw, bins = calibration.ece(plain.logits.softmax(1), plain.labels)
+    out.update(ece=raw, bins=bins, n=len(plain.labels))
+    if fitted:
+        t = fitted["temperature"]
+        scaled, scaled_bins = calibration.ece((plain.logits / t).softmax(1), plain.labels)
+        out.update(temperature=t, ece_scaled=scaled, bins_scaled=scaled_bins, fitted=fitted)
+    else:
+        out["note"] = "no validation split: temperature and rejection thresholds were not fitted"
+    return out
+
+
+def _rejection(p: Predictor, plain: Inference, cal: dict, unseen: torch.Tensor | None, opts: Options) -> dict:
+    """Share of known-class images wrongly rejected, and of unseen-class images rejected, per method."""
+    fitted = cal.get("fitted")
+    if not fitted:
+        return {"note": cal.get("note", "not calibrated")}
+    t = fitted["temperature"]
+    unknown = p.classes.index("unknown") if "unknown" in p.classes else None
+    known_rows = plain.labels != unknown if unknown is not None else torch.ones(len(plain.labels), dtype=torch.bool)
+    out = {"target": fitted["target_reject"], "known_n": int(known_rows.sum()), "methods": {}}
+    unseen_logits = None
+    if unseen is not None and len(unseen):
+        unseen_logits = _infer(p, unseen, torch.zeros(len(unseen), dtype=torch.long), opts.batch_size).logits
+        out["unseen_n"] = len(unseen)
+    for kind in ("msp", "energy"):
+        row = {"threshold": fitted[f"{kind}_threshold"]}
+        flags = calibration.rejected(plain.logits, t, kind, fitted[f"{kind}_threshold"])
+        row["known_rejected"] = float(flags[known_rows].double().mean()) if known_rows.any() else None
+        if unseen_logits is not None:
+            row["unseen_rejected"] = float(calibration.rejected(unseen_logits, t, kind, row["threshold"]).double().mean())
+        out["methods"][kind] = row
+    if unknown is not None:  # the data-set issue's approach: a class trained on other signs
+        pred = plain.logits.argmax(1)
+        row = {"known_rejected": float((pred[known_rows] == unknown).double().mean()) if known_rows.any() else None}
+        if (~known_rows).any():
+            row["unknown_class_recall"] = float((pred[~known_rows] == unknown).double().mean())
+        if unseen_logits is not None:
+            row["unseen_rejected"] = float((unseen_logits.argmax(1) == unknown).double().mean())
+        out["methods"]["unknown_class"] = row
+    return out
+
+
+def _figures(folder: Path, p: Predictor, images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
+             result: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    classes, shown = p.classes, _hwc(images)
+    plots.confusion_figure(result["confusion"], classes, folder / "confusion.png", normalized=False)
+    plots.confusion_figure(result["confusion"], classes, folder / "confusion_normalized.png", normalized=True)
+    pred = probs.argmax(1)
+
+    def title(i: int) -> str:
+        t, q = int(labels[i]), int(pred[i])
+        return (f"true {classes[t][:22]} ({probs[i, t]:.2f})\npred {classes[q][:22]} ({probs[i, q]:.2f})")
+
+    worst = analysis.top_losses(probs, labels, 16)
+    plots.image_grid(shown[worst], [title(i) for i in worst],
+                     ["tab:green" if pred[i] == labels[i] else "tab:red" for i in worst], folder / "top_losses.png",
+                     suptitle="highest loss: true class and its probability, predicted class and its probability")
+    pairs = analysis.confused_pairs(result["confusion"], classes)
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([["true", "predicted", "count"], *pairs])
+    atomic_write_text(folder / "confused_pairs.csv", buffer.getvalue())
+    result["confused_pairs"] = [list(x) for x in pairs]
+    pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:16].tolist()
+    plots.image_grid(shown[pick], [title(i) for i in pick],
+                     ["tab:green" if pred[i] == labels[i] else "tab:red" for i in pick],
+                     folder / "random_predictions.png", suptitle="random test images: green right, red wrong")
+    first = worst[0]
+    plots.probability_bars(probs[first], classes, shown[first], title(first), folder / "probabilities.png")
+    cams_for = worst[:8]
+    cams = analysis.grad_cam(p.model, images[cams_for].to(p.device), pred[cams_for], mean=p.mean, std=p.std)
+    overlays = np.stack([plots.overlay(shown[i], cams[j].numpy()) for j, i in enumerate(cams_for)])
+    plots.image_grid(overlays, [title(i) for i in cams_for], ["tab:red" if pred[i] != labels[i] else "tab:green"
+                                                               for i in cams_for], folder / "gradcam.png",
+                     suptitle="Grad-CAM for the predicted class, most incorrect images (red = high)")
+    cal = result["calibration"]
+    plots.reliability_diagram(cal["bins"], cal.get("bins_scaled"), (cal["ece"], cal.get("ece_scaled", 0.0)),
+                              folder / "reliability.png")

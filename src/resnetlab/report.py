@@ -1,0 +1,142 @@
+"""`resnetlab report RUN`: one self-contained HTML file (images inlined, no CDN, works offline).
+
+Built only from what the run folder holds (config.yaml, data.json, metrics.jsonl, curves.png,
+eval_<split>.json and its figures), so it can be rebuilt any time and says plainly what is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from pathlib import Path
+
+from resnetlab.checkpoint import atomic_write_text
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 0 16px 48px; color: #222; }
+h1 { margin-bottom: 0 } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 36px }
+table { border-collapse: collapse; margin: 8px 0 } td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right }
+th { background: #f4f4f4 } td:first-child, th:first-child { text-align: left }
+img { max-width: 100%; border: 1px solid #eee } pre { background: #f7f7f7; padding: 8px; overflow: auto; font-size: 12px }
+.note { color: #666 } nav a { margin-right: 12px }
+"""
+SECTIONS = [("config", "Config"), ("data", "Data"), ("training", "Training"), ("metrics", "Metrics"),
+            ("tta", "Test-time augmentation"), ("confusion", "Confusion matrix"), ("errors", "Error analysis"),
+            ("calibration", "Calibration"), ("rejection", "Rejecting unknown inputs")]
+
+
+def _img(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return f'<p class="note">{html.escape(alt)}: not produced for this run.</p>'
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _pct(v) -> str:
+    return "-" if v is None or v != v else f"{100 * v:.2f}%"
+
+
+def _latest_eval(run: Path) -> tuple[str, dict] | tuple[None, None]:
+    for name in ("test", "val", "train"):
+        if (run / f"eval_{name}.json").is_file():
+            return name, json.loads((run / f"eval_{name}.json").read_text())
+    return None, None
+
+
+def build_report(run: Path) -> Path:
+    run = Path(run)
+    parts = [f"<h1>resnetlab run {html.escape(run.name)}</h1>",
+             f'<p class="note">written {time.strftime("%Y-%m-%d %H:%M:%S")} from {html.escape(str(run))}</p>',
+             "<nav>" + "".join(f'<a href="#{k}">{t}</a>' for k, t in SECTIONS) + "</nav>"]
+    parts.append('<h2 id="config">Config</h2><pre>' + html.escape((run / "config.yaml").read_text()) + "</pre>")
+
+    data = json.loads((run / "data.json").read_text()) if (run / "data.json").is_file() else {}
+    classes = json.loads((run / "classes.json").read_text()) if (run / "classes.json").is_file() else []
+    parts.append('<h2 id="data">Data</h2>')
+    if data:
+        parts.append(f"<p>{len(classes)} classes, {data.get('image_size')} px, {data.get('channels')} channel(s), "
+                     f"from {html.escape(str(data.get('root')))}; images per split: "
+                     + ", ".join(f"{k} {v:,}" for k, v in data.get("sizes", {}).items()) + "</p>")
+        counts = data.get("counts", {})
+        if counts and len(classes) <= 60:
+            parts.append(_table(["class", *counts], [[c, *(counts[s][i] for s in counts)] for i, c in enumerate(classes)]))
+        for note in data.get("notes", []):
+            parts.append(f'<p class="note">{html.escape(note)}</p>')
+
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] \
+        if (run / "metrics.jsonl").is_file() else []
+    parts.append('<h2 id="training">Training</h2>' + _img(run / "curves.png", "training curves"))
+    if history:
+        last = history[-1]
+        parts.append(f"<p>{len(history)} epochs; last: train loss {last['train_loss']:.4f}, "
+                     f"train top-1 {_pct(last['train_top1'])}"
+                     + (f", val top-1 {_pct(last.get('val_top1'))}" if "val_top1" in last else "") + "</p>")
+
+    name, ev = _latest_eval(run)
+    if ev is None:
+        parts.append('<h2 id="metrics">Metrics</h2><p class="note">not evaluated yet: run resnetlab evaluate</p>')
+    else:
+        parts += _evaluation(run, name, ev, classes)
+    page = ("<!doctype html><html lang=en><head><meta charset=utf-8><title>resnetlab report: "
+            f"{html.escape(run.name)}</title><style>{CSS}</style></head><body>" + "\n".join(parts)
+            # the only script: proves in a browser that the page finished rendering
+            + "<script>document.body.dataset.rendered = 'yes';</script></body></html>\n")
+    out = run / "report.html"
+    atomic_write_text(out, page)
+    return out
+
+
+def _evaluation(run: Path, name: str, ev: dict, classes: list[str]) -> list[str]:
+    figures = run / f"eval_{name}"
+    parts = [f'<h2 id="metrics">Metrics ({html.escape(name)} split, {html.escape(ev.get("checkpoint", ""))})</h2>',
+             _table(["n", "top-1", "top-5", "loss", "balanced accuracy", "macro-F1", "images/s"],
+                    [[ev["n"], _pct(ev["top1"]), _pct(ev["top5"]), f"{ev['loss']:.4f}", _pct(ev["balanced_accuracy"]),
+                      _pct(ev["macro_f1"]), ev.get("images_per_s", "")]])]
+    rows = [[c, _pct(r["precision"]), _pct(r["recall"]), _pct(r["f1"]), r["n"]]
+            for c, r in ev["per_class"].items()]
+    parts.append(_table(["class", "precision", "recall", "F1", "support (n)"], rows[:200]))
+    parts.append('<h2 id="tta">Test-time augmentation</h2>')
+    if "tta" in ev:
+        t = ev["tta"]
+        parts.append(_table(["", "views", "top-1", "top-5", "loss", "n"],
+                            [["without TTA", 1, _pct(ev["top1"]), _pct(ev["top5"]), f"{ev['loss']:.4f}", ev["n"]],
+                             [f"TTA ({t['reduce']})", t["views"], _pct(t["top1"]), _pct(t["top5"]), f"{t['loss']:.4f}",
+                              t["n"]]]))
+    else:
+        parts.append('<p class="note">not run: resnetlab evaluate RUN --tta 20</p>')
+    parts.append('<h2 id="confusion">Confusion matrix</h2>' + _img(figures / "confusion_normalized.png", "confusion matrix")
+                 + _img(figures / "confusion.png", "confusion matrix, counts"))
+    parts.append('<h2 id="errors">Error analysis</h2><h3>Most incorrect</h3>' + _img(figures / "top_losses.png", "top losses"))
+    pairs = ev.get("confused_pairs", [])
+    parts.append("<h3>Most confused pairs</h3>" + (_table(["true", "predicted", "count"], pairs[:20]) if pairs
+                                                   else '<p class="note">no confusions</p>'))
+    parts.append("<h3>Grad-CAM</h3>" + _img(figures / "gradcam.png", "Grad-CAM"))
+    parts.append("<h3>Random predictions</h3>" + _img(figures / "random_predictions.png", "random predictions"))
+    parts.append("<h3>One image's probabilities</h3>" + _img(figures / "probabilities.png", "class probabilities"))
+    cal = ev.get("calibration", {})
+    parts.append('<h2 id="calibration">Calibration</h2>' + _img(figures / "reliability.png", "reliability diagram"))
+    if cal:
+        line = f"ECE {_pct(cal['ece'])} (n={cal['n']})"
+        if "temperature" in cal:
+            line += f"; with temperature {cal['temperature']:.3f} fitted on val: {_pct(cal['ece_scaled'])}"
+        parts.append(f"<p>{line}</p>" + (f'<p class="note">{html.escape(cal["note"])}</p>' if "note" in cal else ""))
+    rej = ev.get("rejection", {})
+    parts.append('<h2 id="rejection">Rejecting unknown inputs</h2>')
+    if rej.get("methods"):
+        parts.append(f"<p>thresholds set on known-class validation images to reject at most {_pct(rej['target'])}; "
+                     f"known images here n={rej['known_n']}"
+                     + (f", unseen-class images n={rej['unseen_n']}" if "unseen_n" in rej else "") + "</p>")
+        parts.append(_table(["method", "known wrongly rejected", "unseen rejected", "unknown-class recall"],
+                            [[m, _pct(r.get("known_rejected")), _pct(r.get("unseen_rejected")),
+                              _pct(r.get("unknown_class_recall"))] for m, r in rej["methods"].items()]))
+    else:
+        parts.append(f'<p class="note">{html.escape(rej.get("note", "not evaluated"))}</p>')
+    return parts
