@@ -13,7 +13,8 @@ from tests.conftest import place_weights
 
 # Few steps, same recipe: 2 batches of 8 an epoch in every split, one epoch (the GTSRB tutorial's stages
 # kept, each one epoch long, so head-only training, unfreezing and an SGDR snapshot all run).
-SMOKE = ["train.limit_batches=2", "train.batch_size=8", "train.eval_batch_size=16", "train.progress=false"]
+SMOKE = ["train.limit_batches=2", "train.batch_size=8", "train.eval_batch_size=16", "train.progress=false",
+         "train.report=false"]  # the report is tested in test_evaluation.py
 SHORT = {"gtsrb-resnet34-finetune": [
     "stages=[{epochs: 1, train: head, lr: [0.01], weight_decay: 5.0e-4}, {epochs: 1, train: all, lr: [1.0e-4, 0.01]},"
     " {train: all, lr: [1.0e-4, 0.01], schedule: sgdr, cycle_len: 1, cycles: 1, snapshots: true}]"]}

@@ -56,7 +56,8 @@ def build_report(run: Path) -> Path:
     parts = [f"<h1>resnetlab run {html.escape(run.name)}</h1>",
              f'<p class="note">written {time.strftime("%Y-%m-%d %H:%M:%S")} from {html.escape(str(run))}</p>',
              "<nav>" + "".join(f'<a href="#{k}">{t}</a>' for k, t in SECTIONS) + "</nav>"]
-    parts.append('<h2 id="config">Config</h2><pre>' + html.escape((run / "config.yaml").read_text()) + "</pre>")
+    parts.append('<h2 id="config">Config</h2><details><summary>the resolved config (config.yaml)</summary><pre>'
+                 + html.escape((run / "config.yaml").read_text()) + "</pre></details>")
 
     data = json.loads((run / "data.json").read_text()) if (run / "data.json").is_file() else {}
     classes = json.loads((run / "classes.json").read_text()) if (run / "classes.json").is_file() else []
