@@ -132,23 +132,33 @@ def format_table(result: dict, classes: list[str], *, limit: int = 50) -> str:
 def infer_tta(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, views: int, reduce: str,
               augment, mean: torch.Tensor, std: torch.Tensor, device: torch.device, precision: str,
               batch_size: int = 256, seed: int = 0) -> Inference:
+    """TTA over a model; returned as log-probabilities in ``logits`` (softmax gives them back)."""
+    model.eval()
+
+    def probabilities(x: torch.Tensor) -> torch.Tensor:
+        with autocast(device, precision):
+            return model(normalize(x.to(device), mean, std, channels_last=True)).float().softmax(1).cpu()
+
+    start = time.perf_counter()
+    combined = combine_views(probabilities, images, views=views, reduce=reduce, augment=augment,
+                             batch_size=batch_size, seed=seed)
+    return Inference(combined.clamp_min(1e-12).log(), labels.cpu(), time.perf_counter() - start)
+
+
+def combine_views(probabilities, images: torch.Tensor, *, views: int, reduce: str, augment, batch_size: int = 256,
+                  seed: int = 0) -> torch.Tensor:
     """Class probabilities over ``views`` versions of each image: the image itself, then views drawn
-    with the training augmentation (so flips only where training flipped), one generator per view.
-    Returned as log-probabilities in ``logits``: softmax of them gives the combined probabilities.
-    Each view streams the images once, batched, under no_grad and the training precision."""
+    with the training augmentation (so flips only where training flipped), one generator per view
+    and batch. ``probabilities`` maps uint8 (B, C, H, W) to (B, K); each view streams the images once."""
     from resnetlab.data.augment import augment_batch, make_generator
 
-    model.eval()
-    total, start = None, time.perf_counter()
+    total = None
     for v in range(views):
         parts = []
         for i, x in enumerate(images.split(batch_size)):
             if v:
                 x = augment_batch(x, augment, make_generator(seed, 0x77A, v, i))
-            with autocast(device, precision):
-                out = model(normalize(x.to(device), mean, std, channels_last=True))
-            parts.append(out.float().softmax(1).cpu())
+            parts.append(probabilities(x))
         probs = torch.cat(parts)
         total = probs if total is None else (total + probs if reduce == "mean" else torch.maximum(total, probs))
-    combined = total / views if reduce == "mean" else total / total.sum(1, keepdim=True)
-    return Inference(combined.clamp_min(1e-12).log(), labels.cpu(), time.perf_counter() - start)
+    return total / views if reduce == "mean" else total / total.sum(1, keepdim=True)

@@ -37,6 +37,8 @@ class Predictor:
     device: torch.device
     precision: str
     checkpoint: Path
+    model_name: str = ""
+    model_options: dict = field(default_factory=dict)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # the training augmentation, for TTA
     temperature: float = 1.0  # from calibration.json (fitted on val by evaluate); 1 = raw softmax
     calibration: dict | None = None  # temperature and rejection thresholds, if the run was calibrated
@@ -69,6 +71,8 @@ class Predictor:
             device=dev,
             precision=resolve_precision(cfg["train"]["precision"], dev),
             checkpoint=ckpt_path,
+            model_name=state["model_name"],
+            model_options=dict(state["model_options"]),
             augment=augment,
             temperature=calibration["temperature"] if calibration else 1.0,
             calibration=calibration,
@@ -76,18 +80,7 @@ class Predictor:
 
     def load_images(self, paths: list[str]) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
         """uint8 (N, C, S, S) for the readable files, their paths, and (path, reason) for the rest."""
-        decoded, _, indices, bad = decode_files(paths, size=self.image_size, resize=self.resize,
-                                                on_bad_image="skip", progress=False)
-        arrays, kept = [], []
-        for arr, i in zip(decoded, indices):
-            if arr.shape[0] != self.image_size or arr.shape[1] != self.image_size:
-                bad.append((paths[i], f"{arr.shape[1]}x{arr.shape[0]} px but the model takes {self.image_size} px"))
-                continue
-            arrays.append(torch.from_numpy(arr).permute(2, 0, 1))
-            kept.append(paths[i])
-        if not arrays:
-            return torch.empty(0, self.channels, self.image_size, self.image_size, dtype=torch.uint8), kept, bad
-        return set_channels(torch.stack(arrays), self.channels), kept, bad
+        return decode_for(paths, self.image_size, self.resize, self.channels)
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -102,6 +95,22 @@ class Predictor:
     def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """uint8 (N, C, S, S) -> (N, K) float32 class probabilities, temperature-scaled if calibrated."""
         return (self.logits(images, batch_size) / self.temperature).softmax(1)
+
+
+def decode_for(paths: list[str], size: int, resize: str, channels: int):
+    """Files -> uint8 (N, C, size, size) as a model trained at ``size`` px expects, their paths, and
+    (path, reason) for the files that cannot be used."""
+    decoded, _, indices, bad = decode_files(paths, size=size, resize=resize, on_bad_image="skip", progress=False)
+    arrays, kept = [], []
+    for arr, i in zip(decoded, indices):
+        if arr.shape[0] != size or arr.shape[1] != size:
+            bad.append((paths[i], f"{arr.shape[1]}x{arr.shape[0]} px but the model takes {size} px"))
+            continue
+        arrays.append(torch.from_numpy(arr).permute(2, 0, 1))
+        kept.append(paths[i])
+    if not arrays:
+        return torch.empty(0, channels, size, size, dtype=torch.uint8), kept, bad
+    return set_channels(torch.stack(arrays), channels), kept, bad
 
 
 def expand_inputs(items: list[str]) -> list[str]:

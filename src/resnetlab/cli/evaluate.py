@@ -76,7 +76,7 @@ def _print_extras(result: dict) -> None:
     if "tta" in result:
         t = result["tta"]
         print(f"TTA x{t['views']} ({t['reduce']}): top-1 {100 * t['top1']:.2f}% vs {100 * result['top1']:.2f}% without "
-              f"(n={t['n']})")
+              f"(n={t['n']}; {t['images_per_s']:.0f} image-views/s)")
     cal = result["calibration"]
     line = f"ECE {100 * cal['ece']:.2f}%"
     if "temperature" in cal:

@@ -15,7 +15,7 @@ CHUNK = 1024  # images decoded and classified at a time
 
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes of images, as a table, CSV or JSON")
-    p.add_argument("model", help="run folder or checkpoint (.pt)")
+    p.add_argument("model", help="run folder, checkpoint (.pt), or an export (.onnx, .torchscript.pt, .safetensors + .json)")
     p.add_argument("images", nargs="+", help="image files, folders or globs")
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
@@ -31,15 +31,17 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from resnetlab.checkpoint import atomic_write_text
+    from resnetlab.export import is_export, load_export
     from resnetlab.predict import Predictor, expand_inputs
 
     if args.topk < 1:
         raise UserError("--topk must be at least 1")
     if args.tta < 1:
         raise UserError(f"--tta {args.tta}: give the number of views, 1 (none) or more")
-    if not Path(args.model).exists():
-        raise UserError(f"model {args.model} does not exist: give a run folder or a checkpoint file")
-    predictor = Predictor.load(args.model, which=args.checkpoint, device=args.device)
+    path = Path(args.model)
+    if not path.exists():
+        raise UserError(f"model {args.model} does not exist: give a run folder, a checkpoint or an export")
+    predictor = load_export(path) if is_export(path) else Predictor.load(path, which=args.checkpoint, device=args.device)
     paths = expand_inputs(args.images)
     k = min(args.topk, len(predictor.classes))
     rows, bad, any_kept = [], [], False
@@ -64,25 +66,21 @@ def run(args) -> int:
     return 0 if any_kept else 2
 
 
-def _classify(predictor, images, args):
+def _classify(model, images, args):
     """Probabilities (TTA-combined if asked) and a verdict a row: the top class, or 'unknown' where the
     calibrated max-probability falls under the threshold fitted on validation (calibration.json)."""
-    import torch
+    from resnetlab.evaluate import combine_views
 
-    from resnetlab.calibration import rejected
-    from resnetlab.evaluate import infer_tta
-
-    logits = predictor.logits(images)
-    probs = (logits / predictor.temperature).softmax(1)
-    if args.tta > 1:
-        probs = infer_tta(predictor.model, images, torch.zeros(len(images), dtype=torch.long), views=args.tta,
-                          reduce=args.tta_reduce, augment=predictor.augment, mean=predictor.mean, std=predictor.std,
-                          device=predictor.device, precision=predictor.precision).logits.softmax(1)
-    verdicts = [predictor.classes[i] for i in probs.argmax(1).tolist()]
-    cal = predictor.calibration
-    if cal and not args.no_reject:
-        flags = rejected(logits, cal["temperature"], "msp", cal["msp_threshold"])
+    probs = model.probabilities(images)  # temperature-scaled where the run was calibrated
+    verdicts = [model.classes[i] for i in probs.argmax(1).tolist()]
+    cal = model.calibration
+    if cal and not args.no_reject:  # on the single view: the threshold was fitted on single views
+        flags = probs.max(1).values.double() < cal["msp_threshold"]
         verdicts = ["unknown" if f else v for v, f in zip(verdicts, flags.tolist())]
+    if args.tta > 1:
+        probs = combine_views(model.probabilities, images, views=args.tta, reduce=args.tta_reduce,
+                              augment=model.augment)
+        verdicts = [v if v == "unknown" else model.classes[i] for v, i in zip(verdicts, probs.argmax(1).tolist())]
     return probs, verdicts
 
 

@@ -1,0 +1,104 @@
+"""`resnetlab export RUN --format onnx|torchscript|safetensors [--int8]`: a deployable model, checked."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EXAMPLES = """examples:
+  resnetlab export runs/<run> --format onnx              # runs/<run>/export/model.onnx + model.json
+  resnetlab export runs/<run> --format onnx --int8       # also model.int8.onnx, calibrated on training images
+  resnetlab predict runs/<run>/export/model.onnx photos/
+"""
+MIN_AGREEMENT = 0.999
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help="ONNX / TorchScript / safetensors with the preprocessing inside, checked",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", default="onnx", help="onnx, torchscript or safetensors")
+    p.add_argument("--layout", default="nhwc", choices=["nhwc", "nchw"], help="how the uint8 input is laid out")
+    p.add_argument("--out", metavar="PATH", help="model path without suffix (default RUN/export/model)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--check-images", type=int, default=1000, help="validation images for the agreement check")
+    p.add_argument("--int8", action="store_true", help="ONNX only: also a post-training static int8 model")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from resnetlab.errors import UserError
+    from resnetlab.export import FORMATS, agreement, load_export, sidecar, write_export
+    from resnetlab.predict import Predictor
+    from resnetlab.runs import check_run_dir
+
+    run_dir = check_run_dir(Path(args.run))
+    if args.format not in FORMATS:
+        raise UserError(f"unknown export format '{args.format}': choose one of {', '.join(FORMATS)}")
+    if args.int8 and args.format != "onnx":
+        raise UserError("--int8 is made with onnxruntime's quantisation: use it with --format onnx")
+    predictor = Predictor.load(run_dir, which=args.checkpoint, device="cpu")
+    predictor.precision = "fp32"  # the reference for the check: the checkpoint in full precision
+    images, labels, split = _check_images(run_dir, predictor, args.check_images)
+    out = Path(args.out) if args.out else run_dir / "export" / "model"
+    path = write_export(predictor, args.format, out, layout=args.layout)
+    exported = load_export(path)
+    result = agreement(predictor.probabilities(images), exported.probabilities(images))
+    result["split"] = split
+    if not result["top1_agreement"] >= MIN_AGREEMENT:
+        path.unlink(missing_ok=True)
+        sidecar(path).unlink(missing_ok=True)
+        raise UserError(f"the {args.format} export disagrees with the checkpoint on {100 * (1 - result['top1_agreement']):.2f}% "
+                        f"of {result['n']} {split} images (largest probability difference "
+                        f"{result['max_probability_difference']:.2e}); it was removed: report this as a bug")
+    _update_sidecar(path, agreement=result)
+    print(f"wrote {path} and {sidecar(path).name}; agreement with {predictor.checkpoint.name} on {result['n']} {split} "
+          f"images: top-1 {100 * result['top1_agreement']:.2f}%, largest probability difference "
+          f"{result['max_probability_difference']:.2e}")
+    if args.int8:
+        from resnetlab.quantize import quantize_onnx
+
+        report = quantize_onnx(path, run_dir, predictor, images, labels)
+        print(f"wrote {report['file']}: top-1 {100 * report['fp32_top1']:.2f}% -> {100 * report['int8_top1']:.2f}% "
+              f"on {report['n']} {split} images; {report['fp32_images_per_s']:.0f} -> {report['int8_images_per_s']:.0f} "
+              f"img/s ({report['speedup']:.2f}x, batch {report['batch']}, {report['threads']} threads)")
+    return 0
+
+
+def _update_sidecar(path: Path, **fields) -> None:
+    import json
+
+    from resnetlab.checkpoint import atomic_write_text
+    from resnetlab.export import sidecar
+
+    meta = json.loads(sidecar(path).read_text())
+    meta.update(fields)
+    atomic_write_text(sidecar(path), json.dumps(meta, indent=2) + "\n")
+
+
+def _check_images(run_dir: Path, predictor, limit: int):
+    """Up to ``limit`` images of the run's val split (else test, else train), with labels."""
+    import torch
+
+    from resnetlab.data import plan_data
+    from resnetlab.errors import UserError
+    from resnetlab.runs import read_run_config, saved_split_file
+
+    catalog, _, _ = plan_data(read_run_config(run_dir), split_file=saved_split_file(run_dir))
+    for split in ("val", "test", "train"):
+        rows = catalog.rows(split)
+        if len(rows):
+            break
+    else:
+        raise UserError(f"{run_dir}: no images to check the export on")
+    pick = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:limit].numpy()]
+    if catalog.arrays is not None:
+        from resnetlab.data.cache import resize_tensor, set_channels
+
+        x = torch.from_numpy(catalog.arrays[pick])
+        images = resize_tensor(set_channels(x, predictor.channels), predictor.image_size)
+        return images, torch.from_numpy(catalog.labels[pick]), split
+    paths = [catalog.paths[i] for i in pick]
+    images, kept, _ = predictor.load_images(paths)
+    where = {p: i for i, p in enumerate(paths)}
+    return images, torch.tensor([int(catalog.labels[pick[where[p]]]) for p in kept]), split
