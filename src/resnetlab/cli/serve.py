@@ -1,0 +1,53 @@
+"""`resnetlab serve MODEL [--host 127.0.0.1 --port 8000]`: HTTP inference with a web page at /."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLES = """examples:
+  resnetlab serve runs/<run>                          # then open http://127.0.0.1:8000/
+  resnetlab serve runs/<run>/export/model.int8.onnx --port 8080
+  curl -F files=@photo.jpg http://127.0.0.1:8000/predict
+  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8000/predict?topk=3'
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a run or an export over HTTP: /predict, /health, /classes, /docs, and a page",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="run folder, checkpoint, or export (.onnx, .torchscript.pt, .safetensors)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-bytes", type=int, default=10 * 2**20, help="largest image accepted, in bytes")
+    p.add_argument("--max-images", type=int, default=32, help="most images in one request")
+    p.add_argument("--batch-size", type=int, default=32, help="most images in one forward pass")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import socket
+    from pathlib import Path
+
+    from resnetlab.errors import UserError
+    from resnetlab.serve import Limits, create_app, load_model
+
+    for name in ("max_bytes", "max_images", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    model = load_model(Path(args.model))
+    with socket.socket() as probe:  # a clear line now, rather than uvicorn's traceback later
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as e:
+            raise UserError(f"cannot listen on {args.host}:{args.port} ({e.strerror}): is another server using "
+                            "it? choose another --port") from None
+    import uvicorn
+
+    limits = Limits(args.max_bytes, args.max_images, args.batch_size, args.batch_wait_ms)
+    app = create_app(model, limits, source=str(args.model))
+    print(f"serving {args.model} ({len(model.classes)} classes) at http://{args.host}:{args.port}/  "
+          f"(API docs at /docs; Ctrl+C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,198 @@
+"""`resnetlab serve MODEL`: an HTTP inference server (FastAPI) with a small web page.
+
+Requests are decoded in the request's own thread, then queued; one worker takes up
+to ``batch_size`` images (waiting at most ``batch_wait_ms`` for more) and runs them
+through the model together, so concurrent clients share forward passes. Every bad
+input is a 4xx with a one-line JSON reason, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import io
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image, UnidentifiedImageError
+
+from resnetlab.data.cache import set_channels
+from resnetlab.data.images import MAX_PIXELS, fit_size, to_array
+
+IMAGE_TYPES = {"image/jpeg", "image/png", "image/bmp", "image/gif", "image/webp", "image/tiff",
+               "image/x-portable-pixmap", "application/octet-stream"}
+
+
+@dataclass
+class Limits:
+    max_bytes: int = 10 * 2**20  # per image
+    max_images: int = 32  # per request
+    batch_size: int = 32  # images per forward pass
+    batch_wait_ms: float = 5.0  # how long the first request of a batch waits for company
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def load_model(path: Path):
+    from resnetlab.errors import UserError
+    from resnetlab.export import is_export, load_export
+    from resnetlab.predict import Predictor
+
+    if not path.exists():
+        raise UserError(f"{path} does not exist: give a run folder, a checkpoint or an export")
+    if is_export(path):
+        return load_export(path)
+    if path.is_file() and path.suffix != ".pt":
+        raise UserError(f"{path} is not a model: give a run folder, a .pt checkpoint, or an export with its .json")
+    return Predictor.load(path)
+
+
+def decode(data: bytes, name: str, model, limits: Limits) -> torch.Tensor:
+    """Bytes -> uint8 (C, S, S) as the model expects, or BadRequest with the reason."""
+    if not data:
+        raise BadRequest(400, f"{name}: empty body")
+    if len(data) > limits.max_bytes:
+        raise BadRequest(413, f"{name}: {len(data):,} bytes is over the limit of {limits.max_bytes:,}")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_PIXELS:  # checked before decoding: a bomb is small on the wire
+                raise BadRequest(400, f"{name}: {img.width}x{img.height} px is larger than {MAX_PIXELS:,} px")
+            img.load()
+            img = img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
+    except BadRequest:
+        raise
+    except UnidentifiedImageError:
+        raise BadRequest(415, f"{name}: not an image (JPEG, PNG, BMP, GIF, WebP, TIFF, PPM)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise BadRequest(400, f"{name}: cannot decode the image ({str(e)[:100]})") from None
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr, _ = to_array(img)
+        img = Image.fromarray(arr)
+    arr, _ = to_array(fit_size(img, model.image_size, model.resize))
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
+    return set_channels(x, model.channels)[0]
+
+
+class Batcher:
+    """Collects decoded images from concurrent requests into batches for one model thread.
+
+    A plain thread and thread-safe futures, not an asyncio task: requests may come from any
+    event loop (uvicorn's, or a test client's per-call loops) and still share batches."""
+
+    def __init__(self, model, limits: Limits):
+        self.model, self.limits = model, limits
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="resnetlab-batcher", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            items = [self.queue.get()]
+            deadline = time.perf_counter() + self.limits.batch_wait_ms / 1000
+            while sum(len(x) for x, _ in items) < self.limits.batch_size:
+                left = deadline - time.perf_counter()
+                try:
+                    items.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                probs = self.model.probabilities(torch.cat([x for x, _ in items]))
+            except Exception as e:  # noqa: BLE001 - reported to every waiting request
+                for _, future in items:
+                    future.set_exception(e)
+                continue
+            start = 0
+            for x, future in items:
+                future.set_result(probs[start:start + len(x)])
+                start += len(x)
+
+    async def submit(self, images: torch.Tensor) -> torch.Tensor:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self.queue.put((images, future))
+        return await asyncio.wrap_future(future)
+
+
+def answer(model, probs: torch.Tensor, names: list[str], topk: int) -> list[dict]:
+    cal = model.calibration
+    out = []
+    for name, p in zip(names, probs):
+        top = p.topk(min(topk, len(model.classes)))
+        best = model.classes[int(top.indices[0])]
+        rejected = bool(cal) and float(p.max()) < cal["msp_threshold"]
+        out.append({"filename": name, "verdict": "unknown" if rejected else best, "rejected": rejected,
+                    "top": [{"class": model.classes[i], "probability": round(float(v), 6)}
+                            for v, i in zip(top.values.tolist(), top.indices.tolist())]})
+    return out
+
+
+def create_app(model, limits: Limits = Limits(), *, source: str = "") -> FastAPI:
+    from resnetlab.serve_page import PAGE
+
+    app = FastAPI(title="resnetlab", description=f"ResNet image classifier {source}")
+    batcher = Batcher(model, limits)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_request, exc: BadRequest):
+        return JSONResponse(status_code=exc.status, content={"error": exc.reason})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return PAGE
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": source, "classes": len(model.classes), "image_size": model.image_size}
+
+    @app.get("/classes")
+    async def classes():
+        return {"classes": model.classes}
+
+    @app.post("/predict")
+    async def predict(request: Request, topk: int = 5):
+        if not 1 <= topk <= 100:
+            raise BadRequest(400, f"topk={topk}: give 1..100")
+        items = await _read_images(request, limits)
+        loop = asyncio.get_running_loop()
+        images = []
+        for name, data in items:
+            images.append(await loop.run_in_executor(None, decode, data, name, model, limits))
+        probs = await batcher.submit(torch.stack(images))
+        return {"predictions": answer(model, probs, [n for n, _ in items], topk)}
+
+    return app
+
+
+async def _read_images(request, limits: Limits) -> list[tuple[str, bytes]]:
+    """Multipart (any number of file fields) or one raw image body."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        try:
+            form = await request.form(max_files=limits.max_images + 1, max_part_size=limits.max_bytes + 1)
+        except Exception as e:  # noqa: BLE001 - starlette raises several types for bad forms
+            raise BadRequest(400, f"cannot read the multipart form ({str(e)[:100]})") from None
+        files = [v for _, v in form.multi_items() if hasattr(v, "read")]
+        if not files:
+            raise BadRequest(400, "the form has no file fields: send images as files (e.g. -F files=@photo.jpg)")
+        if len(files) > limits.max_images:
+            raise BadRequest(413, f"{len(files)} images in one request; the limit is {limits.max_images}")
+        return [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+    if kind not in IMAGE_TYPES:
+        raise BadRequest(415, f"content type {kind or 'missing'!r}: send an image (image/jpeg, image/png, ...) "
+                              "or multipart/form-data")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limits.max_bytes:
+            raise BadRequest(413, f"body is over the limit of {limits.max_bytes:,} bytes")
+    return [("body", body)]

@@ -1,0 +1,203 @@
+"""The inference server: API, batching, bad input that leaves it serving, and its page in real Chromium."""
+
+import io
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from resnetlab.cli import main
+from resnetlab.serve import Limits, create_app, load_model
+from tests.conftest import SHARED_DATA, tiny_overrides, write_class_folders
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    data = write_class_folders(tmp / "data", per_class=16, size=16)
+    assert main(["train", *tiny_overrides(data, tmp, "train.epochs=2")]) == 0
+    run = tmp / "run"
+    model = load_model(run)
+    client = TestClient(create_app(model, Limits(max_bytes=200_000, max_images=4, batch_size=8), source=str(run)))
+    return run, data, model, client
+
+
+def _png(path: Path) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(path).convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_health_classes_docs_and_page(served):
+    _, _, model, client = served
+    assert client.get("/health").json()["classes"] == 3
+    assert client.get("/classes").json() == {"classes": ["ant", "bee", "cat"]}
+    assert client.get("/docs").status_code == 200 and "/predict" in client.get("/openapi.json").text
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="file"' in page.text and "http" not in page.text.split("<script>")[1]
+
+
+def test_predict_multipart_and_raw_body(served):
+    _, data, model, client = served
+    files = sorted((data / "test" / "bee").iterdir())[:3]
+    response = client.post("/predict?topk=2", files=[("files", (f.name, f.read_bytes(), "image/png")) for f in files])
+    assert response.status_code == 200
+    answers = response.json()["predictions"]
+    assert [a["filename"] for a in answers] == [f.name for f in files] and len(answers[0]["top"]) == 2
+    images, _, _ = model.load_images([str(f) for f in files])
+    expected = model.probabilities(images)
+    for a, p in zip(answers, expected):
+        assert a["top"][0]["class"] == model.classes[int(p.argmax())]
+        assert abs(a["top"][0]["probability"] - float(p.max())) < 1e-4
+    raw = client.post("/predict", content=files[0].read_bytes(), headers={"content-type": "image/png"})
+    assert raw.json()["predictions"][0]["top"] == answers[0]["top"][:1] + raw.json()["predictions"][0]["top"][1:]
+
+
+def test_bad_input_gets_4xx_and_the_server_keeps_serving(served, tmp_path):
+    _, data, _, client = served
+    good = (data / "test" / "ant" / "000.png").read_bytes()
+    jpeg = io.BytesIO()
+    Image.open(data / "test" / "ant" / "000.png").save(jpeg, format="JPEG")
+    bomb = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(bomb, format="PNG")  # 144 Mpx declared, a few kB on the wire
+    big = io.BytesIO()
+    Image.effect_noise((400, 400), 64).convert("RGB").save(big, format="PNG")  # over the 200 kB limit
+    cases = [
+        (dict(content=b"", headers={"content-type": "image/png"}), 400, "empty body"),
+        (dict(content=b"hello, not an image", headers={"content-type": "image/jpeg"}), 415, "not an image"),
+        (dict(content=jpeg.getvalue()[: len(jpeg.getvalue()) // 2], headers={"content-type": "image/jpeg"}), 400,
+         "cannot decode"),
+        (dict(content=bomb.getvalue(), headers={"content-type": "image/png"}), 400, "larger than 100,000,000 px"),
+        (dict(content=big.getvalue(), headers={"content-type": "image/png"}), 413, "over the limit"),
+        (dict(content=good, headers={"content-type": "text/plain"}), 415, "content type 'text/plain'"),
+        (dict(files=[("files", (f"{i}.png", good, "image/png")) for i in range(5)]), 413, "5 images in one request"),
+    ]
+    for kwargs, status, words in cases:
+        response = client.post("/predict", **kwargs)
+        assert response.status_code == status, (words, response.text)
+        body = response.json()
+        assert list(body) == ["error"] and words in body["error"] and "\n" not in body["error"]
+        assert client.post("/predict", content=good, headers={"content-type": "image/png"}).status_code == 200
+
+
+def test_concurrent_requests_share_batches(served):
+    _, data, model, client = served
+    good = (data / "test" / "cat" / "000.png").read_bytes()
+    results = []
+
+    def call():
+        results.append(client.post("/predict", content=good, headers={"content-type": "image/png"}).status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 12
+
+
+def test_serve_bad_input_one_line(served, tmp_path, capsys):
+    run, _, _, _ = served
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model")
+    assert main(["serve", str(text)]) == 2
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(run), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == f"resnetlab serve: error: {text} is not a model: give a run folder, a .pt checkpoint, or an export with its .json"
+    assert err[1].startswith(f"resnetlab serve: error: cannot listen on 127.0.0.1:{port} (Address already in use)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_page_in_headless_chromium(served, tmp_path):
+    """Open the page, choose a real image with DevTools' setFileInputFiles, read the verdict off the page."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (make test installs Debian's chromium)")
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    import uvicorn
+    from websockets.sync.client import connect
+
+    run, _, model, client = served
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(model, source=str(run)), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    profile = tmp_path / "profile"
+    chrome = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
+                               f"--user-data-dir={profile}", "about:blank"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if (profile / "DevToolsActivePort").is_file() and server.started:
+                break
+            time.sleep(0.05)
+        devtools = int((profile / "DevToolsActivePort").read_text().split()[0])
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{devtools}/json/list").read())
+        page = next(t for t in targets if t["type"] == "page")
+        image = SHARED_DATA / "intel" / "seg_pred" / "seg_pred" / sorted(
+            p.name for p in (SHARED_DATA / "intel" / "seg_pred" / "seg_pred").iterdir())[0]
+        with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+            counter, errors = iter(range(1, 10**6)), []
+
+            def call(method, **params):
+                n = next(counter)
+                ws.send(json.dumps({"id": n, "method": method, "params": params}))
+                while True:
+                    message = json.loads(ws.recv(timeout=30))
+                    if message.get("method") in ("Runtime.exceptionThrown",) or (
+                            message.get("method") == "Runtime.consoleAPICalled"
+                            and message["params"]["type"] == "error"):
+                        errors.append(message)
+                    if message.get("id") == n:
+                        return message.get("result", {})
+
+            def evaluate(expression):
+                return call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+            call("Runtime.enable")
+            call("Page.enable")
+            call("Page.navigate", url=f"http://127.0.0.1:{port}/")
+            for _ in range(100):
+                if evaluate("document.readyState") == "complete" and evaluate("!!document.getElementById('file')"):
+                    break
+                time.sleep(0.05)
+            root = call("DOM.getDocument")["root"]["nodeId"]
+            node = call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+            call("DOM.setFileInputFiles", files=[str(image)], nodeId=node)
+            for _ in range(200):
+                if evaluate("document.body.dataset.done") == "yes":
+                    break
+                time.sleep(0.05)
+            verdict = evaluate("document.getElementById('verdict').textContent")
+            first_bar = evaluate("document.querySelector('#bars .name').textContent")
+            assert errors == []
+    finally:
+        chrome.terminate()
+        chrome.wait(timeout=10)
+        server.should_exit = True
+        thread.join(timeout=10)
+    expected = client.post("/predict", content=image.read_bytes(), headers={"content-type": "image/jpeg"}).json()
+    top = expected["predictions"][0]
+    assert first_bar == top["top"][0]["class"]
+    assert verdict == (top["verdict"] if not top["rejected"] else "unknown (no class is likely enough)")
