@@ -203,8 +203,14 @@ def write_export(predictor, fmt: str, out: Path, *, layout: str = "nhwc", meta_e
 
 def _export_onnx(wrapped: nn.Module, example: torch.Tensor, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(wrapped, (example,), dynamo=True, opset_version=OPSET, input_names=["images"],
-                                output_names=["probabilities"], dynamic_shapes=({0: batch},), verbose=False)
+    try:
+        program = torch.onnx.export(wrapped, (example,), dynamo=True, opset_version=OPSET, input_names=["images"],
+                                    output_names=["probabilities"], dynamic_shapes=({0: batch},), verbose=False)
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types; the user needs one line
+        # e.g. torch 2.11's exporter has no ONNX function for adaptive_max_pool2d (resnet9); 2.14's has
+        last = [line for line in str(e).splitlines() if line.strip()][-1][:160]
+        raise UserError(f"torch.onnx could not export this model (torch {torch.__version__}: {last}); "
+                        "try --format torchscript or safetensors") from None
     program.save(str(path))
 
 
