@@ -394,35 +394,9 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    _resolve_stages(cfg)
+    from resnetlab.stages import resolve_stages  # here, not at the top: stages.py imports this module
 
-
-def _resolve_stages(cfg: Config) -> None:
-    """Check each stage and derive epochs from sgdr cycles; train.epochs becomes the stages' sum."""
-    if not cfg.stages:
-        return
-    schedules = dataclasses.fields(ScheduleConfig)[0].metadata["choices"]
-    for i, st in enumerate(cfg.stages):
-        where = f"stages[{i}]"
-        if st.schedule is not None and st.schedule not in schedules:
-            raise UserError(f"{where}.schedule={st.schedule!r} is not one of: {', '.join(schedules)}")
-        if len(st.lr) > 2 or any(v <= 0 for v in st.lr):
-            raise UserError(f"{where}.lr must be [lr] or [lo, hi] with positive rates, got {st.lr}")
-        if len(st.lr) == 2 and st.lr[0] > st.lr[1]:
-            raise UserError(f"{where}.lr=[lo, hi] must rise from the first group to the head, got {st.lr}")
-        if st.cycles:
-            if (st.schedule or cfg.schedule.name) != "sgdr":
-                raise UserError(f"{where}.cycles needs schedule sgdr")
-            length = st.cycle_len or cfg.schedule.cycle_len
-            mult = st.cycle_mult or cfg.schedule.cycle_mult
-            total = length * st.cycles if mult == 1 else length * (mult**st.cycles - 1) / (mult - 1)
-            if abs(total - round(total)) > 1e-9 or (st.epochs and st.epochs != round(total)):
-                raise UserError(f"{where}: {st.cycles} cycles of {length} epochs x {mult} make {total:g} epochs, "
-                                f"not {'a whole number' if not st.epochs else st.epochs}")
-            st.epochs = int(round(total))
-        if st.epochs < 1:
-            raise UserError(f"{where}.epochs must be at least 1 (or give cycles with schedule sgdr)")
-    cfg.train.epochs = sum(st.epochs for st in cfg.stages)
+    resolve_stages(cfg)
 
 
 def save_config(cfg: Config, path: Path) -> None:
