@@ -100,6 +100,8 @@ def test_train_writes_evaluation_calibration_and_report(evaluated):
     fitted = json.loads((run / "calibration.json").read_text())
     assert fitted["temperature"] > 0 and fitted["fitted_on"] == "val" and 0 < fitted["msp_threshold"] < 1
     assert (run / "report.html").is_file()
+    rows = list(csv.reader((run / "confusion_test_normalized.csv").open()))
+    assert rows[0][0] == "true \\ predicted" and len(rows) == 1 + 3  # 2 signs + unknown
 
 
 def test_evaluate_tta_and_rejection_side_by_side(evaluated, capsys):

@@ -66,6 +66,7 @@ def evaluate_split(run_dir: Path, p: Predictor, name: str, images: torch.Tensor,
         _figures(run_dir / f"eval_{name}", p, images, labels, probs, result)
     write_json(run_dir / f"eval_{name}.json", result)
     write_confusion_csv(run_dir / f"confusion_{name}.csv", result["confusion"], classes)
+    write_confusion_csv(run_dir / f"confusion_{name}_normalized.csv", result["confusion_normalized"], classes)
     return result
 
 

@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from resnetlab.errors import UserError
-    from resnetlab.export import FORMATS, agreement, load_export, sidecar, write_export
+    from resnetlab.export import FORMATS, OPSET, agreement, load_export, sidecar, write_export
     from resnetlab.predict import Predictor
     from resnetlab.runs import check_run_dir
 
@@ -52,7 +52,8 @@ def run(args) -> int:
                         f"of {result['n']} {split} images (largest probability difference "
                         f"{result['max_probability_difference']:.2e}); it was removed: report this as a bug")
     _update_sidecar(path, agreement=result)
-    print(f"wrote {path} and {sidecar(path).name}; agreement with {predictor.checkpoint.name} on {result['n']} {split} "
+    opset = f" (ONNX opset {OPSET}, dynamic batch, onnxruntime CPU)" if args.format == "onnx" else ""
+    print(f"wrote {path} and {sidecar(path).name}{opset}; agreement with {predictor.checkpoint.name} on {result['n']} {split} "
           f"images: top-1 {100 * result['top1_agreement']:.2f}%, largest probability difference "
           f"{result['max_probability_difference']:.2e}")
     if args.int8:
