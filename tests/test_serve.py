@@ -60,7 +60,10 @@ def test_predict_multipart_and_raw_body(served):
         assert a["top"][0]["class"] == model.classes[int(p.argmax())]
         assert abs(a["top"][0]["probability"] - float(p.max())) < 1e-4
     raw = client.post("/predict", content=files[0].read_bytes(), headers={"content-type": "image/png"})
-    assert raw.json()["predictions"][0]["top"] == answers[0]["top"][:1] + raw.json()["predictions"][0]["top"][1:]
+    alone = raw.json()["predictions"][0]["top"][0]
+    # a batch of 1 against a batch of 3: bf16 kernels may round differently, classes may not
+    assert alone["class"] == answers[0]["top"][0]["class"]
+    assert abs(alone["probability"] - answers[0]["top"][0]["probability"]) < 1e-2
 
 
 def test_bad_input_gets_4xx_and_the_server_keeps_serving(served, tmp_path):
@@ -148,7 +151,7 @@ def test_page_in_headless_chromium(served, tmp_path):
                                f"--user-data-dir={profile}", "about:blank"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
+        for _ in range(600):  # up to 30 s for a cold Chromium on a slow machine
             if (profile / "DevToolsActivePort").is_file() and server.started:
                 break
             time.sleep(0.05)
@@ -178,14 +181,14 @@ def test_page_in_headless_chromium(served, tmp_path):
             call("Runtime.enable")
             call("Page.enable")
             call("Page.navigate", url=f"http://127.0.0.1:{port}/")
-            for _ in range(100):
+            for _ in range(600):
                 if evaluate("document.readyState") == "complete" and evaluate("!!document.getElementById('file')"):
                     break
                 time.sleep(0.05)
             root = call("DOM.getDocument")["root"]["nodeId"]
             node = call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
             call("DOM.setFileInputFiles", files=[str(image)], nodeId=node)
-            for _ in range(200):
+            for _ in range(600):
                 if evaluate("document.body.dataset.done") == "yes":
                     break
                 time.sleep(0.05)
