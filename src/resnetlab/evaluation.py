@@ -22,6 +22,7 @@ from resnetlab.checkpoint import atomic_write_text
 from resnetlab.data import CachedLoader
 from resnetlab.evaluate import Inference, infer, infer_tta, metrics
 from resnetlab.predict import Predictor
+from resnetlab.errors import UserError
 from resnetlab.runs import write_confusion_csv, write_json
 
 
@@ -34,7 +35,7 @@ class Options:
     figures: bool = True
 
 
-def _infer(p: Predictor, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Inference:
+def infer_images(p: Predictor, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Inference:
     loader = CachedLoader(images, labels, batch_size=batch_size, device=p.device, seed=0)
     return infer(p.model, loader.epoch(0), mean=p.mean, std=p.std, device=p.device, precision=p.precision,
                  channels_last=True)
@@ -49,7 +50,7 @@ def evaluate_split(run_dir: Path, p: Predictor, name: str, images: torch.Tensor,
                    opts: Options, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
                    unseen: torch.Tensor | None = None) -> dict:
     classes = p.classes
-    plain = _infer(p, images, labels, opts.batch_size)
+    plain = infer_images(p, images, labels, opts.batch_size)
     result = metrics(plain.logits, plain.labels, classes)
     result.update(split=name, checkpoint=p.checkpoint.name, images_per_s=round(plain.images_per_second, 1))
     probs = plain.logits.softmax(1)
@@ -70,6 +71,24 @@ def evaluate_split(run_dir: Path, p: Predictor, name: str, images: torch.Tensor,
     return result
 
 
+def snapshot_ensemble(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, *, device: str,
+                      batch_size: int) -> dict:
+    """Mean class probability over snapshot-K.pt (Huang et al. 2017: M models for the cost of one run)."""
+    paths = sorted(run_dir.glob("snapshot-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    if not paths:
+        raise UserError(f"{run_dir} has no snapshot-K.pt: train with a stage of schedule sgdr and snapshots: true")
+    total = None
+    for path in paths:
+        member = Predictor.load(path, device=device)
+        out = infer_images(member, images, labels, batch_size)
+        probs = out.logits.float().softmax(1)
+        total = probs if total is None else total + probs
+    # log of the mean probability: softmax gives the mean back, so metrics() scores the ensemble
+    result = metrics((total / len(paths)).clamp_min(1e-12).log(), out.labels, member.classes)
+    result["members"] = [p.name for p in paths]
+    return result
+
+
 def split_images(split, predictor: Predictor) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images and labels of a split: its cache, or its files decoded at the model's size."""
     if split.images is not None:
@@ -77,6 +96,32 @@ def split_images(split, predictor: Predictor) -> tuple[torch.Tensor, torch.Tenso
     images, kept, _ = predictor.load_images(split.paths)
     where = {p: i for i, p in enumerate(split.paths)}
     return images, split.labels[[where[p] for p in kept]]
+
+
+def sample_run_images(run_dir: Path, predictor: Predictor, splits: tuple[str, ...], limit: int,
+                      seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Up to ``limit`` seeded images of the first of ``splits`` the run has, at the model's size,
+    with their labels and the split's name (the export check and int8 calibration use this)."""
+    from resnetlab.data import plan_data
+    from resnetlab.data.cache import resize_tensor, set_channels
+    from resnetlab.runs import read_run_config, saved_split_file
+
+    catalog, _, _ = plan_data(read_run_config(run_dir), split_file=saved_split_file(run_dir))
+    for split in splits:
+        rows = catalog.rows(split)
+        if len(rows):
+            break
+    else:
+        raise UserError(f"{run_dir} has no {' or '.join(splits)} images to use here")
+    pick = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:limit].numpy()]
+    if catalog.arrays is not None:
+        x = torch.from_numpy(catalog.arrays[pick])
+        images = resize_tensor(set_channels(x, predictor.channels), predictor.image_size)
+        return images, torch.from_numpy(catalog.labels[pick]), split
+    paths = [catalog.paths[i] for i in pick]
+    images, kept, _ = predictor.load_images(paths)
+    where = {p: i for i, p in enumerate(paths)}
+    return images, torch.tensor([int(catalog.labels[pick[where[p]]]) for p in kept], dtype=torch.long), split
 
 
 def unseen_images(cfg, run_dir: Path, predictor: Predictor, limit: int = 2000) -> torch.Tensor | None:
@@ -106,7 +151,7 @@ def _calibration(run_dir: Path, p: Predictor, plain: Inference, val, opts: Optio
     out = {}
     fitted = None
     if val is not None and len(val[1]):
-        v = _infer(p, val[0], val[1], opts.batch_size)
+        v = infer_images(p, val[0], val[1], opts.batch_size)
         known = v.labels != p.classes.index("unknown") if "unknown" in p.classes else None
         fitted = calibration.calibrate(v.logits, v.labels, target=opts.reject_target, known=known)
         write_json(run_dir / "calibration.json", fitted)
@@ -135,7 +180,7 @@ def _rejection(p: Predictor, plain: Inference, cal: dict, unseen: torch.Tensor |
     out = {"target": fitted["target_reject"], "known_n": int(known_rows.sum()), "methods": {}}
     unseen_logits = None
     if unseen is not None and len(unseen):
-        unseen_logits = _infer(p, unseen, torch.zeros(len(unseen), dtype=torch.long), opts.batch_size).logits
+        unseen_logits = infer_images(p, unseen, torch.zeros(len(unseen), dtype=torch.long), opts.batch_size).logits
         out["unseen_n"] = len(unseen)
     for kind in ("msp", "energy"):
         row = {"threshold": fitted[f"{kind}_threshold"]}

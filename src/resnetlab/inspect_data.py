@@ -27,6 +27,7 @@ from resnetlab.checkpoint import atomic_write_text
 from resnetlab.config import Config
 from resnetlab.data.augment import augment_batch, make_generator
 from resnetlab.data.bundle import plan_data
+from resnetlab.data.cache import resize_tensor, set_channels
 from resnetlab.data.catalog import Catalog
 from resnetlab.data.images import BadImage, load_array, open_image
 from resnetlab.runs import write_json
@@ -98,9 +99,8 @@ def _tiles(catalog: Catalog, rows: list[int], size: int, cfg: Config) -> np.ndar
     out = np.full((len(rows), size, size, 3), 128, dtype=np.uint8)
     for j, i in enumerate(rows):
         if catalog.arrays is not None:
-            x = torch.from_numpy(catalog.arrays[i]).float()[None]
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-            out[j] = x[0].round().clamp(0, 255).byte().expand(3, -1, -1).permute(1, 2, 0).numpy()
+            x = resize_tensor(set_channels(torch.from_numpy(catalog.arrays[i:i + 1]), 3), size)
+            out[j] = x[0].permute(1, 2, 0).numpy()
             continue
         box = catalog.boxes[i] if cfg.data.roi_crop and catalog.boxes is not None else None
         try:

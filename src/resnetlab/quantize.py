@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from resnetlab.checkpoint import atomic_write_text
-from resnetlab.errors import UserError
+from resnetlab.evaluation import sample_run_images
 from resnetlab.export import load_export, sidecar
 
 
@@ -31,24 +31,6 @@ class _Reader:
     def get_next(self):
         batch = next(self.batches, None)
         return None if batch is None else {self.name: batch}
-
-
-def _training_images(run_dir: Path, predictor, count: int) -> torch.Tensor:
-    from resnetlab.data import plan_data
-    from resnetlab.runs import read_run_config, saved_split_file
-
-    catalog, _, _ = plan_data(read_run_config(run_dir), split_file=saved_split_file(run_dir))
-    keep = catalog.rows("train")
-    if not len(keep):
-        raise UserError(f"{run_dir} has no training images to calibrate int8 on")
-    rows = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(1))[:count].numpy()]
-    if catalog.arrays is not None:
-        from resnetlab.data.cache import resize_tensor, set_channels
-
-        return resize_tensor(set_channels(torch.from_numpy(catalog.arrays[rows]), predictor.channels),
-                             predictor.image_size)
-    images, _, _ = predictor.load_images([catalog.paths[i] for i in rows])
-    return images
 
 
 def _speed(exported, images: torch.Tensor, batch: int, repeats: int = 5) -> float:
@@ -67,7 +49,7 @@ def quantize_onnx(path: Path, run_dir: Path, predictor, images: torch.Tensor, la
 
     meta = json.loads(sidecar(path).read_text())
     nhwc = meta["input"]["layout"] == "nhwc"
-    calib = _training_images(run_dir, predictor, calibration_images)
+    calib, _, _ = sample_run_images(run_dir, predictor, ("train",), calibration_images, seed=1)
     arrays = [np.ascontiguousarray((b.permute(0, 2, 3, 1) if nhwc else b).numpy()) for b in calib.split(32)]
     out = path.with_name(path.name.replace(".onnx", ".int8.onnx"))
     with tempfile.TemporaryDirectory() as tmp:

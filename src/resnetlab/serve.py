@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import io
 import queue
 import threading
 import time
@@ -21,10 +20,9 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
-from PIL import Image, UnidentifiedImageError
 
 from resnetlab.data.cache import set_channels
-from resnetlab.data.images import MAX_PIXELS, fit_size, to_array
+from resnetlab.data.images import BadImage, NotAnImage, load_array
 
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/bmp", "image/gif", "image/webp", "image/tiff",
                "image/x-portable-pixmap", "application/octet-stream"}
@@ -59,27 +57,18 @@ def load_model(path: Path):
 
 
 def decode(data: bytes, name: str, model, limits: Limits) -> torch.Tensor:
-    """Bytes -> uint8 (C, S, S) as the model expects, or BadRequest with the reason."""
+    """Bytes -> uint8 (C, S, S) as the model expects (decoded as training decoded files), or BadRequest."""
     if not data:
         raise BadRequest(400, f"{name}: empty body")
     if len(data) > limits.max_bytes:
         raise BadRequest(413, f"{name}: {len(data):,} bytes is over the limit of {limits.max_bytes:,}")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_PIXELS:  # checked before decoding: a bomb is small on the wire
-                raise BadRequest(400, f"{name}: {img.width}x{img.height} px is larger than {MAX_PIXELS:,} px")
-            img.load()
-            img = img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
-    except BadRequest:
-        raise
-    except UnidentifiedImageError:
-        raise BadRequest(415, f"{name}: not an image (JPEG, PNG, BMP, GIF, WebP, TIFF, PPM)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise BadRequest(400, f"{name}: cannot decode the image ({str(e)[:100]})") from None
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr, _ = to_array(img)
-        img = Image.fromarray(arr)
-    arr, _ = to_array(fit_size(img, model.image_size, model.resize))
+        # the pixel bound is checked from the header, before decoding: a bomb is small on the wire
+        arr, _ = load_array(data, model.image_size, model.resize)
+    except NotAnImage as e:
+        raise BadRequest(415, f"{name}: {e} (send JPEG, PNG, BMP, GIF, WebP, TIFF or PPM)") from None
+    except BadImage as e:
+        raise BadRequest(400, f"{name}: {e}") from None
     x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
     return set_channels(x, model.channels)[0]
 

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from resnetlab.data import build_data
     from resnetlab.evaluate import format_table
-    from resnetlab.evaluation import Options, evaluate_split, split_images, unseen_images
+    from resnetlab.evaluation import Options, evaluate_split, snapshot_ensemble, split_images, unseen_images
     from resnetlab.predict import Predictor
     from resnetlab.runs import check_run_dir, read_run_config, saved_split_file, write_json
 
@@ -62,7 +62,8 @@ def run(args) -> int:
     print(format_table(result, predictor.classes))
     _print_extras(result)
     if args.snapshots:
-        result["snapshot_ensemble"] = _snapshot_ensemble(run_dir, images, labels, args)
+        result["snapshot_ensemble"] = snapshot_ensemble(run_dir, images, labels, device=args.device,
+                                                        batch_size=args.batch_size)
         ens = result["snapshot_ensemble"]
         print(f"snapshot ensemble of {ens['members']}: top-1 {100 * ens['top1']:.2f}%  top-5 {100 * ens['top5']:.2f}% "
               f"(n={ens['n']}); {predictor.checkpoint.name} alone {100 * result['top1']:.2f}%")
@@ -87,29 +88,6 @@ def _print_extras(result: dict) -> None:
         if "unseen_rejected" in row:
             parts.append(f"unseen classes rejected {100 * row['unseen_rejected']:.1f}% (n={result['rejection']['unseen_n']})")
         print(f"rejection by {method}: " + ", ".join(parts))
-
-
-def _snapshot_ensemble(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, args) -> dict:
-    """Mean class probability over snapshot-K.pt (Huang et al. 2017: M models for the cost of one run)."""
-    from resnetlab.data import CachedLoader
-    from resnetlab.evaluate import infer, metrics
-    from resnetlab.predict import Predictor
-
-    paths = sorted(run_dir.glob("snapshot-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    if not paths:
-        raise UserError(f"{run_dir} has no snapshot-K.pt: train with a stage of schedule sgdr and snapshots: true")
-    total = None
-    for path in paths:
-        member = Predictor.load(path, device=args.device)
-        loader = CachedLoader(images, labels, batch_size=args.batch_size, device=member.device, seed=0)
-        out = infer(member.model, loader.epoch(0), mean=member.mean, std=member.std, device=member.device,
-                    precision=member.precision, channels_last=True)
-        probs = out.logits.float().softmax(1)
-        total = probs if total is None else total + probs
-    # log of the mean probability: softmax gives the mean back, so metrics() scores the ensemble
-    result = metrics((total / len(paths)).clamp_min(1e-12).log(), out.labels, member.classes)
-    result["members"] = [p.name for p in paths]
-    return result
 
 
 def _folder_split(folder: Path, predictor) -> tuple[torch.Tensor, torch.Tensor, str]:

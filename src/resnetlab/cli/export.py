@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from resnetlab.errors import UserError
+    from resnetlab.evaluation import sample_run_images
     from resnetlab.export import FORMATS, OPSET, agreement, load_export, sidecar, write_export
     from resnetlab.predict import Predictor
     from resnetlab.runs import check_run_dir
@@ -39,7 +40,8 @@ def run(args) -> int:
         raise UserError("--int8 is made with onnxruntime's quantisation: use it with --format onnx")
     predictor = Predictor.load(run_dir, which=args.checkpoint, device="cpu")
     predictor.precision = "fp32"  # the reference for the check: the checkpoint in full precision
-    images, labels, split = _check_images(run_dir, predictor, args.check_images)
+    # the run's val images (else test, else train): what the export must agree on
+    images, labels, split = sample_run_images(run_dir, predictor, ("val", "test", "train"), args.check_images, seed=0)
     out = Path(args.out) if args.out else run_dir / "export" / "model"
     path = write_export(predictor, args.format, out, layout=args.layout)
     exported = load_export(path)
@@ -75,31 +77,3 @@ def _update_sidecar(path: Path, **fields) -> None:
     meta = json.loads(sidecar(path).read_text())
     meta.update(fields)
     atomic_write_text(sidecar(path), json.dumps(meta, indent=2) + "\n")
-
-
-def _check_images(run_dir: Path, predictor, limit: int):
-    """Up to ``limit`` images of the run's val split (else test, else train), with labels."""
-    import torch
-
-    from resnetlab.data import plan_data
-    from resnetlab.errors import UserError
-    from resnetlab.runs import read_run_config, saved_split_file
-
-    catalog, _, _ = plan_data(read_run_config(run_dir), split_file=saved_split_file(run_dir))
-    for split in ("val", "test", "train"):
-        rows = catalog.rows(split)
-        if len(rows):
-            break
-    else:
-        raise UserError(f"{run_dir}: no images to check the export on")
-    pick = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:limit].numpy()]
-    if catalog.arrays is not None:
-        from resnetlab.data.cache import resize_tensor, set_channels
-
-        x = torch.from_numpy(catalog.arrays[pick])
-        images = resize_tensor(set_channels(x, predictor.channels), predictor.image_size)
-        return images, torch.from_numpy(catalog.labels[pick]), split
-    paths = [catalog.paths[i] for i in pick]
-    images, kept, _ = predictor.load_images(paths)
-    where = {p: i for i, p in enumerate(paths)}
-    return images, torch.tensor([int(catalog.labels[pick[where[p]]]) for p in kept]), split

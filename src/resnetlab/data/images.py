@@ -7,6 +7,7 @@ cannot be decoded raises BadImage with the reason, for on_bad_image=skip|fail.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +25,21 @@ class BadImage(Exception):
     """The file is not a decodable image; str(e) says why."""
 
 
+class NotAnImage(BadImage):
+    """Pillow recognises no image format at all (a text file, random bytes), as opposed to a damaged image."""
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open and fully decode; raise BadImage on empty, truncated, bomb or non-image files."""
-    path = Path(path)
+def open_image(source: str | Path | bytes) -> Image.Image:
+    """Open and fully decode a file (or bytes, e.g. an HTTP body); raise BadImage on empty,
+    truncated, bomb or non-image input."""
     try:
-        if path.stat().st_size == 0:
+        if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
             raise BadImage("empty file (0 bytes)")
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as img:
             if img.width * img.height > MAX_PIXELS:
                 raise BadImage(f"{img.width}x{img.height} px is larger than {MAX_PIXELS:,} px")
             img.load()  # decode now: truncation shows here, not later in a worker
@@ -42,7 +47,7 @@ def open_image(path: str | Path) -> Image.Image:
     except BadImage:
         raise
     except UnidentifiedImageError:
-        raise BadImage("not an image Pillow can read") from None
+        raise NotAnImage("not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise BadImage(f"cannot decode: {e}") from None
 
@@ -92,9 +97,10 @@ def crop_box(img: Image.Image, box, margin: float) -> Image.Image:
     return img.crop((left, top, right, bottom))
 
 
-def load_array(path: str | Path, size: int, resize: str, box=None, margin: float = 0.1) -> tuple[np.ndarray, bool]:
-    """Decode, convert, crop to ``box`` if given, and resize one file: ((size, size, 3) uint8, was_grey)."""
-    img = open_image(path)
+def load_array(source: str | Path | bytes, size: int, resize: str, box=None,
+               margin: float = 0.1) -> tuple[np.ndarray, bool]:
+    """Decode, convert, crop to ``box`` if given, and resize one file (or bytes): ((size, size, 3) uint8, was_grey)."""
+    img = open_image(source)
     if box is not None:
         img = crop_box(img, box, margin)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F") and size > 0:
