@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Debian ships Fashion-MNIST whole; where apt is not available the demo falls
-# back to torchvision's download (see resnetlab.data.builtin).
+# back to torchvision's download (see resnetlab.data.readers.builtin).
 data:
 	@if [ ! -f $(FASHION)/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null; then \
 		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \

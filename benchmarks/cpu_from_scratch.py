@@ -14,8 +14,8 @@ import tempfile
 import time
 
 from resnetlab.config import load_config
-from resnetlab.session import prepare
-from resnetlab.train import _evaluate, fit
+from resnetlab.train.session import prepare
+from resnetlab.train.loop import _evaluate, fit
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,7 @@
 """The command line: user errors are one line on stderr with a non-zero status, and leave no run folder."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -84,9 +85,13 @@ def test_evaluate_writes_json_and_table(trained):
 
 def test_evaluate_on_folder_and_bad_folder(trained, tmp_path):
     run, data = trained
-    proc = cli("evaluate", run, "--data", data / "test")
+    holdout = tmp_path / "holdout"  # 2 of the 3 classes' test images: not the run's test split
+    for name in ("bee", "cat"):
+        shutil.copytree(data / "test" / name, holdout / name)
+    proc = cli("evaluate", run, "--data", holdout)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((run / "eval_test.json").read_text())["n"] == 12
+    result = json.loads((run / "eval_holdout.json").read_text())
+    assert result["n"] == 8 and result["per_class"]["ant"]["n"] == 0 and result["per_class"]["bee"]["n"] == 4
     (tmp_path / "emu").mkdir()
     Image.new("RGB", (16, 16)).save(tmp_path / "emu" / "a.png")
     assert_one_line_error(cli("evaluate", run, "--data", tmp_path), "classes the model never saw: emu")

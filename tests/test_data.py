@@ -27,7 +27,7 @@ def test_class_folders_with_splits(class_folders, tmp_path):
 
 
 def test_val_fraction_is_stratified_seeded_and_reusable(single_folder, tmp_path):
-    from resnetlab.data.manifest import split_file_text
+    from resnetlab.data.readers.manifest import split_file_text
 
     cfg = tiny_config(single_folder, tmp_path, "data.val_fraction=0.25")
     a, b = build_data(cfg), build_data(cfg)
@@ -159,7 +159,7 @@ def test_streaming_matches_cache_without_augmentation(class_folders, tmp_path):
     cached = build_data(tiny_config(class_folders, tmp_path, "data.image_size=16"))
     streamed = build_data(tiny_config(class_folders, tmp_path, "data.image_size=16", "data.cache=stream"))
     assert not streamed.cached and streamed.splits["train"].images is None
-    from resnetlab.session import make_loader
+    from resnetlab.train.session import make_loader
 
     cfg = tiny_config(class_folders, tmp_path, "data.image_size=16", "data.cache=stream", "data.num_workers=0")
     loader = make_loader(streamed.splits["test"], streamed, cfg, torch.device("cpu"), train=False)
@@ -206,7 +206,7 @@ def test_real_cifar10_jpeg_subset(shared_data, tmp_path):
 
 
 def test_streaming_augmentation_is_deterministic_across_workers(class_folders, tmp_path):
-    from resnetlab.session import make_loader
+    from resnetlab.train.session import make_loader
 
     batches = {}
     for workers in (0, 2):
@@ -222,7 +222,7 @@ def test_streaming_augmentation_is_deterministic_across_workers(class_folders, t
 
 
 def test_fashion_mnist_by_name_from_debian(tmp_path):
-    from resnetlab.data import builtin
+    from resnetlab.data.readers import builtin
 
     if not (builtin.Path(builtin.BUILTIN["fashion-mnist"].system) / "t10k-labels-idx1-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make test installs it)")
@@ -238,7 +238,7 @@ def test_builtin_offline_names_where_to_put_files(tmp_path, monkeypatch):
 
     import torchvision
 
-    from resnetlab.data import builtin
+    from resnetlab.data.readers import builtin
 
     monkeypatch.setattr(builtin, "candidates", lambda name: [tmp_path / "none"])
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -252,7 +252,7 @@ def test_builtin_offline_names_where_to_put_files(tmp_path, monkeypatch):
 
 
 def test_streaming_bad_file_skip_and_fail(class_folders, tmp_path):
-    from resnetlab.session import make_loader
+    from resnetlab.train.session import make_loader
 
     (class_folders / "train" / "ant" / "zz.jpg").write_text("not an image")
     for mode in ("skip", "fail"):

@@ -16,6 +16,7 @@ from resnetlab.cli import main
 from resnetlab.data import build_data, plan_data, read_catalog
 from resnetlab.data.images import load_array
 from resnetlab.errors import UserError
+from resnetlab.train.checkpoint import load_checkpoint
 from tests.conftest import tiny_config, write_class_folders
 
 GT_HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
@@ -192,8 +193,8 @@ def test_intel_layout_fractions_and_fixed_val_count(shared_data, tmp_path):
 
 
 def test_split_file_is_written_and_reused(shared_data, tmp_path):
-    from resnetlab.session import prepare
-    from resnetlab.train import fit
+    from resnetlab.train.session import prepare
+    from resnetlab.train.loop import fit
 
     intel = shared_data / "intel"
     extra = ("data.image_size=16", "data.val_count=30", "data.classes=forest,sea", "data.unknown_fraction=0.05")
@@ -309,7 +310,7 @@ def test_builtin_names_resolve_locally_or_say_where(shared_data, tmp_path, monke
 
 def test_balanced_sampler_and_class_weights():
     from resnetlab.data.loader import epoch_order
-    from resnetlab.session import balanced_weights
+    from resnetlab.train.session import balanced_weights
 
     labels = torch.tensor([0] * 90 + [1] * 10)
     w = balanced_weights(labels, 3)
@@ -320,15 +321,25 @@ def test_balanced_sampler_and_class_weights():
     assert torch.equal(order, epoch_order(100, seed=0, epoch=0, shuffle=True, weights=w[labels]))
 
 
-def test_class_weighted_training_runs(class_folders, tmp_path):
-    from resnetlab.session import prepare
-    from resnetlab.train import fit
+def test_class_weights_change_training_on_imbalanced_data(tmp_path):
+    from resnetlab.train.loop import fit
+    from resnetlab.train.session import prepare
 
-    session = prepare(tiny_config(class_folders, tmp_path / "runs", "optim.class_weights=balanced",
-                                  "data.sampler=balanced", "train.epochs=1"), run_name="t")
-    fit(session)
-    assert session.class_weights.tolist() == [1.0, 1.0, 1.0]  # equal classes: weights change nothing
-    assert (session.run_dir / "best.pt").is_file()
+    root = write_class_folders(tmp_path / "d", per_class=24, size=16, splits=("train",))
+    for name in ("bee", "cat"):  # 24 ants, 4 bees, 4 cats
+        for f in sorted((root / "train" / name).iterdir())[4:]:
+            f.unlink()
+    runs = {}
+    for weights in ("none", "balanced"):
+        s = prepare(tiny_config(root, tmp_path / weights, f"optim.class_weights={weights}", "train.epochs=1"),
+                    run_name="t")
+        fit(s)
+        runs[weights] = s
+    expected = torch.tensor([32 / (3 * 24), 32 / (3 * 4), 32 / (3 * 4)])
+    assert torch.allclose(runs["balanced"].class_weights.cpu(), expected)
+    assert runs["none"].class_weights is None
+    a, b = (load_checkpoint(s.run_dir / "last.pt")["model"]["fc.weight"] for s in runs.values())
+    assert not torch.allclose(a, b)  # same seed and images: only the loss weights differ
 
 
 def test_data_inspect_finds_bad_files_duplicates_and_leaks(tmp_path, capsys):

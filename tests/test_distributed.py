@@ -8,10 +8,9 @@ import sys
 import pytest
 import torch
 
-from resnetlab.checkpoint import load_checkpoint
+from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.config import AugmentConfig
 from resnetlab.data.loader import CachedLoader
-from resnetlab.distributed import Dist
 from tests.conftest import REPO
 
 # Both runs in fp32 and with train.sync_bn=true, which on CPU is resnetlab's BatchNorm with float64
@@ -105,7 +104,7 @@ def test_every_sample_once_across_ranks_uneven(world):
     seen = []
     for rank in range(world):
         loader = CachedLoader(images, labels, batch_size=4, device=torch.device("cpu"), seed=3, shuffle=True,
-                              augment=AugmentConfig(crop_padding=1), merge_tail=True, dist=Dist(rank, world))
+                              augment=AugmentConfig(crop_padding=1), merge_tail=True, rank=rank, world=world)
         seen += [i for _, y in loader.epoch(2) for i in y.tolist()]
     assert sorted(seen) == list(range(n))
 

@@ -8,12 +8,13 @@ import subprocess
 import pytest
 import torch
 
-from resnetlab import calibration
-from resnetlab.analysis import _target_layer, confused_pairs, grad_cam, top_losses
+from resnetlab.evaluate import calibration
+from resnetlab.evaluate.analysis import _target_layer, confused_pairs, grad_cam, top_losses
 from resnetlab.cli import main
-from resnetlab.evaluate import infer_tta, metrics
+from resnetlab.evaluate.inference import Classifier, infer_tta
+from resnetlab.evaluate.metrics import metrics
 from resnetlab.models import get_model
-from resnetlab.predict import Predictor
+from resnetlab.deploy.predictor import Predictor
 from tests.conftest import tiny_overrides
 
 SECTIONS = ["config", "data", "training", "metrics", "tta", "confusion", "errors", "calibration", "rejection"]
@@ -30,6 +31,23 @@ def test_metrics_by_hand():
     assert confused_pairs(result["confusion"], ["a", "b", "c"]) == [("b", "a", 1)]
     probs = logits.softmax(1)
     assert top_losses(probs, torch.tensor([0, 1, 1, 2]), 1) == [2]
+
+
+def test_metrics_agree_with_sklearn_when_a_class_is_absent():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    # 4 classes; 'c' is predicted but never true, 'd' neither: sklearn's macro-F1 averages over
+    # {a, b, c} (F1 2/3, 1/2, 0), balanced accuracy over the true classes {a, b} (recall 1/2, 1/2)
+    labels = torch.tensor([0, 0, 1, 1])
+    pred = torch.tensor([0, 1, 1, 2])
+    logits = torch.nn.functional.one_hot(pred, 4).float() * 3
+    result = metrics(logits, labels, ["a", "b", "c", "d"])
+    assert result["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+    assert result["macro_f1"] == pytest.approx(f1_score(labels.numpy(), pred.numpy(), average="macro"))
+    assert result["balanced_accuracy"] == pytest.approx(0.5)
+    assert result["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels.numpy(), pred.numpy()))
+    assert result["per_class"]["c"]["f1"] == 0.0 and result["per_class"]["d"]["f1"] is None
+    assert result["per_class"]["d"]["n"] == 0 and result["classes_present"] == 2
 
 
 def test_ece_temperature_and_thresholds():
@@ -54,18 +72,19 @@ def test_tta_views_and_grad_cam():
     model = get_model("resnet9", num_classes=3, filters=[8, 8, 16, 16]).eval()
     images = torch.randint(0, 255, (6, 3, 16, 16), dtype=torch.uint8)
     labels = torch.zeros(6, dtype=torch.long)
-    kw = dict(mean=torch.zeros(3), std=torch.ones(3), device=torch.device("cpu"), precision="fp32")
     from resnetlab.config import AugmentConfig
 
     aug = AugmentConfig(crop_padding=2, hflip=True)
-    one = infer_tta(model, images, labels, views=1, reduce="mean", augment=aug, **kw)
+    model = Classifier(model, ["a", "b", "c"], 16, 3, "squash", torch.zeros(3), torch.ones(3), torch.device("cpu"),
+                       "fp32", augment=aug)
+    one = infer_tta(model, images, labels, views=1, reduce="mean")
     with torch.no_grad():
-        plain = model((images.float() / 255)).softmax(1)
+        plain = model.model((images.float() / 255)).softmax(1)
     assert torch.allclose(one.logits.exp(), plain, atol=1e-5)
-    four = infer_tta(model, images, labels, views=4, reduce="mean", augment=aug, **kw)
-    again = infer_tta(model, images, labels, views=4, reduce="mean", augment=aug, **kw)
+    four = infer_tta(model, images, labels, views=4, reduce="mean")
+    again = infer_tta(model, images, labels, views=4, reduce="mean")
     assert torch.equal(four.logits, again.logits) and not torch.allclose(four.logits, one.logits)
-    most = infer_tta(model, images, labels, views=4, reduce="max", augment=aug, **kw)
+    most = infer_tta(model, images, labels, views=4, reduce="max")
     assert torch.allclose(most.logits.exp().sum(1), torch.ones(6), atol=1e-5)
     resnet = get_model("resnet18", num_classes=3).eval()
     assert _target_layer(resnet, torch.zeros(1, 3, 64, 64)) is resnet.layer4
@@ -128,6 +147,31 @@ def test_predict_applies_temperature_and_rejection(evaluated, tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 2 and all(r["verdict"] in predictor.classes for r in rows)  # a class, or 'unknown'
     assert main(["predict", str(evaluated), str(src / "00000.ppm"), "--no-reject"]) == 0
+
+
+def test_rejection_applies_where_the_threshold_says(evaluated, tmp_path):
+    """A copy of the run whose MSP threshold is above any probability rejects every image, and one
+    at 0 rejects none; --no-reject always names a class."""
+    from tests.conftest import SHARED_DATA
+
+    # test images of the two signs (not of the 'unknown' class): the model names them as signs
+    rows = list(csv.reader((evaluated / "split.csv").open()))[1:]
+    images = [str(SHARED_DATA / "gtsrb" / key) for key, label, split in rows if split == "test" and label != "unknown"][:6]
+    assert len(images) == 6
+    verdicts = {}
+    for threshold in (1.01, 0.0):
+        run = tmp_path / f"run-{threshold}"
+        shutil.copytree(evaluated, run)
+        fitted = json.loads((run / "calibration.json").read_text())
+        (run / "calibration.json").write_text(json.dumps({**fitted, "msp_threshold": threshold}))
+        for flag in ((), ("--no-reject",)):
+            out = tmp_path / f"{threshold}{flag}.csv"
+            assert main(["predict", str(run), *images, "--format", "csv", "-o", str(out), *flag]) == 0
+            verdicts[threshold, bool(flag)] = [r["verdict"] for r in csv.DictReader(out.open())]
+    assert verdicts[1.01, False] == ["unknown"] * 6
+    assert verdicts[0.0, False] == verdicts[1.01, True] == verdicts[0.0, True]
+    # without rejection some images get a sign's name, so the all-'unknown' row above is rejection's work
+    assert verdicts[0.0, True] != ["unknown"] * 6
 
 
 def test_report_renders_in_headless_chromium(evaluated):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from resnetlab.cli import main
-from resnetlab.lr_find import lr_find, suggest
-from resnetlab.session import prepare
+from resnetlab.train.lr_find import lr_find, suggest
+from resnetlab.train.session import prepare
 from tests.conftest import tiny_config, tiny_overrides
 
 

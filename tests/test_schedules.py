@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from resnetlab.config import ScheduleConfig
-from resnetlab.schedules import lr_at, sgdr_cycle_ends
+from resnetlab.train.schedules import lr_at, sgdr_cycle_ends
 
 BASE, SPE, EPOCHS = 0.1, 10, 6
 TOTAL = SPE * EPOCHS

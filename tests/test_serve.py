@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from resnetlab.cli import main
-from resnetlab.serve import Limits, create_app, load_model
+from resnetlab.deploy.serve import Limits, create_app, load_model
 from tests.conftest import SHARED_DATA, tiny_overrides, write_class_folders
 
 fastapi = pytest.importorskip("fastapi")
@@ -96,17 +96,70 @@ def test_bad_input_gets_4xx_and_the_server_keeps_serving(served, tmp_path):
 def test_concurrent_requests_share_batches(served):
     _, data, model, client = served
     good = (data / "test" / "cat" / "000.png").read_bytes()
+    batcher = client.app.state.batcher
+    batcher.batches.clear()
     results = []
+    gate = threading.Barrier(12)
 
     def call():
+        gate.wait(timeout=30)  # all 12 clients send at once
         results.append(client.post("/predict", content=good, headers={"content-type": "image/png"}).status_code)
 
     threads = [threading.Thread(target=call) for _ in range(12)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=60)
     assert results == [200] * 12
+    # 12 one-image requests went through fewer than 12 forward passes: some passes served several
+    assert sum(batcher.batches) == 12 and max(batcher.batches) > 1, batcher.batches
+
+
+class _SlowModel:
+    """A model whose forward pass waits until released, to fill the request queue."""
+
+    def __init__(self, model):
+        self.inner, self.release = model, threading.Event()
+        self.classes, self.image_size, self.resize, self.channels = (model.classes, model.image_size, model.resize,
+                                                                     model.channels)
+        self.calibration = None
+
+    def probabilities(self, images):
+        self.release.wait(timeout=30)
+        return self.inner.probabilities(images)
+
+
+def test_a_full_queue_answers_503_and_shutdown_stops_the_model_thread(served):
+    _, data, model, _ = served
+    slow = _SlowModel(model)
+    good = (data / "test" / "cat" / "000.png").read_bytes()
+    app = create_app(slow, Limits(batch_size=1, batch_wait_ms=0, max_queue=1), source="slow")
+    statuses = []
+    with TestClient(app) as client:
+        def call():
+            statuses.append(client.post("/predict", content=good, headers={"content-type": "image/png"}))
+
+        first = threading.Thread(target=call)  # taken by the model thread, which then waits
+        first.start()
+        deadline = time.monotonic() + 30
+        while app.state.batcher.queue.qsize() or not app.state.batcher.thread.is_alive():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)
+        second = threading.Thread(target=call)  # waits in the queue (1 place)
+        second.start()
+        while app.state.batcher.queue.qsize() < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        busy = client.post("/predict", content=good, headers={"content-type": "image/png"})
+        assert busy.status_code == 503 and "busy" in busy.json()["error"] and "\n" not in busy.json()["error"]
+        assert client.get("/health").json()["queue"] == 1
+        slow.release.set()
+        first.join(timeout=30)
+        second.join(timeout=30)
+        assert [r.status_code for r in statuses] == [200, 200]
+        thread = app.state.batcher.thread
+    assert not thread.is_alive()  # the lifespan's shutdown stopped it
 
 
 def test_serve_bad_input_one_line(served, tmp_path, capsys):

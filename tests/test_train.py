@@ -6,15 +6,16 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
 
-from resnetlab.checkpoint import load_checkpoint, save_checkpoint
+from resnetlab.train.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.errors import UserError
-from resnetlab.session import prepare
-from resnetlab.train import fit
-from tests.conftest import REPO, tiny_config, tiny_overrides
+from resnetlab.train.session import prepare
+from resnetlab.train.loop import fit
+from tests.conftest import REPO, tiny_config, tiny_overrides, write_class_folders
 
 RUN_FILES = {"config.yaml", "env.json", "classes.json", "data.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt"}
 
@@ -60,8 +61,8 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from resnetlab.config import load_config
-    from resnetlab.session import prepare
-    from resnetlab.train import fit
+    from resnetlab.train.session import prepare
+    from resnetlab.train.loop import fit
 
     kill_at = int(sys.argv[1])
     def on_batch_end(session, info):
@@ -83,13 +84,22 @@ def cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "resnetlab", *args], cwd=cwd, capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("checkpoint_every", [0, 2])
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(class_folders, tmp_path, checkpoint_every):
-    # 36 images / batch 8 = 4 steps an epoch; killed at global step 6, in the middle of epoch 2
-    extra = ("train.epochs=3", f"train.checkpoint_every={checkpoint_every}")
-    full = prepare(tiny_config(class_folders, tmp_path / "full", *extra), run_name="f")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted 3-epoch run that every interrupted-and-resumed run must equal bit for bit
+    (checkpoint_every only adds saves, so it is the same run for every setting)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    data = write_class_folders(tmp / "folders")
+    full = prepare(tiny_config(data, tmp / "full", "train.epochs=3"), run_name="f")
     fit(full)
+    return data, weights(full.run_dir)
 
+
+@pytest.mark.parametrize("checkpoint_every", [0, 2])
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(reference, tmp_path, checkpoint_every):
+    # 36 images / batch 8 = 4 steps an epoch; killed at global step 6, in the middle of epoch 2
+    class_folders, full_weights = reference
+    extra = ("train.epochs=3", f"train.checkpoint_every={checkpoint_every}")
     run_killed(6, tiny_overrides(class_folders, tmp_path / "killed", *extra), cwd=REPO)
     run = tmp_path / "killed" / "run"
     state = load_checkpoint(run / "last.pt")
@@ -99,7 +109,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(class_folders, tmp_p
         assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
     proc = cli("train", "--resume", str(run), cwd=REPO)
     assert proc.returncode == 0, proc.stderr
-    assert_same_weights(weights(full.run_dir), weights(run))
+    assert_same_weights(full_weights, weights(run))
     history = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
@@ -133,7 +143,7 @@ WRITER = textwrap.dedent(
     """
     import sys, torch
     from pathlib import Path
-    from resnetlab.checkpoint import save_checkpoint
+    from resnetlab.train.checkpoint import save_checkpoint
     path = Path(sys.argv[1])
     i = 0
     while True:
@@ -160,8 +170,8 @@ TERMINATED = textwrap.dedent(
     """
     import os, signal, sys
     from resnetlab.config import load_config
-    from resnetlab.session import prepare
-    from resnetlab.train import Preempted, fit
+    from resnetlab.train.session import prepare
+    from resnetlab.train.loop import Preempted, fit
 
     stop_at = int(sys.argv[1])
     def on_batch_end(session, info):
@@ -178,10 +188,9 @@ TERMINATED = textwrap.dedent(
 
 
 @pytest.mark.parametrize("stop_at", [5, 7])  # mid-epoch 2, and the last step of epoch 2
-def test_sigterm_saves_the_step_and_resume_equals_uninterrupted(class_folders, tmp_path, stop_at):
+def test_sigterm_saves_the_step_and_resume_equals_uninterrupted(reference, tmp_path, stop_at):
+    class_folders, full_weights = reference
     extra = ("train.epochs=3",)
-    full = prepare(tiny_config(class_folders, tmp_path / "full", *extra), run_name="f")
-    fit(full)
     args = tiny_overrides(class_folders, tmp_path / "stopped", *extra)
     proc = subprocess.run([sys.executable, "-c", TERMINATED, str(stop_at), *args], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 75, proc.stderr
@@ -192,15 +201,16 @@ def test_sigterm_saves_the_step_and_resume_equals_uninterrupted(class_folders, t
     assert f"stopped by SIGTERM at epoch {done // 4 + 1}, step {done % 4}" in proc.stderr
     resumed = cli("train", "--resume", str(run), cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_weights(weights(full.run_dir), weights(run))
+    assert_same_weights(full_weights, weights(run))
 
 
 def test_cli_exits_75_on_sigterm(class_folders, tmp_path):
     args = tiny_overrides(class_folders, tmp_path, "train.epochs=500")
     proc = subprocess.Popen([sys.executable, "-m", "resnetlab", "train", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while "epoch   1/500" not in proc.stdout.readline():
-        pass
+    deadline = time.monotonic() + 120
+    while "epoch   1/500" not in (line := proc.stdout.readline()):
+        assert line and time.monotonic() < deadline, "training never finished its first epoch"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 75

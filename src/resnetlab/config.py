@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from resnetlab.errors import UserError
+from resnetlab.io import atomic_write_text, read_yaml
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
@@ -178,10 +179,7 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
     cfg = Config()
     if recipe:
         path = recipe_path(recipe)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise UserError(f"{path} must hold a mapping of sections (data:, model:, ...)")
         update_config(cfg, raw, source=str(path))
@@ -394,12 +392,36 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    from resnetlab.stages import resolve_stages  # here, not at the top: stages.py imports this module
-
     resolve_stages(cfg)
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    from resnetlab.checkpoint import atomic_write_text
+def resolve_stages(cfg: Config) -> None:
+    """Check each stage and derive epochs from sgdr cycles; train.epochs becomes the stages' sum."""
+    if not cfg.stages:
+        return
+    schedules = dataclasses.fields(ScheduleConfig)[0].metadata["choices"]
+    for i, st in enumerate(cfg.stages):
+        where = f"stages[{i}]"
+        if st.schedule is not None and st.schedule not in schedules:
+            raise UserError(f"{where}.schedule={st.schedule!r} is not one of: {', '.join(schedules)}")
+        if len(st.lr) > 2 or any(v <= 0 for v in st.lr):
+            raise UserError(f"{where}.lr must be [lr] or [lo, hi] with positive rates, got {st.lr}")
+        if len(st.lr) == 2 and st.lr[0] > st.lr[1]:
+            raise UserError(f"{where}.lr=[lo, hi] must rise from the first group to the head, got {st.lr}")
+        if st.cycles:
+            if (st.schedule or cfg.schedule.name) != "sgdr":
+                raise UserError(f"{where}.cycles needs schedule sgdr")
+            length = st.cycle_len or cfg.schedule.cycle_len
+            mult = st.cycle_mult or cfg.schedule.cycle_mult
+            total = length * st.cycles if mult == 1 else length * (mult**st.cycles - 1) / (mult - 1)
+            if abs(total - round(total)) > 1e-9 or (st.epochs and st.epochs != round(total)):
+                raise UserError(f"{where}: {st.cycles} cycles of {length} epochs x {mult} make {total:g} epochs, "
+                                f"not {'a whole number' if not st.epochs else st.epochs}")
+            st.epochs = int(round(total))
+        if st.epochs < 1:
+            raise UserError(f"{where}.epochs must be at least 1 (or give cycles with schedule sgdr)")
+    cfg.train.epochs = sum(st.epochs for st in cfg.stages)
 
+
+def save_config(cfg: Config, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -43,16 +43,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or not isinstance(e, (dist.DistError, RuntimeError)):
+        if "torch.distributed" not in sys.modules:
             raise
-        # a peer died or timed out: say so in one line; checkpoints are only ever replaced whole
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        print(f"resnetlab {args.command}: error: another process of this run failed or timed out "
-              f"({first}); the last checkpoint is intact, resume with --resume", file=sys.stderr)
+        from resnetlab.train.distributed import failure_line
+
+        line = failure_line(e)  # None outside a torchrun run: a bug keeps its traceback
+        if line is None:
+            raise
+        print(f"resnetlab {args.command}: error: {line}", file=sys.stderr)
         return 1
     finally:
-        from resnetlab.distributed import shutdown
+        if "torch.distributed" in sys.modules:
+            from resnetlab.train.distributed import shutdown
 
-        shutdown()
+            shutdown()

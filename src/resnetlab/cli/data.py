@@ -32,7 +32,7 @@ def run(args) -> int:
 
     from resnetlab.config import load_config
     from resnetlab.errors import UserError
-    from resnetlab.inspect_data import inspect
+    from resnetlab.data.inspect import inspect
 
     if args.samples < 1:
         raise UserError("--samples must be at least 1")

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from resnetlab.runtime import environment, resolve_precision, select_device
+    from resnetlab.device import environment, resolve_precision, select_device
 
     device = select_device("auto")
     info = {**environment(device), "default_precision": resolve_precision("auto", device)}

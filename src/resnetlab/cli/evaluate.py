@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from resnetlab.errors import UserError
 
 
@@ -30,10 +28,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from resnetlab.data import build_data
-    from resnetlab.evaluate import format_table
-    from resnetlab.evaluation import Options, evaluate_split, snapshot_ensemble, split_images, unseen_images
-    from resnetlab.predict import Predictor
-    from resnetlab.runs import check_run_dir, read_run_config, saved_split_file, write_json
+    from resnetlab.deploy.predictor import Predictor
+    from resnetlab.evaluate.evaluator import Options, evaluate_split, split_images, unseen_images
+    from resnetlab.evaluate.metrics import format_table
+    from resnetlab.train.run_folder import check_run_dir, read_run_config, saved_split_file
 
     run_dir = check_run_dir(Path(args.run))
     if args.batch_size < 1:
@@ -62,15 +60,24 @@ def run(args) -> int:
     print(format_table(result, predictor.classes))
     _print_extras(result)
     if args.snapshots:
-        result["snapshot_ensemble"] = snapshot_ensemble(run_dir, images, labels, device=args.device,
-                                                        batch_size=args.batch_size)
-        ens = result["snapshot_ensemble"]
-        print(f"snapshot ensemble of {ens['members']}: top-1 {100 * ens['top1']:.2f}%  top-5 {100 * ens['top5']:.2f}% "
-              f"(n={ens['n']}); {predictor.checkpoint.name} alone {100 * result['top1']:.2f}%")
-        write_json(run_dir / f"eval_{name}.json", result)
+        _snapshots(run_dir, result, images, labels, name, args)
     print(f"{result['images_per_s']:.0f} img/s; wrote {run_dir / f'eval_{name}.json'}, confusion_{name}.csv"
           + ("" if args.no_figures else f" and figures in {run_dir / f'eval_{name}'}"))
     return 0
+
+
+def _snapshots(run_dir: Path, result: dict, images, labels, name: str, args) -> None:
+    """Score the mean probability of the run's snapshot-K.pt beside the single model."""
+    from resnetlab.deploy.predictor import Predictor
+    from resnetlab.evaluate.evaluator import snapshot_ensemble
+    from resnetlab.io import write_json
+
+    paths = sorted(run_dir.glob("snapshot-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    members = [Predictor.load(p, device=args.device) for p in paths]
+    ens = result["snapshot_ensemble"] = snapshot_ensemble(members, images, labels, batch_size=args.batch_size)
+    print(f"snapshot ensemble of {ens['members']}: top-1 {100 * ens['top1']:.2f}%  top-5 {100 * ens['top5']:.2f}% "
+          f"(n={ens['n']}); {result['checkpoint']} alone {100 * result['top1']:.2f}%")
+    write_json(run_dir / f"eval_{name}.json", result)
 
 
 def _print_extras(result: dict) -> None:
@@ -90,8 +97,11 @@ def _print_extras(result: dict) -> None:
         print(f"rejection by {method}: " + ", ".join(parts))
 
 
-def _folder_split(folder: Path, predictor) -> tuple[torch.Tensor, torch.Tensor, str]:
-    from resnetlab.data.folder import list_class_folder
+def _folder_split(folder: Path, predictor):
+    """uint8 images, labels and a name for a folder of class folders the model's classes cover."""
+    import torch
+
+    from resnetlab.data.readers.folder import list_class_folder
 
     if not folder.is_dir():
         raise UserError(f"--data {folder} is not a folder")

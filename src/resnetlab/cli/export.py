@@ -27,53 +27,35 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from resnetlab.deploy.export import FORMATS, OPSET, sample_run_images, sidecar, write_export
+    from resnetlab.deploy.predictor import Predictor
     from resnetlab.errors import UserError
-    from resnetlab.evaluation import sample_run_images
-    from resnetlab.export import FORMATS, OPSET, agreement, load_export, sidecar, write_export
-    from resnetlab.predict import Predictor
-    from resnetlab.runs import check_run_dir
+    from resnetlab.train.run_folder import check_run_dir
 
     run_dir = check_run_dir(Path(args.run))
     if args.format not in FORMATS:
         raise UserError(f"unknown export format '{args.format}': choose one of {', '.join(FORMATS)}")
     if args.int8 and args.format != "onnx":
         raise UserError("--int8 is made with onnxruntime's quantisation: use it with --format onnx")
+    if args.check_images < 1:
+        raise UserError(f"--check-images {args.check_images}: the agreement check needs at least 1 image (1000 is usual)")
     predictor = Predictor.load(run_dir, which=args.checkpoint, device="cpu")
     predictor.precision = "fp32"  # the reference for the check: the checkpoint in full precision
     # the run's val images (else test, else train): what the export must agree on
     images, labels, split = sample_run_images(run_dir, predictor, ("val", "test", "train"), args.check_images, seed=0)
     out = Path(args.out) if args.out else run_dir / "export" / "model"
-    path = write_export(predictor, args.format, out, layout=args.layout)
-    exported = load_export(path)
-    result = agreement(predictor.probabilities(images), exported.probabilities(images))
-    result["split"] = split
-    if not result["top1_agreement"] >= MIN_AGREEMENT:
-        path.unlink(missing_ok=True)
-        sidecar(path).unlink(missing_ok=True)
-        raise UserError(f"the {args.format} export disagrees with the checkpoint on {100 * (1 - result['top1_agreement']):.2f}% "
-                        f"of {result['n']} {split} images (largest probability difference "
-                        f"{result['max_probability_difference']:.2e}); it was removed: report this as a bug")
-    _update_sidecar(path, agreement=result)
+    path, result = write_export(predictor, args.format, out, images=images, layout=args.layout,
+                                min_agreement=MIN_AGREEMENT, split=split)
     opset = f" (ONNX opset {OPSET}, dynamic batch, onnxruntime CPU)" if args.format == "onnx" else ""
     print(f"wrote {path} and {sidecar(path).name}{opset}; agreement with {predictor.checkpoint.name} on {result['n']} {split} "
           f"images: top-1 {100 * result['top1_agreement']:.2f}%, largest probability difference "
           f"{result['max_probability_difference']:.2e}")
     if args.int8:
-        from resnetlab.quantize import quantize_onnx
+        from resnetlab.deploy.quantize import quantize_onnx
 
         report = quantize_onnx(path, run_dir, predictor, images, labels)
         print(f"wrote {report['file']}: top-1 {100 * report['fp32_top1']:.2f}% -> {100 * report['int8_top1']:.2f}% "
               f"on {report['n']} {split} images; {report['fp32_images_per_s']:.0f} -> {report['int8_images_per_s']:.0f} "
-              f"img/s ({report['speedup']:.2f}x, batch {report['batch']}, {report['threads']} threads)")
+              f"img/s ({report['speedup']:.2f}x, batch {report['batch']}, {report['threads']} threads); "
+              f"int8 agrees with fp32 on {100 * report['top1_agreement']:.2f}%")
     return 0
-
-
-def _update_sidecar(path: Path, **fields) -> None:
-    import json
-
-    from resnetlab.checkpoint import atomic_write_text
-    from resnetlab.export import sidecar
-
-    meta = json.loads(sidecar(path).read_text())
-    meta.update(fields)
-    atomic_write_text(sidecar(path), json.dumps(meta, indent=2) + "\n")

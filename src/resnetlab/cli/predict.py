@@ -30,9 +30,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from resnetlab.checkpoint import atomic_write_text
-    from resnetlab.export import is_export, load_export
-    from resnetlab.predict import Predictor, expand_inputs
+    from resnetlab.io import atomic_write_text
+    from resnetlab.deploy.export import is_export, load_export
+    from resnetlab.deploy.predictor import Predictor, expand_inputs
 
     if args.topk < 1:
         raise UserError("--topk must be at least 1")
@@ -69,7 +69,7 @@ def run(args) -> int:
 def _classify(model, images, args):
     """Probabilities (TTA-combined if asked) and a verdict a row: the top class, or 'unknown' where the
     calibrated max-probability falls under the threshold fitted on validation (calibration.json)."""
-    from resnetlab.evaluate import combine_views
+    from resnetlab.evaluate.inference import combine_views
 
     probs = model.probabilities(images)  # temperature-scaled where the run was calibrated
     verdicts = [model.classes[i] for i in probs.argmax(1).tolist()]

@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-images", type=int, default=32, help="most images in one request")
     p.add_argument("--batch-size", type=int, default=32, help="most images in one forward pass")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting for the model at most; more get 503 (busy) at once")
     p.set_defaults(func=run)
 
 
@@ -30,9 +32,9 @@ def run(args) -> int:
     from pathlib import Path
 
     from resnetlab.errors import UserError
-    from resnetlab.serve import Limits, create_app, load_model
+    from resnetlab.deploy.serve import Limits, create_app, load_model
 
-    for name in ("max_bytes", "max_images", "batch_size"):
+    for name in ("max_bytes", "max_images", "batch_size", "max_queue"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     model = load_model(Path(args.model))
@@ -45,7 +47,7 @@ def run(args) -> int:
                             "it? choose another --port") from None
     import uvicorn
 
-    limits = Limits(args.max_bytes, args.max_images, args.batch_size, args.batch_wait_ms)
+    limits = Limits(args.max_bytes, args.max_images, args.batch_size, args.batch_wait_ms, args.max_queue)
     app = create_app(model, limits, source=str(args.model))
     print(f"serving {args.model} ({len(model.classes)} classes) at http://{args.host}:{args.port}/  "
           f"(API docs at /docs; Ctrl+C stops)", flush=True)

@@ -31,8 +31,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from resnetlab.session import prepare
-    from resnetlab.train import Preempted, fit
+    from resnetlab.train.finish import retrain_config
+    from resnetlab.train.loop import Preempted, fit
+    from resnetlab.train.session import prepare
 
     if args.help_config:
         from resnetlab.config import Config
@@ -51,48 +52,15 @@ def run(args) -> int:
         session = prepare(None, run_name="", resume=Path(args.resume), overrides=overrides)
     else:
         cfg = load_config(recipe, overrides)
-        name = Path(recipe).stem if recipe else "run"
-        session = prepare(cfg, run_name=name)
+        session = prepare(cfg, run_name=Path(recipe).stem if recipe else "run")
     try:
         fit(session)
-        _report(session)
         if args.retrain_on_all:
-            final = prepare(_on_all(session.run_dir), run_name="")
-            fit(final)
-            _report(final)
+            cfg = retrain_config(session.run_dir)
+            print(f"retraining on train + val: {cfg.train.name}")
+            fit(prepare(cfg, run_name=""))
     except Preempted as e:
         if session.dist.main:  # every rank stops; one says so
             print(f"resnetlab train: {e}", file=sys.stderr)
         return Preempted.exit_code
     return 0
-
-
-def _report(session) -> None:
-    """Evaluate the test split with figures (calibrated on val) and write report.html: rank 0 only."""
-    from resnetlab.evaluation import Options, evaluate_split, split_images
-    from resnetlab.predict import Predictor
-    from resnetlab.report import build_report
-
-    if not session.cfg.train.report or not session.dist.main:
-        return
-    splits = session.data.splits
-    if "test" in splits:
-        predictor = Predictor.load(session.run_dir, device=str(session.device))
-        val = split_images(splits["val"], predictor) if "val" in splits else None
-        images, labels = split_images(splits["test"], predictor)
-        evaluate_split(session.run_dir, predictor, "test", images, labels,
-                       Options(batch_size=session.cfg.train.eval_batch_size), val=val)
-    print(f"report: {build_report(session.run_dir)}")
-
-
-def _on_all(run: Path):
-    """The finished run's settings and images, with its validation images moved into training."""
-    from resnetlab.runs import read_run_config
-
-    cfg = read_run_config(run)
-    if not any(line.endswith(",val") for line in (run / "split.csv").read_text().splitlines()):
-        raise UserError(f"{run} has no validation split to add to training: --retrain-on-all needs one")
-    cfg.data.split_file, cfg.data.merge_val = str(run / "split.csv"), True
-    cfg.train.name = f"{run.name}-all"
-    print(f"retraining on train + val: {cfg.train.name}")
-    return cfg

@@ -17,11 +17,14 @@ import torch
 from resnetlab.config import Config, DataConfig
 from resnetlab.data.cache import decode_files, mean_std, resize_tensor, set_channels, stack_arrays
 from resnetlab.data.catalog import Catalog
-from resnetlab.data.layouts import read_catalog
-from resnetlab.data.manifest import apply_split_file
+from resnetlab.data.readers.layouts import read_catalog
+from resnetlab.data.readers.manifest import apply_split_file
 from resnetlab.data.split import class_lists, final_classes, hold_out, select
 from resnetlab.errors import UserError
-from resnetlab.models.torchvision_resnet import IMAGENET_MEAN, IMAGENET_STD
+
+# torchvision's ImageNet statistics: a model with ImageNet weights expects its input normalised so
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -103,6 +106,7 @@ def build_data(cfg: Config, *, split_file: Path | None = None, progress: bool = 
     else:
         bundle = _from_files(catalog, cfg.data, root, progress, cfg)
     bundle.catalog, bundle.notes = catalog, notes
+    bundle.skipped = list(catalog.skipped) + bundle.skipped  # files the reader could not use come first
     return bundle
 
 

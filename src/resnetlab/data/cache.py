@@ -104,3 +104,19 @@ def mean_std(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list
     mean = total / max(n, 1)
     std = (squares / max(n, 1) - mean * mean).clamp_min(1e-12).sqrt()
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def decode_for_model(paths: list[str], size: int, resize: str, channels: int):
+    """Files -> uint8 (N, C, size, size) as a model trained at ``size`` px expects, their paths, and
+    (path, reason) for the files that cannot be used."""
+    decoded, _, indices, bad = decode_files(paths, size=size, resize=resize, on_bad_image="skip", progress=False)
+    arrays, kept = [], []
+    for arr, i in zip(decoded, indices):
+        if arr.shape[0] != size or arr.shape[1] != size:
+            bad.append((paths[i], f"{arr.shape[1]}x{arr.shape[0]} px but the model takes {size} px"))
+            continue
+        arrays.append(torch.from_numpy(arr).permute(2, 0, 1))
+        kept.append(paths[i])
+    if not arrays:
+        return torch.empty(0, channels, size, size, dtype=torch.uint8), kept, bad
+    return set_channels(torch.stack(arrays), channels), kept, bad

@@ -31,6 +31,8 @@ class Catalog:
     boxes: np.ndarray | None = None  # (N, 4) int: x1, y1, x2, y2 region of interest, inclusive px
     sizes: np.ndarray | None = None  # (N, 2) int: width, height where the annotations give them
     notes: list[str] = field(default_factory=list)  # what the reader wants the user to know
+    # (path, reason) of files the reader saw but cannot use (a dangling symlink): reported with bad images
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -77,11 +79,12 @@ def from_arrays(classes: list[str], parts: dict[str, tuple[np.ndarray, np.ndarra
 
 
 def from_files(classes: list[str], class_ids: list[str] | None, paths: list[str], keys: list[str],
-               labels, splits, *, notes: list[str] | None = None, **columns) -> Catalog:
+               labels, splits, *, notes: list[str] | None = None,
+               skipped: list[tuple[str, str]] | None = None, **columns) -> Catalog:
     """File formats: one row per file; ``columns`` may add groups, boxes and sizes."""
     out = Catalog(
         classes, list(class_ids or classes), list(keys), np.asarray(labels, dtype=np.int64),
-        np.asarray(splits, dtype="<U5"), paths=list(paths), notes=list(notes or []),
+        np.asarray(splits, dtype="<U5"), paths=list(paths), notes=list(notes or []), skipped=list(skipped or []),
     )
     for name, value in columns.items():
         setattr(out, name, None if value is None else np.asarray(value, dtype=np.int64))

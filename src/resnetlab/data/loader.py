@@ -17,10 +17,14 @@ from resnetlab.config import AugmentConfig
 from resnetlab.data.augment import augment_batch, make_generator, stream_transforms
 from resnetlab.data.cache import set_channels
 from resnetlab.data.images import BadImage, load_array
-from resnetlab.distributed import Dist, shard
 from resnetlab.errors import UserError
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, C, H, W), int64 (N,), on the device
+
+
+def shard(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This process's contiguous part of a global batch; sizes differ by at most one image."""
+    return batch.tensor_split(world)[rank] if world > 1 else batch
 
 
 def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -45,9 +49,9 @@ def batch_slices(n: int, batch_size: int, merge_tail: bool) -> list[slice]:
 class _Batches:
     """The batch plan both loaders share: global slices of an epoch's order, and this rank's share."""
 
-    def __init__(self, n: int, batch_size: int, merge_tail: bool, dist: Dist, limit: int = 0):
+    def __init__(self, n: int, batch_size: int, merge_tail: bool, rank: int = 0, world: int = 1, limit: int = 0):
         self.slices = batch_slices(n, batch_size, merge_tail)[: limit or None]
-        self.dist = dist
+        self.rank, self.world = rank, world  # torchrun's RANK and WORLD_SIZE: each process takes its share
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -71,11 +75,12 @@ class CachedLoader(_Batches):
         shuffle: bool = False,
         augment: AugmentConfig | None = None,
         merge_tail: bool = False,
-        dist: Dist = Dist(),
+        rank: int = 0,
+        world: int = 1,
         sample_weights: torch.Tensor | None = None,
         limit: int = 0,
     ):
-        super().__init__(len(labels), batch_size, merge_tail, dist, limit)
+        super().__init__(len(labels), batch_size, merge_tail, rank, world, limit)
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.seed, self.shuffle, self.augment = seed, shuffle, augment
@@ -91,7 +96,7 @@ class CachedLoader(_Batches):
             if self.augment is not None:
                 # drawn for the whole global batch, then sharded: any rank count sees the same images
                 x = augment_batch(x, self.augment, make_generator(self.seed, epoch, step))
-            yield shard(x, self.dist), shard(self.labels[idx], self.dist)
+            yield shard(x, self.rank, self.world), shard(self.labels[idx], self.rank, self.world)
 
 
 class FileDataset(Dataset):
@@ -135,8 +140,9 @@ class StreamLoader(_Batches):
     """Batches decoded by DataLoader workers, for data sets too large for the cache."""
 
     def __init__(self, dataset: FileDataset, *, batch_size, device, seed, num_workers, on_bad_image,
-                 shuffle=False, merge_tail=False, dist: Dist = Dist(), sample_weights=None, limit: int = 0):
-        super().__init__(len(dataset), batch_size, merge_tail, dist, limit)
+                 shuffle=False, merge_tail=False, rank: int = 0, world: int = 1, sample_weights=None,
+                 limit: int = 0):
+        super().__init__(len(dataset), batch_size, merge_tail, rank, world, limit)
         self.dataset, self.device, self.seed = dataset, device, seed
         self.sample_weights = sample_weights
         self.shuffle, self.num_workers, self.on_bad_image = shuffle, num_workers, on_bad_image
@@ -145,7 +151,7 @@ class StreamLoader(_Batches):
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         order = epoch_order(len(self.dataset), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                             weights=self.sample_weights)
-        batches = [[(int(i), epoch) for i in shard(order[s], self.dist)] for s in self.slices[start:]]
+        batches = [[(int(i), epoch) for i in shard(order[s], self.rank, self.world)] for s in self.slices[start:]]
         batches = [b for b in batches if b]  # an eval batch smaller than the rank count
         loader = DataLoader(
             self.dataset,

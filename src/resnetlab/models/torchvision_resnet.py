@@ -17,10 +17,6 @@ from torch import nn
 from resnetlab.errors import UserError
 from resnetlab.models.registry import register_model
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 def resolve_weights(arch: str, weights: str) -> torchvision.models.WeightsEnum:
     """'IMAGENET1K_V1', 'DEFAULT' or 'ResNet34_Weights.IMAGENET1K_V1' -> the enum member."""
     enum = torchvision.models.get_model_weights(arch)

@@ -85,28 +85,40 @@ def split_file_text(catalog: Catalog) -> str:
     return buffer.getvalue()
 
 
-def apply_split_file(catalog: Catalog, path: Path, classes: list[str]) -> Catalog:
-    """The catalog's rows that ``path`` names, with its labels (among ``classes``) and splits."""
+def read_split_file(path: Path) -> list[tuple[str, str, str]]:
+    """(key, label, split) for every row of a run's split.csv, read with the csv module (so a key
+    with a comma or a quote survives); a missing or malformed file is a one-line UserError."""
+    path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except OSError as e:
-        raise UserError(f"cannot read split file {path}: {e.strerror}") from None
+            rows = [row for row in csv.reader(f) if row]
+    except FileNotFoundError:
+        raise UserError(f"split file {path} does not exist: a run folder keeps its images and splits there") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot read split file {path}: {e}") from None
     if not rows or rows[0] != ["key", "label", "split"]:
         raise UserError(f"{path} is not a resnetlab split file (its header should be key,label,split)")
-    where = {k: i for i, k in enumerate(catalog.keys)}
-    index = {c: i for i, c in enumerate(classes)}
-    take, labels, splits = [], [], []
+    out = []
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != 3:
             raise UserError(f"{path} row {line}: expected key,label,split")
-        key, label, split = row
+        if row[2] not in SPLITS:
+            raise UserError(f"{path} row {line}: split {row[2]!r} should be train, val or test")
+        out.append((row[0], row[1], row[2]))
+    return out
+
+
+def apply_split_file(catalog: Catalog, path: Path, classes: list[str]) -> Catalog:
+    """The catalog's rows that ``path`` names, with its labels (among ``classes``) and splits."""
+    rows = read_split_file(path)
+    where = {k: i for i, k in enumerate(catalog.keys)}
+    index = {c: i for i, c in enumerate(classes)}
+    take, labels, splits = [], [], []
+    for line, (key, label, split) in enumerate(rows, start=2):
         if key not in where:
             raise UserError(f"{path} row {line}: {key} is not in the data set any more")
         if label not in index:
             raise UserError(f"{path} row {line}: class {label!r} is not among this data's classes")
-        if split not in SPLITS:
-            raise UserError(f"{path} row {line}: split {split!r} should be train, val or test")
         take.append(where[key])
         labels.append(index[label])
         splits.append(split)

@@ -8,22 +8,19 @@ random_predictions.png, probabilities.png, gradcam.png and reliability.png.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from resnetlab import analysis, calibration, plots
-from resnetlab.checkpoint import atomic_write_text
-from resnetlab.data import CachedLoader
-from resnetlab.evaluate import Inference, infer, infer_tta, metrics
-from resnetlab.predict import Predictor
+from resnetlab.data.readers.manifest import read_split_file
 from resnetlab.errors import UserError
-from resnetlab.runs import write_confusion_csv, write_json
+from resnetlab.evaluate import analysis, calibration
+from resnetlab.evaluate import figures as plots
+from resnetlab.evaluate.inference import Classifier, Inference, infer_images, infer_tta
+from resnetlab.evaluate.metrics import metrics, write_confusion_csv
+from resnetlab.io import atomic_write_text, csv_text, read_json, write_json
 
 
 @dataclass
@@ -35,28 +32,21 @@ class Options:
     figures: bool = True
 
 
-def infer_images(p: Predictor, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Inference:
-    loader = CachedLoader(images, labels, batch_size=batch_size, device=p.device, seed=0)
-    return infer(p.model, loader.epoch(0), mean=p.mean, std=p.std, device=p.device, precision=p.precision,
-                 channels_last=True)
-
-
 def _hwc(images: torch.Tensor) -> np.ndarray:
     x = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def evaluate_split(run_dir: Path, p: Predictor, name: str, images: torch.Tensor, labels: torch.Tensor,
+def evaluate_split(run_dir: Path, p: Classifier, name: str, images: torch.Tensor, labels: torch.Tensor,
                    opts: Options, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
                    unseen: torch.Tensor | None = None) -> dict:
     classes = p.classes
     plain = infer_images(p, images, labels, opts.batch_size)
     result = metrics(plain.logits, plain.labels, classes)
-    result.update(split=name, checkpoint=p.checkpoint.name, images_per_s=round(plain.images_per_second, 1))
+    result.update(split=name, checkpoint=p.source, images_per_s=round(plain.images_per_second, 1))
     probs = plain.logits.softmax(1)
     if opts.tta > 1:
-        tta = infer_tta(p.model, images, labels, views=opts.tta, reduce=opts.reduce, augment=p.augment,
-                        mean=p.mean, std=p.std, device=p.device, precision=p.precision, batch_size=opts.batch_size)
+        tta = infer_tta(p, images, labels, views=opts.tta, reduce=opts.reduce, batch_size=opts.batch_size)
         m = metrics(tta.logits, tta.labels, classes)
         result["tta"] = {"views": opts.tta, "reduce": opts.reduce, "top1": m["top1"], "top5": m["top5"],
                          "loss": m["loss"], "balanced_accuracy": m["balanced_accuracy"], "n": m["n"],
@@ -71,25 +61,23 @@ def evaluate_split(run_dir: Path, p: Predictor, name: str, images: torch.Tensor,
     return result
 
 
-def snapshot_ensemble(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, *, device: str,
+def snapshot_ensemble(members: list[Classifier], images: torch.Tensor, labels: torch.Tensor, *,
                       batch_size: int) -> dict:
-    """Mean class probability over snapshot-K.pt (Huang et al. 2017: M models for the cost of one run)."""
-    paths = sorted(run_dir.glob("snapshot-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    if not paths:
-        raise UserError(f"{run_dir} has no snapshot-K.pt: train with a stage of schedule sgdr and snapshots: true")
+    """Mean class probability over the members, e.g. a run's snapshot-K.pt (Huang et al. 2017:
+    M models for the cost of one run)."""
+    if not members:
+        raise UserError("no snapshot-K.pt to ensemble: train with a stage of schedule sgdr and snapshots: true")
     total = None
-    for path in paths:
-        member = Predictor.load(path, device=device)
-        out = infer_images(member, images, labels, batch_size)
-        probs = out.logits.float().softmax(1)
+    for member in members:
+        probs = infer_images(member, images, labels, batch_size).logits.float().softmax(1)
         total = probs if total is None else total + probs
     # log of the mean probability: softmax gives the mean back, so metrics() scores the ensemble
-    result = metrics((total / len(paths)).clamp_min(1e-12).log(), out.labels, member.classes)
-    result["members"] = [p.name for p in paths]
+    result = metrics((total / len(members)).clamp_min(1e-12).log(), labels.cpu(), members[0].classes)
+    result["members"] = [m.source for m in members]
     return result
 
 
-def split_images(split, predictor: Predictor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_images(split, predictor: Classifier) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images and labels of a split: its cache, or its files decoded at the model's size."""
     if split.images is not None:
         return split.images, split.labels
@@ -98,33 +86,7 @@ def split_images(split, predictor: Predictor) -> tuple[torch.Tensor, torch.Tenso
     return images, split.labels[[where[p] for p in kept]]
 
 
-def sample_run_images(run_dir: Path, predictor: Predictor, splits: tuple[str, ...], limit: int,
-                      seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Up to ``limit`` seeded images of the first of ``splits`` the run has, at the model's size,
-    with their labels and the split's name (the export check and int8 calibration use this)."""
-    from resnetlab.data import plan_data
-    from resnetlab.data.cache import resize_tensor, set_channels
-    from resnetlab.runs import read_run_config, saved_split_file
-
-    catalog, _, _ = plan_data(read_run_config(run_dir), split_file=saved_split_file(run_dir))
-    for split in splits:
-        rows = catalog.rows(split)
-        if len(rows):
-            break
-    else:
-        raise UserError(f"{run_dir} has no {' or '.join(splits)} images to use here")
-    pick = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:limit].numpy()]
-    if catalog.arrays is not None:
-        x = torch.from_numpy(catalog.arrays[pick])
-        images = resize_tensor(set_channels(x, predictor.channels), predictor.image_size)
-        return images, torch.from_numpy(catalog.labels[pick]), split
-    paths = [catalog.paths[i] for i in pick]
-    images, kept, _ = predictor.load_images(paths)
-    where = {p: i for i, p in enumerate(paths)}
-    return images, torch.tensor([int(catalog.labels[pick[where[p]]]) for p in kept], dtype=torch.long), split
-
-
-def unseen_images(cfg, run_dir: Path, predictor: Predictor, limit: int = 2000) -> torch.Tensor | None:
+def unseen_images(cfg, run_dir: Path, predictor: Classifier, limit: int = 2000) -> torch.Tensor | None:
     """Images of the data set's classes the run left out (data.classes) and never used: the honest
     test of rejection. None when the run kept every class."""
     from resnetlab.data import read_catalog
@@ -134,7 +96,7 @@ def unseen_images(cfg, run_dir: Path, predictor: Predictor, limit: int = 2000) -
         return None
     catalog, _, aliases = read_catalog(cfg.data.dataset)
     chosen, _ = final_classes(catalog, cfg.data, aliases)
-    used = {line.split(",", 1)[0] for line in (run_dir / "split.csv").read_text().splitlines()[1:]}
+    used = {key for key, _, _ in read_split_file(run_dir / "split.csv")}
     rows = [i for i in range(len(catalog)) if int(catalog.labels[i]) not in chosen and catalog.keys[i] not in used]
     if not rows:
         return None
@@ -146,7 +108,7 @@ def unseen_images(cfg, run_dir: Path, predictor: Predictor, limit: int = 2000) -
     return images
 
 
-def _calibration(run_dir: Path, p: Predictor, plain: Inference, val, opts: Options) -> dict:
+def _calibration(run_dir: Path, p: Classifier, plain: Inference, val, opts: Options) -> dict:
     """Fit T and thresholds on val (saved for predict); ECE on this split before and after T."""
     out = {}
     fitted = None
@@ -157,7 +119,7 @@ def _calibration(run_dir: Path, p: Predictor, plain: Inference, val, opts: Optio
         write_json(run_dir / "calibration.json", fitted)
         p.temperature = fitted["temperature"]
     elif (run_dir / "calibration.json").is_file():
-        fitted = json.loads((run_dir / "calibration.json").read_text())
+        fitted = read_json(run_dir / "calibration.json")
     raw, bins = calibration.ece(plain.logits.softmax(1), plain.labels)
     out.update(ece=raw, bins=bins, n=len(plain.labels))
     if fitted:
@@ -169,7 +131,7 @@ def _calibration(run_dir: Path, p: Predictor, plain: Inference, val, opts: Optio
     return out
 
 
-def _rejection(p: Predictor, plain: Inference, cal: dict, unseen: torch.Tensor | None, opts: Options) -> dict:
+def _rejection(p: Classifier, plain: Inference, cal: dict, unseen: torch.Tensor | None, opts: Options) -> dict:
     """Share of known-class images wrongly rejected, and of unseen-class images rejected, per method."""
     fitted = cal.get("fitted")
     if not fitted:
@@ -200,7 +162,7 @@ def _rejection(p: Predictor, plain: Inference, cal: dict, unseen: torch.Tensor |
     return out
 
 
-def _figures(folder: Path, p: Predictor, images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
+def _figures(folder: Path, p: Classifier, images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
              result: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     classes, shown = p.classes, _hwc(images)
@@ -217,9 +179,7 @@ def _figures(folder: Path, p: Predictor, images: torch.Tensor, labels: torch.Ten
                      ["tab:green" if pred[i] == labels[i] else "tab:red" for i in worst], folder / "top_losses.png",
                      suptitle="highest loss: true class and its probability, predicted class and its probability")
     pairs = analysis.confused_pairs(result["confusion"], classes)
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows([["true", "predicted", "count"], *pairs])
-    atomic_write_text(folder / "confused_pairs.csv", buffer.getvalue())
+    atomic_write_text(folder / "confused_pairs.csv", csv_text([["true", "predicted", "count"], *pairs]))
     result["confused_pairs"] = [list(x) for x in pairs]
     pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:16].tolist()
     plots.image_grid(shown[pick], [title(i) for i in pick],

@@ -70,8 +70,14 @@ def _onecycle(step: int, base_lr: float, total_steps: int, cfg: ScheduleConfig) 
     final = initial / cfg.final_div_factor
     peak_step = float(cfg.pct_start * total_steps) - 1
     last_step = total_steps - 1
+    if peak_step <= 0 and step == 0:
+        # pct_start * total_steps <= 1: a rise of one step or none (torch's OneCycleLR divides by
+        # zero here); the first step is at the peak
+        return base_lr
     if step <= peak_step:
         pct, start, end = step / peak_step, initial, base_lr
     else:
-        pct, start, end = (step - peak_step) / (last_step - peak_step), base_lr, final
+        rise = max(peak_step, 0.0)
+        span = last_step - rise
+        pct, start, end = (step - rise) / span if span > 0 else 1.0, base_lr, final
     return end + (start - end) / 2 * (1 + math.cos(math.pi * min(pct, 1.0)))

@@ -14,32 +14,14 @@ runs/<name>/
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from resnetlab.checkpoint import atomic_write_text
+from resnetlab.io import atomic_write_text, csv_text, read_yaml
 from resnetlab.config import Config, config_from_dict
 from resnetlab.errors import UserError
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing: is {Path(path).parent} a resnetlab run folder?") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e})") from None
 
 
 def unique_run_dir(out_dir: Path, name: str) -> Path:
@@ -77,7 +59,11 @@ def check_run_dir(run: Path) -> Path:
 
 def read_run_config(run: Path) -> Config:
     """The resolved config a run was trained with (or last resumed with)."""
-    return config_from_dict(yaml.safe_load((check_run_dir(run) / "config.yaml").read_text()))
+    path = check_run_dir(run) / "config.yaml"
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} does not hold a resnetlab config: restore it from the run's checkpoint or train again")
+    return config_from_dict(raw)
 
 
 def saved_split_file(run: Path) -> Path | None:
@@ -99,19 +85,5 @@ def write_metrics(run: Path, history: list[dict]) -> None:
 
 
 def write_skipped(run: Path, skipped: list[tuple[str, str]]) -> None:
-    if not skipped:
-        return
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "reason"])
-    writer.writerows(skipped)
-    atomic_write_text(run / "skipped_images.csv", buffer.getvalue())
-
-
-def write_confusion_csv(path: Path, confusion: list[list[int]], classes: list[str]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["true \\ predicted", *classes])
-    for name, row in zip(classes, confusion):
-        writer.writerow([name, *row])
-    atomic_write_text(path, buffer.getvalue())
+    if skipped:
+        atomic_write_text(run / "skipped_images.csv", csv_text([["path", "reason"], *skipped]))

@@ -14,37 +14,8 @@ import dataclasses
 from torch import nn
 
 from resnetlab.config import Config, ScheduleConfig, StageConfig
-from resnetlab.errors import UserError
 from resnetlab.models.groups import first_trained, group_lr_scales, layer_groups
-from resnetlab.schedules import lr_at, sgdr_cycle_ends
-
-
-def resolve_stages(cfg: Config) -> None:
-    """Check each stage and derive epochs from sgdr cycles; train.epochs becomes the stages' sum."""
-    if not cfg.stages:
-        return
-    schedules = dataclasses.fields(ScheduleConfig)[0].metadata["choices"]
-    for i, st in enumerate(cfg.stages):
-        where = f"stages[{i}]"
-        if st.schedule is not None and st.schedule not in schedules:
-            raise UserError(f"{where}.schedule={st.schedule!r} is not one of: {', '.join(schedules)}")
-        if len(st.lr) > 2 or any(v <= 0 for v in st.lr):
-            raise UserError(f"{where}.lr must be [lr] or [lo, hi] with positive rates, got {st.lr}")
-        if len(st.lr) == 2 and st.lr[0] > st.lr[1]:
-            raise UserError(f"{where}.lr=[lo, hi] must rise from the first group to the head, got {st.lr}")
-        if st.cycles:
-            if (st.schedule or cfg.schedule.name) != "sgdr":
-                raise UserError(f"{where}.cycles needs schedule sgdr")
-            length = st.cycle_len or cfg.schedule.cycle_len
-            mult = st.cycle_mult or cfg.schedule.cycle_mult
-            total = length * st.cycles if mult == 1 else length * (mult**st.cycles - 1) / (mult - 1)
-            if abs(total - round(total)) > 1e-9 or (st.epochs and st.epochs != round(total)):
-                raise UserError(f"{where}: {st.cycles} cycles of {length} epochs x {mult} make {total:g} epochs, "
-                                f"not {'a whole number' if not st.epochs else st.epochs}")
-            st.epochs = int(round(total))
-        if st.epochs < 1:
-            raise UserError(f"{where}.epochs must be at least 1 (or give cycles with schedule sgdr)")
-    cfg.train.epochs = sum(st.epochs for st in cfg.stages)
+from resnetlab.train.schedules import lr_at, sgdr_cycle_ends
 
 
 def stage_at(cfg: Config, epoch: int) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Where and how the maths runs: device, precision, seeding, and the environment report."""
+"""Where and how the maths runs: device, precision, seeding, and the environment report (`resnetlab env`)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu":
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     return "fp32"
+
+
+def inference_precision(trained: str, device: torch.device) -> str:
+    """The training precision where this device runs it, else this device's own default: a model
+    trained in fp16 on a GPU predicts in bf16 or fp32 on a CPU instead of failing."""
+    if trained == "fp16" and device.type != "cuda":
+        return resolve_precision("auto", device)
+    return resolve_precision(trained, device)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import queue
 import threading
 import time
@@ -34,6 +35,7 @@ class Limits:
     max_images: int = 32  # per request
     batch_size: int = 32  # images per forward pass
     batch_wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    max_queue: int = 64  # requests waiting for the model at most; more are refused with 503 at once
 
 
 class BadRequest(Exception):
@@ -44,8 +46,8 @@ class BadRequest(Exception):
 
 def load_model(path: Path):
     from resnetlab.errors import UserError
-    from resnetlab.export import is_export, load_export
-    from resnetlab.predict import Predictor
+    from resnetlab.deploy.export import is_export, load_export
+    from resnetlab.deploy.predictor import Predictor
 
     if not path.exists():
         raise UserError(f"{path} does not exist: give a run folder, a checkpoint or an export")
@@ -77,39 +79,66 @@ class Batcher:
     """Collects decoded images from concurrent requests into batches for one model thread.
 
     A plain thread and thread-safe futures, not an asyncio task: requests may come from any
-    event loop (uvicorn's, or a test client's per-call loops) and still share batches."""
+    event loop (uvicorn's, or a test client's per-call loops) and still share batches. The queue
+    is bounded: when ``max_queue`` requests wait, a new one is refused (503) rather than letting
+    memory and latency grow without limit. ``close()`` stops the thread (FastAPI's lifespan)."""
+
+    _STOP = object()
 
     def __init__(self, model, limits: Limits):
         self.model, self.limits = model, limits
-        self.queue: queue.Queue = queue.Queue()
+        self.queue: queue.Queue = queue.Queue(maxsize=limits.max_queue)
+        self.batches: list[int] = []  # images in each forward pass so far (the last 1,000), for tests and /health
         self.thread = threading.Thread(target=self._run, name="resnetlab-batcher", daemon=True)
         self.thread.start()
 
+    def _collect(self) -> list | None:
+        first = self.queue.get()
+        if first is self._STOP:
+            return None
+        items = [first]
+        deadline = time.perf_counter() + self.limits.batch_wait_ms / 1000
+        while sum(len(x) for x, _ in items) < self.limits.batch_size:
+            left = deadline - time.perf_counter()
+            try:
+                item = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is self._STOP:
+                self.queue.put_nowait(item)  # stop after this batch
+                break
+            items.append(item)
+        return items
+
     def _run(self) -> None:
-        while True:
-            items = [self.queue.get()]
-            deadline = time.perf_counter() + self.limits.batch_wait_ms / 1000
-            while sum(len(x) for x, _ in items) < self.limits.batch_size:
-                left = deadline - time.perf_counter()
-                try:
-                    items.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
-                except queue.Empty:
-                    break
+        while (items := self._collect()) is not None:
             try:
                 probs = self.model.probabilities(torch.cat([x for x, _ in items]))
             except Exception as e:  # noqa: BLE001 - reported to every waiting request
                 for _, future in items:
                     future.set_exception(e)
                 continue
+            self.batches = (self.batches + [len(probs)])[-1000:]
             start = 0
             for x, future in items:
                 future.set_result(probs[start:start + len(x)])
                 start += len(x)
 
     async def submit(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.thread.is_alive():
+            raise BadRequest(503, "the model thread has stopped: restart the server")
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self.queue.put((images, future))
+        try:
+            self.queue.put_nowait((images, future))
+        except queue.Full:
+            raise BadRequest(503, f"the server is busy ({self.limits.max_queue} requests waiting): "
+                                  "retry in a moment") from None
         return await asyncio.wrap_future(future)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Let queued requests finish, then stop the thread."""
+        self.queue.put(self._STOP)
+        self.thread.join(timeout)
 
 
 def answer(model, probs: torch.Tensor, names: list[str], topk: int) -> list[dict]:
@@ -126,10 +155,17 @@ def answer(model, probs: torch.Tensor, names: list[str], topk: int) -> list[dict
 
 
 def create_app(model, limits: Limits = Limits(), *, source: str = "") -> FastAPI:
-    from resnetlab.serve_page import PAGE
+    from resnetlab.deploy.serve_page import PAGE
 
-    app = FastAPI(title="resnetlab", description=f"ResNet image classifier {source}")
     batcher = Batcher(model, limits)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        batcher.close()  # at shutdown: finish what is queued, then stop the model thread
+
+    app = FastAPI(title="resnetlab", description=f"ResNet image classifier {source}", lifespan=lifespan)
+    app.state.batcher = batcher
 
     @app.exception_handler(BadRequest)
     async def bad_request(_request, exc: BadRequest):
@@ -141,7 +177,9 @@ def create_app(model, limits: Limits = Limits(), *, source: str = "") -> FastAPI
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": source, "classes": len(model.classes), "image_size": model.image_size}
+        alive = batcher.thread.is_alive()
+        return {"status": "ok" if alive else "model thread stopped", "model": source, "classes": len(model.classes),
+                "image_size": model.image_size, "queue": batcher.queue.qsize(), "max_queue": limits.max_queue}
 
     @app.get("/classes")
     async def classes():

@@ -12,7 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from resnetlab.checkpoint import atomic_write_text
+from resnetlab.errors import UserError
+from resnetlab.io import atomic_write_text, read_json
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 0 16px 48px; color: #222; }
@@ -47,8 +48,19 @@ def _pct(v) -> str:
 def _latest_eval(run: Path) -> tuple[str, dict] | tuple[None, None]:
     for name in ("test", "val", "train"):
         if (run / f"eval_{name}.json").is_file():
-            return name, json.loads((run / f"eval_{name}.json").read_text())
+            return name, read_json(run / f"eval_{name}.json")
     return None, None
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """metrics.jsonl's records (one an epoch), or a one-line UserError when a line is damaged."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is damaged ({e}); resume the run to rewrite it") from None
 
 
 def build_report(run: Path) -> Path:
@@ -59,8 +71,8 @@ def build_report(run: Path) -> Path:
     parts.append('<h2 id="config">Config</h2><details><summary>the resolved config (config.yaml)</summary><pre>'
                  + html.escape((run / "config.yaml").read_text()) + "</pre></details>")
 
-    data = json.loads((run / "data.json").read_text()) if (run / "data.json").is_file() else {}
-    classes = json.loads((run / "classes.json").read_text()) if (run / "classes.json").is_file() else []
+    data = read_json(run / "data.json") if (run / "data.json").is_file() else {}
+    classes = read_json(run / "classes.json") if (run / "classes.json").is_file() else []
     parts.append('<h2 id="data">Data</h2>')
     if data:
         parts.append(f"<p>{len(classes)} classes, {data.get('image_size')} px, {data.get('channels')} channel(s), "
@@ -72,8 +84,7 @@ def build_report(run: Path) -> Path:
         for note in data.get("notes", []):
             parts.append(f'<p class="note">{html.escape(note)}</p>')
 
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] \
-        if (run / "metrics.jsonl").is_file() else []
+    history = read_metrics(run)
     parts.append('<h2 id="training">Training</h2>' + _img(run / "curves.png", "training curves"))
     if history:
         last = history[-1]

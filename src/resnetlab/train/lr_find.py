@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from resnetlab.errors import UserError
-from resnetlab.session import Session
-from resnetlab.stages import apply_stage, freeze_bn_statistics
-from resnetlab.train import train_step
+from resnetlab.train.session import Session
+from resnetlab.train.stages import apply_stage, freeze_bn_statistics
+from resnetlab.train.step import train_step
 
 SUGGESTION_RULE = "steepest descent of the smoothed loss against log10(lr), between the first 10% of steps and its minimum"
 

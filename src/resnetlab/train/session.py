@@ -17,17 +17,18 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from resnetlab.checkpoint import describe_model, load_checkpoint, load_model_state, rng_state, set_rng_state
+from resnetlab.train.checkpoint import describe_model, load_checkpoint, load_model_state, rng_state, set_rng_state
 from resnetlab.config import Config, OptimConfig, apply_overrides, save_config, validate
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader, build_data
-from resnetlab.data.manifest import split_file_text
-from resnetlab import distributed
-from resnetlab.distributed import Dist
+from resnetlab.data.readers.manifest import split_file_text
+from resnetlab.train import distributed
+from resnetlab.train.distributed import Dist
 from resnetlab.errors import UserError
 from resnetlab.models import get_model, model_entry
 from resnetlab.models.groups import first_trained, layer_groups
-from resnetlab.runs import check_run_dir, create_run_dir, read_json, read_run_config, saved_split_file, write_json
-from resnetlab.runtime import environment, resolve_precision, seed_everything, select_device
+from resnetlab.io import read_json, write_json
+from resnetlab.train.run_folder import check_run_dir, create_run_dir, read_run_config, saved_split_file
+from resnetlab.device import environment, resolve_precision, seed_everything, select_device
 
 
 @dataclass
@@ -110,7 +111,7 @@ def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
 def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.device, *, train: bool,
                 dist: Dist = Dist()):
     batch = cfg.train.batch_size if train else cfg.train.eval_batch_size
-    common = dict(batch_size=batch, device=device, seed=cfg.seed, shuffle=train, merge_tail=train, dist=dist,
+    common = dict(batch_size=batch, device=device, seed=cfg.seed, shuffle=train, merge_tail=train, rank=dist.rank, world=dist.world,
                   limit=cfg.train.limit_batches)
     if train and cfg.data.sampler == "balanced":
         common["sample_weights"] = balanced_weights(split.labels, len(data.classes))[split.labels]

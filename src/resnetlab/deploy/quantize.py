@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnetlab.checkpoint import atomic_write_text
-from resnetlab.evaluation import sample_run_images
-from resnetlab.export import load_export, sidecar
+from resnetlab.io import atomic_write_text
+from resnetlab.deploy.export import load_export, sample_run_images, sidecar
 
 
 class _Reader:
@@ -52,7 +51,9 @@ def quantize_onnx(path: Path, run_dir: Path, predictor, images: torch.Tensor, la
     calib, _, _ = sample_run_images(run_dir, predictor, ("train",), calibration_images, seed=1)
     arrays = [np.ascontiguousarray((b.permute(0, 2, 3, 1) if nhwc else b).numpy()) for b in calib.split(32)]
     out = path.with_name(path.name.replace(".onnx", ".int8.onnx"))
-    with tempfile.TemporaryDirectory() as tmp:
+    # scratch files beside the target: the final os.replace is then a rename on one file system
+    # (a /tmp on another file system made it fail with "Invalid cross-device link")
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(Path(tmp) / "int8.onnx"), _Reader("images", arrays),

@@ -57,14 +57,28 @@ def init(d: Dist, device: torch.device, *, timeout_s: float) -> torch.device:
     return device
 
 
+# what gloo and NCCL say when the process at the other end of a collective died or stalled
+_PEER_SIGNS = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out", "timeout",
+               "gloo", "nccl", "socket", "connection refused", "store")
+
+
+def failure_line(e: BaseException) -> str | None:
+    """One line for an error in a torchrun run: a peer's failure says so; anything else (a CUDA
+    out-of-memory, a bug) shows its own cause. None when no process group is running."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    text = str(e).lower()
+    if isinstance(e, dist.DistError) or (type(e) is RuntimeError and any(sign in text for sign in _PEER_SIGNS)):
+        # checkpoints are only ever replaced whole, so the last one is intact
+        return (f"another process of this run failed or timed out ({first}); the last checkpoint is intact, "
+                "resume with --resume")
+    return f"{type(e).__name__}: {first} (in rank {dist.get_rank()} of {dist.get_world_size()})"
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def shard(batch: torch.Tensor, d: Dist) -> torch.Tensor:
-    """This rank's contiguous part of a global batch; sizes differ by at most one image."""
-    return batch.tensor_split(d.world)[d.rank] if d.enabled else batch
 
 
 def all_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:

@@ -22,10 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnetlab.checkpoint import atomic_write_bytes, atomic_write_text
+from resnetlab.io import atomic_write_bytes, atomic_write_text, read_json, temporary_path
 from resnetlab.config import AugmentConfig
+from resnetlab.data import plan_data
+from resnetlab.data.cache import decode_for_model, resize_tensor, set_channels
+from resnetlab.evaluate.inference import Classifier
 from resnetlab.errors import UserError
 from resnetlab.models import get_model
+from resnetlab.train.run_folder import read_run_config, saved_split_file
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 OPSET = 18
@@ -92,9 +96,7 @@ class Exported:
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
     def load_images(self, paths: list[str]):
-        from resnetlab.predict import decode_for
-
-        return decode_for(paths, self.image_size, self.resize, self.channels)
+        return decode_for_model(paths, self.image_size, self.resize, self.channels)
 
 
 def is_export(path: Path) -> bool:
@@ -111,7 +113,7 @@ def load_export(path: Path, *, threads: int = 0) -> Exported:
     try:
         meta = json.loads(meta_path.read_text())
         fmt = meta["format"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{path} has no readable sidecar {meta_path.name}: export it again with resnetlab export") from None
     if fmt == "onnx":
         import onnxruntime as ort
@@ -157,33 +159,61 @@ def _torch_runner(module: nn.Module):
     return run
 
 
-def write_export(predictor, fmt: str, out: Path, *, layout: str = "nhwc", meta_extra: dict | None = None) -> Path:
-    """Write ``predictor``'s model in ``fmt`` to ``out`` (+ sidecar); returns the model file."""
+def write_export(predictor: Classifier, fmt: str, out: Path, *, images: torch.Tensor, layout: str = "nhwc",
+                 min_agreement: float = 0.999, split: str = "") -> tuple[Path, dict]:
+    """Write ``predictor``'s model in ``fmt`` to ``out`` (+ sidecar), checked on ``images`` first.
+
+    Model and sidecar are written under temporary names beside the target, loaded back and
+    compared with the checkpoint; only when top-1 agreement reaches ``min_agreement`` are both
+    renamed over any previous export. A failed check leaves the previous export as it was.
+    Returns the model file and the agreement figures (``split``: where ``images`` came from)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
+    if len(images) == 0:
+        raise UserError("no images to check the export on: the check needs at least one")
+    reference = predictor.probabilities(images)  # before the model is moved to fp32 on the CPU
     model = predictor.model.float().eval().to("cpu").to(memory_format=torch.contiguous_format)
+    path = out.with_name(out.name + FORMATS[fmt]) if not out.name.endswith(FORMATS[fmt]) else out
+    tmp = temporary_path(path)
+    try:
+        _write_model(model, predictor, fmt, tmp, layout)
+        atomic_write_text(sidecar(tmp), json.dumps(_sidecar(predictor, fmt, path.name, layout), indent=2) + "\n")
+        result = {**agreement(reference, load_export(tmp).probabilities(images)), "split": split}
+        if not result["top1_agreement"] >= min_agreement:
+            raise UserError(
+                f"the {fmt} export disagrees with the checkpoint on {100 * (1 - result['top1_agreement']):.2f}% of "
+                f"{result['n']} images (largest probability difference {result['max_probability_difference']:.2e}); "
+                f"nothing was written{' and the previous export was kept' if path.exists() else ''}: report this as a bug")
+        meta = read_json(sidecar(tmp))
+        atomic_write_text(sidecar(tmp), json.dumps({**meta, "agreement": result}, indent=2) + "\n")
+        os.replace(tmp, path)
+        os.replace(sidecar(tmp), sidecar(path))
+    finally:
+        tmp.unlink(missing_ok=True)
+        sidecar(tmp).unlink(missing_ok=True)
+    return path, result
+
+
+def _write_model(model: nn.Module, predictor: Classifier, fmt: str, tmp: Path, layout: str) -> None:
     wrapped = Deployable(model, predictor.mean.tolist(), predictor.std.tolist(), predictor.temperature, layout).eval()
     size, channels = predictor.image_size, predictor.channels
     example = torch.zeros((2, size, size, channels) if layout == "nhwc" else (2, channels, size, size), dtype=torch.uint8)
-    path = out.with_name(out.name + FORMATS[fmt]) if not out.name.endswith(FORMATS[fmt]) else out
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if fmt == "onnx":
-            _export_onnx(wrapped, example, tmp)
-        elif fmt == "torchscript":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                torch.jit.save(torch.jit.trace(wrapped, example), str(tmp))
-        else:
-            from safetensors.torch import save
+    if fmt == "onnx":
+        _export_onnx(wrapped, example, tmp)
+    elif fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(torch.jit.trace(wrapped, example), str(tmp))
+    else:
+        from safetensors.torch import save
 
-            atomic_write_bytes(tmp, save({k: v.contiguous() for k, v in model.state_dict().items()}))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta = {
-        "format": fmt, "file": path.name, "classes": predictor.classes, "opset": OPSET if fmt == "onnx" else None,
+        atomic_write_bytes(tmp, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+
+
+def _sidecar(predictor: Classifier, fmt: str, name: str, layout: str) -> dict:
+    size, channels = predictor.image_size, predictor.channels
+    return {
+        "format": fmt, "file": name, "classes": predictor.classes, "opset": OPSET if fmt == "onnx" else None,
         "input": {"layout": layout, "dtype": "uint8", "size": size, "channels": channels,
                   "shape": ["N", size, size, channels] if layout == "nhwc" else ["N", channels, size, size]},
         "output": "probabilities (N, classes), temperature-scaled, softmax applied",
@@ -192,13 +222,11 @@ def write_export(predictor, fmt: str, out: Path, *, layout: str = "nhwc", meta_e
                        "note": "decode to RGB (or grey), resize to size x size (squash or short side + centre "
                                "crop per 'resize'), uint8; the model does the rest"},
         "temperature": predictor.temperature, "calibration": predictor.calibration,
-        "model": {"name": predictor.model_name, "options": predictor.model_options},
+        "model": {"name": getattr(predictor, "model_name", ""), "options": getattr(predictor, "model_options", {})},
         "augment": {f.name: getattr(predictor.augment, f.name) for f in fields(AugmentConfig)},
-        "source_checkpoint": str(predictor.checkpoint), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **(meta_extra or {}),
+        "source_checkpoint": str(getattr(predictor, "checkpoint", predictor.source)),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    atomic_write_text(sidecar(path), json.dumps(meta, indent=2) + "\n")
-    return path
 
 
 def _export_onnx(wrapped: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -219,3 +247,25 @@ def agreement(reference: torch.Tensor, exported: torch.Tensor) -> dict:
     same = (reference.argmax(1) == exported.argmax(1)).double()
     return {"n": len(reference), "top1_agreement": float(same.mean()) if len(same) else float("nan"),
             "max_probability_difference": float((reference - exported).abs().max()) if len(same) else float("nan")}
+
+
+def sample_run_images(run_dir: Path, predictor: Classifier, splits: tuple[str, ...], limit: int,
+                      seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Up to ``limit`` seeded images of the first of ``splits`` the run has, at the model's size,
+    with their labels and the split's name (the export check and int8 calibration use this)."""
+    catalog, _, _ = plan_data(read_run_config(run_dir), split_file=saved_split_file(run_dir))
+    for split in splits:
+        rows = catalog.rows(split)
+        if len(rows):
+            break
+    else:
+        raise UserError(f"{run_dir} has no {' or '.join(splits)} images to use here")
+    pick = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:limit].numpy()]
+    if catalog.arrays is not None:
+        x = torch.from_numpy(catalog.arrays[pick])
+        images = resize_tensor(set_channels(x, predictor.channels), predictor.image_size)
+        return images, torch.from_numpy(catalog.labels[pick]), split
+    paths = [catalog.paths[i] for i in pick]
+    images, kept, _ = predictor.load_images(paths)
+    where = {p: i for i, p in enumerate(paths)}
+    return images, torch.tensor([int(catalog.labels[pick[where[p]]]) for p in kept], dtype=torch.long), split

@@ -10,7 +10,7 @@ class indices agree with a torchvision model trained on the same folders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnetlab.data.catalog import Catalog, from_files
@@ -28,6 +28,20 @@ SPLIT_NAMES = {
 class FileList:
     paths: list[str]
     labels: list[int]
+    dangling: list[str] = field(default_factory=list)  # image-named symlinks whose target is gone
+
+
+def _images_in(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Image files under ``folder`` (sorted), and image-named symlinks that point nowhere."""
+    files, dangling = [], []
+    for p in folder.rglob("*"):
+        if not is_image_file(p):
+            continue
+        if p.is_file():
+            files.append(p)
+        elif p.is_symlink() and not p.exists():
+            dangling.append(p)
+    return sorted(files), sorted(dangling)
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -72,14 +86,15 @@ def list_class_folder(root: Path) -> tuple[list[str], dict[str, FileList]]:
                 f"{folder} has class folder '{unknown[0]}' that {splits['train']} lacks; "
                 "every split must use the training classes"
             )
-        paths, labels = [], []
+        paths, labels, dangling = [], [], []
         for name in names:
-            files = sorted(p for p in (folder / name).rglob("*") if p.is_file() and is_image_file(p))
+            files, broken = _images_in(folder / name)
             if not files and split == "train":
                 raise UserError(f"class folder {folder / name} has no images: add some or remove the folder")
             paths += [str(p) for p in files]
             labels += [classes.index(name)] * len(files)
-        out[split] = FileList(paths, labels)
+            dangling += [str(p) for p in broken]
+        out[split] = FileList(paths, labels, dangling)
     return classes, out
 
 
@@ -91,4 +106,5 @@ def read(root: Path) -> Catalog:
         keys += [Path(p).relative_to(root).as_posix() for p in files.paths]
         labels += files.labels
         splits += [split] * len(files.paths)
-    return from_files(classes, classes, paths, keys, labels, splits)
+    skipped = [(p, "a symbolic link whose target does not exist") for f in lists.values() for p in f.dangling]
+    return from_files(classes, classes, paths, keys, labels, splits, skipped=skipped)

@@ -9,8 +9,6 @@ leaves the previous checkpoint whole.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,38 +16,10 @@ import torch
 from torch import nn
 
 from resnetlab.errors import UserError
+from resnetlab.io import atomic_write_bytes
 
 FORMAT = "resnetlab-checkpoint"
 VERSION = 1
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a written file gets the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -90,13 +60,20 @@ def describe_model(name: str, options: dict[str, Any], num_classes: Any) -> str:
 
 
 def rng_state() -> dict[str, Any]:
+    """The generators a resume needs: the CPU's, and this process's own GPU's (not every GPU's, so a
+    checkpoint resumes on any number of GPUs; each torchrun rank drives one)."""
     out = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state()
     return out
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if saved is None or not torch.cuda.is_available():
+        return
+    if isinstance(saved, (list, tuple)):  # written by an earlier version: one state per GPU
+        saved = saved[min(torch.cuda.current_device(), len(saved) - 1)] if saved else None
+    if saved is not None:
+        torch.cuda.set_rng_state(saved)

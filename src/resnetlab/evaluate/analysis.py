@@ -2,7 +2,7 @@
 predictions, one image's class probabilities, and Grad-CAM of what the model looked at.
 
 All inputs are plain tensors (uint8 images, probabilities, labels), so the figures can be
-made from any evaluation; drawing is in plots.py.
+made from any evaluation; drawing is in figures.py.
 """
 
 from __future__ import annotations

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnetlab.checkpoint import atomic_write_text
+from resnetlab.io import atomic_write_text
 from resnetlab.config import Config
 from resnetlab.data.augment import augment_batch, make_generator
 from resnetlab.data.bundle import plan_data
 from resnetlab.data.cache import resize_tensor, set_channels
 from resnetlab.data.catalog import Catalog
 from resnetlab.data.images import BadImage, load_array, open_image
-from resnetlab.runs import write_json
+from resnetlab.io import write_json
 
 
 @dataclass
@@ -121,7 +121,7 @@ def _augmented(catalog: Catalog, row: int, cfg: Config, count: int) -> np.ndarra
 
 def inspect(cfg: Config, out_dir: Path, *, samples: int = 8, progress: bool = True) -> dict:
     """Index, check and draw the data set of ``cfg``; write everything under ``out_dir``."""
-    from resnetlab import plots
+    from resnetlab.data import figures as plots
 
     started = time.perf_counter()
     catalog, root, notes = plan_data(cfg)

@@ -1,0 +1,124 @@
+"""What evaluation scores: a Classifier (a model with the preprocessing it was trained with), and
+inference over batches, plain or with test-time augmentation.
+
+A Classifier is built from a training session (``train``) or loaded from a checkpoint
+(``deploy.predictor.Predictor``, a subclass); evaluation needs nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from resnetlab.config import AugmentConfig
+from resnetlab.data.augment import augment_batch, make_generator, normalize
+from resnetlab.data.cache import decode_for_model
+from resnetlab.device import autocast
+
+
+@dataclass
+class Classifier:
+    model: nn.Module
+    classes: list[str]
+    image_size: int  # px, side of the square input
+    channels: int
+    resize: str  # how files are brought to image_size: squash or crop
+    mean: torch.Tensor  # (C,) on the device, [0, 1] units
+    std: torch.Tensor
+    device: torch.device
+    precision: str  # of inference on this device: fp32 or bf16 (CPU), bf16 or fp16 (GPU)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the training augmentation, for TTA
+    temperature: float = 1.0  # fitted on val by evaluation; 1 = raw softmax
+    calibration: dict | None = None  # temperature and rejection thresholds, once fitted
+    source: str = ""  # the checkpoint file it came from, for reports
+
+    def load_images(self, paths: list[str]) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+        """uint8 (N, C, S, S) for the readable files, their paths, and (path, reason) for the rest."""
+        return decode_for_model(paths, self.image_size, self.resize, self.channels)
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """uint8 (N, C, S, S) -> (N, K) float32 logits on the CPU (no temperature)."""
+        self.model.eval()
+        out = []
+        with autocast(self.device, self.precision):
+            for part in images.split(batch_size):
+                x = normalize(part.to(self.device), self.mean, self.std, channels_last=True)
+                out.append(self.model(x).float().cpu())
+        return torch.cat(out) if out else torch.empty(0, len(self.classes))
+
+    def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """uint8 (N, C, S, S) -> (N, K) float32 class probabilities, temperature-scaled if calibrated."""
+        return (self.logits(images, batch_size) / self.temperature).softmax(1)
+
+
+@dataclass
+class Inference:
+    logits: torch.Tensor  # (N, K) float32, on the CPU
+    labels: torch.Tensor  # (N,) int64, on the CPU
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.labels) / max(self.seconds, 1e-9)
+
+
+@torch.no_grad()
+def infer(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, mean: torch.Tensor,
+          std: torch.Tensor, device: torch.device, precision: str, channels_last: bool,
+          num_classes: int) -> Inference:
+    """Logits for every batch of uint8 images, in eval mode; the model's mode is restored after."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    start = time.perf_counter()
+    with autocast(device, precision):
+        for x, y in batches:
+            if len(y) == 0:  # this rank's share of a batch smaller than the rank count
+                continue
+            out = model(normalize(x.to(device), mean, std, channels_last=channels_last))
+            logits.append(out.float().cpu())
+            labels.append(y.cpu())
+    model.train(was_training)
+    return Inference(
+        torch.cat(logits) if logits else torch.empty(0, num_classes),
+        torch.cat(labels) if labels else torch.empty(0, dtype=torch.long),
+        time.perf_counter() - start,
+    )
+
+
+def infer_images(c: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Inference:
+    """Plain inference of a Classifier over uint8 images held in memory."""
+    batches = zip(images.split(batch_size), labels.split(batch_size))
+    return infer(c.model, batches, mean=c.mean, std=c.std, device=c.device, precision=c.precision,
+                 channels_last=True, num_classes=len(c.classes))
+
+
+def infer_tta(c: Classifier, images: torch.Tensor, labels: torch.Tensor, *, views: int, reduce: str,
+              batch_size: int = 256, seed: int = 0) -> Inference:
+    """TTA over a Classifier; returned as log-probabilities in ``logits`` (softmax gives them back)."""
+    start = time.perf_counter()
+    combined = combine_views(lambda x: c.logits(x, batch_size).softmax(1), images, views=views, reduce=reduce,
+                             augment=c.augment, batch_size=batch_size, seed=seed)
+    return Inference(combined.clamp_min(1e-12).log(), labels.cpu(), time.perf_counter() - start)
+
+
+def combine_views(probabilities, images: torch.Tensor, *, views: int, reduce: str, augment: AugmentConfig,
+                  batch_size: int = 256, seed: int = 0) -> torch.Tensor:
+    """Class probabilities over ``views`` versions of each image: the image itself, then views drawn
+    with the training augmentation (so flips only where training flipped), one generator per view
+    and batch. ``probabilities`` maps uint8 (B, C, H, W) to (B, K); each view streams the images once."""
+    total = None
+    for v in range(views):
+        parts = []
+        for i, x in enumerate(images.split(batch_size)):
+            if v:
+                x = augment_batch(x, augment, make_generator(seed, 0x77A, v, i))
+            parts.append(probabilities(x))
+        probs = torch.cat(parts)
+        total = probs if total is None else (total + probs if reduce == "mean" else torch.maximum(total, probs))
+    return total / views if reduce == "mean" else total / total.sum(1, keepdim=True)

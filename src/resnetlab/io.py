@@ -1,0 +1,111 @@
+"""Small file helpers every layer uses: atomic writes, and JSON/YAML/CSV reads that fail in one line.
+
+A write goes to a temporary file beside the target (same folder, so the same file
+system: ``os.replace`` is then an atomic rename, never a cross-device copy), is
+fsynced, then renamed over the target: a process killed mid-write leaves the
+previous file whole and no half-written one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from resnetlab.errors import UserError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def temporary_path(path: Path) -> Path:
+    """A fresh, unused name beside ``path`` for a writer that needs a file name, not bytes
+    (the ONNX exporter, onnxruntime's quantiser). Rename it over ``path`` when it is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a written file gets the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so a rename inside it survives a power cut."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: Path, *, what: str = "") -> Any:
+    """Parsed JSON, or a one-line UserError naming the file (missing, unreadable or not JSON)."""
+    path = Path(path)
+    hint = what or f"is {path.parent} a resnetlab run folder?"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: {hint}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); restore it or run the step that writes it again") from None
+
+
+def read_yaml(path: Path) -> Any:
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def csv_text(rows: list[list]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    """Rows of a CSV file (quoted fields handled by the csv module), or a one-line UserError."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [row for row in csv.reader(f) if row]
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot read {path} as CSV: {e}") from None

@@ -1,0 +1,26 @@
+"""matplotlib with its Agg backend (no display needed), and saving a figure atomically as PNG.
+
+Each layer draws its own figures (data/figures.py, train/figures.py, evaluate/figures.py);
+they share this module, so the backend is chosen once, before pyplot is first imported.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from resnetlab.io import atomic_write_bytes  # noqa: E402
+
+__all__ = ["plt", "save_figure"]
+
+
+def save_figure(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

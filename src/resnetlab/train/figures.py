@@ -1,0 +1,60 @@
+"""Figures of a training run: the training monitor (loss, accuracy, learning rate) and the LR range test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from resnetlab.plotting import plt, save_figure
+
+from resnetlab.train.lr_find import loss_change
+
+
+def training_curves(history: list[dict], path: Path) -> None:
+    """Loss, top-1 accuracy and learning rate against epoch: the tutorials' training monitor."""
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax = axes[0]
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    if any("val_loss" in h for h in history):
+        ax.plot(epochs, [h.get("val_loss") for h in history], "o-", label="val")
+    ax.set(title="loss", xlabel="epoch")
+    ax.legend()
+    ax = axes[1]
+    ax.plot(epochs, [100 * h["train_top1"] for h in history], "o-", label="train (augmented)")
+    if any("val_top1" in h for h in history):
+        ax.plot(epochs, [100 * h.get("val_top1", float("nan")) for h in history], "o-", label="val")
+    ax.set(title="top-1 accuracy (%)", xlabel="epoch")
+    ax.legend()
+    ax = axes[2]
+    ax.plot(epochs, [h["lr"] for h in history], "o-")
+    ax.set(title="learning rate (at epoch end)", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def lr_find_curves(result, path: Path, window: int) -> None:
+    """Loss against learning rate (log axis) with the suggestion, and the loss's rate of change."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    ax = axes[0]
+    ax.plot(result.lr, result.loss, alpha=0.3, label="loss a step")
+    ax.plot(result.lr, result.smoothed, label="smoothed")
+    ax.axvline(result.suggested_lr, color="C3", ls="--", label=f"suggested {result.suggested_lr:.1e}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR range test")
+    top = min(max(result.smoothed), 3 * min(result.smoothed) + 1)
+    ax.set_ylim(min(result.loss) * 0.95, top)
+    ax.legend()
+    ax = axes[1]
+    ax.plot(result.lr, loss_change(result.loss, window))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="d(loss) a step",
+           title=f"rate of change of the loss (moving average over {window} steps)")
+    change = [v for v in loss_change(result.loss, window) if v == v]
+    if change:
+        spread = max(abs(min(change)), 1e-6)
+        ax.set_ylim(-1.5 * spread, 1.5 * spread)
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,0 +1,78 @@
+"""The end of a run, the same for ``fit()`` and ``resnetlab train``: one model, the test split
+scored once, and the run folder completed.
+
+The model is best.pt when the run has a validation split (chosen there, never on
+training or test images), else last.pt. The test split is scored exactly once, here,
+into eval_test.json; the temperature and rejection thresholds are fitted on val at
+the same time (calibration.json), and with ``train.report`` the figures and
+report.html are written too. ``--retrain-on-all`` then trains the same settings on
+train + val (``retrain_config``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from resnetlab.config import Config
+from resnetlab.data.readers.manifest import read_split_file
+from resnetlab.device import inference_precision
+from resnetlab.errors import UserError
+from resnetlab.evaluate.evaluator import Options, evaluate_split, split_images
+from resnetlab.evaluate.inference import Classifier
+from resnetlab.evaluate.report import build_report
+from resnetlab.train.checkpoint import load_checkpoint
+from resnetlab.train.run_folder import read_run_config
+from resnetlab.train.session import Session
+
+
+def final_model(s: Session) -> Classifier:
+    """The run's model as a Classifier: best.pt's weights when chosen on val, else the last weights."""
+    best = s.run_dir / "best.pt"
+    source = "last.pt"
+    if "val" in s.loaders and best.is_file():
+        s.model.load_state_dict(load_checkpoint(best)["model"])
+        source = "best.pt"
+    return Classifier(
+        model=s.model, classes=s.data.classes, image_size=s.data.image_size, channels=s.data.channels,
+        resize=s.cfg.data.resize, mean=s.mean, std=s.std, device=s.device,
+        precision=inference_precision(s.precision, s.device), augment=s.cfg.augment, source=source,
+    )
+
+
+def finish_run(s: Session, console: Console) -> dict:
+    """Score the test split once with the final model (rank 0), calibrate on val, write the report."""
+    out = {"run_dir": str(s.run_dir)}
+    if not s.dist.main:
+        return out
+    model = final_model(s)
+    splits = s.data.splits
+    if "test" not in splits:
+        console.print(f"done; no test split in this data set, so nothing was scored on test; model {model.source}")
+    else:
+        val = split_images(splits["val"], model) if "val" in splits else None
+        images, labels = split_images(splits["test"], model)
+        result = evaluate_split(s.run_dir, model, "test", images, labels,
+                                Options(batch_size=s.cfg.train.eval_batch_size, figures=s.cfg.train.report), val=val)
+        chosen = "chosen on val" if model.source == "best.pt" else "no val split to choose on"
+        console.print(
+            f"test top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  "
+            f"(n={result['n']}, {model.source}: {chosen}; {result['images_per_s']:.0f} img/s)"
+        )
+        out["test"] = result
+    if s.cfg.train.report:
+        console.print(f"report: {build_report(s.run_dir)}")
+    console.print(f"run folder: {s.run_dir}")
+    return out
+
+
+def retrain_config(run: Path) -> Config:
+    """The finished run's settings and images, with its validation images moved into training:
+    the final model once the settings are chosen (the fastai GTSRB tutorial's last step)."""
+    cfg = read_run_config(run)
+    if not any(split == "val" for _, _, split in read_split_file(run / "split.csv")):
+        raise UserError(f"{run} has no validation split to add to training: --retrain-on-all needs one")
+    cfg.data.split_file, cfg.data.merge_val = str(run / "split.csv"), True
+    cfg.train.name = f"{run.name}-all"
+    return cfg

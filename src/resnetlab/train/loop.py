@@ -1,0 +1,306 @@
+"""fit(): the training loop, on one screen, with a few named callbacks.
+
+Callbacks (minGPT style), ``{event: [fn, ...]}``: ``on_batch_end(session, info)``,
+``on_epoch_end(session, record)``, ``on_train_end(session, result)``. They observe; the
+loop does not depend on them. After the last epoch fit() finishes the run the same way
+the command line does (train/finish.py): the test split scored once, calibration,
+figures and report.html.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+import signal
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from resnetlab.errors import UserError
+from resnetlab.evaluate.inference import infer
+from resnetlab.evaluate.metrics import metrics
+from resnetlab.train import distributed
+from resnetlab.train.checkpoint import save_checkpoint
+from resnetlab.train.figures import training_curves
+from resnetlab.train.finish import finish_run
+from resnetlab.train.run_folder import write_metrics, write_skipped
+from resnetlab.train.session import Session, checkpoint_state
+from resnetlab.train.stages import apply_stage, freeze_bn_statistics, lr_for_step, snapshot_epochs, stage_at
+from resnetlab.train.step import train_step
+
+Callback = Callable[..., None]
+EVENTS = ("on_batch_end", "on_epoch_end", "on_train_end")
+FINITE_CHECK_EVERY = 50  # steps between NaN checks: each is a host sync (and a collective under torchrun)
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGINT stopped training at a step boundary; last.pt holds the exact position."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again later", what a scheduler should requeue
+
+    def __init__(self, signal_name: str, run_dir: Path, epoch: int, step_in_epoch: int):
+        super().__init__(
+            f"stopped by {signal_name} at epoch {epoch + 1}, step {step_in_epoch}; saved {run_dir / 'last.pt'}; "
+            f"continue with: resnetlab train --resume {run_dir}"
+        )
+
+
+def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console: Console | None = None) -> dict:
+    console = console or Console(soft_wrap=True, quiet=not s.dist.main)  # rank 0 speaks for all ranks
+    hooks = check_callbacks(callbacks)
+    epochs = s.cfg.train.epochs
+    if s.start_epoch >= epochs:
+        raise UserError(f"nothing to train: {s.run_dir} has finished {s.start_epoch} of train.epochs={epochs}; "
+                        f"resume with train.epochs={s.start_epoch + 1} or more, or score it with resnetlab evaluate")
+    _announce(s, console)
+    with EpochProgress(s, console) as progress, stop_on_signals() as stop:
+        for epoch in range(s.start_epoch, epochs):
+            if stop_agreed(s, stop):  # came in the previous epoch's last step
+                raise Preempted(_signal_name(stop), s.run_dir, epoch, 0)
+            _enter_stage(s, epoch, console)
+            record = train_epoch(s, epoch, progress, stop, hooks)
+            if "val" in s.loaders:
+                result = evaluate_split(s, "val")
+                record.update(val_loss=result["loss"], val_top1=result["top1"], val_top5=result["top5"])
+            s.history.append(record)
+            s.start_step, s.partial = 0, [0.0, 0.0, 0.0]  # only the resumed epoch starts part-way
+            _end_of_epoch(s, record, console)
+            for fn in hooks["on_epoch_end"]:
+                fn(s, record)
+    result = finish_run(s, console)
+    for fn in hooks["on_train_end"]:
+        fn(s, result)
+    return result
+
+
+def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[str], hooks) -> dict:
+    """One pass over the training split from ``s.start_step``; returns the epoch's record."""
+    cfg, d, spe = s.cfg, s.dist, s.steps_per_epoch
+    first = min(s.start_step, spe)  # a resume override (batch size, limit_batches) may leave fewer steps
+    # loss sum, correct, seen on the device (no host sync a step on a GPU); a resumed partial
+    # epoch's sums are already global, so rank 0 alone carries them
+    sums = torch.tensor(s.partial if d.main else [0.0] * 3, dtype=torch.float64, device=s.device)
+    finite = torch.ones((), dtype=torch.bool, device=s.device)
+    lr = lr_for_step(cfg, epoch * spe + min(first, spe - 1), spe)
+    start, seen0 = time.perf_counter(), s.partial[2]
+    progress.start(epoch, completed=first)
+    for i, (x, y) in enumerate(s.loaders["train"].epoch(epoch, start=first), start=first):
+        step = epoch * spe + i
+        lr = lr_for_step(cfg, step, spe)
+        logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i))
+        with torch.no_grad():
+            finite &= torch.isfinite(loss_sum)
+            sums[0] += loss_sum.detach()
+            sums[1] += (logits.argmax(1) == y).sum()
+            sums[2] += len(y)
+        progress.update(i, sums, seen0, start)
+        for fn in hooks["on_batch_end"]:
+            fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum / len(y)})
+        if i % FINITE_CHECK_EVERY == FINITE_CHECK_EVERY - 1:  # the same steps on every rank: a collective
+            check_finite(s, finite, epoch, i)
+        stop_now = stop_agreed(s, stop)
+        periodic = cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0
+        if (periodic or stop_now) and i < spe - 1:  # at the epoch's last step, the epoch end saves
+            check_finite(s, finite, epoch, i)
+            save_partial(s, epoch, i + 1, sums)
+            if stop_now:
+                raise Preempted(_signal_name(stop), s.run_dir, epoch, i + 1)
+    seconds = time.perf_counter() - start
+    check_finite(s, finite, epoch, spe - 1)
+    progress.stop()
+    loss_sum, correct, seen = distributed.all_sum(sums, d).tolist()
+    seen_max = max(seen, 1.0)
+    return {"epoch": epoch + 1, "step": (epoch + 1) * spe, "lr": lr, "train_loss": loss_sum / seen_max,
+            "train_top1": correct / seen_max, "images_per_s": (seen - seen0) / max(seconds, 1e-9),
+            "seconds": round(seconds, 2)}
+
+
+def check_callbacks(callbacks: dict[str, list[Callback]] | None) -> defaultdict:
+    """The callbacks by event; an unknown event name is an error (a typo would never be called)."""
+    for name in callbacks or {}:
+        if name not in EVENTS:
+            near = difflib.get_close_matches(name, EVENTS, n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise UserError(f"unknown callback event '{name}': {hint}events are {', '.join(EVENTS)}")
+    return defaultdict(list, callbacks or {})
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM/SIGINT only set a flag, read at the next step boundary, so the checkpoint written
+    then is consistent. A second Ctrl+C interrupts at once (the last checkpoint stays as it was)."""
+    requested: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        if requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def stop_agreed(s: Session, stop: list[str]) -> bool:
+    """True on every rank when any rank got a signal, so all ranks stop at the same step."""
+    return distributed.any_rank(bool(stop), s.dist, s.device)
+
+
+def _signal_name(stop: list[str]) -> str:
+    return stop[0] if stop else "another rank's signal"
+
+
+class EpochProgress:
+    """The live progress bar of an epoch (rank 0 only): loss, accuracy and images/s of this rank's share."""
+
+    def __init__(self, s: Session, console: Console):
+        self.s = s
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%  {task.fields[ips]:.0f} img/s"),
+            TimeRemainingColumn(), console=console, transient=True,
+            disable=not (s.cfg.train.progress and s.dist.main),
+        )
+        self.task, self.last = None, 0.0
+
+    def __enter__(self) -> "EpochProgress":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def start(self, epoch: int, completed: int) -> None:
+        self.task = self.bar.add_task(f"epoch {epoch + 1}/{self.s.cfg.train.epochs}", total=self.s.steps_per_epoch,
+                                      completed=completed, loss=0, acc=0, ips=0)
+
+    def update(self, i: int, sums: torch.Tensor, seen0: float, start: float) -> None:
+        now = time.perf_counter()
+        if not self.s.dist.main or (now - self.last < 0.5 and i != self.s.steps_per_epoch - 1):
+            return  # at most two updates a second: each reads the sums back from the device
+        n = max(sums[2].item(), 1)
+        self.bar.update(self.task, completed=i + 1, loss=sums[0].item() / n, acc=100 * sums[1].item() / n,
+                        ips=self.s.dist.world * (n - seen0) / max(now - start, 1e-9))
+        self.last = now
+
+    def stop(self) -> None:
+        self.bar.remove_task(self.task)
+
+
+def _announce(s: Session, console: Console) -> None:
+    cfg, d = s.cfg, s.dist
+    if d.main:
+        write_skipped(s.run_dir, s.data.skipped)
+    if s.data.skipped:
+        console.print(f"skipped {len(s.data.skipped)} bad images: see {s.run_dir / 'skipped_images.csv'}")
+    for note in s.data.notes:
+        console.print(f"note: {note}")
+    console.print(s.data.balance())
+    console.print(
+        f"training {cfg.model.name} on {len(s.data.splits['train'])} images "
+        f"({s.data.image_size} px, {len(s.data.classes)} classes) for {cfg.train.epochs} epochs on "
+        f"{s.device} in {s.precision}{f' x {d.world} processes' if d.enabled else ''}; run folder {s.run_dir}"
+    )
+    if "val" not in s.loaders:
+        console.print("note: no validation split, so no best checkpoint is chosen: the model is last.pt "
+                      "(set data.val_fraction to choose the best epoch on validation)")
+
+
+def _enter_stage(s: Session, epoch: int, console: Console) -> None:
+    """Train mode; with stages, freeze and set rates when a stage begins (or on resume inside one)."""
+    cfg = s.cfg
+    s.model.train()
+    if not cfg.stages:
+        return
+    index, _ = stage_at(cfg, epoch)
+    if epoch == s.start_epoch or stage_at(cfg, epoch - 1)[0] != index:
+        console.print(apply_stage(s.model, s.optimizer, cfg, index))
+    freeze_bn_statistics(s.model, cfg, index)
+
+
+def save_partial(s: Session, epoch: int, step: int, sums: torch.Tensor) -> None:
+    """last.pt in the middle of an epoch: the position and the epoch's running sums so far."""
+    partial = distributed.all_sum(sums.clone(), s.dist).tolist()
+    if s.dist.main:
+        save_checkpoint(s.run_dir / "last.pt", checkpoint_state(s, epoch=epoch, step=step, partial=partial))
+
+
+def check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
+    if distributed.any_rank(not bool(finite), s.dist, s.device):
+        last = s.run_dir / "last.pt"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+        raise NonFiniteLoss(
+            f"loss became NaN or infinite in epoch {epoch + 1} by step {i + 1}; training stopped and {kept}; "
+            "lower optim.lr or set optim.grad_clip_norm"
+        )
+
+
+def evaluate_split(s: Session, split: str) -> dict:
+    """Each rank infers its shard of every batch; the shards are gathered, so each image counts once."""
+    out = infer(s.model, s.loaders[split].epoch(0), mean=s.mean, std=s.std, device=s.device,
+                precision=s.precision, channels_last=s.cfg.train.channels_last, num_classes=len(s.data.classes))
+    logits, labels = distributed.gather_cat(out.logits, s.dist), distributed.gather_cat(out.labels, s.dist)
+    result = metrics(logits, labels, s.data.classes)
+    result["images_per_s"] = len(labels) / max(out.seconds, 1e-9)
+    return result
+
+
+def diverged(record: dict, num_classes: int) -> bool:
+    """A mean training loss over twice that of uniform guessing (ln k) means the run blew up
+    rather than learned slowly: a model that predicts nothing scores ln k."""
+    return num_classes > 1 and not record["train_loss"] <= 2 * math.log(num_classes)
+
+
+def _end_of_epoch(s: Session, record: dict, console: Console) -> None:
+    """Metrics and curves first, then checkpoints: a kill in between only repeats this epoch.
+
+    best.pt is chosen on validation top-1 only; without a val split there is one model, last.pt."""
+    score = record.get("val_top1", float("nan"))
+    improved = not math.isnan(score) and score > s.best_top1
+    if improved:
+        s.best_top1 = score
+    if not s.dist.main:
+        distributed.barrier(s.dist)  # the others wait until rank 0 has written the checkpoints
+        return
+    streamed = getattr(s.loaders["train"], "skipped", {})  # bad files found by streaming workers
+    if streamed:
+        known = {p for p, _ in s.data.skipped}
+        s.data.skipped += [(p, r) for p, r in streamed.items() if p not in known]
+        write_skipped(s.run_dir, s.data.skipped)
+    write_metrics(s.run_dir, s.history)
+    training_curves(s.history, s.run_dir / "curves.png")
+    state = checkpoint_state(s, epoch=record["epoch"], step=0, partial=[0.0, 0.0, 0.0])
+    save_checkpoint(s.run_dir / "last.pt", state)
+    if improved:
+        save_checkpoint(s.run_dir / "best.pt", state)
+    snapshots = sorted(snapshot_epochs(s.cfg))
+    if record["epoch"] in snapshots:  # the end of an SGDR cycle: a model for snapshot ensembling
+        save_checkpoint(s.run_dir / f"snapshot-{snapshots.index(record['epoch']) + 1}.pt", state)
+    distributed.barrier(s.dist)
+    line = (f"epoch {record['epoch']:>3}/{s.cfg.train.epochs}  lr {record['lr']:.2e}  "
+            f"train loss {record['train_loss']:.4f} top-1 {100 * record['train_top1']:.2f}%")
+    if "val_top1" in record:
+        line += f"  val loss {record['val_loss']:.4f} top-1 {100 * record['val_top1']:.2f}%"
+    line += f"  {record['images_per_s']:.0f} img/s  {record['seconds']:.1f} s"
+    console.print(line + ("  *" if improved else ""))
+    if diverged(record, len(s.data.classes)):
+        console.print(f"warning: diverged: train loss {record['train_loss']:.2f} is far above "
+                      f"ln({len(s.data.classes)}) = {math.log(len(s.data.classes)):.2f}, what guessing scores; "
+                      "lower optim.lr (or add schedule.warmup_epochs)")

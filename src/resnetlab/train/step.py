@@ -1,0 +1,46 @@
+"""One optimiser step: forward in the run's precision, summed loss, backward, clipping, update.
+
+Shared by the training loop and the LR range test, so both train exactly alike.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from resnetlab.data.augment import normalize
+from resnetlab.device import autocast
+from resnetlab.train.session import Session
+
+
+def train_step(s: Session, x: torch.Tensor, y: torch.Tensor, lr: float, n_global: int):
+    """One optimiser step at head rate ``lr``; returns (logits, summed loss) of this rank's images.
+
+    x: uint8 (B, C, H, W) on the device, y: int64 (B,); ``n_global`` images in the step over all ranks."""
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    with autocast(s.device, s.precision):
+        logits = s.net(normalize(x, s.mean, s.std, channels_last=s.cfg.train.channels_last))
+    loss_sum = F.cross_entropy(logits.float(), y, weight=s.class_weights,
+                               label_smoothing=s.cfg.optim.label_smoothing, reduction="sum")
+    s.optimizer.zero_grad(set_to_none=True)
+    # sum over this rank's images / images in the global batch, x ranks because DDP averages
+    # gradients over ranks: the gradient is the global batch mean for any rank count
+    _backward_step(s, loss_sum * (s.dist.world / n_global))
+    return logits, loss_sum
+
+
+def _backward_step(s: Session, loss: torch.Tensor) -> None:
+    clip = s.cfg.optim.grad_clip_norm
+    if s.scaler is not None:  # fp16: scale the loss so small gradients do not flush to zero
+        s.scaler.scale(loss).backward()
+        if clip:
+            s.scaler.unscale_(s.optimizer)
+            torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip)
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        return
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip)
+    s.optimizer.step()

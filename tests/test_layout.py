@@ -1,0 +1,100 @@
+"""The package's architecture, checked: layers import only downwards, no import cycles, and
+`import resnetlab` / `resnetlab --help` stay light (no torch, torchvision or matplotlib)."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "resnetlab"
+# data flows one way: a module may import from its own layer and the layers before it
+LAYERS = ["base", "models", "data", "evaluate", "train", "deploy", "cli"]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    if module == "resnetlab.__main__":  # `python -m resnetlab`: the command line's entry point
+        return "cli"
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "base"
+
+
+def imports(path: Path) -> set[str]:
+    """resnetlab modules imported anywhere in the file (functions too), outside `if TYPE_CHECKING:`."""
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("resnetlab")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("resnetlab"):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {m for m in imports(path) if m in modules and m != name} for name, path in modules.items()}
+
+
+def test_layers_import_only_downwards():
+    bad = [f"{a} ({layer(a)}) imports {b} ({layer(b)})" for a, targets in graph().items() for b in targets
+           if LAYERS.index(layer(b)) > LAYERS.index(layer(a))]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles():
+    edges = graph()
+    # package __init__ files are entered by every import of a submodule: count their edges too
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]) if nxt in stack else f"{node} -> {nxt}")
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "\n".join(cycles)
+
+
+def test_at_most_eight_top_level_modules():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 9, top  # __main__ and _version besides the ~8 the layout allows
+
+
+@pytest.mark.parametrize("code", [
+    "import resnetlab",
+    "import resnetlab.cli as c; c.build_parser()",
+    "from resnetlab.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+])
+def test_light_imports(code):
+    check = code + "\nimport sys\nheavy = [m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules]\n" \
+                   "assert not heavy, heavy"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_lazy_names_resolve():
+    import resnetlab
+
+    assert resnetlab.fit.__module__ == "resnetlab.train.loop"
+    assert resnetlab.Predictor.__module__ == "resnetlab.deploy.predictor"
+    with pytest.raises(AttributeError):
+        resnetlab.no_such_name  # noqa: B018
