@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -126,8 +127,10 @@ def test_sigterm_under_torchrun_checkpoints_and_resumes(runs, tmp_path):
            "train", *overrides(shared, tmp_path, "train.epochs=200", "train.batch_size=100")]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
     while "epoch   1/200" not in proc.stdout.readline():
         assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "no epoch finished in 300 s"
     proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
     _, err = proc.communicate(timeout=120)
     assert "stopped by SIGTERM" in err, err[-2000:]

@@ -86,7 +86,8 @@ def test_int8_agrees_with_fp32_and_is_written_beside_its_target(run, capsys, mon
     assert "img/s" in capsys.readouterr().out
     images = Predictor.load(run_dir).load_images(expand_inputs([str(run_dir.parent / "data" / "test")]))[0]
     probs = load_export(run_dir / "export" / "model.int8.onnx").probabilities(images)
-    assert probs.shape == (len(images), 3) and torch.allclose(probs.sum(1), torch.ones(len(images)), atol=1e-3)
+    # the int8 graph's softmax output is quantised too (steps of 1/255): sums are 1 within ~1%
+    assert probs.shape == (len(images), 3) and torch.allclose(probs.sum(1), torch.ones(len(images)), atol=0.01)
     assert not [p for p in (run_dir / "export").iterdir() if p.name.startswith(".")]  # no scratch left
 
 

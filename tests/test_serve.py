@@ -94,10 +94,11 @@ def test_bad_input_gets_4xx_and_the_server_keeps_serving(served, tmp_path):
 
 
 def test_concurrent_requests_share_batches(served):
-    _, data, model, client = served
+    _, data, model, _ = served
     good = (data / "test" / "cat" / "000.png").read_bytes()
+    # a first request waits up to 200 ms for company: long enough on a loaded machine
+    client = TestClient(create_app(model, Limits(batch_size=8, batch_wait_ms=200), source="batching"))
     batcher = client.app.state.batcher
-    batcher.batches.clear()
     results = []
     gate = threading.Barrier(12)
 
