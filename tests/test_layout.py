@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "resnetlab"
 # data flows one way: a module may import from its own layer and the layers before it
-LAYERS = ["base", "models", "data", "evaluate", "train", "deploy", "cli"]
+LAYERS = ["base", "models", "data", "evaluate", "train", "tune", "deploy", "cli"]
 
 
 def module_name(path: Path) -> str:

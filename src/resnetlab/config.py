@@ -116,6 +116,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # also save 'last' every N steps (0: at epoch ends only)
     limit_batches: int = 0  # smoke tests: at most N batches an epoch in every split (0: all)
     report: bool = True  # after training: evaluate the test split with figures and write report.html
+    final_test: bool = True  # score the test split once at the end; a tuning study turns it off
+    tensorboard: bool = True  # also write TensorBoard event files (runs/<name>/tensorboard)
     sync_bn: bool = False  # BatchNorm statistics over the global batch of all processes
     dist_timeout: float = 600.0  # s a collective waits for a peer before failing (a dead rank)
 
@@ -258,6 +260,15 @@ def resolve_key(key: str) -> str:
     near = difflib.get_close_matches(key, keys + [k.rsplit(".", 1)[-1] for k in keys], n=1, cutoff=0.5)
     hint = f"; did you mean '{resolve_key(near[0])}'?" if near else ""
     raise UserError(f"unknown config key '{key}'{hint} (`resnetlab train --help-config` lists all keys)")
+
+
+def key_type(key: str) -> Any:
+    """The declared type of a config key (``optim.lr`` -> float), after resolving short names."""
+    full = resolve_key(key)
+    if "." not in full:
+        return typing.get_type_hints(Config)[full]
+    section, name = full.split(".")
+    return typing.get_type_hints(_SECTIONS[section])[name]
 
 
 def set_value(cfg: Config, key: str, value: Any, *, source: str) -> str:

@@ -7,19 +7,22 @@ import sys
 
 from resnetlab.errors import UserError
 
-COMMANDS = ("train", "lr-find", "evaluate", "report", "predict", "export", "serve", "data", "models", "recipes", "env")
+COMMANDS = ("train", "lr-find", "evaluate", "report", "runs", "compare", "tune", "predict", "export", "serve", "data",
+            "models", "recipes", "env")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from resnetlab import __version__
-    from resnetlab.cli import data, env, evaluate, export, lr_find, models, predict, recipes, report, serve, train
+    from resnetlab.cli import (compare, data, env, evaluate, export, lr_find, models, predict, recipes, report, runs,
+                               serve, train, tune)
 
     parser = argparse.ArgumentParser(
         prog="resnetlab", description="Train, evaluate and predict with ResNet image classifiers."
     )
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train, lr_find, evaluate, report, predict, export, serve, data, models, recipes, env):
+    for module in (train, lr_find, evaluate, report, runs, compare, tune, predict, export, serve, data, models, recipes,
+                   env):
         module.add_parser(sub)
     return parser
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import time
 from pathlib import Path
 
-from resnetlab.errors import UserError
+from resnetlab.evaluate.runs import read_history
 from resnetlab.io import atomic_write_text, read_json
 
 CSS = """
@@ -35,13 +34,13 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _pct(v) -> str:
+def pct(v) -> str:
     return "-" if v is None or v != v else f"{100 * v:.2f}%"
 
 
@@ -50,17 +49,6 @@ def _latest_eval(run: Path) -> tuple[str, dict] | tuple[None, None]:
         if (run / f"eval_{name}.json").is_file():
             return name, read_json(run / f"eval_{name}.json")
     return None, None
-
-
-def read_metrics(run: Path) -> list[dict]:
-    """metrics.jsonl's records (one an epoch), or a one-line UserError when a line is damaged."""
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is damaged ({e}); resume the run to rewrite it") from None
 
 
 def build_report(run: Path) -> Path:
@@ -80,17 +68,17 @@ def build_report(run: Path) -> Path:
                      + ", ".join(f"{k} {v:,}" for k, v in data.get("sizes", {}).items()) + "</p>")
         counts = data.get("counts", {})
         if counts and len(classes) <= 60:
-            parts.append(_table(["class", *counts], [[c, *(counts[s][i] for s in counts)] for i, c in enumerate(classes)]))
+            parts.append(table(["class", *counts], [[c, *(counts[s][i] for s in counts)] for i, c in enumerate(classes)]))
         for note in data.get("notes", []):
             parts.append(f'<p class="note">{html.escape(note)}</p>')
 
-    history = read_metrics(run)
+    history = read_history(run)
     parts.append('<h2 id="training">Training</h2>' + _img(run / "curves.png", "training curves"))
     if history:
         last = history[-1]
         parts.append(f"<p>{len(history)} epochs; last: train loss {last['train_loss']:.4f}, "
-                     f"train top-1 {_pct(last['train_top1'])}"
-                     + (f", val top-1 {_pct(last.get('val_top1'))}" if "val_top1" in last else "") + "</p>")
+                     f"train top-1 {pct(last['train_top1'])}"
+                     + (f", val top-1 {pct(last.get('val_top1'))}" if "val_top1" in last else "") + "</p>")
 
     name, ev = _latest_eval(run)
     if ev is None:
@@ -109,18 +97,18 @@ def build_report(run: Path) -> Path:
 def _evaluation(run: Path, name: str, ev: dict, classes: list[str]) -> list[str]:
     figures = run / f"eval_{name}"
     parts = [f'<h2 id="metrics">Metrics ({html.escape(name)} split, {html.escape(ev.get("checkpoint", ""))})</h2>',
-             _table(["n", "top-1", "top-5", "loss", "balanced accuracy", "macro-F1", "images/s"],
-                    [[ev["n"], _pct(ev["top1"]), _pct(ev["top5"]), f"{ev['loss']:.4f}", _pct(ev["balanced_accuracy"]),
-                      _pct(ev["macro_f1"]), ev.get("images_per_s", "")]])]
-    rows = [[c, _pct(r["precision"]), _pct(r["recall"]), _pct(r["f1"]), r["n"]]
+             table(["n", "top-1", "top-5", "loss", "balanced accuracy", "macro-F1", "images/s"],
+                    [[ev["n"], pct(ev["top1"]), pct(ev["top5"]), f"{ev['loss']:.4f}", pct(ev["balanced_accuracy"]),
+                      pct(ev["macro_f1"]), ev.get("images_per_s", "")]])]
+    rows = [[c, pct(r["precision"]), pct(r["recall"]), pct(r["f1"]), r["n"]]
             for c, r in ev["per_class"].items()]
-    parts.append(_table(["class", "precision", "recall", "F1", "support (n)"], rows[:200]))
+    parts.append(table(["class", "precision", "recall", "F1", "support (n)"], rows[:200]))
     parts.append('<h2 id="tta">Test-time augmentation</h2>')
     if "tta" in ev:
         t = ev["tta"]
-        parts.append(_table(["", "views", "top-1", "top-5", "loss", "n"],
-                            [["without TTA", 1, _pct(ev["top1"]), _pct(ev["top5"]), f"{ev['loss']:.4f}", ev["n"]],
-                             [f"TTA ({t['reduce']})", t["views"], _pct(t["top1"]), _pct(t["top5"]), f"{t['loss']:.4f}",
+        parts.append(table(["", "views", "top-1", "top-5", "loss", "n"],
+                            [["without TTA", 1, pct(ev["top1"]), pct(ev["top5"]), f"{ev['loss']:.4f}", ev["n"]],
+                             [f"TTA ({t['reduce']})", t["views"], pct(t["top1"]), pct(t["top5"]), f"{t['loss']:.4f}",
                               t["n"]]]))
     else:
         parts.append('<p class="note">not run: resnetlab evaluate RUN --tta 20</p>')
@@ -128,7 +116,7 @@ def _evaluation(run: Path, name: str, ev: dict, classes: list[str]) -> list[str]
                  + _img(figures / "confusion.png", "confusion matrix, counts"))
     parts.append('<h2 id="errors">Error analysis</h2><h3>Most incorrect</h3>' + _img(figures / "top_losses.png", "top losses"))
     pairs = ev.get("confused_pairs", [])
-    parts.append("<h3>Most confused pairs</h3>" + (_table(["true", "predicted", "count"], pairs[:20]) if pairs
+    parts.append("<h3>Most confused pairs</h3>" + (table(["true", "predicted", "count"], pairs[:20]) if pairs
                                                    else '<p class="note">no confusions</p>'))
     parts.append("<h3>Grad-CAM</h3>" + _img(figures / "gradcam.png", "Grad-CAM"))
     parts.append("<h3>Random predictions</h3>" + _img(figures / "random_predictions.png", "random predictions"))
@@ -136,19 +124,19 @@ def _evaluation(run: Path, name: str, ev: dict, classes: list[str]) -> list[str]
     cal = ev.get("calibration", {})
     parts.append('<h2 id="calibration">Calibration</h2>' + _img(figures / "reliability.png", "reliability diagram"))
     if cal:
-        line = f"ECE {_pct(cal['ece'])} (n={cal['n']})"
+        line = f"ECE {pct(cal['ece'])} (n={cal['n']})"
         if "temperature" in cal:
-            line += f"; with temperature {cal['temperature']:.3f} fitted on val: {_pct(cal['ece_scaled'])}"
+            line += f"; with temperature {cal['temperature']:.3f} fitted on val: {pct(cal['ece_scaled'])}"
         parts.append(f"<p>{line}</p>" + (f'<p class="note">{html.escape(cal["note"])}</p>' if "note" in cal else ""))
     rej = ev.get("rejection", {})
     parts.append('<h2 id="rejection">Rejecting unknown inputs</h2>')
     if rej.get("methods"):
-        parts.append(f"<p>thresholds set on known-class validation images to reject at most {_pct(rej['target'])}; "
+        parts.append(f"<p>thresholds set on known-class validation images to reject at most {pct(rej['target'])}; "
                      f"known images here n={rej['known_n']}"
                      + (f", unseen-class images n={rej['unseen_n']}" if "unseen_n" in rej else "") + "</p>")
-        parts.append(_table(["method", "known wrongly rejected", "unseen rejected", "unknown-class recall"],
-                            [[m, _pct(r.get("known_rejected")), _pct(r.get("unseen_rejected")),
-                              _pct(r.get("unknown_class_recall"))] for m, r in rej["methods"].items()]))
+        parts.append(table(["method", "known wrongly rejected", "unseen rejected", "unknown-class recall"],
+                            [[m, pct(r.get("known_rejected")), pct(r.get("unseen_rejected")),
+                              pct(r.get("unknown_class_recall"))] for m, r in rej["methods"].items()]))
     else:
         parts.append(f'<p class="note">{html.escape(rej.get("note", "not evaluated"))}</p>')
     return parts

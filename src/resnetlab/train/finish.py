@@ -48,7 +48,9 @@ def finish_run(s: Session, console: Console) -> dict:
         return out
     model = final_model(s)
     splits = s.data.splits
-    if "test" not in splits:
+    if not s.cfg.train.final_test:
+        console.print(f"done; the test split was not looked at (train.final_test=false); model {model.source}")
+    elif "test" not in splits:
         console.print(f"done; no test split in this data set, so nothing was scored on test; model {model.source}")
     else:
         val = split_images(splits["val"], model) if "val" in splits else None
@@ -61,7 +63,7 @@ def finish_run(s: Session, console: Console) -> dict:
             f"(n={result['n']}, {model.source}: {chosen}; {result['images_per_s']:.0f} img/s)"
         )
         out["test"] = result
-    if s.cfg.train.report:
+    if s.cfg.train.report and s.cfg.train.final_test:
         console.print(f"report: {build_report(s.run_dir)}")
     console.print(f"run folder: {s.run_dir}")
     return out

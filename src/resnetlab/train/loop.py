@@ -30,10 +30,11 @@ from resnetlab.train import distributed
 from resnetlab.train.checkpoint import save_checkpoint
 from resnetlab.train.figures import training_curves
 from resnetlab.train.finish import finish_run
-from resnetlab.train.run_folder import write_metrics, write_skipped
+from resnetlab.train.run_folder import write_metrics, write_skipped, write_status
 from resnetlab.train.session import Session, checkpoint_state
 from resnetlab.train.stages import apply_stage, freeze_bn_statistics, lr_for_step, snapshot_epochs, stage_at
 from resnetlab.train.step import train_step
+from resnetlab.train.tensorboard import TensorBoardLogger
 
 Callback = Callable[..., None]
 EVENTS = ("on_batch_end", "on_epoch_end", "on_train_end")
@@ -63,8 +64,11 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
     if s.start_epoch >= epochs:
         raise UserError(f"nothing to train: {s.run_dir} has finished {s.start_epoch} of train.epochs={epochs}; "
                         f"resume with train.epochs={s.start_epoch + 1} or more, or score it with resnetlab evaluate")
+    if s.dist.main and s.cfg.train.tensorboard:  # first, so an epoch is logged even if a later callback stops the run
+        for event, fns in TensorBoardLogger(s).callbacks().items():
+            hooks[event] = fns + hooks[event]
     _announce(s, console)
-    with EpochProgress(s, console) as progress, stop_on_signals() as stop:
+    with run_status(s), EpochProgress(s, console) as progress, stop_on_signals() as stop:
         for epoch in range(s.start_epoch, epochs):
             if stop_agreed(s, stop):  # came in the previous epoch's last step
                 raise Preempted(_signal_name(stop), s.run_dir, epoch, 0)
@@ -78,10 +82,33 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
             _end_of_epoch(s, record, console)
             for fn in hooks["on_epoch_end"]:
                 fn(s, record)
-    result = finish_run(s, console)
-    for fn in hooks["on_train_end"]:
-        fn(s, result)
+        result = finish_run(s, console)
+        for fn in hooks["on_train_end"]:
+            fn(s, result)
     return result
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end a run early (a tuner pruning a trial); status.json says stopped."""
+
+
+@contextlib.contextmanager
+def run_status(s: Session):
+    """status.json through the run: running, then finished, stopped (a signal, Ctrl+C, a callback)
+    or failed with its one-line reason. A run killed outright stays 'running' with a dead pid."""
+    if not s.dist.main:
+        yield
+        return
+    write_status(s.run_dir, "running")
+    try:
+        yield
+    except (Preempted, StopTraining, KeyboardInterrupt) as e:
+        write_status(s.run_dir, "stopped", reason=str(e) or type(e).__name__)
+        raise
+    except Exception as e:
+        write_status(s.run_dir, "failed", reason=(str(e).strip().splitlines() or [type(e).__name__])[0][:300])
+        raise
+    write_status(s.run_dir, "finished")
 
 
 def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[str], hooks) -> dict:
@@ -106,7 +133,7 @@ def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[st
             sums[2] += len(y)
         progress.update(i, sums, seen0, start)
         for fn in hooks["on_batch_end"]:
-            fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum / len(y)})
+            fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum.detach() / len(y)})
         if i % FINITE_CHECK_EVERY == FINITE_CHECK_EVERY - 1:  # the same steps on every rank: a collective
             check_finite(s, finite, epoch, i)
         stop_now = stop_agreed(s, stop)

@@ -6,16 +6,20 @@ runs/<name>/
   classes.json    class names in index order
   data.json       size, channels, mean/std the model expects; data set root
   split.csv       every image used (key,label,split), reused on resume and by evaluate
-  metrics.jsonl   one line an epoch
+  metrics.jsonl   one line an epoch (metrics.csv: the same table)
+  status.json     running (pid, host), stopped, failed (why) or finished
+  tensorboard/    TensorBoard event files (train.tensorboard)
   curves.png      loss, accuracy and learning rate against epoch
-  last.pt best.pt checkpoints
+  last.pt         the latest checkpoint; best.pt: the best epoch on val (only with a val split)
   skipped_images.csv   files left out by on_bad_image=skip
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -81,7 +85,19 @@ def find_checkpoint(run: Path, which: str = "best") -> Path:
 
 
 def write_metrics(run: Path, history: list[dict]) -> None:
+    """metrics.jsonl (one JSON record an epoch) and the same table as metrics.csv, for spreadsheets."""
     atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    columns = list(dict.fromkeys(key for h in history for key in h))
+    atomic_write_text(run / "metrics.csv", csv_text([columns] + [[h.get(c, "") for c in columns] for h in history]))
+
+
+def write_status(run: Path, status: str, **details) -> None:
+    """status.json: running (with pid and host, so a reader can tell a run that died), stopped,
+    failed (with the one-line reason) or finished."""
+    info = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **details}
+    if status == "running":
+        info.update(pid=os.getpid(), host=socket.gethostname())
+    atomic_write_text(run / "status.json", json.dumps(info, indent=2) + "\n")
 
 
 def write_skipped(run: Path, skipped: list[tuple[str, str]]) -> None:

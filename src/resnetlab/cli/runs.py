@@ -1,0 +1,54 @@
+"""`resnetlab runs [DIR]`: one line per run folder, sortable."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLES = """examples:
+  resnetlab runs                         # runs/
+  resnetlab runs runs --sort best_val_top1 --desc
+  resnetlab runs studies/cifar --json    # a study's trials too
+"""
+
+
+def add_parser(sub) -> None:
+    from resnetlab.evaluate.runs import SORT_KEYS
+
+    p = sub.add_parser("runs", help="list run folders: recipe, model, epochs, best val / test top-1, time, status",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", nargs="?", default="runs", help="where the runs are (default: runs)")
+    p.add_argument("--sort", default="name", choices=SORT_KEYS, help="column to sort by")
+    p.add_argument("--desc", action="store_true", help="largest first")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=run)
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from resnetlab.evaluate.runs import list_runs
+
+    rows = list_runs(Path(args.folder), sort=args.sort, descending=args.desc)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        return 0
+    table = Table(title=f"{len(rows)} runs in {args.folder}")
+    for name in ("run", "recipe", "model", "data set", "epochs", "best val top-1", "test top-1", "train time",
+                 "status"):
+        table.add_column(name, justify="right" if name in ("epochs", "best val top-1", "test top-1", "train time")
+                         else "left")
+    for r in rows:
+        status = r.status + (f" ({r.reason[:60]})" if r.reason and r.status != "finished" else "")
+        table.add_row(r.name, r.recipe, r.model, Path(r.dataset).name or r.dataset,
+                      f"{r.epochs_done}/{r.epochs_planned}", _pct(r.best_val_top1),
+                      _pct(r.test_top1) + (f" (n={r.test_n})" if r.test_n else ""), f"{r.seconds:.0f} s", status)
+    Console(soft_wrap=True, width=200).print(table)
+    return 0

@@ -1,0 +1,169 @@
+"""`resnetlab compare RUN RUN ...`: one self-contained page that sets runs side by side.
+
+Training curves overlaid, the config keys that differ, the metrics with their n, per-class
+F1 against the first run, and which run is better on each metric, with a note when the gap
+is within binomial noise for that n (two standard errors of the difference of two
+proportions: 1.96 * sqrt(p1 (1 - p1) / n1 + p2 (1 - p2) / n2)). Built only from run folders.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resnetlab.errors import UserError
+from resnetlab.evaluate.report import CSS, pct, table
+from resnetlab.evaluate.runs import is_run, read_history
+from resnetlab.io import atomic_write_text, read_json, read_yaml
+
+IGNORED_KEYS = ("train.name", "train.out_dir")  # differ between any two runs by construction
+METRICS = [("best val top-1", "val", "best_val_top1"), ("test top-1", "test", "top1"), ("test top-5", "test", "top5"),
+           ("test balanced accuracy", "test", "balanced_accuracy"), ("test macro-F1", "test", "macro_f1")]
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    history: list[dict]
+    classes: list[str]
+    test: dict = field(default_factory=dict)
+    val_n: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def metric(self, split: str, key: str) -> tuple[float | None, int | None]:
+        if split == "val":
+            values = [h["val_top1"] for h in self.history if h.get("val_top1") is not None]
+            return (max(values), self.val_n) if values else (None, None)
+        return self.test.get(key), self.test.get("n")
+
+
+def load_run(path: Path) -> Run:
+    path = Path(path)
+    if not is_run(path):
+        raise UserError(f"{path} is not a resnetlab run folder (no config.yaml and env.json)")
+    data = read_json(path / "data.json") if (path / "data.json").is_file() else {}
+    return Run(path, flatten(read_yaml(path / "config.yaml") or {}), read_history(path),
+               read_json(path / "classes.json") if (path / "classes.json").is_file() else [],
+               read_json(path / "eval_test.json") if (path / "eval_test.json").is_file() else {},
+               data.get("sizes", {}).get("val"))
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differing_keys(runs: list[Run]) -> list[str]:
+    keys = sorted(set().union(*(r.config for r in runs)))
+    return [k for k in keys if k not in IGNORED_KEYS and len({repr(r.config.get(k)) for r in runs}) > 1]
+
+
+def within_noise(a: float, n_a: int, b: float, n_b: int) -> tuple[bool, float]:
+    """(is |a - b| within two standard errors?, that margin), for accuracies over n_a and n_b images."""
+    margin = 1.96 * math.sqrt(a * (1 - a) / max(n_a, 1) + b * (1 - b) / max(n_b, 1))
+    return abs(a - b) <= margin, margin
+
+
+def verdict(runs: list[Run], split: str, key: str) -> str:
+    scored = sorted(((r.metric(split, key), r.name) for r in runs if r.metric(split, key)[0] is not None),
+                    key=lambda x: -x[0][0])
+    if len(scored) < 2:
+        return "-"
+    ((best, n_best), name), ((second, n_second), _) = scored[0], scored[1]
+    if n_best and n_second:
+        noise, margin = within_noise(best, n_best, second, n_second)
+        if noise:
+            return f"{name}, but within binomial noise (±{100 * margin:.1f} pt at these n)"
+    return name
+
+
+def class_warnings(runs: list[Run]) -> list[str]:
+    first = runs[0]
+    return [f"{r.name} has other classes than {first.name} ({len(r.classes)} vs {len(first.classes)}): "
+            "metrics compare different tasks" for r in runs[1:] if r.classes != first.classes]
+
+
+def _curves(runs: list[Run]) -> str:
+    from resnetlab.plotting import plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for r in runs:
+        epochs = [h["epoch"] for h in r.history]
+        axes[0].plot(epochs, [h["train_loss"] for h in r.history], "o-", ms=3, label=r.name)
+        if any("val_top1" in h for h in r.history):
+            axes[1].plot(epochs, [100 * h.get("val_top1", float("nan")) for h in r.history], "o-", ms=3, label=r.name)
+    axes[0].set(title="train loss", xlabel="epoch")
+    axes[1].set(title="val top-1 (%)", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="training curves" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _metrics_table(runs: list[Run]) -> str:
+    rows = []
+    for label, split, key in METRICS:
+        cells = []
+        for r in runs:
+            value, n = r.metric(split, key)
+            cells.append("-" if value is None else f"{pct(value)} (n={n})")
+        if any(c != "-" for c in cells):
+            rows.append([label, *cells, verdict(runs, split, key)])
+    return table(["metric", *(r.name for r in runs), "better"], rows)
+
+
+def _f1_table(runs: list[Run]) -> str:
+    if not all(r.test for r in runs):
+        return '<p class="note">per-class F1 needs eval_test.json in every run</p>'
+    base = runs[0]
+    names = list(dict.fromkeys(c for r in runs for c in r.test.get("per_class", {})))
+    rows = []
+    for c in names:
+        first = base.test["per_class"].get(c, {}).get("f1")
+        deltas = []
+        for r in runs[1:]:
+            f1 = r.test["per_class"].get(c, {}).get("f1")
+            deltas.append("-" if f1 is None or first is None else f"{100 * (f1 - first):+.1f} pt")
+        rows.append([c, pct(first), *deltas])
+    return table(["class", f"F1 {base.name}", *(f"Δ {r.name}" for r in runs[1:])], rows[:200])
+
+
+def build_compare(paths: list[Path], out: Path) -> tuple[Path, list[str]]:
+    """Write the comparison page to ``out``; returns it and the warnings (e.g. differing classes)."""
+    if len(paths) < 2:
+        raise UserError("compare needs two runs or more")
+    runs = [load_run(p) for p in paths]
+    warnings = class_warnings(runs)
+    keys = differing_keys(runs)
+    parts = [f"<h1>resnetlab: {len(runs)} runs compared</h1>",
+             f'<p class="note">written {time.strftime("%Y-%m-%d %H:%M:%S")}; runs: '
+             + ", ".join(html.escape(str(r.path)) for r in runs) + "</p>"]
+    parts += [f'<p class="note">warning: {html.escape(w)}</p>' for w in warnings]
+    parts.append('<h2 id="curves">Training curves</h2>' + _curves(runs))
+    parts.append('<h2 id="metrics">Metrics</h2>' + _metrics_table(runs))
+    parts.append('<h2 id="config">Config keys that differ</h2>'
+                 + (table(["key", *(r.name for r in runs)], [[k, *(str(r.config.get(k)) for r in runs)] for k in keys])
+                    if keys else '<p class="note">the configs are the same (apart from name and folder)</p>'))
+    parts.append(f'<h2 id="classes">Per-class F1 against {html.escape(runs[0].name)}</h2>' + _f1_table(runs))
+    page = ("<!doctype html><html lang=en><head><meta charset=utf-8><title>resnetlab compare</title>"
+            f"<style>{CSS}</style></head><body>" + "\n".join(parts)
+            + "<script>document.body.dataset.rendered = 'yes';</script></body></html>\n")
+    atomic_write_text(out, page)
+    return out, warnings

@@ -1,0 +1,119 @@
+"""A folder of runs as a table: one row a run, read only from what each run folder holds.
+
+A run's status comes from its status.json: finished, stopped (a signal, Ctrl+C, a pruned
+trial) or failed (with the reason); 'running' is believed only while its process is alive
+on this host, else the run died without a word (SIGKILL, out of memory) and counts as failed.
+Folders written before status.json existed are 'finished' when they hold eval or last.pt.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from resnetlab.errors import UserError
+from resnetlab.io import read_json, read_yaml
+
+SORT_KEYS = ("name", "recipe", "model", "dataset", "epochs", "best_val_top1", "test_top1", "seconds", "status")
+
+
+@dataclass
+class RunRow:
+    name: str
+    path: str
+    recipe: str
+    model: str
+    dataset: str
+    epochs_done: int
+    epochs_planned: int
+    best_val_top1: float | None
+    test_top1: float | None
+    test_n: int | None
+    seconds: float  # training time: the sum of the epochs' seconds
+    status: str
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def is_run(folder: Path) -> bool:
+    return folder.is_dir() and (folder / "config.yaml").is_file() and (folder / "env.json").is_file()
+
+
+def read_history(run: Path) -> list[dict]:
+    import json
+
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is damaged ({e}); resume the run to rewrite it") from None
+
+
+def run_status(run: Path) -> tuple[str, str]:
+    """(status, reason) of one run folder."""
+    path = run / "status.json"
+    if not path.is_file():
+        done = (run / "eval_test.json").is_file() or (run / "last.pt").is_file()
+        return ("finished", "") if done else ("failed", "no checkpoint and no status.json")
+    info = read_json(path)
+    status = info.get("status", "failed")
+    if status == "running" and not _alive(info.get("pid"), info.get("host")):
+        return "failed", f"process {info.get('pid')} is gone (killed?); resume with --resume"
+    return status, info.get("reason", "")
+
+
+def _alive(pid, host) -> bool:
+    if host != socket.gethostname():
+        return True  # another machine's run (a shared runs/ folder): trust what it says
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+def read_run(run: Path) -> RunRow:
+    cfg, env = read_yaml(run / "config.yaml") or {}, read_json(run / "env.json")
+    history = read_history(run)
+    vals = [h["val_top1"] for h in history if h.get("val_top1") is not None]
+    test = read_json(run / "eval_test.json") if (run / "eval_test.json").is_file() else {}
+    status, reason = run_status(run)
+    return RunRow(
+        name=run.name, path=str(run), recipe=env.get("command", ""), model=cfg.get("model", {}).get("name", ""),
+        dataset=str(cfg.get("data", {}).get("dataset", "")), epochs_done=len(history),
+        epochs_planned=int(cfg.get("train", {}).get("epochs", 0)), best_val_top1=max(vals) if vals else None,
+        test_top1=test.get("top1"), test_n=test.get("n"), seconds=round(sum(h.get("seconds", 0) for h in history), 1),
+        status=status, reason=reason,
+    )
+
+
+def list_runs(folder: Path, *, sort: str = "name", descending: bool = False) -> list[RunRow]:
+    """Every run folder directly in ``folder`` (and in a study's trials/), sorted by ``sort``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"runs folder {folder} does not exist: train something first, or give the folder "
+                        "your runs are in (train.out_dir)")
+    if sort not in SORT_KEYS:
+        raise UserError(f"cannot sort by '{sort}': choose one of {', '.join(SORT_KEYS)}")
+    candidates = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
+    studies = [folder, *candidates]  # a study folder keeps its trials' runs in trials/
+    candidates += [p for c in studies if (c / "trials").is_dir() for p in sorted((c / "trials").iterdir())]
+    rows = [read_run(p) for p in candidates if is_run(p)]
+    if not rows:
+        raise UserError(f"{folder} holds no run folders (a run folder has config.yaml and env.json)")
+    field = {"epochs": "epochs_done"}.get(sort, sort)
+
+    def key(row: RunRow):
+        value = getattr(row, field)
+        return (value is None, value if value is not None else 0)
+
+    rows.sort(key=key, reverse=descending)
+    if descending:  # runs without the figure stay last either way
+        rows.sort(key=lambda r: getattr(r, field) is None)
+    return rows

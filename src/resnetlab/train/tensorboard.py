@@ -1,0 +1,80 @@
+"""TensorBoard event files for a run, written through fit()'s callbacks (rank 0 only).
+
+    tensorboard --logdir runs        # every run side by side
+
+Tags: ``step/loss`` and ``step/lr`` every optimiser step; ``epoch/train_loss``,
+``epoch/train_top1``, ``epoch/val_loss``, ``epoch/val_top1``, ``epoch/val_top5``,
+``epoch/images_per_s`` and ``epoch/lr`` every epoch (x axis: the epoch number); at the end
+the test metrics, the confusion-matrix and top-losses figures, and the config as
+hyper-parameters with the final metrics (TensorBoard's HPARAMS tab).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from resnetlab.train.session import Session
+
+EPOCH_TAGS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "images_per_s", "lr")
+FIGURES = ("confusion_normalized.png", "top_losses.png")
+
+
+class TensorBoardLogger:
+    """Holds one SummaryWriter on ``run/tensorboard``; its methods are fit() callbacks."""
+
+    def __init__(self, s: Session):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: on resume, events past the checkpoint (written before a kill) are dropped
+        self.writer = SummaryWriter(str(s.run_dir / "tensorboard"), purge_step=s.start_epoch * s.steps_per_epoch)
+
+    def callbacks(self) -> dict:
+        return {"on_batch_end": [self.on_batch_end], "on_epoch_end": [self.on_epoch_end],
+                "on_train_end": [self.on_train_end]}
+
+    def on_batch_end(self, s: Session, info: dict) -> None:
+        self.writer.add_scalar("step/loss", float(info["loss"]), info["step"])
+        self.writer.add_scalar("step/lr", info["lr"], info["step"])
+
+    def on_epoch_end(self, s: Session, record: dict) -> None:
+        for tag in EPOCH_TAGS:
+            if tag in record:
+                self.writer.add_scalar(f"epoch/{tag}", record[tag], record["epoch"])
+        self.writer.flush()
+
+    def on_train_end(self, s: Session, result: dict) -> None:
+        test = result.get("test")
+        final = {"hparam/best_val_top1": max((h.get("val_top1", float("nan")) for h in s.history), default=float("nan"))}
+        if test:
+            for key in ("top1", "top5", "loss", "balanced_accuracy", "macro_f1"):
+                self.writer.add_scalar(f"test/{key}", test[key], len(s.history))
+            final["hparam/test_top1"] = test["top1"]
+            for name in FIGURES:
+                path = s.run_dir / "eval_test" / name
+                if path.is_file():
+                    self.writer.add_image(f"test/{Path(name).stem}", _png(path), len(s.history), dataformats="HWC")
+        self.writer.add_hparams(hparams(s.cfg.to_dict()), {k: v for k, v in final.items() if v == v},
+                                run_name=".")
+        self.writer.close()
+
+
+def hparams(config: dict) -> dict:
+    """The config flattened to 'section.key' -> a number, bool or string (what add_hparams takes)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in hparams(value).items()})
+        elif isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        elif value is not None:
+            out[key] = str(value)
+    return out
+
+
+def _png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))

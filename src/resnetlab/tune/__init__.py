@@ -1,0 +1,1 @@
+"""Hyper-parameter search over config keys with Optuna: ``resnetlab tune RECIPE --trials N``."""

@@ -1,0 +1,71 @@
+"""study.html: the best parameters, Optuna's optimisation-history and importance plots, every trial.
+
+Self-contained like report.html (figures inlined, no CDN); the plots are Optuna's own
+matplotlib ones, so they read as its users know them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from resnetlab.evaluate.report import CSS, pct, table
+from resnetlab.io import atomic_write_text
+
+
+def _figure(plot, study: optuna.Study, alt: str) -> str:
+    from resnetlab.plotting import plt
+
+    try:
+        with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+            warnings.simplefilter("ignore")
+            ax = plot(study)
+    except (ValueError, RuntimeError) as e:  # e.g. importances need two completed trials
+        return f'<p class="note">{html.escape(alt)}: not drawn ({html.escape(str(e).splitlines()[0][:160])})</p>'
+    fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def write_study_page(study: optuna.Study, study_dir: Path, compare: Path | None) -> Path:
+    from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
+
+    best = study.best_trial
+    rows = [[t.number, t.state.name.lower(), pct(t.value) if t.value is not None else "-",
+             t.last_step if t.last_step is not None else "-",
+             " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()),
+             "retry of %s" % t.user_attrs["retry_of"] if "retry_of" in t.user_attrs else
+             ("killed" if t.user_attrs.get("killed") else "")]
+            for t in study.get_trials(deepcopy=False)]
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    parts = [f"<h1>resnetlab study {html.escape(study_dir.name)}</h1>",
+             f'<p class="note">written {time.strftime("%Y-%m-%d %H:%M:%S")}; objective: the best epoch\'s '
+             "validation top-1 (the test split is never looked at); "
+             + ", ".join(f"{n} {k}" for k, n in counts.items()) + "</p>",
+             '<h2 id="best">Best trial</h2>',
+             f"<p>trial {best.number}: val top-1 {pct(best.value)}; recipe <code>best.yaml</code> "
+             f"(<code>resnetlab train {html.escape(str(study_dir / 'best.yaml'))}</code>)</p>",
+             table(["parameter", "value"], [[k, v] for k, v in best.params.items()]),
+             '<h2 id="history">Optimisation history</h2>' + _figure(plot_optimization_history, study,
+                                                                     "optimisation history"),
+             '<h2 id="importance">Parameter importances</h2>' + _figure(plot_param_importances, study,
+                                                                         "parameter importances"),
+             '<h2 id="trials">Trials</h2>' + table(["trial", "state", "val top-1", "epochs", "parameters", ""], rows)]
+    if compare is not None:
+        parts.append(f'<h2 id="compare">Top trials side by side</h2><p><a href="{compare.name}">{compare.name}</a></p>')
+    page = ("<!doctype html><html lang=en><head><meta charset=utf-8><title>resnetlab study</title>"
+            f"<style>{CSS}</style></head><body>" + "\n".join(parts)
+            + "<script>document.body.dataset.rendered = 'yes';</script></body></html>\n")
+    out = study_dir / "study.html"
+    atomic_write_text(out, page)
+    return out
