@@ -65,16 +65,20 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def read_json(path: Path, *, what: str = "") -> Any:
-    """Parsed JSON, or a one-line UserError naming the file (missing, unreadable or not JSON)."""
-    path = Path(path)
-    hint = what or f"is {path.parent} a resnetlab run folder?"
+def _read_text(path: Path, hint: str) -> str:
     try:
-        return json.loads(path.read_text())
+        return Path(path).read_text()
     except FileNotFoundError:
-        raise UserError(f"{path} is missing: {hint}") from None
+        raise UserError(f"{path} is missing{': ' + hint if hint else ''}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {path}: {e}") from None
+
+
+def read_json(path: Path, *, what: str = "") -> Any:
+    """Parsed JSON, or a one-line UserError naming the file (missing, unreadable or not JSON)."""
+    text = _read_text(path, what or f"is {Path(path).parent} a resnetlab run folder?")
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}); restore it or run the step that writes it again") from None
 
@@ -82,13 +86,9 @@ def read_json(path: Path, *, what: str = "") -> Any:
 def read_yaml(path: Path) -> Any:
     import yaml
 
-    path = Path(path)
+    text = _read_text(path, "")
     try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
 

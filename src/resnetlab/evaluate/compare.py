@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnetlab.errors import UserError
-from resnetlab.evaluate.report import CSS, pct, table
+from resnetlab.evaluate.report import page, pct, table
 from resnetlab.evaluate.runs import is_run, read_history
 from resnetlab.io import atomic_write_text, read_json, read_yaml
 
@@ -162,8 +162,5 @@ def build_compare(paths: list[Path], out: Path) -> tuple[Path, list[str]]:
                  + (table(["key", *(r.name for r in runs)], [[k, *(str(r.config.get(k)) for r in runs)] for k in keys])
                     if keys else '<p class="note">the configs are the same (apart from name and folder)</p>'))
     parts.append(f'<h2 id="classes">Per-class F1 against {html.escape(runs[0].name)}</h2>' + _f1_table(runs))
-    page = ("<!doctype html><html lang=en><head><meta charset=utf-8><title>resnetlab compare</title>"
-            f"<style>{CSS}</style></head><body>" + "\n".join(parts)
-            + "<script>document.body.dataset.rendered = 'yes';</script></body></html>\n")
-    atomic_write_text(out, page)
+    atomic_write_text(out, page("resnetlab compare", parts))
     return out, warnings

@@ -85,13 +85,17 @@ def build_report(run: Path) -> Path:
         parts.append('<h2 id="metrics">Metrics</h2><p class="note">not evaluated yet: run resnetlab evaluate</p>')
     else:
         parts += _evaluation(run, name, ev, classes)
-    page = ("<!doctype html><html lang=en><head><meta charset=utf-8><title>resnetlab report: "
-            f"{html.escape(run.name)}</title><style>{CSS}</style></head><body>" + "\n".join(parts)
+    out = run / "report.html"
+    atomic_write_text(out, page(f"resnetlab report: {run.name}", parts))
+    return out
+
+
+def page(title: str, parts: list[str]) -> str:
+    """A self-contained HTML page (inline CSS, no network) from its sections."""
+    return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>" + html.escape(title)
+            + f"</title><style>{CSS}</style></head><body>" + "\n".join(parts)
             # the only script: proves in a browser that the page finished rendering
             + "<script>document.body.dataset.rendered = 'yes';</script></body></html>\n")
-    out = run / "report.html"
-    atomic_write_text(out, page)
-    return out
 
 
 def _evaluation(run: Path, name: str, ev: dict, classes: list[str]) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from resnetlab.evaluate.report import CSS, pct, table
+from resnetlab.evaluate.report import page, pct, table
 from resnetlab.io import atomic_write_text
 
 
@@ -63,9 +63,6 @@ def write_study_page(study: optuna.Study, study_dir: Path, compare: Path | None)
              '<h2 id="trials">Trials</h2>' + table(["trial", "state", "val top-1", "epochs", "parameters", ""], rows)]
     if compare is not None:
         parts.append(f'<h2 id="compare">Top trials side by side</h2><p><a href="{compare.name}">{compare.name}</a></p>')
-    page = ("<!doctype html><html lang=en><head><meta charset=utf-8><title>resnetlab study</title>"
-            f"<style>{CSS}</style></head><body>" + "\n".join(parts)
-            + "<script>document.body.dataset.rendered = 'yes';</script></body></html>\n")
     out = study_dir / "study.html"
-    atomic_write_text(out, page)
+    atomic_write_text(out, page(f"resnetlab study {study_dir.name}", parts))
     return out
