@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,20 +33,62 @@ def temporary_path(path: Path) -> Path:
     return Path(tmp)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = temporary_path(path)
+class WriteFailed(UserError):
+    """A file could not be written (disk full, quota, read-only or vanished folder, failed rename).
+    The file it was to replace is untouched, and no partial file is left."""
+
+
+def write_failed(path: Path, error: OSError) -> WriteFailed:
     try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free on {path.parent}"
+    except OSError:
+        free = f"{path.parent} is not reachable"
+    return WriteFailed(f"could not write {path} ({error.strerror or error}; {free}); the previous "
+                       f"{path.name}, if any, is intact: free space or fix the folder, then run again "
+                       "(training: resnetlab train --resume RUN)")
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, keep: Path | None = None) -> None:
+    """Write ``data`` to ``path`` atomically; with ``keep``, the file it replaces becomes ``keep``
+    (``path`` itself is never missing: the old one is linked to ``keep`` before the rename)."""
+    path = Path(path)
+    tmp = None
+    try:
+        tmp = temporary_path(path)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a written file gets the usual mode
+        if keep is not None and path.exists():
+            _keep_copy(path, Path(keep))
         os.replace(tmp, path)
+        sync_folder(path.parent)
+    except OSError as e:  # ENOSPC, EDQUOT, EFBIG (RLIMIT_FSIZE), EROFS, ENOENT, EXDEV, EIO...
+        _discard(tmp)
+        raise write_failed(path, e) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
-    sync_folder(path.parent)
+
+
+def _keep_copy(path: Path, keep: Path) -> None:
+    """``keep`` becomes the current ``path`` (a hard link where the file system has them, else a copy)."""
+    staged = temporary_path(keep)
+    staged.unlink()
+    try:
+        os.link(path, staged)
+    except OSError:
+        shutil.copy2(path, staged)
+    os.replace(staged, keep)
+
+
+def _discard(tmp: Path | None) -> None:
+    if tmp is not None:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def sync_folder(folder: Path) -> None:

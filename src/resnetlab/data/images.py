@@ -46,6 +46,8 @@ def open_image(source: str | Path | bytes) -> Image.Image:
             return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
     except BadImage:
         raise
+    except FileNotFoundError:  # listed with the data set, gone (or renamed) before it was decoded
+        raise BadImage("the file no longer exists (deleted or moved after the data set was listed)") from None
     except UnidentifiedImageError:
         raise NotAnImage("not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -1,13 +1,18 @@
-"""Checkpoints as plain dicts of tensors and primitives, written atomically.
+"""Checkpoints as plain dicts of tensors and primitives, written atomically, with a checksum.
 
 A checkpoint loads with ``torch.load(weights_only=True)``: no pickled objects, so
 a downloaded file cannot run code. Writes go to a temporary file in the same
 folder, are fsynced, then renamed over the old file: a process killed mid-write
-leaves the previous checkpoint whole.
+leaves the previous checkpoint whole. Every file ends with a 48-byte trailer,
+``RESNETLAB-SHA256`` + the SHA-256 of the bytes before it (torch.load ignores bytes
+after its zip archive), so a file damaged after it was written (a flipped bit, a
+truncated copy) is caught on load instead of training on garbage. ``last.pt``
+keeps the one it replaces as ``previous.pt``, which resume falls back to.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -22,10 +27,31 @@ FORMAT = "resnetlab-checkpoint"
 VERSION = 1
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+TRAILER = b"RESNETLAB-SHA256"  # then 32 bytes of SHA-256 over everything before the trailer
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint whose bytes are not the ones written (checksum mismatch, truncation)."""
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], *, keep: Path | None = None) -> None:
+    """``keep``: where the checkpoint being replaced goes (last.pt -> previous.pt)."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data + TRAILER + hashlib.sha256(data).digest(), keep=keep)
+
+
+def _verified(path: Path) -> bytes:
+    """The file's torch bytes, after checking the trailer's checksum (files without one load as they are)."""
+    data = path.read_bytes()
+    end = len(data) - len(TRAILER) - 32
+    if end >= 0 and data[end:end + len(TRAILER)] == TRAILER:
+        if hashlib.sha256(data[:end]).digest() != data[end + len(TRAILER):]:
+            raise DamagedCheckpoint(f"checkpoint {path} is damaged: its SHA-256 does not match the one written "
+                                    "with it (a flipped bit or a partial copy); use another checkpoint")
+        return data[:end]
+    return data  # written before checksums (or cut short, which torch.load then reports)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -33,9 +59,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(_verified(path)), map_location="cpu", weights_only=True)
+    except DamagedCheckpoint:
+        raise
     except Exception as e:  # noqa: BLE001 - truncated, foreign or code-carrying files all land here
-        raise UserError(f"cannot load checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+        why = (str(e).strip().splitlines() or [f"{type(e).__name__} (empty or cut short)"])[0][:200]
+        raise DamagedCheckpoint(f"cannot load checkpoint {path}: {why}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a resnetlab checkpoint")
     return state

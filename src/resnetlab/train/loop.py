@@ -103,12 +103,21 @@ def run_status(s: Session):
     try:
         yield
     except (Preempted, StopTraining, KeyboardInterrupt) as e:
-        write_status(s.run_dir, "stopped", reason=str(e) or type(e).__name__)
+        _try_status(s, "stopped", str(e) or type(e).__name__)
         raise
     except Exception as e:
-        write_status(s.run_dir, "failed", reason=(str(e).strip().splitlines() or [type(e).__name__])[0][:300])
+        _try_status(s, "failed", (str(e).strip().splitlines() or [type(e).__name__])[0][:300])
         raise
     write_status(s.run_dir, "finished")
+
+
+def _try_status(s: Session, status: str, reason: str) -> None:
+    """Best effort: with a full disk or a vanished folder the status cannot be written, and the
+    error that stopped the run is the one to show."""
+    try:
+        write_status(s.run_dir, status, reason=reason)
+    except UserError:
+        pass
 
 
 def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[str], hooks) -> dict:
@@ -237,7 +246,7 @@ def _announce(s: Session, console: Console) -> None:
         write_skipped(s.run_dir, s.data.skipped)
     if s.data.skipped:
         console.print(f"skipped {len(s.data.skipped)} bad images: see {s.run_dir / 'skipped_images.csv'}")
-    for note in s.data.notes:
+    for note in s.data.notes + s.notes:
         console.print(f"note: {note}")
     console.print(s.data.balance())
     console.print(
@@ -266,7 +275,8 @@ def save_partial(s: Session, epoch: int, step: int, sums: torch.Tensor) -> None:
     """last.pt in the middle of an epoch: the position and the epoch's running sums so far."""
     partial = distributed.all_sum(sums.clone(), s.dist).tolist()
     if s.dist.main:
-        save_checkpoint(s.run_dir / "last.pt", checkpoint_state(s, epoch=epoch, step=step, partial=partial))
+        save_checkpoint(s.run_dir / "last.pt", checkpoint_state(s, epoch=epoch, step=step, partial=partial),
+                        keep=s.run_dir / "previous.pt")
 
 
 def check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
@@ -314,7 +324,7 @@ def _end_of_epoch(s: Session, record: dict, console: Console) -> None:
     write_metrics(s.run_dir, s.history)
     training_curves(s.history, s.run_dir / "curves.png")
     state = checkpoint_state(s, epoch=record["epoch"], step=0, partial=[0.0, 0.0, 0.0])
-    save_checkpoint(s.run_dir / "last.pt", state)
+    save_checkpoint(s.run_dir / "last.pt", state, keep=s.run_dir / "previous.pt")
     if improved:
         save_checkpoint(s.run_dir / "best.pt", state)
     snapshots = sorted(snapshot_epochs(s.cfg))

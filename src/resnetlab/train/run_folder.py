@@ -38,14 +38,18 @@ def unique_run_dir(out_dir: Path, name: str) -> Path:
 
 def create_run_dir(out_dir: Path, name: str, files: dict[str, str]) -> Path:
     """Make the folder with its first files in one rename, so no half-made run is ever listed."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     final = unique_run_dir(out_dir, name)
     staging = out_dir / f".{final.name}.{time.time_ns()}.partial"
-    staging.mkdir()
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
         for filename, text in files.items():
             (staging / filename).write_text(text)
         staging.rename(final)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"cannot create the run folder {final} ({e.strerror or e}): choose a writable "
+                        "train.out_dir with free space") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

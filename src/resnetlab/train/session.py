@@ -17,7 +17,8 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from resnetlab.train.checkpoint import describe_model, load_checkpoint, load_model_state, rng_state, set_rng_state
+from resnetlab.train.checkpoint import (DamagedCheckpoint, describe_model, load_checkpoint, load_model_state,
+                                        rng_state, set_rng_state)
 from resnetlab.config import Config, OptimConfig, apply_overrides, save_config, validate
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader, build_data
 from resnetlab.data.readers.manifest import split_file_text
@@ -52,6 +53,7 @@ class Session:
     dist: Dist = field(default_factory=Dist)
     ddp: nn.Module | None = None  # the DistributedDataParallel wrapper when there are 2+ ranks
     class_weights: torch.Tensor | None = None  # (k,) loss weight per class, optim.class_weights=balanced
+    notes: list[str] = field(default_factory=list)  # what fit() should tell the user first (e.g. a resume fallback)
 
     @property
     def net(self) -> nn.Module:
@@ -153,7 +155,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     data = build_data(cfg, split_file=saved_split_file(resume) if resume else None, progress=cfg.train.progress)
     if len(data.splits["train"]) < 1:
         raise UserError("the training split is empty")
-    has_checkpoint = resume is not None and (resume / "last.pt").exists()
+    has_checkpoint = resume is not None and any((resume / n).exists() for n in RESUME_FROM)
     model = build_model(cfg, data, pretrained=not has_checkpoint)
     for st in cfg.stages:  # a stage naming a group the model lacks fails before any folder is made
         first_trained(model, st.train)
@@ -177,7 +179,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     if cfg.optim.class_weights == "balanced":
         session.class_weights = balanced_weights(data.splits["train"].labels, len(data.classes)).to(device)
     if resume is not None and has_checkpoint:
-        restore(session, run_dir / "last.pt")  # before touching the folder: a misfit changes nothing
+        restore_newest_intact(session, run_dir)  # before touching the folder: a misfit changes nothing
     if d.enabled:  # gradients averaged across ranks; parameters broadcast from rank 0 once
         # stages freeze groups after DDP is built: let it skip parameters that get no gradient
         session.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -230,8 +232,31 @@ def checkpoint_state(s: Session, *, epoch: int, step: int, partial: list[float])
     }
 
 
-def restore(s: Session, path: Path) -> None:
-    state = load_checkpoint(path)
+RESUME_FROM = ("last.pt", "previous.pt")  # newest first: previous.pt is the last.pt before it
+
+
+def restore_newest_intact(s: Session, run_dir: Path) -> None:
+    """Resume from last.pt, or from previous.pt when last.pt is damaged or missing (and say so)."""
+    damaged = []
+    for name in RESUME_FROM:
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            state = load_checkpoint(path)
+        except DamagedCheckpoint as e:
+            damaged.append(str(e))
+            continue
+        if damaged:
+            s.notes.append(f"{damaged[0]}; resuming from {name} instead (epoch {state['epoch']}, step "
+                           f"{state['step_in_epoch']}): the steps after it are trained again")
+        restore(s, path, state)
+        return
+    raise UserError(f"no intact checkpoint in {run_dir} to resume from: {'; '.join(damaged)}")
+
+
+def restore(s: Session, path: Path, state: dict | None = None) -> None:
+    state = state if state is not None else load_checkpoint(path)
     load_model_state(s.model, state, path=path, expected=describe_model(s.cfg.model.name, model_options(s.cfg), len(s.data.classes)))
     try:
         s.optimizer.load_state_dict(state["optimizer"])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resnetlab.io import write_failed
 from resnetlab.train.session import Session
 
 EPOCH_TAGS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "images_per_s", "lr")
@@ -31,8 +32,18 @@ class TensorBoardLogger:
         self.writer = SummaryWriter(str(s.run_dir / "tensorboard"), purge_step=s.start_epoch * s.steps_per_epoch)
 
     def callbacks(self) -> dict:
-        return {"on_batch_end": [self.on_batch_end], "on_epoch_end": [self.on_epoch_end],
-                "on_train_end": [self.on_train_end]}
+        return {"on_batch_end": [self._guard(self.on_batch_end)], "on_epoch_end": [self._guard(self.on_epoch_end)],
+                "on_train_end": [self._guard(self.on_train_end)]}
+
+    def _guard(self, fn):
+        """A full disk or a vanished folder under the event files: one line, like every other write."""
+        def call(s: Session, info: dict) -> None:
+            try:
+                fn(s, info)
+            except OSError as e:
+                raise write_failed(Path(self.writer.log_dir), e) from None
+
+        return call
 
     def on_batch_end(self, s: Session, info: dict) -> None:
         self.writer.add_scalar("step/loss", float(info["loss"]), info["step"])

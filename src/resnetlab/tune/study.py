@@ -43,9 +43,12 @@ class Pruned(StopTraining, optuna.TrialPruned):
     """Ends a trial's run early (status.json: stopped) and tells Optuna it was pruned."""
 
 
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    if name == "median":  # from the third trial on, stop a trial below the median of earlier ones
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        # from the third trial on, stop a trial below the median of earlier ones at the same epoch;
+        # not in the first third of the epochs, where a warm-up's low rate decides the ranking (a
+        # 12-trial CIFAR study that pruned from epoch 1 stopped 10 trials there)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=epochs // 3)
     if name == "halving":
         return optuna.pruners.SuccessiveHalvingPruner()
     if name == "none":
@@ -53,7 +56,7 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     raise UserError(f"unknown pruner '{name}': choose median, halving or none")
 
 
-def open_study(study_dir: Path, identity: dict, *, seed: int, pruner: str) -> optuna.Study:
+def open_study(study_dir: Path, identity: dict, *, seed: int, pruner: str, epochs: int) -> optuna.Study:
     """Create the study folder, or reopen it when it was made for the same recipe and space."""
     marker = study_dir / "study.json"
     if marker.is_file():
@@ -70,7 +73,7 @@ def open_study(study_dir: Path, identity: dict, *, seed: int, pruner: str) -> op
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(storage=f"sqlite:///{study_dir / 'study.db'}", study_name=STUDY_NAME,
                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-                               pruner=make_pruner(pruner), load_if_exists=True)
+                               pruner=make_pruner(pruner, epochs), load_if_exists=True)
 
 
 def retry_killed(study: optuna.Study, console: Console) -> None:
@@ -96,7 +99,7 @@ def run_study(recipe: str, overrides: list[str], *, trials: int, study_dir: Path
                         "(the test split is never looked at while tuning)")
     params, fixed, raw = load_space(space, base)
     study = open_study(study_dir, {"recipe": recipe, "overrides": list(overrides), "space": raw},
-                       seed=base.seed, pruner=pruner)
+                       seed=base.seed, pruner=pruner, epochs=load_config(recipe, [*overrides, *fixed]).train.epochs)
     retry_killed(study, console)
     for values in enqueue:
         study.enqueue_trial(values)
