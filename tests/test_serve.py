@@ -6,7 +6,9 @@ import shutil
 import socket
 import subprocess
 import threading
+import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -14,8 +16,8 @@ import pytest
 from PIL import Image
 
 from resnetlab.cli import main
-from resnetlab.deploy.serve import Limits, create_app, load_model
-from tests.conftest import SHARED_DATA, tiny_overrides, write_class_folders
+from resnetlab.deploy.serve import Limits, create_app, load_model, uvicorn_options
+from tests.conftest import REPO, SHARED_DATA, tiny_overrides, write_class_folders
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -258,3 +260,77 @@ def test_page_in_headless_chromium(served, tmp_path):
     top = expected["predictions"][0]
     assert first_bar == top["top"][0]["class"]
     assert verdict == (top["verdict"] if not top["rejected"] else "unknown (no class is likely enough)")
+
+
+def test_health_reports_the_thread_the_queue_and_the_weights_checksum(served):
+    import hashlib
+
+    run, _, model, client = served
+    health = client.get("/health").json()
+    weights = model.checkpoint
+    assert health["model_thread_alive"] is True and health["queue"] == 0 and health["max_queue"] == 64
+    assert health["model_file"] == str(weights)
+    assert health["model_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def _live(app, **config):
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    return server, thread, port
+
+
+def _hold(port: int, length: int = 1000) -> socket.socket:
+    """A connection that sends its headers and then nothing: a slow client."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {length}\r\n\r\n".encode())
+    return s
+
+
+def test_a_slow_body_times_out_and_connections_are_bounded(served):
+    _, data, model, _ = served
+    good = (data / "test" / "cat" / "000.png").read_bytes()
+    limits = Limits(body_timeout_s=1.0, max_connections=3)
+    server, thread, port = _live(create_app(model, limits), **uvicorn_options(limits))
+    try:
+        slow = _hold(port)
+        held = [_hold(port) for _ in range(2)]
+        time.sleep(0.3)
+        busy = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=good,
+                                      headers={"Content-Type": "image/png"})
+        with pytest.raises(urllib.error.HTTPError) as refused:  # 3 connections open: the 4th is turned away
+            urllib.request.urlopen(busy, timeout=30)
+        assert refused.value.code == 503
+        answer = slow.recv(300).decode()  # within the 1 s body timeout plus scheduling
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in answer
+        for s in [slow, *held]:
+            s.close()
+        time.sleep(1.5)  # the held connections time out too, freeing their places
+        response = urllib.request.urlopen(busy, timeout=30)
+        assert response.status == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_short_soak_of_mixed_traffic(served, tmp_path):
+    """15 s of benchmarks/serve_soak.py: good, bad, slow, dropped and bursting clients at once."""
+    run, _, _, _ = served
+    out = tmp_path / "soak.json"
+    image = next((run.parent / "data" / "test" / "cat").iterdir())
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_soak.py"), str(run), "--seconds", "15",
+                           "--image", str(image), "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    counts = result["counts"]
+    assert result["errors"] == [] and counts.get("good 200", 0) > 50 and counts.get("slow 408 Request Timeout", 0) >= 2
+    assert counts.get("burst 503", 0) > 0 and counts.get("dropped closed", 0) > 0
+    assert result["rss_end_mb"] - result["rss_start_mb"] < 150 and result["health"]["model_thread_alive"]

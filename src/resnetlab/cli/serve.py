@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting for the model at most; more get 503 (busy) at once")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive (408 after)")
+    p.add_argument("--max-connections", type=int, default=128, help="open connections at most; more get 503")
     p.set_defaults(func=run)
 
 
@@ -32,9 +34,9 @@ def run(args) -> int:
     from pathlib import Path
 
     from resnetlab.errors import UserError
-    from resnetlab.deploy.serve import Limits, create_app, load_model
+    from resnetlab.deploy.serve import Limits, create_app, load_model, uvicorn_options
 
-    for name in ("max_bytes", "max_images", "batch_size", "max_queue"):
+    for name in ("max_bytes", "max_images", "batch_size", "max_queue", "max_connections"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     model = load_model(Path(args.model))
@@ -47,9 +49,12 @@ def run(args) -> int:
                             "it? choose another --port") from None
     import uvicorn
 
-    limits = Limits(args.max_bytes, args.max_images, args.batch_size, args.batch_wait_ms, args.max_queue)
+    if args.body_timeout <= 0:
+        raise UserError("--body-timeout must be positive (seconds)")
+    limits = Limits(args.max_bytes, args.max_images, args.batch_size, args.batch_wait_ms, args.max_queue,
+                    args.body_timeout, args.max_connections)
     app = create_app(model, limits, source=str(args.model))
     print(f"serving {args.model} ({len(model.classes)} classes) at http://{args.host}:{args.port}/  "
           f"(API docs at /docs; Ctrl+C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **uvicorn_options(limits))
     return 0

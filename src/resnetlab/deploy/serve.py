@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import queue
 import threading
 import time
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.requests import ClientDisconnect
 
 from resnetlab.data.cache import set_channels
 from resnetlab.data.images import BadImage, NotAnImage, load_array
@@ -36,6 +38,8 @@ class Limits:
     batch_size: int = 32  # images per forward pass
     batch_wait_ms: float = 5.0  # how long the first request of a batch waits for company
     max_queue: int = 64  # requests waiting for the model at most; more are refused with 503 at once
+    body_timeout_s: float = 30.0  # a request body must arrive within this (a client sending a byte a second)
+    max_connections: int = 128  # open connections at most (uvicorn's limit_concurrency): more get 503
 
 
 class BadRequest(Exception):
@@ -154,10 +158,34 @@ def answer(model, probs: torch.Tensor, names: list[str], topk: int) -> list[dict
     return out
 
 
+def uvicorn_options(limits: Limits) -> dict:
+    """How uvicorn must run the app: past ``max_connections`` it answers 503 at once instead of
+    piling up sockets and tasks; an idle keep-alive connection is closed after 5 s."""
+    return {"limit_concurrency": limits.max_connections, "timeout_keep_alive": 5}
+
+
+def model_file(model) -> Path | None:
+    """The file the served weights came from: a checkpoint (run or .pt) or an export."""
+    path = getattr(model, "checkpoint", None) or getattr(model, "path", None)
+    return Path(path) if path else None
+
+
+def file_sha256(path: Path | None) -> str | None:
+    if path is None or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def create_app(model, limits: Limits = Limits(), *, source: str = "") -> FastAPI:
     from resnetlab.deploy.serve_page import PAGE
 
     batcher = Batcher(model, limits)
+    weights = model_file(model)
+    checksum = file_sha256(weights)  # of the file as loaded: /health shows which weights answer
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -178,8 +206,10 @@ def create_app(model, limits: Limits = Limits(), *, source: str = "") -> FastAPI
     @app.get("/health")
     async def health():
         alive = batcher.thread.is_alive()
-        return {"status": "ok" if alive else "model thread stopped", "model": source, "classes": len(model.classes),
-                "image_size": model.image_size, "queue": batcher.queue.qsize(), "max_queue": limits.max_queue}
+        body = {"status": "ok" if alive else "model thread stopped", "model": source, "model_thread_alive": alive,
+                "queue": batcher.queue.qsize(), "max_queue": limits.max_queue, "model_file": str(weights or ""),
+                "model_sha256": checksum, "classes": len(model.classes), "image_size": model.image_size}
+        return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/classes")
     async def classes():
@@ -189,7 +219,11 @@ def create_app(model, limits: Limits = Limits(), *, source: str = "") -> FastAPI
     async def predict(request: Request, topk: int = 5):
         if not 1 <= topk <= 100:
             raise BadRequest(400, f"topk={topk}: give 1..100")
-        items = await _read_images(request, limits)
+        try:
+            items = await asyncio.wait_for(_read_images(request, limits), timeout=limits.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise BadRequest(408, f"the request body did not arrive within {limits.body_timeout_s:g} s: "
+                                  "send it faster (or start the server with a larger --body-timeout)") from None
         loop = asyncio.get_running_loop()
         images = []
         for name, data in items:
@@ -218,8 +252,11 @@ async def _read_images(request, limits: Limits) -> list[tuple[str, bytes]]:
         raise BadRequest(415, f"content type {kind or 'missing'!r}: send an image (image/jpeg, image/png, ...) "
                               "or multipart/form-data")
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limits.max_bytes:
-            raise BadRequest(413, f"body is over the limit of {limits.max_bytes:,} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limits.max_bytes:
+                raise BadRequest(413, f"body is over the limit of {limits.max_bytes:,} bytes")
+    except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing to log
+        raise BadRequest(400, "the client disconnected before the body was complete") from None
     return [("body", body)]
