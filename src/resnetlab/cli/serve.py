@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting for the model at most; more get 503 (busy) at once")
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive (408 after)")
-    p.add_argument("--max-connections", type=int, default=128, help="open connections at most; more get 503")
+    p.add_argument("--max-connections", type=int, default=128, help="open connections at most, a new one included: the one that reaches it gets 503")
     p.set_defaults(func=run)
 
 
