@@ -139,3 +139,37 @@ def test_sigterm_under_torchrun_checkpoints_and_resumes(runs, tmp_path):
     resumed = single(["--resume", str(tmp_path / "run"), f"train.epochs={state['epoch'] + 1}"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == state["epoch"] + 1
+
+
+RANK_DIES_ONCE = """
+import os, signal, sys
+from resnetlab.config import load_config
+from resnetlab.train.loop import fit
+from resnetlab.train.session import prepare
+
+def die(session, info):  # rank 1 dies mid-epoch 2, in torchrun's first attempt only
+    if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0" and info["step"] == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+fit(prepare(load_config(None, sys.argv[1:]), run_name="elastic"), callbacks={"on_batch_end": [die]})
+"""
+
+
+def test_torchrun_max_restarts_resumes_the_run_without_a_person(runs, tmp_path):
+    shared, _, _ = runs
+    script = tmp_path / "dies_once.py"
+    script.write_text(RANK_DIES_ONCE)
+    # no train.name: the run is named from torchrun's run id, the same in the restarted processes
+    args = [a for a in overrides(shared, tmp_path / "out", "train.epochs=2", "train.checkpoint_every=2")
+            if a != "train.name=run"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=1",
+           str(script), *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "out").iterdir()  # one run folder: the restart resumed it rather than starting anew
+    assert run.name.startswith("elastic-") and "torchrun restart 1: resuming" in proc.stderr
+    env = json.loads((run / "env.json").read_text())
+    assert env["resumes"][0]["torchrun_restart"] == 1
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

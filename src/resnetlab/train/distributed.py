@@ -53,7 +53,12 @@ def init(d: Dist, device: torch.device, *, timeout_s: float) -> torch.device:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         # a dead peer makes collectives fail after this long instead of hanging forever
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = _restart_store(d, timeout)
+        if store is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend, store=store, rank=d.rank, world_size=d.world, timeout=timeout)
     return device
 
 
@@ -74,6 +79,21 @@ def failure_line(e: BaseException) -> str | None:
         return (f"another process of this run failed or timed out ({first}); the last checkpoint is intact, "
                 "resume with --resume")
     return f"{type(e).__name__}: {first} (in rank {dist.get_rank()} of {dist.get_world_size()})"
+
+
+def _restart_store(d: Dist, timeout: datetime.timedelta):
+    """After torchrun restarts the processes (--max-restarts), a rendezvous store whose keys are
+    fresh for this attempt. The store outlives the processes, and the dead attempt's addresses left
+    in it made the new processes dial ranks that no longer exist (seen with torch 2.14: "Gloo
+    connectFullMesh failed ... Connection refused"); a prefix per attempt keeps them apart.
+    None on the first attempt: the default env:// rendezvous."""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if attempt == 0 or "MASTER_ADDR" not in os.environ:
+        return None
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # else rank 0 hosts it
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), d.world,
+                          is_master=not agent_hosts and d.rank == 0, timeout=timeout, multi_tenant=True)
+    return dist.PrefixStore(f"resnetlab/attempt-{attempt}", store)
 
 
 def shutdown() -> None:

@@ -7,6 +7,8 @@ and checked first; the run folder is created only when they are fine.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,8 +140,12 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     """Build data, model and optimiser; create the run folder (or reopen it to resume).
 
     With ``resume`` the config comes from the run folder (``cfg`` is ignored) and
-    ``overrides`` are applied on top and recorded in env.json.
+    ``overrides`` are applied on top and recorded in env.json. When torchrun restarts the
+    processes (``--max-restarts``), the run it had begun is resumed from its last checkpoint.
     """
+    restarted = None
+    if resume is None and (restarted := elastic_restart(cfg, run_name)) is not None:
+        resume, overrides = restarted, []
     if resume is not None:
         resume = check_run_dir(resume)
         cfg = read_run_config(resume)
@@ -186,14 +192,39 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
                                               find_unused_parameters=bool(cfg.stages))
     if resume is not None and d.main:
         env = read_json(run_dir / "env.json")
-        env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides)})
+        env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides),
+                                              **({"torchrun_restart": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}
+                                                 if restarted else {})})
         write_json(run_dir / "env.json", env)
         save_config(cfg, run_dir / "config.yaml")
     return session
 
 
+def default_run_name(cfg: Config, run_name: str) -> str:
+    """train.name, else the recipe and the time; under torchrun the recipe and its run id instead, which
+    every rank and every restart of the same torchrun agree on (with --standalone, a fresh id each time)."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if cfg.train.name:
+        return cfg.train.name
+    return f"{run_name}-{run_id[:8]}" if run_id != "none" else f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def elastic_restart(cfg: Config, run_name: str) -> Path | None:
+    """The run folder to resume when torchrun has restarted this process group after a failure
+    (TORCHELASTIC_RESTART_COUNT > 0) and the run it began has a checkpoint; else None."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        return None
+    run = Path(cfg.train.out_dir) / default_run_name(cfg, run_name)
+    if not any((run / n).exists() for n in RESUME_FROM):
+        return None
+    if os.environ.get("RANK", "0") == "0":
+        print(f"torchrun restart {os.environ['TORCHELASTIC_RESTART_COUNT']}: resuming {run} from its last checkpoint",
+              file=sys.stderr, flush=True)
+    return run
+
+
 def _new_run(cfg: Config, data: DataBundle, run_name: str, device, precision, d: Dist) -> Path:
-    name = cfg.train.name or f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = default_run_name(cfg, run_name)
     env = {**environment(device), "seed": cfg.seed, "precision": precision, "command": run_name,
            "world_size": d.world}
     data_info = {**data.preprocess(), "root": data.root, "cached": data.cached, "resize": cfg.data.resize,
