@@ -29,7 +29,7 @@ def overrides(data, out, *extra):
     return [f"data.dataset={data}", f"train.out_dir={out}", "train.name=run", "model.name=resnet9",
             "model.filters=[8,16,16,32]", "train.epochs=1", "train.batch_size=500", "train.eval_batch_size=100",
             "train.precision=fp32", "train.channels_last=false", "train.sync_bn=true", "train.progress=false", "optim.lr=0.001",
-            "schedule.name=constant", "train.dist_timeout=120", *extra]  # constant: epochs=2 on resume keeps the lr
+            "schedule.name=constant", "train.dist_timeout=120", "train.device=cpu", *extra]  # constant: epochs=2 on resume keeps the lr
 
 
 def torchrun(nproc, args):
