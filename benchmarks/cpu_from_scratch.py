@@ -15,7 +15,7 @@ import time
 
 from resnetlab.config import load_config
 from resnetlab.train.session import prepare
-from resnetlab.train.loop import _evaluate, fit
+from resnetlab.train.loop import evaluate_split, fit
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
         return 2
     recipe, overrides = argv[0], argv[1:]
     out = tempfile.mkdtemp(prefix="bench-")
-    cfg = load_config(recipe, [*overrides, f"train.out_dir={out}", "train.progress=false"])
+    cfg = load_config(recipe, [*overrides, f"train.out_dir={out}", "train.progress=false", "train.report=false"])
     session = prepare(cfg, run_name=recipe)
     print(f"{recipe}: {len(session.data.splits['train']):,} train / {len(session.data.splits['test']):,} test "
           f"images, {cfg.model.name}, {session.precision} on {session.device}")
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     def on_epoch_end(s, record):
         clock["train"] += record["seconds"]
         scoring = time.perf_counter()
-        result = _evaluate(s, "test")
+        result = evaluate_split(s, "test")
         s.model.train()
         rows.append((record["epoch"], clock["train"], 100 * result["top1"]))
         print(f"epoch {record['epoch']:>3}  training time {clock['train']:7.1f} s  test top-1 {100 * result['top1']:6.2f}%"

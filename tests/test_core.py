@@ -174,3 +174,59 @@ def test_a_dangling_symlink_is_listed_with_the_skipped_files(tmp_path):
 def test_divergence_is_recognised():
     assert diverged({"train_loss": 11.0}, 10) and not diverged({"train_loss": 2.4}, 10)
     assert diverged({"train_loss": float("nan")}, 10) and not diverged({"train_loss": 9.0}, 1)
+
+
+def test_early_stopping_counts_epochs_without_a_gain_and_keeps_the_best(class_folders, tmp_path, capsys):
+    from resnetlab.train.loop import epochs_without_gain
+
+    history = [{"val_top1": v} for v in (0.5, 0.6, 0.605, 0.59, 0.61)]
+    assert epochs_without_gain(history, 0.0) == 0 and epochs_without_gain(history, 0.01) == 3
+    # a learning rate of 1e-9 learns nothing (only BatchNorm statistics settle): val top-1 soon stops
+    # gaining, and the run stops 2 epochs after its best one
+    s = prepare(tiny_config(class_folders, tmp_path, "data.val_fraction=0.25", "train.epochs=8", "optim.lr=1e-9",
+                            "train.early_stop_patience=2"), run_name="t")
+    fit(s)
+    n = len(s.history)
+    assert n < 8 and epochs_without_gain(s.history, 0.0) == 2
+    tops = [h["val_top1"] for h in s.history]
+    assert load_checkpoint(s.run_dir / "best.pt")["epoch"] == tops.index(max(tops)) + 1 == n - 2
+    assert f"early stop after epoch {n}: val top-1 has not gained more than 0 points for 2 epochs" in capsys.readouterr().out
+    with pytest.raises(UserError, match="needs a validation split"):
+        fit(prepare(tiny_config(class_folders, tmp_path, "train.early_stop_patience=2", "train.name=b"), run_name="t"))
+
+
+def test_ema_warms_up_resumes_exactly_and_is_what_predict_uses(class_folders, tmp_path, capsys):
+    from resnetlab.deploy.predictor import Predictor
+    from resnetlab.train.ema import ModelEma
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = ModelEma(model, 0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # first decay min(0.999, 1/10): 0.1 * 0 + 0.9 * 1
+    ema.update(model)  # then min(0.999, 2/11): 2/11 * 0.9 + 9/11 * 1
+    assert ema.module.weight[0, 0].item() == pytest.approx(2 / 11 * 0.9 + 9 / 11)
+
+    extra = ("data.val_fraction=0.25", "train.epochs=2", "train.ema_decay=0.9", "train.checkpoint_every=2")
+    full = prepare(tiny_config(class_folders, tmp_path / "full", *extra), run_name="t")
+    fit(full)
+    assert {"val_top1_raw", "val_top1"} <= set(full.history[0])
+    s = prepare(tiny_config(class_folders, tmp_path / "cut", *extra), run_name="t")
+
+    def stop(session, info):
+        if info["step"] == 5:  # the last step of epoch 2; last.pt was written after step 4, mid-epoch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(s, callbacks={"on_batch_end": [stop]})
+    fit(prepare(None, run_name="", resume=s.run_dir))
+    a, b = load_checkpoint(full.run_dir / "last.pt"), load_checkpoint(s.run_dir / "last.pt")
+    assert all(torch.equal(a["ema"]["module"][k], b["ema"]["module"][k]) for k in a["ema"]["module"])
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 6  # 3 steps an epoch (27 train images, batch 8)
+    best = load_checkpoint(full.run_dir / "best.pt")
+    loaded = Predictor.load(full.run_dir).model.state_dict()
+    assert all(torch.equal(loaded[k], best["ema"]["module"][k]) for k in loaded)
+    assert json.loads((full.run_dir / "eval_test.json").read_text())["checkpoint"] == "best.pt (EMA weights)"
+    with pytest.raises(UserError, match=r"train.ema_decay must be in \(0, 1\)"):
+        tiny_config(class_folders, tmp_path, "train.ema_decay=1.5")

@@ -98,3 +98,13 @@ def test_lazy_names_resolve():
     assert resnetlab.Predictor.__module__ == "resnetlab.deploy.predictor"
     with pytest.raises(AttributeError):
         resnetlab.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (PACKAGE.parents[1] / "benchmarks").glob("*.py")))
+def test_benchmark_scripts_import(script):
+    """Benchmarks are not run by the suite, but each must still import against today's library."""
+    path = PACKAGE.parents[1] / "benchmarks" / script
+    code = (f"import importlib.util; spec = importlib.util.spec_from_file_location('bench', {str(path)!r}); "
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -120,6 +120,9 @@ class TrainConfig:
     tensorboard: bool = True  # also write TensorBoard event files (runs/<name>/tensorboard)
     sync_bn: bool = False  # BatchNorm statistics over the global batch of all processes
     dist_timeout: float = 600.0  # s a collective waits for a peer before failing (a dead rank)
+    early_stop_patience: int = 0  # stop after this many epochs without a val top-1 gain; 0 = off
+    ema_decay: float = 0.0  # EMA of the weights, per step (0.999 is usual); 0 = off; best.pt, predict, export use it
+    early_stop_min_delta: float = 0.0  # a gain counts when above this (top-1 share: 0.001 = 0.1 point)
 
 
 @dataclass
@@ -399,6 +402,9 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.schedule.min_lr_ratio <= 1, "schedule.min_lr_ratio must be in [0, 1]"),
         (cfg.train.limit_batches >= 0, "train.limit_batches must be 0 (all) or more"),
         (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be 0 (off) or more steps"),
+        (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in (0, 1) (0.999 is usual), or 0 for no EMA"),
+        (cfg.train.early_stop_patience >= 0, "train.early_stop_patience must be 0 (off) or more epochs"),
+        (0 <= cfg.train.early_stop_min_delta < 1, "train.early_stop_min_delta must be in [0, 1) (a top-1 share)"),
     ]
     for ok, message in checks:
         if not ok:

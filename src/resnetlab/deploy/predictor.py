@@ -41,6 +41,8 @@ class Predictor(Classifier):
             state["model_name"], num_classes=state["num_classes"], in_chans=state["in_chans"],
             **{k: v for k, v in state["model_options"].items() if v is not None},
         )
+        if state.get("ema"):  # trained with train.ema_decay: the averaged weights are the model
+            state = {**state, "model": state["ema"]["module"]}
         load_model_state(model, state, path=ckpt_path, expected="the model it names")
         dev = select_device(device)
         cfg, pre = state["config"], state["preprocess"]

@@ -32,8 +32,13 @@ def final_model(s: Session) -> Classifier:
     best = s.run_dir / "best.pt"
     source = "last.pt"
     if "val" in s.loaders and best.is_file():
-        s.model.load_state_dict(load_checkpoint(best)["model"])
+        state = load_checkpoint(best)
+        s.model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
         source = "best.pt"
+    elif s.ema is not None:
+        s.model.load_state_dict(s.ema.module.state_dict())
+    if s.ema is not None:
+        source += " (EMA weights)"
     return Classifier(
         model=s.model, classes=s.data.classes, image_size=s.data.image_size, channels=s.data.channels,
         resize=s.cfg.data.resize, mean=s.mean, std=s.std, device=s.device,
@@ -57,7 +62,7 @@ def finish_run(s: Session, console: Console) -> dict:
         images, labels = split_images(splits["test"], model)
         result = evaluate_split(s.run_dir, model, "test", images, labels,
                                 Options(batch_size=s.cfg.train.eval_batch_size, figures=s.cfg.train.report), val=val)
-        chosen = "chosen on val" if model.source == "best.pt" else "no val split to choose on"
+        chosen = "chosen on val" if model.source.startswith("best.pt") else "no val split to choose on"
         console.print(
             f"test top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  "
             f"(n={result['n']}, {model.source}: {chosen}; {result['images_per_s']:.0f} img/s)"

@@ -64,6 +64,8 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
     if s.start_epoch >= epochs:
         raise UserError(f"nothing to train: {s.run_dir} has finished {s.start_epoch} of train.epochs={epochs}; "
                         f"resume with train.epochs={s.start_epoch + 1} or more, or score it with resnetlab evaluate")
+    if s.cfg.train.early_stop_patience and "val" not in s.loaders:
+        raise UserError("train.early_stop_patience needs a validation split to watch: set data.val_fraction=0.1")
     if s.dist.main and s.cfg.train.tensorboard:  # first, so an epoch is logged even if a later callback stops the run
         for event, fns in TensorBoardLogger(s).callbacks().items():
             hooks[event] = fns + hooks[event]
@@ -75,13 +77,14 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
             _enter_stage(s, epoch, console)
             record = train_epoch(s, epoch, progress, stop, hooks)
             if "val" in s.loaders:
-                result = evaluate_split(s, "val")
-                record.update(val_loss=result["loss"], val_top1=result["top1"], val_top5=result["top5"])
+                record.update(val_metrics(s))
             s.history.append(record)
             s.start_step, s.partial = 0, [0.0, 0.0, 0.0]  # only the resumed epoch starts part-way
             _end_of_epoch(s, record, console)
             for fn in hooks["on_epoch_end"]:
                 fn(s, record)
+            if early_stop(s, console):
+                break
         result = finish_run(s, console)
         for fn in hooks["on_train_end"]:
             fn(s, result)
@@ -135,6 +138,8 @@ def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[st
         step = epoch * spe + i
         lr = lr_for_step(cfg, step, spe)
         logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i))
+        if s.ema is not None:
+            s.ema.update(s.model)
         with torch.no_grad():
             finite &= torch.isfinite(loss_sum)
             sums[0] += loss_sum.detach()
@@ -289,14 +294,47 @@ def check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
         )
 
 
-def evaluate_split(s: Session, split: str) -> dict:
+def val_metrics(s: Session) -> dict:
+    """The epoch's val loss/top-1/top-5; with EMA, the EMA weights' too (``*_ema``), and ``val_top1``
+    is then the EMA's, since best.pt, early stopping and predict all use the EMA weights."""
+    raw = evaluate_split(s, "val")
+    out = {"val_loss": raw["loss"], "val_top1": raw["top1"], "val_top5": raw["top5"]}
+    if s.ema is not None:
+        ema = evaluate_split(s, "val", model=s.ema.module)
+        out = {"val_loss_raw": raw["loss"], "val_top1_raw": raw["top1"], "val_top5_raw": raw["top5"],
+               "val_loss": ema["loss"], "val_top1": ema["top1"], "val_top5": ema["top5"]}
+    return out
+
+
+def evaluate_split(s: Session, split: str, model=None) -> dict:
     """Each rank infers its shard of every batch; the shards are gathered, so each image counts once."""
-    out = infer(s.model, s.loaders[split].epoch(0), mean=s.mean, std=s.std, device=s.device,
+    out = infer(model or s.model, s.loaders[split].epoch(0), mean=s.mean, std=s.std, device=s.device,
                 precision=s.precision, channels_last=s.cfg.train.channels_last, num_classes=len(s.data.classes))
     logits, labels = distributed.gather_cat(out.logits, s.dist), distributed.gather_cat(out.labels, s.dist)
     result = metrics(logits, labels, s.data.classes)
     result["images_per_s"] = len(labels) / max(out.seconds, 1e-9)
     return result
+
+
+def epochs_without_gain(history: list[dict], min_delta: float) -> int:
+    """Epochs since val top-1 last beat its running best by more than ``min_delta`` (from the
+    history alone, so a resumed run counts the same)."""
+    best, since = -math.inf, 0
+    for h in history:
+        if h.get("val_top1") is None:
+            continue
+        best, since = (h["val_top1"], 0) if h["val_top1"] > best + min_delta else (best, since + 1)
+    return since
+
+
+def early_stop(s: Session, console: Console) -> bool:
+    """True (and one line) when train.early_stop_patience epochs passed without a val top-1 gain."""
+    patience, delta = s.cfg.train.early_stop_patience, s.cfg.train.early_stop_min_delta
+    if not patience or epochs_without_gain(s.history, delta) < patience:
+        return False
+    console.print(f"early stop after epoch {len(s.history)}: val top-1 has not gained more than {100 * delta:g} "
+                  f"points for {patience} epochs; best {100 * s.best_top1:.2f}% is in best.pt")
+    return True
 
 
 def diverged(record: dict, num_classes: int) -> bool:

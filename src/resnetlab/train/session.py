@@ -26,6 +26,7 @@ from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamL
 from resnetlab.data.readers.manifest import split_file_text
 from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
+from resnetlab.train.ema import ModelEma
 from resnetlab.errors import UserError
 from resnetlab.models import get_model, model_entry
 from resnetlab.models.groups import first_trained, layer_groups
@@ -56,6 +57,7 @@ class Session:
     ddp: nn.Module | None = None  # the DistributedDataParallel wrapper when there are 2+ ranks
     class_weights: torch.Tensor | None = None  # (k,) loss weight per class, optim.class_weights=balanced
     notes: list[str] = field(default_factory=list)  # what fit() should tell the user first (e.g. a resume fallback)
+    ema: ModelEma | None = None  # the weights' moving average, train.ema_decay
 
     @property
     def net(self) -> nn.Module:
@@ -182,6 +184,8 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
         cfg, data, model, optimizer, scaler, device, precision, loaders,
         torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device), run_dir, dist=d,
     )
+    if cfg.train.ema_decay:
+        session.ema = ModelEma(model, cfg.train.ema_decay)
     if cfg.optim.class_weights == "balanced":
         session.class_weights = balanced_weights(data.splits["train"].labels, len(data.classes)).to(device)
     if resume is not None and has_checkpoint:
@@ -246,6 +250,7 @@ def checkpoint_state(s: Session, *, epoch: int, step: int, partial: list[float])
         "model": s.model.state_dict(),
         "optimizer": s.optimizer.state_dict(),
         "scaler": s.scaler.state_dict() if s.scaler else None,
+        "ema": s.ema.state_dict() if s.ema else None,  # predict, export and the final test use these weights
         "epoch": epoch,
         "step_in_epoch": step,
         "global_step": epoch * s.steps_per_epoch + step,
@@ -295,6 +300,8 @@ def restore(s: Session, path: Path, state: dict | None = None) -> None:
         raise UserError(f"optimiser state in {path} does not fit optim.name={s.cfg.optim.name}: {e}") from None
     if s.scaler and state.get("scaler"):
         s.scaler.load_state_dict(state["scaler"])
+    if s.ema is not None and state.get("ema"):
+        s.ema.load_state_dict(state["ema"])
     # load_state_dict brought back the saved hyperparameters; overrides given on resume win
     o = s.cfg.optim
     for group in s.optimizer.param_groups:
