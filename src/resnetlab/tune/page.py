@@ -58,8 +58,9 @@ def write_study_page(study: optuna.Study, study_dir: Path, compare: Path | None)
              table(["parameter", "value"], [[k, v] for k, v in best.params.items()]),
              '<h2 id="history">Optimisation history</h2>' + _figure(plot_optimization_history, study,
                                                                      "optimisation history"),
-             '<h2 id="importance">Parameter importances</h2>' + _figure(plot_param_importances, study,
-                                                                         "parameter importances"),
+             '<h2 id="importance">Parameter importances</h2>'
+             + f'<p class="note">Optuna\'s fANOVA over the {counts["complete"]} completed trials: with few trials '
+             "these are rough</p>" + _figure(plot_param_importances, study, "parameter importances"),
              '<h2 id="trials">Trials</h2>' + table(["trial", "state", "val top-1", "epochs", "parameters", ""], rows)]
     if compare is not None:
         parts.append(f'<h2 id="compare">Top trials side by side</h2><p><a href="{compare.name}">{compare.name}</a></p>')
