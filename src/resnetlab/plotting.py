@@ -16,11 +16,16 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from resnetlab.io import atomic_write_bytes  # noqa: E402
 
-__all__ = ["plt", "save_figure"]
+__all__ = ["plt", "png_bytes", "save_figure"]
+
+
+def png_bytes(fig, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes; the figure is closed (pyplot keeps every open one alive)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def save_figure(fig, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, png_bytes(fig))

@@ -23,10 +23,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.2f}%"
-
-
 def run(args) -> int:
     import json
     from pathlib import Path
@@ -34,6 +30,7 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from resnetlab.evaluate.report import pct
     from resnetlab.evaluate.runs import list_runs
 
     rows = list_runs(Path(args.folder), sort=args.sort, descending=args.desc)
@@ -48,7 +45,7 @@ def run(args) -> int:
     for r in rows:
         status = r.status + (f" ({r.reason[:60]})" if r.reason and r.status != "finished" else "")
         table.add_row(r.name, r.recipe, r.model, Path(r.dataset).name or r.dataset,
-                      f"{r.epochs_done}/{r.epochs_planned}", _pct(r.best_val_top1),
-                      _pct(r.test_top1) + (f" (n={r.test_n})" if r.test_n else ""), f"{r.seconds:.0f} s", status)
+                      f"{r.epochs_done}/{r.epochs_planned}", pct(r.best_val_top1),
+                      pct(r.test_top1) + (f" (n={r.test_n})" if r.test_n else ""), f"{r.seconds:.0f} s", status)
     Console(soft_wrap=True, width=200).print(table)
     return 0

@@ -8,16 +8,14 @@ proportions: 1.96 * sqrt(p1 (1 - p1) / n1 + p2 (1 - p2) / n2)). Built only from 
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnetlab.errors import UserError
-from resnetlab.evaluate.report import page, pct, table
+from resnetlab.evaluate.report import inline_png, page, pct, table
 from resnetlab.evaluate.runs import is_run, read_history
 from resnetlab.io import atomic_write_text, read_json, read_yaml
 
@@ -98,7 +96,7 @@ def class_warnings(runs: list[Run]) -> list[str]:
 
 
 def _curves(runs: list[Run]) -> str:
-    from resnetlab.plotting import plt
+    from resnetlab.plotting import plt, png_bytes
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     for r in runs:
@@ -111,10 +109,7 @@ def _curves(runs: list[Run]) -> str:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return f'<img alt="training curves" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+    return inline_png(png_bytes(fig, dpi=100), "training curves")
 
 
 def _metrics_table(runs: list[Run]) -> str:

@@ -27,11 +27,15 @@ SECTIONS = [("config", "Config"), ("data", "Data"), ("training", "Training"), ("
             ("calibration", "Calibration"), ("rejection", "Rejecting unknown inputs")]
 
 
+def inline_png(data: bytes, alt: str) -> str:
+    """An <img> carrying the PNG itself, so the page needs no other file and no network."""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
 def _img(path: Path, alt: str) -> str:
     if not path.is_file():
         return f'<p class="note">{html.escape(alt)}: not produced for this run.</p>'
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return inline_png(path.read_bytes(), alt)
 
 
 def table(header: list[str], rows: list[list]) -> str:

@@ -6,9 +6,7 @@ matplotlib ones, so they read as its users know them.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import time
 import warnings
 from pathlib import Path
@@ -16,12 +14,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from resnetlab.evaluate.report import page, pct, table
+from resnetlab.evaluate.report import inline_png, page, pct, table
 from resnetlab.io import atomic_write_text
 
 
 def _figure(plot, study: optuna.Study, alt: str) -> str:
-    from resnetlab.plotting import plt
+    from resnetlab.plotting import png_bytes
 
     try:
         with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
@@ -30,10 +28,7 @@ def _figure(plot, study: optuna.Study, alt: str) -> str:
     except (ValueError, RuntimeError) as e:  # e.g. importances need two completed trials
         return f'<p class="note">{html.escape(alt)}: not drawn ({html.escape(str(e).splitlines()[0][:160])})</p>'
     fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+    return inline_png(png_bytes(fig, dpi=100), alt)
 
 
 def write_study_page(study: optuna.Study, study_dir: Path, compare: Path | None) -> Path:
