@@ -8,6 +8,7 @@ Folders written before status.json existed are 'finished' when they hold eval or
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import asdict, dataclass
@@ -44,8 +45,6 @@ def is_run(folder: Path) -> bool:
 
 
 def read_history(run: Path) -> list[dict]:
-    import json
-
     path = run / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -108,12 +107,7 @@ def list_runs(folder: Path, *, sort: str = "name", descending: bool = False) -> 
     if not rows:
         raise UserError(f"{folder} holds no run folders (a run folder has config.yaml and env.json)")
     field = {"epochs": "epochs_done"}.get(sort, sort)
-
-    def key(row: RunRow):
-        value = getattr(row, field)
-        return (value is None, value if value is not None else 0)
-
-    rows.sort(key=key, reverse=descending)
-    if descending:  # runs without the figure stay last either way
-        rows.sort(key=lambda r: getattr(r, field) is None)
-    return rows
+    # runs without the figure (no val split, not tested yet) stay last in either direction
+    known = sorted((r for r in rows if getattr(r, field) is not None), key=lambda r: getattr(r, field),
+                   reverse=descending)
+    return known + [r for r in rows if getattr(r, field) is None]
