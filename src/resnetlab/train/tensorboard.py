@@ -14,12 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from resnetlab.io import write_failed
 from resnetlab.train.session import Session
 
 EPOCH_TAGS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "images_per_s", "lr")
 FIGURES = ("confusion_normalized.png", "top_losses.png")
+FLUSH_EVERY = 50  # steps whose losses are read back from the device together
 
 
 class TensorBoardLogger:
@@ -30,6 +32,9 @@ class TensorBoardLogger:
 
         # purge_step: on resume, events past the checkpoint (written before a kill) are dropped
         self.writer = SummaryWriter(str(s.run_dir / "tensorboard"), purge_step=s.start_epoch * s.steps_per_epoch)
+        # (step, loss tensor on the device, lr): read back FLUSH_EVERY steps at a time, so logging every
+        # step does not add a host sync to every step on a GPU (the loop itself keeps its sums on the device)
+        self.pending: list[tuple[int, torch.Tensor, float]] = []
 
     def callbacks(self) -> dict:
         return {"on_batch_end": [self._guard(self.on_batch_end)], "on_epoch_end": [self._guard(self.on_epoch_end)],
@@ -46,10 +51,21 @@ class TensorBoardLogger:
         return call
 
     def on_batch_end(self, s: Session, info: dict) -> None:
-        self.writer.add_scalar("step/loss", float(info["loss"]), info["step"])
-        self.writer.add_scalar("step/lr", info["lr"], info["step"])
+        self.pending.append((info["step"], info["loss"], info["lr"]))
+        if len(self.pending) >= FLUSH_EVERY:
+            self._write_steps()
+
+    def _write_steps(self) -> None:
+        if not self.pending:
+            return
+        losses = torch.stack([loss.float() for _, loss, _ in self.pending]).tolist()  # one device read
+        for (step, _, lr), loss in zip(self.pending, losses):
+            self.writer.add_scalar("step/loss", loss, step)
+            self.writer.add_scalar("step/lr", lr, step)
+        self.pending.clear()
 
     def on_epoch_end(self, s: Session, record: dict) -> None:
+        self._write_steps()
         for tag in EPOCH_TAGS:
             if tag in record:
                 self.writer.add_scalar(f"epoch/{tag}", record[tag], record["epoch"])
