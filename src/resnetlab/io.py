@@ -23,11 +23,24 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def make_folder(folder: Path) -> Path:
+    """Create ``folder`` (and its parents) for a new output, or fail in one line."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(folder, e) from None
+    return folder
+
+
 def temporary_path(path: Path) -> Path:
     """A fresh, unused name beside ``path`` for a writer that needs a file name, not bytes
-    (the ONNX exporter, onnxruntime's quantiser). Rename it over ``path`` when it is complete."""
+    (the ONNX exporter, onnxruntime's quantiser). Rename it over ``path`` when it is complete.
+
+    The folder must exist (``make_folder`` makes a new one): a folder that vanished mid-run is an
+    error, never quietly made again half-filled (a deleted run folder came back with only the
+    files written after the deletion)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(tmp)

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from resnetlab.io import atomic_write_text
+    from resnetlab.io import atomic_write_text, make_folder
     from resnetlab.deploy.export import is_export, load_export
     from resnetlab.deploy.predictor import Predictor, expand_inputs
 
@@ -59,7 +59,7 @@ def run(args) -> int:
         rows.append({"path": path, "error": reason})
     text = _render(rows, args.format, k)
     if args.output:
-        atomic_write_text(Path(args.output), text)
+        atomic_write_text(make_folder(Path(args.output).parent) / Path(args.output).name, text)
         print(f"wrote {len(rows)} predictions to {args.output}")
     else:
         sys.stdout.write(text)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnetlab.io import atomic_write_bytes, atomic_write_text, read_json, temporary_path
+from resnetlab.io import atomic_write_bytes, atomic_write_text, make_folder, read_json, temporary_path
 from resnetlab.config import AugmentConfig
 from resnetlab.data import plan_data
 from resnetlab.data.cache import decode_for_model, resize_tensor, set_channels
@@ -174,6 +174,7 @@ def write_export(predictor: Classifier, fmt: str, out: Path, *, images: torch.Te
     reference = predictor.probabilities(images)  # before the model is moved to fp32 on the CPU
     model = predictor.model.float().eval().to("cpu").to(memory_format=torch.contiguous_format)
     path = out.with_name(out.name + FORMATS[fmt]) if not out.name.endswith(FORMATS[fmt]) else out
+    make_folder(path.parent)
     tmp = temporary_path(path)
     try:
         _write_model(model, predictor, fmt, tmp, layout)

@@ -17,7 +17,7 @@ from pathlib import Path
 from resnetlab.errors import UserError
 from resnetlab.evaluate.report import inline_png, page, pct, table
 from resnetlab.evaluate.runs import is_run, read_history
-from resnetlab.io import atomic_write_text, read_json, read_yaml
+from resnetlab.io import atomic_write_text, make_folder, read_json, read_yaml
 
 IGNORED_KEYS = ("train.name", "train.out_dir")  # differ between any two runs by construction
 METRICS = [("best val top-1", "val", "best_val_top1"), ("test top-1", "test", "top1"), ("test top-5", "test", "top5"),
@@ -157,5 +157,5 @@ def build_compare(paths: list[Path], out: Path) -> tuple[Path, list[str]]:
                  + (table(["key", *(r.name for r in runs)], [[k, *(str(r.config.get(k)) for r in runs)] for k in keys])
                     if keys else '<p class="note">the configs are the same (apart from name and folder)</p>'))
     parts.append(f'<h2 id="classes">Per-class F1 against {html.escape(runs[0].name)}</h2>' + _f1_table(runs))
-    atomic_write_text(out, page("resnetlab compare", parts))
+    atomic_write_text(make_folder(Path(out).parent) / Path(out).name, page("resnetlab compare", parts))
     return out, warnings
