@@ -134,11 +134,25 @@ def test_onecycle_with_a_one_step_rise_starts_at_the_peak():
     assert values[2] == pytest.approx(final + (1 - final) * 0.25) and values[3] == pytest.approx(final)
 
 
-def test_a_checkpoint_keeps_only_this_process_rng_state():
+def test_a_checkpoint_keeps_only_this_process_rng_state(monkeypatch):
+    """As on a machine with 8 GPUs where this process drives GPU 1: the checkpoint holds GPU 1's
+    generator only (every GPU's made a resume on fewer GPUs fail), and an older checkpoint with one
+    state per GPU gives back the entry of this process's GPU."""
+    mine = torch.full((16,), 1, dtype=torch.uint8)
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": mine)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(16, dtype=torch.uint8)] * 8)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
     state = rng_state()
-    assert set(state) == ({"torch", "cuda"} if torch.cuda.is_available() and torch.cuda.is_initialized() else {"torch"})
-    set_rng_state({"torch": state["torch"], "cuda": []})  # written on 0 GPUs, read anywhere
-    set_rng_state({**state, "cuda": [torch.zeros(16, dtype=torch.uint8)] * 8} if torch.cuda.is_available() else state)
+    assert set(state) == {"torch", "cuda"} and state["cuda"] is mine
+    set_rng_state(state)
+    per_gpu = [torch.full((16,), g, dtype=torch.uint8) for g in range(8)]  # written by an earlier version
+    set_rng_state({"torch": state["torch"], "cuda": per_gpu})
+    set_rng_state({"torch": state["torch"], "cuda": []})  # written with no GPU in use: nothing to restore
+    assert restored == [mine, per_gpu[1]]
 
 
 def test_a_peer_failure_and_a_local_error_read_differently():
