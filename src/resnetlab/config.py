@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -60,6 +61,15 @@ class AugmentConfig:
     zoom: float = 1.0  # largest zoom-in: scale uniform in [1, zoom] (fastai's max_zoom)
     lighting: float = 0.0  # brightness and contrast each times 1 +- up to this (fastai's max_lighting)
     resized_crop: list[float] = field(default_factory=list)  # [min, max] area share: RandomResizedCrop
+    # per image, after the above: TrivialAugmentWide (no settings) or RandAugment (policy_ops ops at
+    # policy_magnitude of 31 bins), torchvision's op tables on both the cached and the streamed path
+    policy: str = _choice("none", "none", "trivialaugment", "randaugment")
+    policy_ops: int = 2  # randaugment: ops an image
+    policy_magnitude: int = 9  # randaugment: bin 0..30
+    erasing: float = 0.0  # probability of random erasing an image (0.25 is usual): a box set to the mean
+    mixup_alpha: float = 0.0  # mixup, Beta(alpha, alpha) mixing share (0.2 is usual); 0 = off
+    cutmix_alpha: float = 0.0  # CutMix (1.0 is usual); 0 = off; with both set, each batch picks one
+    mix_prob: float = 1.0  # share of batches mixed when mixup or CutMix is on
 
 
 @dataclass
@@ -123,6 +133,12 @@ class TrainConfig:
     early_stop_patience: int = 0  # stop after this many epochs without a val top-1 gain; 0 = off
     ema_decay: float = 0.0  # EMA of the weights, per step (0.999 is usual); 0 = off; best.pt, predict, export use it
     early_stop_min_delta: float = 0.0  # a gain counts when above this (top-1 share: 0.001 = 0.1 point)
+    # wall clock for the whole run (evaluation and report included), e.g. 90s, 10m, 1h30m: the first
+    # steps are timed, then train.epochs and train.steps_per_epoch are set to fill it; "" = off
+    time_budget: str = ""
+    steps_per_epoch: int = 0  # batches an epoch (0: the whole training split); a time budget sets it
+    size_start: int = 0  # progressive resizing: px at the start, up to data.image_size (0 = off)
+    size_ramp: list[float] = field(default_factory=lambda: [0.0, 0.75])  # [from, to], shares of the run
 
 
 @dataclass
@@ -286,7 +302,9 @@ def set_value(cfg: Config, key: str, value: Any, *, source: str) -> str:
     setattr(target, name, _coerce(value, hints[name], full, source))
     choices = f.metadata.get("choices")
     if choices and getattr(target, name) not in choices:
-        raise UserError(f"{full}={value!r} ({source}) is not one of: {', '.join(choices)}")
+        near = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.4)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        raise UserError(f"{full}={value!r} ({source}) is not one of: {', '.join(choices)}; {hint}".rstrip("; "))
     return full
 
 
@@ -403,13 +421,41 @@ def validate(cfg: Config) -> None:
         (cfg.train.limit_batches >= 0, "train.limit_batches must be 0 (all) or more"),
         (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be 0 (off) or more steps"),
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in (0, 1) (0.999 is usual), or 0 for no EMA"),
+        (cfg.augment.policy_ops >= 1, "augment.policy_ops must be 1 or more"),
+        (0 <= cfg.augment.policy_magnitude <= 30, "augment.policy_magnitude must be a bin in [0, 30]"),
+        (0 <= cfg.augment.erasing <= 1, "augment.erasing must be a probability in [0, 1]"),
+        (cfg.augment.mixup_alpha >= 0 and cfg.augment.cutmix_alpha >= 0,
+         "augment.mixup_alpha and augment.cutmix_alpha must be 0 (off) or positive"),
+        (0 <= cfg.augment.mix_prob <= 1, "augment.mix_prob must be a probability in [0, 1]"),
+        (not (cfg.augment.mixup_alpha or cfg.augment.cutmix_alpha) or cfg.train.batch_size >= 2,
+         "mixup and CutMix mix each image with another of its batch: set train.batch_size to 2 or more"),
+        (cfg.train.steps_per_epoch >= 0, "train.steps_per_epoch must be 0 (all) or more"),
+        (cfg.train.size_start >= 0, "train.size_start must be 0 (off) or a size in px"),
+        (len(cfg.train.size_ramp) == 2 and 0 <= cfg.train.size_ramp[0] <= cfg.train.size_ramp[1] <= 1,
+         "train.size_ramp must be [from, to], shares of the run with 0 <= from <= to <= 1"),
+        (not (cfg.train.time_budget and cfg.stages),
+         "train.time_budget sets the epochs of one schedule; with stages, give each stage its epochs instead"),
         (cfg.train.early_stop_patience >= 0, "train.early_stop_patience must be 0 (off) or more epochs"),
         (0 <= cfg.train.early_stop_min_delta < 1, "train.early_stop_min_delta must be in [0, 1) (a top-1 share)"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    if cfg.train.time_budget:
+        parse_duration(cfg.train.time_budget, "train.time_budget")
     resolve_stages(cfg)
+
+
+def parse_duration(text: str, key: str) -> float:
+    """'90s', '10m', '1h30m', '1.5h' or a number of seconds -> seconds."""
+    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", str(text))
+    if not parts or not any(parts.groups()):
+        raise UserError(f"{key}={text!r} should be a duration like 90s, 10m, 1h30m or 1.5h")
+    h, m, sec = (float(g or 0) for g in parts.groups())
+    seconds = 3600 * h + 60 * m + sec
+    if seconds <= 0:
+        raise UserError(f"{key}={text!r} must be longer than 0 s")
+    return seconds
 
 
 def resolve_stages(cfg: Config) -> None:

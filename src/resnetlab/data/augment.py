@@ -5,7 +5,9 @@ ResNet step costs less than that on a GPU and not much more on a CPU core, so
 the crop and flip are done here for the whole batch with one gather, and
 rotation, zoom and random resized crops with one affine_grid + grid_sample.
 Streaming uses torchvision's transforms v2 for the same operations
-(``stream_transforms``).
+(``stream_transforms``). On top, for whole training batches (``BatchAugment``): an
+augmentation policy (TrivialAugmentWide, RandAugment: data/policy.py), random erasing,
+and mixup/CutMix, which turn the labels into soft targets (N, k).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from resnetlab.config import AugmentConfig
+from resnetlab.data.policy import apply_policy, stream_policy
 
 
 def make_generator(*keys: int) -> torch.Generator:
@@ -102,8 +105,9 @@ def lighting(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     return ((x - mean) * contrast + mean).mul_(brightness).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def stream_transforms(cfg: AugmentConfig, size: int) -> v2.Compose | None:
-    """The same augmentation for streamed images, with torchvision's per-image transforms v2."""
+def stream_transforms(cfg: AugmentConfig, size: int, fill: tuple[int, ...] = ()) -> v2.Compose | None:
+    """The same augmentation for streamed images, with torchvision's per-image transforms v2, in
+    BatchAugment's order; ``fill``: the erased pixels' value, a uint8 per channel."""
     steps = []
     if cfg.resized_crop:
         steps.append(v2.RandomResizedCrop(size, scale=tuple(cfg.resized_crop), antialias=True))
@@ -115,7 +119,99 @@ def stream_transforms(cfg: AugmentConfig, size: int) -> v2.Compose | None:
         steps.append(v2.RandomHorizontalFlip())
     if cfg.lighting:
         steps.append(v2.ColorJitter(brightness=cfg.lighting, contrast=cfg.lighting))
+    if cfg.policy != "none":
+        steps.append(stream_policy(cfg.policy, cfg.policy_ops, cfg.policy_magnitude))
+    if cfg.erasing:
+        steps.append(v2.RandomErasing(p=cfg.erasing, scale=ERASE_AREA, ratio=ERASE_RATIO, value=list(fill) or 0))
     return v2.Compose(steps) if steps else None
+
+
+ERASE_AREA = (0.02, 0.33)  # share of the image; torchvision's RandomErasing defaults (Zhong et al. 2017)
+ERASE_RATIO = (0.3, 3.3)  # box height / width, drawn log-uniform
+ERASE_TRIES = 10  # torchvision draws up to 10 boxes and keeps the first that fits inside
+
+
+def erase(images: torch.Tensor, p: float, fill: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's RandomErasing, for a batch: each image, with probability p, gets a box of
+    ERASE_AREA x ERASE_RATIO set to ``fill`` ((C,) uint8: the data set's mean, which is what
+    erasing to 0 after normalisation gives); the first of ERASE_TRIES draws that fits is used."""
+    n, _, h, w = images.shape
+    hit = torch.rand(n, generator=generator) < p
+    area = h * w * (ERASE_AREA[0] + torch.rand(n, ERASE_TRIES, generator=generator) * (ERASE_AREA[1] - ERASE_AREA[0]))
+    lo, hi = math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1])
+    ratio = torch.exp(lo + torch.rand(n, ERASE_TRIES, generator=generator) * (hi - lo))
+    eh, ew = (area * ratio).sqrt().round().long(), (area / ratio).sqrt().round().long()
+    fits = (eh < h) & (ew < w)
+    first = fits.float().argmax(1)  # index of the first fitting draw (0 when none fits: hit is cleared)
+    hit &= fits.any(1)
+    eh, ew = eh.gather(1, first[:, None])[:, 0], ew.gather(1, first[:, None])[:, 0]
+    top = (torch.rand(n, generator=generator) * (h - eh + 1)).long()
+    left = (torch.rand(n, generator=generator) * (w - ew + 1)).long()
+    rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    inside = ((rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
+              & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None]) & hit[:, None, None])
+    return torch.where(inside[:, None].to(images.device), fill.view(1, -1, 1, 1).to(images.device), images)
+
+
+def mix(images: torch.Tensor, targets: torch.Tensor, cfg: AugmentConfig,
+        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or CutMix of a batch with itself rolled by one (torchvision's v2.MixUp / v2.CutMix):
+    one lam ~ Beta(alpha, alpha) a batch; targets (N, k) float are mixed by the same share
+    (for CutMix, the share of pixels the box really took). With probability 1 - mix_prob the
+    batch is left as it is; with both alphas set, each batch picks one of the two at 1/2."""
+    u = torch.rand(2, generator=generator).tolist()
+    if u[0] >= cfg.mix_prob:
+        return images, targets
+    cut = cfg.cutmix_alpha > 0 and (cfg.mixup_alpha == 0 or u[1] < 0.5)
+    alpha = cfg.cutmix_alpha if cut else cfg.mixup_alpha
+    lam = float(np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator))).beta(alpha, alpha))
+    other = images.roll(1, 0)
+    if cut:
+        n, _, h, w = images.shape
+        cy, cx = (int(torch.randint(size, (1,), generator=generator)) for size in (h, w))
+        half_h, half_w = int(0.5 * math.sqrt(1 - lam) * h), int(0.5 * math.sqrt(1 - lam) * w)
+        y0, y1, x0, x1 = max(cy - half_h, 0), min(cy + half_h, h), max(cx - half_w, 0), min(cx + half_w, w)
+        images = images.clone()
+        images[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    else:  # on uint8: rounding moves a pixel by at most 1/2 of a level
+        images = images.float().mul_(lam).add_(other.float(), alpha=1 - lam).round_().to(torch.uint8)
+    return images, targets.mul(lam).add_(targets.roll(1, 0), alpha=1 - lam)
+
+
+class BatchAugment:
+    """All training augmentation of a global uint8 batch: geometry, crop/flip and lighting
+    (augment_batch), then the policy, erasing, and mixing. Labels come back as int64 (N,), or as
+    soft targets (N, k) float32 when mixup or CutMix is on (every batch then, mixed or not)."""
+
+    def __init__(self, cfg: AugmentConfig, *, num_classes: int, fill: tuple[int, ...] = ()):
+        self.cfg, self.num_classes = cfg, num_classes
+        self.fill = torch.tensor(fill or (0,), dtype=torch.uint8)
+        self.mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        images = augment_batch(images, cfg, generator)
+        if cfg.policy != "none":
+            images = apply_policy(images, cfg.policy, cfg.policy_ops, cfg.policy_magnitude, generator)
+        if cfg.erasing:
+            images = erase(images, cfg.erasing, self.fill, generator)
+        return self.mix(images, labels, generator)
+
+    def mix(self, images: torch.Tensor, labels: torch.Tensor,
+            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.mixing:
+            return images, labels
+        return mix(images, F.one_hot(labels, self.num_classes).float(), self.cfg, generator)
+
+
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> (N, C, size, size), antialiased bilinear (progressive resizing)."""
+    if size <= 0 or images.shape[-2:] == (size, size):
+        return images
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def normalize(

@@ -14,12 +14,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from resnetlab.config import AugmentConfig
-from resnetlab.data.augment import augment_batch, make_generator, stream_transforms
+from resnetlab.data.augment import BatchAugment, make_generator, resize_batch, stream_transforms
 from resnetlab.data.cache import set_channels
 from resnetlab.data.images import BadImage, load_array
 from resnetlab.errors import UserError
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, C, H, W), int64 (N,), on the device
+Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, C, H, W), int64 (N,) or soft (N, k) float, on the device
 
 
 def shard(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
@@ -51,10 +51,15 @@ class _Batches:
 
     def __init__(self, n: int, batch_size: int, merge_tail: bool, rank: int = 0, world: int = 1, limit: int = 0):
         self.slices = batch_slices(n, batch_size, merge_tail)[: limit or None]
+        self.full_steps = len(batch_slices(n, batch_size, merge_tail))  # before any limit
         self.rank, self.world = rank, world  # torchrun's RANK and WORLD_SIZE: each process takes its share
 
     def __len__(self) -> int:
         return len(self.slices)
+
+    def limit(self, steps: int) -> None:
+        """Only the first ``steps`` batches of each epoch's order (a time budget's plan)."""
+        self.slices = self.slices[:steps]
 
     def global_batch(self, step: int) -> int:
         """Images in step ``step`` summed over all ranks."""
@@ -73,7 +78,7 @@ class CachedLoader(_Batches):
         device: torch.device,
         seed: int,
         shuffle: bool = False,
-        augment: AugmentConfig | None = None,
+        augment: BatchAugment | None = None,
         merge_tail: bool = False,
         rank: int = 0,
         world: int = 1,
@@ -86,17 +91,18 @@ class CachedLoader(_Batches):
         self.seed, self.shuffle, self.augment = seed, shuffle, augment
         self.sample_weights = sample_weights
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int, start: int = 0, size: int = 0) -> Iterator[Batch]:
+        """The batches of ``epoch`` from step ``start``; ``size`` > 0 resizes them (progressive resizing)."""
         order = epoch_order(len(self.labels), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                             weights=self.sample_weights)
         order = order.to(self.images.device)
         for step in range(start, len(self.slices)):
             idx = order[self.slices[step]]
-            x = self.images[idx]
+            x, y = self.images[idx], self.labels[idx]
             if self.augment is not None:
                 # drawn for the whole global batch, then sharded: any rank count sees the same images
-                x = augment_batch(x, self.augment, make_generator(self.seed, epoch, step))
-            yield shard(x, self.rank, self.world), shard(self.labels[idx], self.rank, self.world)
+                x, y = self.augment(x, y, make_generator(self.seed, epoch, step))
+            yield shard(resize_batch(x, size), self.rank, self.world), shard(y, self.rank, self.world)
 
 
 class FileDataset(Dataset):
@@ -107,12 +113,12 @@ class FileDataset(Dataset):
     """
 
     def __init__(self, paths, labels, *, size, resize, channels, augment: AugmentConfig | None, seed,
-                 boxes=None, margin: float = 0.1):
+                 boxes=None, margin: float = 0.1, fill: tuple[int, ...] = ()):
         self.paths, self.labels = paths, labels
         self.boxes, self.margin = boxes, margin
         self.size, self.resize, self.channels = size, resize, channels
         self.seed = seed
-        self.transform = stream_transforms(augment, size) if augment is not None else None
+        self.transform = stream_transforms(augment, size, fill) if augment is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -141,14 +147,14 @@ class StreamLoader(_Batches):
 
     def __init__(self, dataset: FileDataset, *, batch_size, device, seed, num_workers, on_bad_image,
                  shuffle=False, merge_tail=False, rank: int = 0, world: int = 1, sample_weights=None,
-                 limit: int = 0):
+                 limit: int = 0, mixer: BatchAugment | None = None):
         super().__init__(len(dataset), batch_size, merge_tail, rank, world, limit)
         self.dataset, self.device, self.seed = dataset, device, seed
-        self.sample_weights = sample_weights
+        self.sample_weights, self.mixer = sample_weights, mixer  # mixer: mixup/CutMix of each decoded batch
         self.shuffle, self.num_workers, self.on_bad_image = shuffle, num_workers, on_bad_image
         self.skipped: dict[str, str] = {}
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int, start: int = 0, size: int = 0) -> Iterator[Batch]:
         order = epoch_order(len(self.dataset), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                             weights=self.sample_weights)
         batches = [[(int(i), epoch) for i in shard(order[s], self.rank, self.world)] for s in self.slices[start:]]
@@ -160,7 +166,7 @@ class StreamLoader(_Batches):
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
-        for x, y, index, err in loader:
+        for step, (x, y, index, err) in enumerate(loader, start=start):
             bad = y < 0
             if bad.any():
                 for i in bad.nonzero().flatten().tolist():
@@ -171,4 +177,7 @@ class StreamLoader(_Batches):
                 x, y = x[~bad], y[~bad]
                 if len(y) == 0:
                     continue
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.mixer is not None:
+                x, y = self.mixer.mix(x, y, make_generator(self.seed, epoch, step, self.rank))
+            yield resize_batch(x, size), y

@@ -27,10 +27,12 @@ from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import infer
 from resnetlab.evaluate.metrics import metrics
 from resnetlab.train import distributed
+from resnetlab.train.budget import plan_budget, report_budget
 from resnetlab.train.checkpoint import save_checkpoint
 from resnetlab.train.figures import training_curves
 from resnetlab.train.finish import finish_run
 from resnetlab.train.run_folder import write_metrics, write_skipped, write_status
+from resnetlab.train.schedules import size_for_epoch
 from resnetlab.train.session import Session, checkpoint_state
 from resnetlab.train.stages import apply_stage, freeze_bn_statistics, lr_for_step, snapshot_epochs, stage_at
 from resnetlab.train.step import train_step
@@ -69,8 +71,10 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
     if s.dist.main and s.cfg.train.tensorboard:  # first, so an epoch is logged even if a later callback stops the run
         for event, fns in TensorBoardLogger(s).callbacks().items():
             hooks[event] = fns + hooks[event]
-    _announce(s, console)
     with run_status(s), EpochProgress(s, console) as progress, stop_on_signals() as stop:
+        plan = plan_budget(s, console)  # train.time_budget: sets train.epochs
+        epochs = s.cfg.train.epochs
+        _announce(s, console)
         for epoch in range(s.start_epoch, epochs):
             if stop_agreed(s, stop):  # came in the previous epoch's last step
                 raise Preempted(_signal_name(stop), s.run_dir, epoch, 0)
@@ -86,6 +90,8 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
             if early_stop(s, console):
                 break
         result = finish_run(s, console)
+        if plan is not None:
+            report_budget(s, plan, console)
         for fn in hooks["on_train_end"]:
             fn(s, result)
     return result
@@ -133,8 +139,9 @@ def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[st
     finite = torch.ones((), dtype=torch.bool, device=s.device)
     lr = lr_for_step(cfg, epoch * spe + min(first, spe - 1), spe)
     start, seen0 = time.perf_counter(), s.partial[2]
+    size = train_size(s, epoch)
     progress.start(epoch, completed=first)
-    for i, (x, y) in enumerate(s.loaders["train"].epoch(epoch, start=first), start=first):
+    for i, (x, y) in enumerate(s.loaders["train"].epoch(epoch, start=first, size=size), start=first):
         step = epoch * spe + i
         lr = lr_for_step(cfg, step, spe)
         logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i))
@@ -143,7 +150,7 @@ def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[st
         with torch.no_grad():
             finite &= torch.isfinite(loss_sum)
             sums[0] += loss_sum.detach()
-            sums[1] += (logits.argmax(1) == y).sum()
+            sums[1] += (logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()  # mixed: the larger share
             sums[2] += len(y)
         progress.update(i, sums, seen0, start)
         for fn in hooks["on_batch_end"]:
@@ -164,7 +171,13 @@ def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[st
     seen_max = max(seen, 1.0)
     return {"epoch": epoch + 1, "step": (epoch + 1) * spe, "lr": lr, "train_loss": loss_sum / seen_max,
             "train_top1": correct / seen_max, "images_per_s": (seen - seen0) / max(seconds, 1e-9),
-            "seconds": round(seconds, 2)}
+            "seconds": round(seconds, 2), "size": size or s.data.image_size}
+
+
+def train_size(s: Session, epoch: int) -> int:
+    """The epoch's training image side under progressive resizing (train.size_start); 0: full size."""
+    t = s.cfg.train
+    return size_for_epoch(epoch, epochs=t.epochs, start=t.size_start, final=s.data.image_size, ramp=t.size_ramp)
 
 
 def check_callbacks(callbacks: dict[str, list[Callback]] | None) -> defaultdict:
@@ -374,6 +387,8 @@ def _end_of_epoch(s: Session, record: dict, console: Console) -> None:
     if "val_top1" in record:
         line += f"  val loss {record['val_loss']:.4f} top-1 {100 * record['val_top1']:.2f}%"
     line += f"  {record['images_per_s']:.0f} img/s  {record['seconds']:.1f} s"
+    if s.cfg.train.size_start:
+        line += f"  {record['size']} px"
     console.print(line + ("  *" if improved else ""))
     if diverged(record, len(s.data.classes)):
         console.print(f"warning: diverged: train loss {record['train_loss']:.2f} is far above "

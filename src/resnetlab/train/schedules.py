@@ -81,3 +81,22 @@ def _onecycle(step: int, base_lr: float, total_steps: int, cfg: ScheduleConfig) 
         span = last_step - rise
         pct, start, end = (step - rise) / span if span > 0 else 1.0, base_lr, final
     return end + (start - end) / 2 * (1 + math.cos(math.pi * min(pct, 1.0)))
+
+
+SIZE_STEP = 8  # px: progressive sizes are multiples of this (FFCV rounds to 32 at ImageNet sizes)
+
+
+def size_for_epoch(epoch: int, *, epochs: int, start: int, final: int, ramp: list[float]) -> int:
+    """Progressive resizing: the training image side for 0-based ``epoch``; 0 means the full size.
+
+    ``start`` px until the share ``ramp[0]`` of the run, ``final`` px from ``ramp[1]`` on, linear
+    in between and rounded down to SIZE_STEP px (never below ``start``). Small images early cost
+    (size / final)^2 of a full step and teach the coarse shapes; the last epochs at full size let
+    BatchNorm statistics and the classifier settle at the size evaluation uses."""
+    if not start or start >= final:
+        return 0
+    where = epoch / max(epochs - 1, 1)  # 0 at the first epoch, 1 at the last
+    lo, hi = ramp
+    t = 0.0 if where <= lo else 1.0 if where >= hi else (where - lo) / (hi - lo)
+    size = max(start, int(start + t * (final - start)) // SIZE_STEP * SIZE_STEP)
+    return 0 if size >= final else size

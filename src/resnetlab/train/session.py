@@ -23,6 +23,7 @@ from resnetlab.train.checkpoint import (DamagedCheckpoint, describe_model, load_
                                         rng_state, set_rng_state)
 from resnetlab.config import Config, OptimConfig, apply_overrides, save_config, validate
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader, build_data
+from resnetlab.data.augment import BatchAugment
 from resnetlab.data.readers.manifest import split_file_text
 from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
@@ -58,6 +59,7 @@ class Session:
     class_weights: torch.Tensor | None = None  # (k,) loss weight per class, optim.class_weights=balanced
     notes: list[str] = field(default_factory=list)  # what fit() should tell the user first (e.g. a resume fallback)
     ema: ModelEma | None = None  # the weights' moving average, train.ema_decay
+    started: float = field(default_factory=time.monotonic)  # when prepare() began: train.time_budget counts from it
 
     @property
     def net(self) -> nn.Module:
@@ -79,6 +81,9 @@ def build_model(cfg: Config, data: DataBundle, *, pretrained: bool = True) -> nn
     if data.image_size < entry.min_size:
         raise UserError(f"{cfg.model.name} needs images of at least {entry.min_size} px (it downsamples them "
                         f"to 1 px before its last stage); set data.image_size={entry.default_size} or more")
+    if cfg.train.size_start and cfg.train.size_start < entry.min_size:
+        raise UserError(f"train.size_start={cfg.train.size_start} is below the {entry.min_size} px {cfg.model.name} "
+                        f"needs; start progressive resizing at {entry.min_size} px or more")
     if cfg.model.num_classes and cfg.model.num_classes != len(data.classes):
         raise UserError(
             f"model.num_classes={cfg.model.num_classes} but {data.root} has {len(data.classes)} classes; "
@@ -117,18 +122,23 @@ def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
 def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.device, *, train: bool,
                 dist: Dist = Dist()):
     batch = cfg.train.batch_size if train else cfg.train.eval_batch_size
-    common = dict(batch_size=batch, device=device, seed=cfg.seed, shuffle=train, merge_tail=train, rank=dist.rank, world=dist.world,
-                  limit=cfg.train.limit_batches)
+    limit = cfg.train.limit_batches
+    if train and cfg.train.steps_per_epoch:
+        limit = min(limit or cfg.train.steps_per_epoch, cfg.train.steps_per_epoch)
+    common = dict(batch_size=batch, device=device, seed=cfg.seed, shuffle=train, merge_tail=train, rank=dist.rank,
+                  world=dist.world, limit=limit)
     if train and cfg.data.sampler == "balanced":
         common["sample_weights"] = balanced_weights(split.labels, len(data.classes))[split.labels]
-    augment = cfg.augment if train else None
+    fill = tuple(round(255 * m) for m in data.mean)  # erased pixels: what normalises to 0
+    augment = BatchAugment(cfg.augment, num_classes=len(data.classes), fill=fill) if train else None
     if split.images is not None:
         return CachedLoader(split.images, split.labels, augment=augment, **common)
     dataset = FileDataset(
-        split.paths, split.labels.tolist(), size=data.image_size, resize=cfg.data.resize,
-        channels=data.channels, augment=augment, seed=cfg.seed, boxes=split.boxes, margin=cfg.data.roi_margin,
+        split.paths, split.labels.tolist(), size=data.image_size, resize=cfg.data.resize, channels=data.channels,
+        augment=cfg.augment if train else None, seed=cfg.seed, boxes=split.boxes, margin=cfg.data.roi_margin, fill=fill,
     )
-    return StreamLoader(dataset, num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, **common)
+    return StreamLoader(dataset, num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image,
+                        mixer=augment if augment is not None and augment.mixing else None, **common)
 
 
 def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -145,7 +155,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     ``overrides`` are applied on top and recorded in env.json. When torchrun restarts the
     processes (``--max-restarts``), the run it had begun is resumed from its last checkpoint.
     """
-    restarted = None
+    started, restarted = time.monotonic(), None
     if resume is None and (restarted := elastic_restart(cfg, run_name)) is not None:
         resume, overrides = restarted, []
     if resume is not None:
@@ -183,6 +193,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     session = Session(
         cfg, data, model, optimizer, scaler, device, precision, loaders,
         torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device), run_dir, dist=d,
+        started=started,
     )
     if cfg.train.ema_decay:
         session.ema = ModelEma(model, cfg.train.ema_decay)

@@ -1,0 +1,179 @@
+"""Training methods of issue 13: augmentation policies, random erasing, mixup/CutMix,
+progressive resizing and the time budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from torchvision.transforms import v2
+
+from tests.conftest import tiny_config
+from resnetlab.config import AugmentConfig, load_config
+from resnetlab.data import policy
+from resnetlab.data.augment import BatchAugment, erase, make_generator, mix, stream_transforms
+from resnetlab.errors import UserError
+from resnetlab.train.budget import choose
+from resnetlab.train.checkpoint import load_checkpoint
+from resnetlab.train.loop import fit
+from resnetlab.train.schedules import size_for_epoch
+from resnetlab.train.session import prepare
+
+# magnitudes that reach both ends of each op's table, both signs and the torchvision edge cases
+# (a shear of -0.6 lands many sampling points exactly on pixel edges)
+CASES = {"ShearX": [0.37, -0.6, 0.99], "ShearY": [0.37, -0.6, -0.99], "TranslateX": [12.7, -20.0, 32.0],
+         "TranslateY": [-3.2, 31.0], "Rotate": [12.0, -45.0, 135.0, 90.0], "Brightness": [0.37, -0.6, 0.99],
+         "Color": [0.37, -0.6], "Contrast": [0.5, -0.99], "Sharpness": [0.9, -0.6], "Posterize": [2.0, 4.0, 7.0],
+         "Solarize": [0.0, 0.5, 0.97], "AutoContrast": [0.0], "Equalize": [0.0]}
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_every_policy_op_equals_torchvision_image_by_image(channels):
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (5, channels, 20, 17), dtype=torch.uint8)
+    x[0] = x[0] // 3 + 40  # low contrast: autocontrast and equalize have work to do
+    x[1] = 7  # flat: the no-op branches
+    ref_op = v2.TrivialAugmentWide()._apply_image_or_video_transform
+    assert set(CASES) == set(policy.OPS) and set(policy.SPACES["randaugment"]) == set(policy.OPS) | {"Identity"}
+    for name, magnitudes in CASES.items():
+        for m in magnitudes:
+            want = torch.stack([ref_op(im, name, m, interpolation=v2.InterpolationMode.NEAREST, fill={})
+                                for im in x])
+            got = policy.OPS[name](x, torch.full((5,), m, dtype=torch.float64))
+            assert torch.equal(got, want), (name, m, (got != want).float().mean().item())
+
+
+def test_batched_policy_draws_like_torchvision_per_image():
+    """Same image, 3,000 views through the batched policy and through torchvision's per-image
+    transform (the streamed path): the share left as it was and the mean brightness agree."""
+    image = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    n = 3000
+    batched = policy.apply_policy(image.expand(n, -1, -1, -1), "trivialaugment", 2, 9, make_generator(3))
+    torch.manual_seed(3)
+    per_image = torch.stack([v2.TrivialAugmentWide()(image[0]) for _ in range(n)])
+    for views in (batched, per_image):
+        assert (views == image).flatten(1).all(1).float().mean().item() == pytest.approx(0.10, abs=0.03)
+    assert batched.float().mean().item() == pytest.approx(per_image.float().mean().item(), rel=0.03)
+    again = policy.apply_policy(image.expand(n, -1, -1, -1), "trivialaugment", 2, 9, make_generator(3))
+    assert torch.equal(batched, again)  # a pure function of the generator: resume sees the same views
+    rand = policy.apply_policy(image.expand(200, -1, -1, -1), "randaugment", 2, 9, make_generator(4))
+    assert not torch.equal(rand, batched[:200])
+
+
+def test_stream_path_uses_torchvisions_policy_and_erasing():
+    cfg = AugmentConfig(crop_padding=0, hflip=False, policy="randaugment", policy_ops=3, policy_magnitude=5,
+                        erasing=0.5)
+    steps = stream_transforms(cfg, 32, (10, 20, 30)).transforms
+    assert isinstance(steps[0], v2.RandAugment) and (steps[0].num_ops, steps[0].magnitude) == (3, 5)
+    assert isinstance(steps[1], v2.RandomErasing) and steps[1].p == 0.5 and steps[1].value == [10, 20, 30]
+    cfg.policy = "trivialaugment"
+    assert isinstance(stream_transforms(cfg, 32).transforms[0], v2.TrivialAugmentWide)
+
+
+def test_erasing_boxes_follow_torchvision():
+    x = torch.full((4000, 3, 32, 32), 200, dtype=torch.uint8)
+    fill = torch.tensor([1, 2, 3], dtype=torch.uint8)
+    out = erase(x, 0.5, fill, make_generator(0))
+    erased = (out[:, 0] == 1)
+    hit = erased.flatten(1).any(1)
+    assert hit.float().mean().item() == pytest.approx(0.5, abs=0.03)
+    assert torch.equal(out[~hit], x[~hit])
+    assert (out[hit][:, 1][erased[hit]] == 2).all()  # every channel gets its fill
+    share = erased[hit].flatten(1).float().mean(1)
+    assert share.min().item() >= 0.015 and share.max().item() <= 0.36  # 0.02-0.33, sides rounded to px
+    torch.manual_seed(0)
+    ref = v2.RandomErasing(p=1.0)
+    ref_share = torch.stack([(ref(torch.ones(3, 32, 32)) == 0)[0].float().mean() for _ in range(2000)])
+    assert share.mean().item() == pytest.approx(ref_share.mean().item(), rel=0.06)
+
+
+def test_mixup_and_cutmix_mix_images_and_targets_by_the_same_share():
+    x = torch.stack([torch.full((1, 8, 8), v, dtype=torch.uint8) for v in (0, 100, 200, 250)])
+    onehot = torch.eye(4)
+    cfg = AugmentConfig(mixup_alpha=0.4)
+    for seed in range(5):
+        images, soft = mix(x, onehot, cfg, make_generator(seed))
+        lam = soft[0, 0].item()  # image 0 keeps lam of itself, takes 1 - lam of image 3 (roll by one)
+        assert soft.sum(1).tolist() == pytest.approx([1.0] * 4) and soft[0, 3].item() == pytest.approx(1 - lam)
+        assert images[0].float().mean().item() == pytest.approx(round(250 * (1 - lam)), abs=0.5)
+    cfg = AugmentConfig(cutmix_alpha=1.0)
+    for seed in range(5):
+        images, soft = mix(x, onehot, cfg, make_generator(seed))
+        taken = (images[1] == 0).float().mean().item()  # image 1's pixels that came from image 0
+        assert soft[1, 0].item() == pytest.approx(taken) and soft[1, 1].item() == pytest.approx(1 - taken)
+    images, soft = mix(x, onehot, AugmentConfig(mixup_alpha=0.4, mix_prob=0.0), make_generator(0))
+    assert torch.equal(images, x) and torch.equal(soft, onehot)
+    labels = BatchAugment(AugmentConfig(crop_padding=0, hflip=False, cutmix_alpha=1.0), num_classes=5)(
+        x, torch.tensor([0, 1, 2, 4]), make_generator(1))[1]
+    assert labels.shape == (4, 5) and labels[:, 3].sum() == 0
+
+
+def test_training_with_every_method_on(class_folders, tmp_path):
+    extra = ("augment.policy=trivialaugment", "augment.erasing=0.5", "augment.mixup_alpha=0.2",
+             "augment.cutmix_alpha=1.0", "train.size_start=12", "train.epochs=3", "train.size_ramp=[0,0.5]")
+    s = prepare(tiny_config(class_folders, tmp_path, *extra), run_name="t")
+    fit(s)
+    assert [h["size"] for h in s.history] == [12, 16, 16]  # 16 px images, ramp over the first half
+    assert all(0 <= h["train_top1"] <= 1 and h["train_loss"] < 5 for h in s.history)
+    streamed = prepare(tiny_config(class_folders, tmp_path, *extra, "data.cache=stream", "data.num_workers=0", "data.image_size=16",
+                                   "train.name=stream"), run_name="t")
+    fit(streamed)
+    assert [h["size"] for h in streamed.history] == [12, 16, 16]
+
+
+def test_progressive_sizes_are_exact():
+    sizes = [size_for_epoch(e, epochs=10, start=16, final=32, ramp=[0.0, 0.75]) for e in range(10)]
+    # epoch e sits at e/9 of the run; 16 + t * 16 rounded down to 8 px; 0 = the full 32 px
+    assert sizes == [16, 16, 16, 16, 24, 24, 24, 0, 0, 0]
+    assert size_for_epoch(3, epochs=10, start=0, final=32, ramp=[0.0, 0.75]) == 0
+    assert size_for_epoch(0, epochs=1, start=64, final=32, ramp=[0.0, 0.75]) == 0
+
+
+def test_budget_plan_fills_the_budget_with_whole_epochs_and_refuses_one_too_small():
+    common = dict(step_s={32: 0.1}, epoch_overhead_s=2.0, finish_s=5.0, full_steps=100, sizes=lambda e: [0] * e)
+    plan = choose(300.0, 10.0, **common)
+    # 0.98 * 290 - 5 = 279.2 s: 2 epochs of 100 steps (24 s) fit in 279.2; 23 full epochs take 276 s,
+    # 24 would need 288: so 24 epochs of floor((279.2 - 48) / 2.4) = 96 steps (2,304 > 2,300 steps)
+    assert (plan.epochs, plan.steps) == (24, 96)
+    assert plan.predicted_s == pytest.approx(10 + 24 * 96 * 0.1 + 24 * 2 + 5)
+    assert plan.predicted_s <= 300
+    ramp = choose(300.0, 10.0, **{**common, "step_s": {16: 0.04, 32: 0.1},
+                                  "sizes": lambda e: [16 if i < e // 2 else 0 for i in range(e)]})
+    assert ramp.epochs * ramp.steps > plan.epochs * plan.steps  # small early epochs buy more steps
+    with pytest.raises(UserError, match=r"time budget 20s is too small for one epoch here: 100 steps take ~10 s"):
+        choose(20.0, 10.0, **common)
+
+
+def test_time_budget_run_equals_the_fixed_run_it_planned(class_folders, tmp_path, capsys):
+    s = prepare(tiny_config(class_folders, tmp_path / "budget", "data.val_fraction=0.25", "train.time_budget=40s",
+                            "train.epochs=1"), run_name="t")
+    fit(s)
+    out = capsys.readouterr().out
+    plan = json.loads((s.run_dir / "budget.json").read_text())
+    saved = yaml.safe_load((s.run_dir / "config.yaml").read_text())["train"]
+    assert saved["epochs"] == plan["epochs"] == len(s.history) > 1
+    assert "time budget 40s:" in out and "the run took" in out and 0 < plan["actual_s"]
+    fixed = prepare(tiny_config(class_folders, tmp_path / "fixed", "data.val_fraction=0.25",
+                                f"train.epochs={plan['epochs']}", f"train.steps_per_epoch={saved['steps_per_epoch']}"),
+                    run_name="t")
+    fit(fixed)
+    a, b = load_checkpoint(s.run_dir / "last.pt")["model"], load_checkpoint(fixed.run_dir / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the timing steps left no trace
+    with pytest.raises(UserError, match="too small for one epoch"):
+        fit(prepare(tiny_config(class_folders, tmp_path / "tiny", "train.time_budget=0.5s"), run_name="t"))
+    assert json.loads((tmp_path / "tiny" / "run" / "status.json").read_text())["status"] == "failed"
+
+
+def test_bad_method_settings_are_one_line_each(class_folders, tmp_path):
+    with pytest.raises(UserError, match="is not one of: none, trivialaugment, randaugment; did you mean 'trivialaugment'"):
+        load_config(None, ["augment.policy=trivialagument"])
+    with pytest.raises(UserError, match="set train.batch_size to 2 or more"):
+        load_config(None, ["augment.mixup_alpha=0.2", "train.batch_size=1"])
+    with pytest.raises(UserError, match=r"train.time_budget='10 minutes' should be a duration like 90s, 10m"):
+        load_config(None, ["train.time_budget=10 minutes"])
+    with pytest.raises(UserError, match="with stages, give each stage its epochs"):
+        load_config("gtsrb-resnet34-finetune", ["train.time_budget=10m"])
+    with pytest.raises(UserError, match="train.size_start=2 is below the"):
+        prepare(tiny_config(class_folders, tmp_path, "train.size_start=2"), run_name="t")
