@@ -11,14 +11,14 @@ import yaml
 from torchvision.transforms import v2
 
 from tests.conftest import tiny_config
-from resnetlab.config import AugmentConfig, load_config
+from resnetlab.config import AugmentConfig, TrainConfig, load_config
 from resnetlab.data import policy
 from resnetlab.data.augment import BatchAugment, erase, make_generator, mix, stream_transforms
 from resnetlab.errors import UserError
 from resnetlab.train.budget import choose
 from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.train.loop import fit
-from resnetlab.train.schedules import size_for_epoch
+from resnetlab.train.schedules import size_for_epoch, training_size
 from resnetlab.train.session import prepare
 
 # magnitudes that reach both ends of each op's table, both signs and the torchvision edge cases
@@ -125,10 +125,12 @@ def test_training_with_every_method_on(class_folders, tmp_path):
 
 def test_progressive_sizes_are_exact():
     sizes = [size_for_epoch(e, epochs=10, start=16, final=32, ramp=[0.0, 0.75]) for e in range(10)]
-    # epoch e sits at e/9 of the run; 16 + t * 16 rounded down to 8 px; 0 = the full 32 px
-    assert sizes == [16, 16, 16, 16, 24, 24, 24, 0, 0, 0]
-    assert size_for_epoch(3, epochs=10, start=0, final=32, ramp=[0.0, 0.75]) == 0
-    assert size_for_epoch(0, epochs=1, start=64, final=32, ramp=[0.0, 0.75]) == 0
+    # epoch e sits at e/9 of the run; 16 + t * 16 rounded down to 8 px, the final size from 3/4 on
+    assert sizes == [16, 16, 16, 16, 24, 24, 24, 32, 32, 32]
+    train = TrainConfig(size_start=16, size_end=24, size_ramp=[0.0, 0.5])
+    # trained up to 24 px, evaluated at 32: 0 means "as cached" and never appears here
+    assert [training_size(e, epochs=5, cfg=train, image_size=32) for e in range(5)] == [16, 16, 24, 24, 24]
+    assert [training_size(e, epochs=3, cfg=TrainConfig(), image_size=32) for e in range(3)] == [0, 0, 0]
 
 
 def test_budget_plan_fills_the_budget_with_whole_epochs_and_refuses_one_too_small():
@@ -175,5 +177,37 @@ def test_bad_method_settings_are_one_line_each(class_folders, tmp_path):
         load_config(None, ["train.time_budget=10 minutes"])
     with pytest.raises(UserError, match="with stages, give each stage its epochs"):
         load_config("gtsrb-resnet34-finetune", ["train.time_budget=10m"])
+    with pytest.raises(UserError, match="train.size_end=2 is below the 8 px resnet9 needs; set it to 8 or more"):
+        prepare(tiny_config(class_folders, tmp_path, "train.size_end=2"), run_name="t")
     with pytest.raises(UserError, match="train.size_start=2 is below the"):
         prepare(tiny_config(class_folders, tmp_path, "train.size_start=2"), run_name="t")
+
+
+def test_precomputed_head_stage_trains_the_head_as_the_plain_stage_does(class_folders, tmp_path, capsys):
+    """With the backbone frozen (BatchNorm too) and no augmentation, training the head on
+    precomputed features is the plain head stage, step for step; the backbone is untouched."""
+    common = ("train.precision=fp32", "augment.crop_padding=0", "augment.hflip=false", "train.epochs=1")
+
+    def head_stage(name: str, precompute: str) -> dict:
+        stages = f"stages=[{{epochs: 2, train: head, train_bn: false{precompute}}}]"
+        s = prepare(tiny_config(class_folders, tmp_path / name, *common, stages), run_name="t")
+        start = {k: v.clone() for k, v in s.model.state_dict().items()}
+        fit(s)
+        return start, s.model.state_dict()
+
+    start, plain = head_stage("plain", "")
+    _, fast = head_stage("fast", ", precompute: true")
+    assert "precomputed the head's inputs for 36 images x 1 view(s) (16 features each)" in capsys.readouterr().out
+    for k in plain:
+        if k.startswith("fc."):
+            assert not torch.equal(plain[k], start[k]) and torch.allclose(fast[k], plain[k], atol=1e-5), k
+        else:
+            assert torch.equal(fast[k], start[k]), k  # weights and BatchNorm statistics
+    views = prepare(tiny_config(class_folders, tmp_path / "views", "train.epochs=1",
+                                "stages=[{epochs: 2, train: head, precompute: true, precompute_views: 2}, "
+                                "{epochs: 1, train: all}]"), run_name="t")
+    fit(views)
+    assert views.precomputed is None and len(views.history) == 3  # the last stage trained the whole model
+    assert "x 3 view(s)" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"stages\[0\].precompute needs train: head"):
+        load_config(None, ["stages=[{epochs: 1, train: all, precompute: true}]"])

@@ -137,7 +137,8 @@ class TrainConfig:
     # steps are timed, then train.epochs and train.steps_per_epoch are set to fill it; "" = off
     time_budget: str = ""
     steps_per_epoch: int = 0  # batches an epoch (0: the whole training split); a time budget sets it
-    size_start: int = 0  # progressive resizing: px at the start, up to data.image_size (0 = off)
+    size_start: int = 0  # progressive resizing: px at the start, up to size_end (0 = off)
+    size_end: int = 0  # px training ends at (0: data.image_size, which evaluation always uses)
     size_ramp: list[float] = field(default_factory=lambda: [0.0, 0.75])  # [from, to], shares of the run
 
 
@@ -155,6 +156,8 @@ class StageConfig:
     cycle_mult: float | None = None  # sgdr; null: schedule.cycle_mult
     cycles: int = 0  # sgdr: this many cycles (sets epochs: 1, 2, 4, 8 epochs for cycle_len 1, mult 2)
     snapshots: bool = False  # save snapshot-K.pt at the end of every sgdr cycle, for ensembling
+    precompute: bool = False  # train: head only: compute the frozen backbone's features once, train the head on them
+    precompute_views: int = 0  # ... plus this many augmented views (epoch e uses view e mod (views + 1))
 
 
 @dataclass
@@ -431,6 +434,7 @@ def validate(cfg: Config) -> None:
          "mixup and CutMix mix each image with another of its batch: set train.batch_size to 2 or more"),
         (cfg.train.steps_per_epoch >= 0, "train.steps_per_epoch must be 0 (all) or more"),
         (cfg.train.size_start >= 0, "train.size_start must be 0 (off) or a size in px"),
+        (cfg.train.size_end >= 0, "train.size_end must be 0 (data.image_size) or a size in px"),
         (len(cfg.train.size_ramp) == 2 and 0 <= cfg.train.size_ramp[0] <= cfg.train.size_ramp[1] <= 1,
          "train.size_ramp must be [from, to], shares of the run with 0 <= from <= to <= 1"),
         (not (cfg.train.time_budget and cfg.stages),
@@ -471,6 +475,11 @@ def resolve_stages(cfg: Config) -> None:
             raise UserError(f"{where}.lr must be [lr] or [lo, hi] with positive rates, got {st.lr}")
         if len(st.lr) == 2 and st.lr[0] > st.lr[1]:
             raise UserError(f"{where}.lr=[lo, hi] must rise from the first group to the head, got {st.lr}")
+        if st.precompute and st.train != "head":
+            raise UserError(f"{where}.precompute needs train: head (only a frozen backbone gives the same "
+                            f"features every epoch), not train: {st.train}")
+        if st.precompute_views < 0:
+            raise UserError(f"{where}.precompute_views must be 0 or more")
         if st.cycles:
             if (st.schedule or cfg.schedule.name) != "sgdr":
                 raise UserError(f"{where}.cycles needs schedule sgdr")

@@ -11,6 +11,7 @@ accuracy a measure of memory.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import os
@@ -25,7 +26,7 @@ import torch
 
 from resnetlab.io import atomic_write_text
 from resnetlab.config import Config
-from resnetlab.data.augment import augment_batch, make_generator
+from resnetlab.data.augment import BatchAugment, make_generator
 from resnetlab.data.bundle import plan_data
 from resnetlab.data.cache import resize_tensor, set_channels
 from resnetlab.data.catalog import Catalog
@@ -115,7 +116,10 @@ def _augmented(catalog: Catalog, row: int, cfg: Config, count: int) -> np.ndarra
     size = cfg.data.image_size or (int(catalog.arrays.shape[-1]) if catalog.arrays is not None else 64)
     image = torch.from_numpy(_tiles(catalog, [row], size, cfg)[0]).permute(2, 0, 1)
     batch = image[None].expand(count - 1, -1, -1, -1).contiguous()
-    views = augment_batch(batch, cfg.augment, make_generator(cfg.seed, 0xA06))
+    # everything but mixing, which needs other images: policy and erasing show here too
+    unmixed = dataclasses.replace(cfg.augment, mixup_alpha=0.0, cutmix_alpha=0.0)
+    views, _ = BatchAugment(unmixed, num_classes=1)(batch, torch.zeros(len(batch), dtype=torch.long),
+                                                    make_generator(cfg.seed, 0xA06))
     return torch.cat([image[None], views]).permute(0, 2, 3, 1).numpy()
 
 

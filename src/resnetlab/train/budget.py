@@ -30,7 +30,7 @@ from resnetlab.evaluate.inference import infer
 from resnetlab.io import atomic_write_text
 from resnetlab.train import distributed
 from resnetlab.train.checkpoint import save_checkpoint
-from resnetlab.train.schedules import size_for_epoch
+from resnetlab.train.schedules import training_size
 from resnetlab.train.session import Session, checkpoint_state
 from resnetlab.train.stages import lr_for_step
 from resnetlab.train.step import train_step
@@ -86,13 +86,11 @@ def plan_budget(s: Session, console: Console) -> Plan | None:
 def choose(budget: float, used: float, *, step_s: dict[int, float], epoch_overhead_s: float, finish_s: float,
            full_steps: int, sizes) -> Plan:
     """The most steps that fit: E epochs of k steps, E - 1 full ones at least. ``sizes(E)`` gives
-    each epoch's image side for an E-epoch run (0 = full size)."""
+    each epoch's training side in px for an E-epoch run; ``step_s`` is keyed by px."""
     available = MARGIN * (budget - used) - finish_s
-    full = max(step_s)
+    lo, hi = min(step_s), max(step_s)
 
-    def cost(size: int) -> float:  # s a step, linear in pixels between the two measured sizes
-        lo, hi = min(step_s), full
-        size = size or full
+    def cost(size: int) -> float:  # s a step at ``size`` px, linear in pixels between the measured sizes
         return step_s[hi] if hi == lo else step_s[lo] + (step_s[hi] - step_s[lo]) * (size**2 - lo**2) / (hi**2 - lo**2)
 
     best = None
@@ -117,8 +115,8 @@ def choose(budget: float, used: float, *, step_s: dict[int, float], epoch_overhe
 
 
 def _sizes(s: Session, epochs: int) -> list[int]:
-    t = s.cfg.train
-    return [size_for_epoch(e, epochs=epochs, start=t.size_start, final=s.data.image_size, ramp=t.size_ramp)
+    """Each epoch's training side in px for an ``epochs``-epoch run."""
+    return [training_size(e, epochs=epochs, cfg=s.cfg.train, image_size=s.data.image_size) or s.data.image_size
             for e in range(epochs)]
 
 
@@ -127,11 +125,9 @@ def _measure(s: Session) -> dict:
     and for the test split and report; the weights and optimiser are put back afterwards."""
     saved = copy.deepcopy((s.model.state_dict(), s.optimizer.state_dict(),
                            s.ema.state_dict() if s.ema else None, s.scaler.state_dict() if s.scaler else None))
-    full = s.data.image_size
-    sizes = {full} | ({s.cfg.train.size_start} if 0 < s.cfg.train.size_start < full else set())
-    try:
-        step_s = {size: _time_steps(s, size if size != full else 0) or 1e-9 for size in sorted(sizes)}
-        step_s = {(size or full): v for size, v in step_s.items()}
+    image = s.data.image_size
+    try:  # at the first and last epochs' sizes (they differ with progressive resizing)
+        step_s = {px: _time_steps(s, 0 if px == image else px) or 1e-9 for px in {*_sizes(s, 2)}}
         eval_s = _time_eval(s)  # s an image
         start = time.perf_counter()
         probe = s.run_dir / "budget-probe.pt"

@@ -31,8 +31,9 @@ from resnetlab.train.budget import plan_budget, report_budget
 from resnetlab.train.checkpoint import save_checkpoint
 from resnetlab.train.figures import training_curves
 from resnetlab.train.finish import finish_run
+from resnetlab.train.precompute import HeadFeatures
 from resnetlab.train.run_folder import write_metrics, write_skipped, write_status
-from resnetlab.train.schedules import size_for_epoch
+from resnetlab.train.schedules import training_size
 from resnetlab.train.session import Session, checkpoint_state
 from resnetlab.train.stages import apply_stage, freeze_bn_statistics, lr_for_step, snapshot_epochs, stage_at
 from resnetlab.train.step import train_step
@@ -139,9 +140,10 @@ def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[st
     finite = torch.ones((), dtype=torch.bool, device=s.device)
     lr = lr_for_step(cfg, epoch * spe + min(first, spe - 1), spe)
     start, seen0 = time.perf_counter(), s.partial[2]
-    size = train_size(s, epoch)
+    size = train_size(s, epoch) if s.precomputed is None else 0
+    loader = s.loaders["train"] if s.precomputed is None else s.precomputed.loader(epoch)
     progress.start(epoch, completed=first)
-    for i, (x, y) in enumerate(s.loaders["train"].epoch(epoch, start=first, size=size), start=first):
+    for i, (x, y) in enumerate(loader.epoch(epoch, start=first, size=size), start=first):
         step = epoch * spe + i
         lr = lr_for_step(cfg, step, spe)
         logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i))
@@ -175,9 +177,8 @@ def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[st
 
 
 def train_size(s: Session, epoch: int) -> int:
-    """The epoch's training image side under progressive resizing (train.size_start); 0: full size."""
-    t = s.cfg.train
-    return size_for_epoch(epoch, epochs=t.epochs, start=t.size_start, final=s.data.image_size, ramp=t.size_ramp)
+    """The epoch's training image side (train.size_start/size_end); 0: data.image_size."""
+    return training_size(epoch, epochs=s.cfg.train.epochs, cfg=s.cfg.train, image_size=s.data.image_size)
 
 
 def check_callbacks(callbacks: dict[str, list[Callback]] | None) -> defaultdict:
@@ -286,6 +287,12 @@ def _enter_stage(s: Session, epoch: int, console: Console) -> None:
     index, _ = stage_at(cfg, epoch)
     if epoch == s.start_epoch or stage_at(cfg, epoch - 1)[0] != index:
         console.print(apply_stage(s.model, s.optimizer, cfg, index))
+        s.precomputed = None
+        if cfg.stages[index].precompute:
+            if s.dist.enabled:  # the head would step without DDP's gradient averaging
+                raise UserError(f"stages[{index}].precompute trains in one process: run this stage without "
+                                "torchrun, or set precompute: false")
+            s.precomputed = HeadFeatures(s, index, console)
     freeze_bn_statistics(s.model, cfg, index)
 
 
@@ -387,7 +394,7 @@ def _end_of_epoch(s: Session, record: dict, console: Console) -> None:
     if "val_top1" in record:
         line += f"  val loss {record['val_loss']:.4f} top-1 {100 * record['val_top1']:.2f}%"
     line += f"  {record['images_per_s']:.0f} img/s  {record['seconds']:.1f} s"
-    if s.cfg.train.size_start:
+    if s.cfg.train.size_start or s.cfg.train.size_end:
         line += f"  {record['size']} px"
     console.print(line + ("  *" if improved else ""))
     if diverged(record, len(s.data.classes)):

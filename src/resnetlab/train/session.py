@@ -59,6 +59,7 @@ class Session:
     class_weights: torch.Tensor | None = None  # (k,) loss weight per class, optim.class_weights=balanced
     notes: list[str] = field(default_factory=list)  # what fit() should tell the user first (e.g. a resume fallback)
     ema: ModelEma | None = None  # the weights' moving average, train.ema_decay
+    precomputed: Any = None  # train.precompute.HeadFeatures while a precompute stage trains the head
     started: float = field(default_factory=time.monotonic)  # when prepare() began: train.time_budget counts from it
 
     @property
@@ -81,9 +82,11 @@ def build_model(cfg: Config, data: DataBundle, *, pretrained: bool = True) -> nn
     if data.image_size < entry.min_size:
         raise UserError(f"{cfg.model.name} needs images of at least {entry.min_size} px (it downsamples them "
                         f"to 1 px before its last stage); set data.image_size={entry.default_size} or more")
-    if cfg.train.size_start and cfg.train.size_start < entry.min_size:
-        raise UserError(f"train.size_start={cfg.train.size_start} is below the {entry.min_size} px {cfg.model.name} "
-                        f"needs; start progressive resizing at {entry.min_size} px or more")
+    for key in ("size_start", "size_end"):
+        px = getattr(cfg.train, key)
+        if px and px < entry.min_size:
+            raise UserError(f"train.{key}={px} is below the {entry.min_size} px {cfg.model.name} needs; "
+                            f"set it to {entry.min_size} or more")
     if cfg.model.num_classes and cfg.model.num_classes != len(data.classes):
         raise UserError(
             f"model.num_classes={cfg.model.num_classes} but {data.root} has {len(data.classes)} classes; "

@@ -10,17 +10,22 @@ import torch.nn.functional as F
 
 from resnetlab.data.augment import normalize
 from resnetlab.device import autocast
+from resnetlab.models.groups import head_logits
 from resnetlab.train.session import Session
 
 
 def train_step(s: Session, x: torch.Tensor, y: torch.Tensor, lr: float, n_global: int):
     """One optimiser step at head rate ``lr``; returns (logits, summed loss) of this rank's images.
 
-    x: uint8 (B, C, H, W) on the device, y: int64 (B,); ``n_global`` images in the step over all ranks."""
+    x: uint8 (B, C, H, W) on the device, or (B, D) head inputs in a precomputed stage; y: int64 (B,) or
+    soft targets (B, k); ``n_global`` images in the step over all ranks."""
     for group in s.optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     with autocast(s.device, s.precision):
-        logits = s.net(normalize(x, s.mean, s.std, channels_last=s.cfg.train.channels_last))
+        if s.precomputed is not None:  # x: (B, D) float, the head's inputs
+            logits = head_logits(s.model, x)
+        else:
+            logits = s.net(normalize(x, s.mean, s.std, channels_last=s.cfg.train.channels_last))
     loss_sum = F.cross_entropy(logits.float(), y, weight=s.class_weights,
                                label_smoothing=s.cfg.optim.label_smoothing, reduction="sum")
     s.optimizer.zero_grad(set_to_none=True)
