@@ -127,6 +127,8 @@ def test_progressive_sizes_are_exact():
     sizes = [size_for_epoch(e, epochs=10, start=16, final=32, ramp=[0.0, 0.75]) for e in range(10)]
     # epoch e sits at e/9 of the run; 16 + t * 16 rounded down to 8 px, the final size from 3/4 on
     assert sizes == [16, 16, 16, 16, 24, 24, 24, 32, 32, 32]
+    # a final size off the 8 px grid is still reached (an earlier version stopped at 24 of 28 px)
+    assert [size_for_epoch(e, epochs=6, start=20, final=28, ramp=[0.0, 0.6]) for e in range(6)] == [20, 20, 24, 28, 28, 28]
     train = TrainConfig(size_start=16, size_end=24, size_ramp=[0.0, 0.5])
     # trained up to 24 px, evaluated at 32: 0 means "as cached" and never appears here
     assert [training_size(e, epochs=5, cfg=train, image_size=32) for e in range(5)] == [16, 16, 24, 24, 24]

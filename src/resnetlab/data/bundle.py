@@ -8,6 +8,7 @@ settle channels and size, measure mean/std on the training split.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass
 class Split:
     labels: torch.Tensor  # (N,) int64
-    images: torch.Tensor | None = None  # (N, C, S, S) uint8 when cached
+    images: torch.Tensor | None = None  # (N, C, S, S) uint8 when cached (a DiskImages with data.cache=disk)
     paths: list[str] | None = None  # source files, for folders
     boxes: np.ndarray | None = None  # (N, 4) regions to crop to when streaming, if data.roi_crop
 
@@ -105,7 +106,7 @@ def build_data(cfg: Config, *, split_file: Path | None = None, progress: bool = 
         bundle = _from_arrays(catalog, cfg.data, root, cfg)
     else:
         bundle = _from_files(catalog, cfg.data, root, progress, cfg)
-    bundle.catalog, bundle.notes = catalog, notes
+    bundle.catalog, bundle.notes = catalog, notes + bundle.notes
     bundle.skipped = list(catalog.skipped) + bundle.skipped  # files the reader could not use come first
     return bundle
 
@@ -146,13 +147,18 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
     size = d.image_size
     channels_guess = d.channels or 3
     estimate = n * channels_guess * max(size, 64) ** 2  # bytes; 64 px when size is 'native'
-    cache = d.cache == "memory" or (d.cache == "auto" and estimate <= d.cache_max_gb * 2**30)
     files = {}
     for name in catalog.present_splits():
         rows = catalog.rows(name)
         boxes = catalog.boxes[rows] if d.roi_crop else None
         files[name] = ([catalog.paths[i] for i in rows], catalog.labels[rows].tolist(), boxes)
-    if not cache:
+    notes = []
+    mode = _cache_mode(d, estimate, notes)
+    if mode == "disk":
+        bundle = _from_disk(files, catalog, d, root, progress, cfg, notes)
+        bundle.notes = notes
+        return bundle
+    if mode == "stream":
         if size == 0:
             raise UserError("streaming needs a fixed size: set data.image_size=N")
         splits = {k: Split(labels=torch.tensor(labels, dtype=torch.long), paths=paths, boxes=boxes)
@@ -185,6 +191,53 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
     image_size = splits["train"].images.shape[-1]
     mean, std = _normalisation(d, cfg, splits["train"].images, channels)
     return DataBundle(catalog.classes, splits, channels, image_size, mean, std, str(root), True, skipped)
+
+
+def _cache_mode(d: DataConfig, estimate: int, notes: list[str]) -> str:
+    """memory, disk or stream; 'auto' picks memory when the decoded images fit data.cache_max_gb,
+    else disk when the cache folder has room for them (and a margin), else stream, and says so."""
+    if d.cache != "auto":
+        return d.cache
+    if estimate <= d.cache_max_gb * 2**30:
+        return "memory"
+    from resnetlab.data.disk_cache import default_cache_dir
+
+    folder = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    gib = estimate / 2**30
+    if d.image_size and free > 1.25 * estimate:
+        notes.append(f"{gib:.1f} GiB of decoded images is over data.cache_max_gb={d.cache_max_gb:g}: caching them "
+                     f"on disk in {folder} (data.cache=disk; data.cache=stream decodes every epoch instead)")
+        return "disk"
+    why = "data.image_size is not set" if not d.image_size else f"only {free / 2**30:.1f} GiB free in {probe}"
+    notes.append(f"{gib:.1f} GiB of decoded images is over data.cache_max_gb={d.cache_max_gb:g} and {why}: "
+                 "streaming (decoding every epoch)")
+    return "stream"
+
+
+def _from_disk(files, catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg: Config,
+               notes: list[str]) -> DataBundle:
+    """Splits whose images are records in the disk cache (data/disk_cache.py), read a batch at a time."""
+    from resnetlab.data.disk_cache import DiskImages, open_or_build
+
+    if not d.image_size:
+        raise UserError("data.cache=disk needs one image size: set data.image_size=N")
+    meta = open_or_build(files, root=str(root), cache_dir=d.cache_dir, size=d.image_size, resize=d.resize,
+                         margin=d.roi_margin, on_bad_image=d.on_bad_image, progress=progress, notes=notes)
+    grey = [g for split in meta["splits"].values() for g in split["grey"]]
+    channels = d.channels or (1 if grey and all(grey) else 3)
+    splits, skipped = {}, []
+    for name, (paths, labels, _) in files.items():
+        kept = meta["splits"][name]["kept"]
+        images = DiskImages(Path(meta["folder"]) / f"{name}.u8", len(kept), d.image_size, channels)
+        splits[name] = Split(labels=torch.tensor([labels[i] for i in kept], dtype=torch.long), images=images,
+                             paths=[paths[i] for i in kept])
+        skipped += [tuple(b) for b in meta["splits"][name]["skipped"]]
+    if len(splits["train"]) == 0:
+        raise UserError(f"no readable training images in {root} ({len(skipped)} skipped as bad)")
+    mean, std = _normalisation(d, cfg, splits["train"].images, channels)
+    return DataBundle(catalog.classes, splits, channels, d.image_size, mean, std, str(root), False, skipped)
 
 
 def _sample_for_stats(split: Split, size: int, d: DataConfig, channels: int) -> torch.Tensor:

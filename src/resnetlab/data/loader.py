@@ -86,7 +86,7 @@ class CachedLoader(_Batches):
         limit: int = 0,
     ):
         super().__init__(len(labels), batch_size, merge_tail, rank, world, limit)
-        self.images = images.to(device)
+        self.images = images.to(device)  # a DiskImages stays on disk and is read a batch at a time
         self.labels = labels.to(device)
         self.seed, self.shuffle, self.augment = seed, shuffle, augment
         self.sample_weights = sample_weights
@@ -95,10 +95,10 @@ class CachedLoader(_Batches):
         """The batches of ``epoch`` from step ``start``; ``size`` > 0 resizes them (progressive resizing)."""
         order = epoch_order(len(self.labels), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                             weights=self.sample_weights)
-        order = order.to(self.images.device)
+        order = order.to(self.labels.device)
         for step in range(start, len(self.slices)):
             idx = order[self.slices[step]]
-            x, y = self.images[idx], self.labels[idx]
+            x, y = self.images[idx].to(self.labels.device, non_blocking=True), self.labels[idx]
             if self.augment is not None:
                 # drawn for the whole global batch, then sharded: any rank count sees the same images
                 x, y = self.augment(x, y, make_generator(self.seed, epoch, step))
