@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from resnetlab.data.augment import BatchAugment
 from resnetlab.config import AugmentConfig
 from resnetlab.data import build_data
 from resnetlab.data.augment import crop_flip, make_generator
@@ -188,7 +189,7 @@ def test_loader_is_a_function_of_seed_and_epoch():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 4, 4).contiguous()
     labels = torch.arange(10)
     loader = CachedLoader(images, labels, batch_size=3, device=torch.device("cpu"), seed=5, shuffle=True,
-                          augment=AugmentConfig(crop_padding=1), merge_tail=True)
+                          augment=BatchAugment(AugmentConfig(crop_padding=1), num_classes=10), merge_tail=True)
     assert len(loader) == 3 and [loader.global_batch(i) for i in range(3)] == [3, 3, 4]  # tail joins
     first = [y.tolist() for _, y in loader.epoch(4)]
     assert first == [y.tolist() for _, y in loader.epoch(4)]

@@ -11,15 +11,16 @@ from resnetlab.errors import UserError
 from resnetlab.train.session import prepare
 from tests.conftest import place_weights
 
-# Few steps, same recipe: 2 batches of 8 an epoch in every split, one epoch (the GTSRB tutorial's stages
+# Few steps, same recipe: 2 batches of 8 an epoch in every split, one epoch, no time budget (the GTSRB tutorial's stages
 # kept, each one epoch long, so head-only training, unfreezing and an SGDR snapshot all run).
-SMOKE = ["train.limit_batches=2", "train.batch_size=8", "train.eval_batch_size=16", "train.progress=false",
+SMOKE = ["train.time_budget=", "train.limit_batches=2", "train.batch_size=8", "train.eval_batch_size=16", "train.progress=false",
          "train.report=false"]  # the report is tested in test_evaluation.py
 SHORT = {"gtsrb-resnet34-finetune": [
     "stages=[{epochs: 1, train: head, lr: [0.01], weight_decay: 5.0e-4}, {epochs: 1, train: all, lr: [1.0e-4, 0.01]},"
     " {train: all, lr: [1.0e-4, 0.01], schedule: sgdr, cycle_len: 1, cycles: 1, snapshots: true}]"]}
-LOCAL = {"cifar10": "cifar10-jpeg"}
-SUBSET = {"intel-resnet34-onecycle": ["data.val_count=100"]}  # 2,000 of the full set's 14,034; the subset has 480  # the CIFAR subset is JPEG class folders, not the python batches
+LOCAL = {"cifar10": "cifar10-jpeg"}  # the CIFAR subset is JPEG class folders, not the python batches
+# the recipes hold out 2,000 (Intel, of 14,034) and 5,000 (CIFAR, of 50,000) images; the subsets have 480 and 2,000
+SUBSET = {"intel-resnet34-onecycle": ["data.val_count=100"], "cifar10-fast": ["data.val_count=200"]}
 
 
 @pytest.fixture

@@ -20,8 +20,10 @@ SPACE = "optim.lr: log [1e-7, 0.2]\ntrain.epochs: 2\n"
 
 def base_overrides(out):
     # 4 signs, whole tracks held out for val; tiny ResNet-9 at 24 px: a trial takes a few seconds
-    return [o for o in tiny_overrides(SHARED_DATA / "gtsrb", out, "data.classes=12,13,14,17", "data.val_fraction=0.3",
-                                      "data.image_size=24", "augment.hflip=false")
+    # (the recipe's own 5,000 val images and 9-minute time budget are turned off)
+    return [o for o in tiny_overrides(SHARED_DATA / "gtsrb", out, "data.classes=12,13,14,17", "data.val_count=0",
+                                      "data.val_fraction=0.3", "train.time_budget=", "data.image_size=24",
+                                      "augment.hflip=false")
             if not o.startswith(("train.name=", "train.out_dir="))]
 
 
@@ -78,13 +80,13 @@ def test_study_prunes_survives_a_kill_and_writes_a_recipe_that_trains(tmp_path):
 def test_study_bad_input_is_one_line(tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text("train.epochs: 2\n")
-    fixed_only = ["tune", "fashion-mnist-fast", "data.val_fraction=0.1", "--space", str(space),
+    fixed_only = ["tune", "fashion-mnist-fast", "--space", str(space),
                   "--study", str(tmp_path / "s")]
     assert main(fixed_only) == 2
-    assert main(["tune", "fashion-mnist-fast", "--study", str(tmp_path / "s")]) == 2  # Fashion-MNIST has no val
+    assert main(["tune", "fashion-mnist-fast", "data.val_count=0", "--study", str(tmp_path / "s")]) == 2  # no val
     (tmp_path / "s2").mkdir()
     (tmp_path / "s2" / "study.json").write_text(json.dumps({"recipe": "cifar10-fast", "overrides": [], "space": {}}))
-    assert main(["tune", "fashion-mnist-fast", "data.val_fraction=0.1", "--study", str(tmp_path / "s2")]) == 2
+    assert main(["tune", "fashion-mnist-fast", "--study", str(tmp_path / "s2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0] == (f"resnetlab tune: error: {space} has no free parameter: give a range or a choice, "
                       "e.g. 'optim.lr: log [1e-3, 1]'")
