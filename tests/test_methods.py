@@ -213,3 +213,15 @@ def test_precomputed_head_stage_trains_the_head_as_the_plain_stage_does(class_fo
     assert "x 3 view(s)" in capsys.readouterr().out
     with pytest.raises(UserError, match=r"stages\[0\].precompute needs train: head"):
         load_config(None, ["stages=[{epochs: 1, train: all, precompute: true}]"])
+
+
+def test_ema_averages_batchnorm_statistics_and_copies_counters():
+    from resnetlab.train.ema import ModelEma
+
+    model = torch.nn.BatchNorm1d(2)
+    ema = ModelEma(model, 0.5)
+    model.running_mean.fill_(1.0)
+    model.num_batches_tracked.fill_(7)
+    ema.update(model)  # decay min(0.5, 1/10) = 0.1: 0.1 * 0 + 0.9 * 1
+    assert ema.module.running_mean.tolist() == pytest.approx([0.9, 0.9])
+    assert ema.module.running_var.tolist() == pytest.approx([1.0, 1.0]) and ema.module.num_batches_tracked == 7

@@ -145,8 +145,7 @@ def _from_arrays(catalog: Catalog, d: DataConfig, root: Path, cfg: Config) -> Da
 def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg: Config) -> DataBundle:
     n = len(catalog)
     size = d.image_size
-    channels_guess = d.channels or 3
-    estimate = n * channels_guess * max(size, 64) ** 2  # bytes; 64 px when size is 'native'
+    estimate = n * (d.channels or 3) * max(size, 64) ** 2  # bytes; 64 px when size is 'native'
     files = {}
     for name in catalog.present_splits():
         rows = catalog.rows(name)
@@ -163,8 +162,11 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
             raise UserError("streaming needs a fixed size: set data.image_size=N")
         splits = {k: Split(labels=torch.tensor(labels, dtype=torch.long), paths=paths, boxes=boxes)
                   for k, (paths, labels, boxes) in files.items()}
-        channels = channels_guess
-        sample = _sample_for_stats(splits["train"], size, d, channels)
+        sample, greys = _sample(splits["train"], size, d)
+        # as the cache decides: one channel when every image is grey (judged on the sample here)
+        channels = d.channels or (1 if greys and all(greys) else 3)
+        if sample is not None:
+            sample = set_channels(sample, channels)
         mean, std = _normalisation(d, cfg, sample, channels)
         return DataBundle(catalog.classes, splits, channels, size, mean, std, str(root), False)
 
@@ -240,14 +242,13 @@ def _from_disk(files, catalog: Catalog, d: DataConfig, root: Path, progress: boo
     return DataBundle(catalog.classes, splits, channels, d.image_size, mean, std, str(root), False, skipped)
 
 
-def _sample_for_stats(split: Split, size: int, d: DataConfig, channels: int) -> torch.Tensor:
-    """Mean/std of a streamed set from a fixed sample of up to 1,000 training images."""
-    if d.normalize not in ("auto", "dataset"):
-        return None
+def _sample(split: Split, size: int, d: DataConfig) -> tuple[torch.Tensor | None, list[bool]]:
+    """A fixed sample of up to 1,000 training images of a streamed set (for mean/std and the
+    channel count), and whether each is grey."""
     rng = np.random.default_rng(0)
     pick = rng.permutation(len(split.paths))[:1000]
     boxes = None if split.boxes is None else split.boxes[pick]
     paths = [split.paths[i] for i in pick]
-    arrays, _, kept, _ = decode_files(paths, size=size, resize=d.resize, on_bad_image="skip",
-                                      progress=False, boxes=boxes, margin=d.roi_margin)
-    return set_channels(stack_arrays(arrays, paths, kept), channels) if arrays else None
+    arrays, greys, kept, _ = decode_files(paths, size=size, resize=d.resize, on_bad_image="skip",
+                                          progress=False, boxes=boxes, margin=d.roi_margin)
+    return (stack_arrays(arrays, paths, kept) if arrays else None), greys

@@ -142,8 +142,25 @@ class FileDataset(Dataset):
         return x, int(self.labels[index]), index, ""
 
 
+class _EpochPlan:
+    """The batch sampler of a StreamLoader's one DataLoader: set to each epoch's batches before
+    iterating, so the workers (persistent) outlive the epoch instead of starting again."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class StreamLoader(_Batches):
-    """Batches decoded by DataLoader workers, for data sets too large for the cache."""
+    """Batches decoded by DataLoader workers, for data sets too large for the cache.
+
+    A step whose images are all bad yields an empty batch rather than none, so step numbers stay
+    those of the batch plan: the schedule and a resume see the same steps as the cached path."""
 
     def __init__(self, dataset: FileDataset, *, batch_size, device, seed, num_workers, on_bad_image,
                  shuffle=False, merge_tail=False, rank: int = 0, world: int = 1, sample_weights=None,
@@ -153,20 +170,18 @@ class StreamLoader(_Batches):
         self.sample_weights, self.mixer = sample_weights, mixer  # mixer: mixup/CutMix of each decoded batch
         self.shuffle, self.num_workers, self.on_bad_image = shuffle, num_workers, on_bad_image
         self.skipped: dict[str, str] = {}
+        self.plan, self.loader = _EpochPlan(), None
 
     def epoch(self, epoch: int, start: int = 0, size: int = 0) -> Iterator[Batch]:
         order = epoch_order(len(self.dataset), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                             weights=self.sample_weights)
         batches = [[(int(i), epoch) for i in shard(order[s], self.rank, self.world)] for s in self.slices[start:]]
-        batches = [b for b in batches if b]  # an eval batch smaller than the rank count
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=batches,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
-        for step, (x, y, index, err) in enumerate(loader, start=start):
+        self.plan.batches = [b for b in batches if b]  # an eval batch smaller than the rank count
+        if self.loader is None:  # training workers persist across epochs; evaluation's exit after each pass
+            self.loader = DataLoader(self.dataset, batch_sampler=self.plan, num_workers=self.num_workers,
+                                     pin_memory=self.device.type == "cuda",
+                                     persistent_workers=self.shuffle and self.num_workers > 0)
+        for step, (x, y, index, err) in enumerate(self.loader, start=start):
             bad = y < 0
             if bad.any():
                 for i in bad.nonzero().flatten().tolist():
@@ -174,10 +189,8 @@ class StreamLoader(_Batches):
                     if self.on_bad_image == "fail":
                         raise UserError(f"bad image {path}: {err[i]} (set data.on_bad_image=skip to leave it out)")
                     self.skipped[path] = err[i]
-                x, y = x[~bad], y[~bad]
-                if len(y) == 0:
-                    continue
+                x, y = x[~bad], y[~bad]  # may leave none: the step is then empty, not skipped
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            if self.mixer is not None:
+            if self.mixer is not None and len(y):
                 x, y = self.mixer.mix(x, y, make_generator(self.seed, epoch, step, self.rank))
             yield resize_batch(x, size), y

@@ -37,6 +37,7 @@ from resnetlab.train.step import train_step
 
 REPORT_S = 4.0  # s: figures, calibration and report.html after the test split (measured 2-4 s, 10 classes)
 MARGIN = 0.98  # plan to 98% of what is left: timing noise on a shared CPU is a few percent
+WARMUP_STEPS = 3  # untimed steps before timing
 
 
 @dataclass
@@ -67,7 +68,11 @@ def _clock(seconds: float) -> str:
 def plan_budget(s: Session, console: Console) -> Plan | None:
     """Set train.epochs and train.steps_per_epoch from train.time_budget (once: a resume keeps the plan)."""
     path = s.run_dir / "budget.json"
-    if not s.cfg.train.time_budget or path.exists():
+    if not s.cfg.train.time_budget:
+        return None
+    if path.exists():  # a resume: the schedule was laid over the planned length, keep it
+        console.print(f"time budget: resuming the plan in {path} ({s.cfg.train.epochs} epochs); "
+                      "the time before the interruption is not counted again")
         return None
     budget = parse_duration(s.cfg.train.time_budget, "train.time_budget")
     measured = _measure(s)  # every rank steps together (collectives); rank 0's clock decides
@@ -127,7 +132,7 @@ def _measure(s: Session) -> dict:
                            s.ema.state_dict() if s.ema else None, s.scaler.state_dict() if s.scaler else None))
     image = s.data.image_size
     try:  # at the first and last epochs' sizes (they differ with progressive resizing)
-        step_s = {px: _time_steps(s, 0 if px == image else px) or 1e-9 for px in {*_sizes(s, 2)}}
+        step_s = {px: _time_steps(s, 0 if px == image else px) for px in {*_sizes(s, 2)}}
         eval_s = _time_eval(s)  # s an image
         start = time.perf_counter()
         probe = s.run_dir / "budget-probe.pt"
@@ -151,23 +156,33 @@ def _measure(s: Session) -> dict:
 
 
 def _time_steps(s: Session, size: int) -> float:
-    """Median seconds of a training step after one warm-up step: at least 3 and 2 s, at most 20 steps."""
+    """Median seconds of a training step after WARMUP_STEPS untimed ones: at least 5 steps and 3 s,
+    at most 30. The first steps after building a model run slow (allocations, convolution
+    algorithm choice): timed with one warm-up step, a GTSRB run's steps read 25% slower than the
+    run's own and it planned 22% short of its budget."""
     s.model.train()
     times, lr = [], lr_for_step(s.cfg, 0, s.steps_per_epoch)
-    batches = s.loaders["train"].epoch(0, size=size)
     start = time.perf_counter()
-    for i, (x, y) in enumerate(batches):
-        train_step(s, x, y, lr, s.loaders["train"].global_batch(i))
+    for i, (x, y) in enumerate(_endless(s, size)):
+        train_step(s, x, y, lr, len(y) * s.dist.world)
         if s.ema is not None:
             s.ema.update(s.model)
         _sync(s)
         now = time.perf_counter()
-        if i:
+        if i >= WARMUP_STEPS:
             times.append(now - start)
         start = now
-        if len(times) >= 20 or (len(times) >= 3 and sum(times) >= 2):
+        if len(times) >= 30 or (len(times) >= 5 and sum(times) >= 3):
             break
-    return sorted(times)[len(times) // 2] if times else 0.0
+    return sorted(times)[len(times) // 2]
+
+
+def _endless(s: Session, size: int):
+    """Training batches at ``size``, epoch after epoch (a split may have fewer batches than the timing needs)."""
+    epoch = 0
+    while True:
+        yield from s.loaders["train"].epoch(epoch, size=size)
+        epoch += 1
 
 
 def _time_eval(s: Session) -> float:

@@ -145,6 +145,8 @@ def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[st
     progress.start(epoch, completed=first)
     for i, (x, y) in enumerate(loader.epoch(epoch, start=first, size=size), start=first):
         step = epoch * spe + i
+        if len(y) == 0:  # every image of this streamed batch was bad: the step passes untrained
+            continue
         lr = lr_for_step(cfg, step, spe)
         logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i))
         if s.ema is not None:

@@ -1,0 +1,71 @@
+"""JPEG decoding for 224 px training: Pillow (resnetlab's loader) against torchvision.io.decode_jpeg.
+
+    .venv/bin/python benchmarks/decode.py [--images 600] [--workers 2]
+
+Writes --images JPEGs at 256-320 px (quality 90) made from the real CIFAR-10 photos, then decodes
+and resizes each to 224 x 224 with --workers threads: (a) resnetlab.data.images.load_array (Pillow:
+open, draft, convert, resize), (b) torchvision.io.decode_jpeg + v2.functional.resize (antialias).
+Prints images/s for each, best of 3 passes (the files are in the page cache after the first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchvision.transforms.v2 import functional as TF
+
+from resnetlab.data.images import load_array
+
+
+def make(folder: Path, count: int, source: Path) -> list[str]:
+    files = sorted(source.glob("train/*/*.jpg"))
+    out = []
+    for i in range(count):
+        side = 256 + 16 * (i % 5)
+        path = folder / f"{i:05d}.jpg"
+        Image.open(files[i % len(files)]).convert("RGB").resize((side, side), Image.BICUBIC).save(path, quality=90)
+        out.append(str(path))
+    return out
+
+
+def pillow(path: str) -> object:
+    return load_array(path, 224, "squash", None, 0.0)[0]
+
+
+def torchvision_io(path: str) -> torch.Tensor:
+    image = decode_jpeg(read_file(path), mode=ImageReadMode.RGB)
+    return TF.resize(image, [224, 224], antialias=True)
+
+
+def rate(fn, paths: list[str], workers: int) -> float:
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fn, paths, chunksize=16))
+        best = max(best, len(paths) / (time.perf_counter() - start))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=600)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-jpeg"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one image a thread, as in DataLoader workers
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make(Path(tmp), args.images, args.data)
+        for name, fn in (("Pillow (load_array)", pillow), ("torchvision.io.decode_jpeg", torchvision_io)):
+            print(f"{name:>28}: {rate(fn, paths, args.workers):7.1f} img/s at 224 px, {args.workers} threads")
+
+
+if __name__ == "__main__":
+    main()
