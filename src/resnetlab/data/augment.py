@@ -116,7 +116,8 @@ def stream_transforms(cfg: AugmentConfig, size: int, fill: tuple[int, ...] = ())
         # only fill with a constant, so reflect-pad first (a rotated square's corners reach at most
         # (sqrt(2) - 1) / 2 = 0.21 of its side past an edge) and cut the centre back out
         pad = math.ceil(0.21 * size) + 1
-        steps += [v2.Pad(pad, padding_mode="reflect"), v2.RandomAffine(degrees=cfg.rotation, scale=(1, cfg.zoom)),
+        steps += [v2.Pad(pad, padding_mode="reflect"),
+                  v2.RandomAffine(degrees=cfg.rotation, scale=(1, cfg.zoom), interpolation=v2.InterpolationMode.BILINEAR),
                   v2.CenterCrop(size)]
     if cfg.crop_padding:
         steps.append(v2.RandomCrop(size, padding=cfg.crop_padding, padding_mode="reflect"))

@@ -145,20 +145,12 @@ def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[st
     progress.start(epoch, completed=first)
     for i, (x, y) in enumerate(loader.epoch(epoch, start=first, size=size), start=first):
         step = epoch * spe + i
-        if len(y) == 0:  # every image of this streamed batch was bad: the step passes untrained
-            continue
         lr = lr_for_step(cfg, step, spe)
-        logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i))
-        if s.ema is not None:
-            s.ema.update(s.model)
-        with torch.no_grad():
-            finite &= torch.isfinite(loss_sum)
-            sums[0] += loss_sum.detach()
-            sums[1] += (logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()  # mixed: the larger share
-            sums[2] += len(y)
-        progress.update(i, sums, seen0, start)
-        for fn in hooks["on_batch_end"]:
-            fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum.detach() / len(y)})
+        if len(y):  # a streamed batch whose images were all bad trains nothing, but is still a step
+            loss_sum = learn(s, x, y, lr, s.loaders["train"].global_batch(i), sums, finite)
+            progress.update(i, sums, seen0, start)
+            for fn in hooks["on_batch_end"]:
+                fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum / len(y)})
         if i % FINITE_CHECK_EVERY == FINITE_CHECK_EVERY - 1:  # the same steps on every rank: a collective
             check_finite(s, finite, epoch, i)
         stop_now = stop_agreed(s, stop)
@@ -181,6 +173,20 @@ def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[st
 def train_size(s: Session, epoch: int) -> int:
     """The epoch's training image side (train.size_start/size_end); 0: data.image_size."""
     return training_size(epoch, epochs=s.cfg.train.epochs, cfg=s.cfg.train, image_size=s.data.image_size)
+
+
+def learn(s: Session, x: torch.Tensor, y: torch.Tensor, lr: float, n_global: int, sums: torch.Tensor,
+          finite: torch.Tensor) -> torch.Tensor:
+    """One step, the EMA after it, and the epoch's running sums (loss, correct, seen) on the device."""
+    logits, loss_sum = train_step(s, x, y, lr, n_global)
+    if s.ema is not None:
+        s.ema.update(s.model)
+    with torch.no_grad():
+        finite &= torch.isfinite(loss_sum)
+        sums[0] += loss_sum.detach()
+        sums[1] += (logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()  # mixed: the larger share
+        sums[2] += len(y)
+    return loss_sum.detach()
 
 
 def check_callbacks(callbacks: dict[str, list[Callback]] | None) -> defaultdict:
