@@ -164,24 +164,24 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
                   for k, (paths, labels, boxes) in files.items()}
         sample, greys = _sample(splits["train"], size, d)
         # as the cache decides: one channel when every image is grey (judged on the sample here)
-        channels = d.channels or (1 if greys and all(greys) else 3)
+        channels = _channels(d, greys)
         if sample is not None:
             sample = set_channels(sample, channels)
         mean, std = _normalisation(d, cfg, sample, channels)
         return DataBundle(catalog.classes, splits, channels, size, mean, std, str(root), False)
 
-    splits, skipped, all_grey = {}, [], True
+    splits, skipped, greys = {}, [], []
     decoded = {}
     for name, (paths, labels, boxes) in files.items():
-        arrays, greys, kept, bad = decode_files(paths, size=size, resize=d.resize, on_bad_image=d.on_bad_image,
-                                                progress=progress, boxes=boxes, margin=d.roi_margin)
+        arrays, split_greys, kept, bad = decode_files(paths, size=size, resize=d.resize, on_bad_image=d.on_bad_image,
+                                                      progress=progress, boxes=boxes, margin=d.roi_margin)
         skipped += bad
-        all_grey = all_grey and all(greys)
+        greys += split_greys
         decoded[name] = (stack_arrays(arrays, paths, kept), paths, labels, kept)
     sizes = {tuple(x.shape[-2:]) for x, *_ in decoded.values() if len(x)}
     if len(sizes) > 1:
         raise UserError(f"splits have different image sizes {sorted(sizes)}; set data.image_size=N")
-    channels = d.channels or (1 if all_grey else 3)
+    channels = _channels(d, greys)
     for name, (x, paths, labels, kept) in decoded.items():
         splits[name] = Split(
             labels=torch.tensor([labels[i] for i in kept], dtype=torch.long),
@@ -193,6 +193,11 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
     image_size = splits["train"].images.shape[-1]
     mean, std = _normalisation(d, cfg, splits["train"].images, channels)
     return DataBundle(catalog.classes, splits, channels, image_size, mean, std, str(root), True, skipped)
+
+
+def _channels(d: DataConfig, greys: list[bool]) -> int:
+    """data.channels, else 1 when every decoded image is grey, else 3 (each path decides alike)."""
+    return d.channels or (1 if greys and all(greys) else 3)
 
 
 def _cache_mode(d: DataConfig, estimate: int, notes: list[str]) -> str:
@@ -227,8 +232,7 @@ def _from_disk(files, catalog: Catalog, d: DataConfig, root: Path, progress: boo
         raise UserError("data.cache=disk needs one image size: set data.image_size=N")
     meta = open_or_build(files, root=str(root), cache_dir=d.cache_dir, size=d.image_size, resize=d.resize,
                          margin=d.roi_margin, on_bad_image=d.on_bad_image, progress=progress, notes=notes)
-    grey = [g for split in meta["splits"].values() for g in split["grey"]]
-    channels = d.channels or (1 if grey and all(grey) else 3)
+    channels = _channels(d, [g for split in meta["splits"].values() for g in split["grey"]])
     splits, skipped = {}, []
     for name, (paths, labels, _) in files.items():
         kept = meta["splits"][name]["kept"]

@@ -50,8 +50,8 @@ class _Batches:
     """The batch plan both loaders share: global slices of an epoch's order, and this rank's share."""
 
     def __init__(self, n: int, batch_size: int, merge_tail: bool, rank: int = 0, world: int = 1, limit: int = 0):
-        self.slices = batch_slices(n, batch_size, merge_tail)[: limit or None]
-        self.full_steps = len(batch_slices(n, batch_size, merge_tail))  # before any limit
+        slices = batch_slices(n, batch_size, merge_tail)
+        self.slices, self.full_steps = slices[: limit or None], len(slices)  # full_steps: before any limit
         self.rank, self.world = rank, world  # torchrun's RANK and WORLD_SIZE: each process takes its share
 
     def __len__(self) -> int:

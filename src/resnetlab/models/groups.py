@@ -9,7 +9,6 @@ smaller steps than late ones (task-specific), which is fastai's ``slice(lo, hi)`
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from resnetlab.errors import UserError
@@ -39,12 +38,6 @@ def head_module(model: nn.Module) -> nn.Module:
     if "head" not in groups:
         raise UserError(f"{type(model).__name__} has no final Linear layer to train on its own")
     return groups["head"][-1]
-
-
-def head_logits(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """The logits from the head's input: the head, times the model's output_scale where it has one
-    (resnet9 scales its logits by 0.125)."""
-    return head_module(model)(features) * getattr(model, "output_scale", 1.0)
 
 
 def group_names(model: nn.Module) -> list[str]:

@@ -323,8 +323,8 @@ def check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
 
 
 def val_metrics(s: Session) -> dict:
-    """The epoch's val loss/top-1/top-5; with EMA, the EMA weights' too (``*_ema``), and ``val_top1``
-    is then the EMA's, since best.pt, early stopping and predict all use the EMA weights."""
+    """The epoch's val loss/top-1/top-5; with EMA, ``val_*`` are the EMA weights' and ``val_*_raw`` the
+    raw weights', since best.pt, early stopping and predict all use the EMA weights."""
     raw = evaluate_split(s, "val")
     out = {"val_loss": raw["loss"], "val_top1": raw["top1"], "val_top5": raw["top5"]}
     if s.ema is not None:

@@ -40,8 +40,14 @@ class HeadFeatures:
         self.labels = split.labels.to(s.device)
         self.features = torch.stack([_pooled(s, plain, None if v == 0 else (unmixed, v)) for v in range(views + 1)])
         self.train_loader, self.batch_size = s.loaders["train"], s.cfg.train.batch_size
+        # the logits from the head's inputs: the head, times the model's output_scale where it has
+        # one (resnet9 scales its logits by 0.125); looked up once, not every step
+        self.head, self.scale = head_module(s.model), getattr(s.model, "output_scale", 1.0)
         console.print(f"precomputed the head's inputs for {len(self.labels)} images x {views + 1} view(s) "
                       f"({self.features.shape[-1]} features each)")
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features) * self.scale
 
     def loader(self, epoch: int) -> CachedLoader:
         """The stage's epoch ``epoch`` (0-based in the run): the images' batch plan over one view."""

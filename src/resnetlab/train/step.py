@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from resnetlab.data.augment import normalize
 from resnetlab.device import autocast
-from resnetlab.models.groups import head_logits
 from resnetlab.train.session import Session
 
 
@@ -23,7 +22,7 @@ def train_step(s: Session, x: torch.Tensor, y: torch.Tensor, lr: float, n_global
         group["lr"] = lr * group.get("lr_scale", 1.0)
     with autocast(s.device, s.precision):
         if s.precomputed is not None:  # x: (B, D) float, the head's inputs
-            logits = head_logits(s.model, x)
+            logits = s.precomputed.logits(x)
         else:
             logits = s.net(normalize(x, s.mean, s.std, channels_last=s.cfg.train.channels_last))
     loss_sum = F.cross_entropy(logits.float(), y, weight=s.class_weights,
