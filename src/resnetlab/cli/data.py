@@ -1,4 +1,5 @@
-"""`resnetlab data inspect DATASET [key=value ...]`: counts, sizes, samples, augmentations, bad files, duplicates."""
+"""`resnetlab data inspect DATASET [key=value ...]`: counts, sizes, samples, augmentations, bad files, duplicates.
+`resnetlab data shards DATASET --out DIR [--shard-size N|SIZE]`: the data set as WebDataset tar shards."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ EXAMPLES = """examples:
   resnetlab data inspect gtsrb
   resnetlab data inspect gtsrb classes=12,13,14,17 unknown_fraction=0.1 test_fraction=0.1 val_fraction=0.1
   resnetlab data inspect path/to/class/folders --recipe fashion-mnist-fast --out inspect/mine
+"""
+SHARD_EXAMPLES = """examples:
+  resnetlab data shards gtsrb --out shards/gtsrb
+  resnetlab data shards path/to/class/folders --out shards/mine --shard-size 5000
+then train from them (a folder of shards, or a brace pattern naming some):
+  resnetlab train gtsrb-fast data.dataset=shards/gtsrb
+  resnetlab train gtsrb-fast 'data.dataset=shards/gtsrb/train-{000000..000009}.tar'
 """
 
 
@@ -23,10 +31,18 @@ def add_parser(sub) -> None:
     q.add_argument("--recipe", help="take data and augmentation settings from this recipe")
     q.add_argument("--out", metavar="DIR", help="where to write (default: inspect/<data set name>)")
     q.add_argument("--samples", type=int, default=8, help="images per class in the sample grid")
+    w = verbs.add_parser("shards", help="write the data set as WebDataset tar shards (for many machines, object storage)",
+                         epilog=SHARD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument("dataset", help="a data set name, a folder, or a CSV of path,label[,split]")
+    w.add_argument("--out", metavar="DIR", required=True, help="an empty or new folder for the shards")
+    w.add_argument("--shard-size", default="256MB", metavar="N|SIZE",
+                   help="images a shard (5000) or bytes a shard (256MB, the default; 1GB)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.verb == "shards":
+        return run_shards(args)
     from rich.console import Console
     from rich.table import Table
 
@@ -74,4 +90,16 @@ def run(args) -> int:
     console.print(f"indexed in {t['index']:.1f} s (catalog {t['catalog']:.1f} s, all {t['total']:.1f} s); "
                   f"wrote counts.csv/png, sizes.png, samples.png, augment.png, bad_files.csv, duplicates.csv, "
                   f"summary.json to {out}")
+    return 0
+
+
+def run_shards(args) -> int:
+    from resnetlab.data.shards import write_shards
+
+    manifest = write_shards(args.dataset, Path(args.out), shard_size=args.shard_size)
+    by_split: dict[str, list[int]] = {}
+    for shard in manifest["shards"].values():
+        by_split.setdefault(shard["split"], []).append(shard["images"])
+    parts = ", ".join(f"{split} {sum(n):,} images in {len(n)} shards" for split, n in by_split.items())
+    print(f"wrote {parts} ({len(manifest['classes'])} classes) to {args.out}; train with data.dataset={args.out}")
     return 0

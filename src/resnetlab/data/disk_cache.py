@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from resnetlab.data.archive import source_stat
 from resnetlab.data.cache import decode_files, set_channels
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_text, read_json, write_failed
@@ -79,9 +80,9 @@ def cache_key(files: dict[str, tuple[list[str], list, object]], *, size: int, re
     for name, (paths, labels, boxes) in files.items():
         digest.update(f"[{name}]".encode())
         for i, p in enumerate(paths):
-            st = os.stat(p)
+            size_b, mtime_ns = source_stat(p)  # a shard member: its size and its shard's mtime
             box = "" if boxes is None else ",".join(str(int(v)) for v in boxes[i])
-            digest.update(f"{p}|{st.st_size}|{st.st_mtime_ns}|{labels[i]}|{box}\n".encode())
+            digest.update(f"{p}|{size_b}|{mtime_ns}|{labels[i]}|{box}\n".encode())
     return digest.hexdigest()[:24]
 
 

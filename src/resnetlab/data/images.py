@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from resnetlab.data.archive import member_bytes
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
@@ -37,6 +39,8 @@ def open_image(source: str | Path | bytes) -> Image.Image:
     """Open and fully decode a file (or bytes, e.g. an HTTP body); raise BadImage on empty,
     truncated, bomb or non-image input."""
     try:
+        if not isinstance(source, bytes) and (inside := member_bytes(source)) is not None:
+            source = inside  # a member of a tar shard (data/archive.py)
         if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
             raise BadImage("empty file (0 bytes)")
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as img:

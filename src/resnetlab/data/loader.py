@@ -46,6 +46,28 @@ def batch_slices(n: int, batch_size: int, merge_tail: bool) -> list[slice]:
     return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
 
 
+def group_parts(groups: torch.Tensor, *, seed: int, epoch: int, world: int) -> list[torch.Tensor]:
+    """Each rank's images for an epoch when ranks read disjoint groups (a WebDataset's shards): the
+    groups shuffled by (seed, epoch), each given to the rank holding the fewest images so far, then
+    each rank's images shuffled. Every image once an epoch; ranks differ by at most one group's size."""
+    order = torch.argsort(groups, stable=True)
+    ids, counts = torch.unique(groups, return_counts=True)
+    if len(ids) < world:
+        raise UserError(f"the training images are in {len(ids)} shards but {world} processes read them, each "
+                        "from shards of its own: write smaller shards (resnetlab data shards --shard-size)")
+    members = order.split(counts.tolist())
+    parts, loads = [[] for _ in range(world)], [0] * world
+    for k in torch.randperm(len(ids), generator=make_generator(seed, epoch)).tolist():
+        r = loads.index(min(loads))
+        parts[r].append(members[k])
+        loads[r] += len(members[k])
+    out = []
+    for r, chosen in enumerate(parts):
+        idx = torch.cat(chosen)
+        out.append(idx[torch.randperm(len(idx), generator=make_generator(seed, epoch, r))])
+    return out
+
+
 class _Batches:
     """The batch plan both loaders share: global slices of an epoch's order, and this rank's share."""
 
@@ -160,22 +182,34 @@ class StreamLoader(_Batches):
     """Batches decoded by DataLoader workers, for data sets too large for the cache.
 
     A step whose images are all bad yields an empty batch rather than none, so step numbers stay
-    those of the batch plan: the schedule and a resume see the same steps as the cached path."""
+    those of the batch plan: the schedule and a resume see the same steps as the cached path.
+    With ``groups`` (each image's shard) and several ranks, training ranks read disjoint shards
+    (``group_parts``) instead of a share of every global batch."""
 
     def __init__(self, dataset: FileDataset, *, batch_size, device, seed, num_workers, on_bad_image,
                  shuffle=False, merge_tail=False, rank: int = 0, world: int = 1, sample_weights=None,
-                 limit: int = 0, mixer: BatchAugment | None = None):
+                 limit: int = 0, mixer: BatchAugment | None = None, groups: torch.Tensor | None = None):
         super().__init__(len(dataset), batch_size, merge_tail, rank, world, limit)
+        # a balanced sampler draws from every shard; evaluation keeps the global order
+        self.groups = groups if groups is not None and world > 1 and shuffle and sample_weights is None else None
+        self.sizes: list[int] = []  # global images per step when ranks read their own shards
         self.dataset, self.device, self.seed = dataset, device, seed
         self.sample_weights, self.mixer = sample_weights, mixer  # mixer: mixup/CutMix of each decoded batch
         self.shuffle, self.num_workers, self.on_bad_image = shuffle, num_workers, on_bad_image
         self.skipped: dict[str, str] = {}
         self.plan, self.loader = _EpochPlan(), None
 
+    def global_batch(self, step: int) -> int:
+        return self.sizes[step] if self.sizes else super().global_batch(step)
+
     def epoch(self, epoch: int, start: int = 0, size: int = 0) -> Iterator[Batch]:
-        order = epoch_order(len(self.dataset), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
-                            weights=self.sample_weights)
-        batches = [[(int(i), epoch) for i in shard(order[s], self.rank, self.world)] for s in self.slices[start:]]
+        if self.groups is not None:
+            batches = self._own_shards(epoch)[start:]
+        else:
+            order = epoch_order(len(self.dataset), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                                weights=self.sample_weights)
+            batches = [shard(order[s], self.rank, self.world) for s in self.slices[start:]]
+        batches = [[(int(i), epoch) for i in b] for b in batches]
         self.plan.batches = [b for b in batches if b]  # an eval batch smaller than the rank count
         if self.loader is None:  # training workers persist across epochs; evaluation's exit after each pass
             self.loader = DataLoader(self.dataset, batch_sampler=self.plan, num_workers=self.num_workers,
@@ -194,3 +228,15 @@ class StreamLoader(_Batches):
             if self.mixer is not None and len(y):
                 x, y = self.mixer.mix(x, y, make_generator(self.seed, epoch, step, self.rank))
             yield resize_batch(x, size), y
+
+    def _own_shards(self, epoch: int) -> list[torch.Tensor]:
+        """This rank's batches, from its own shards: as many steps as the global plan, so every rank
+        steps together; a step's global batch is the sum of the ranks' (they differ by a few images)."""
+        parts = [p.tensor_split(self.full_steps) for p in
+                 group_parts(self.groups, seed=self.seed, epoch=epoch, world=self.world)]
+        if min(len(p[-1]) for p in parts) == 0:
+            raise UserError(f"a process's shards hold fewer images than the {self.full_steps} steps of an epoch: "
+                            "write smaller shards (resnetlab data shards --shard-size) or start fewer processes")
+        steps = range(len(self.slices))
+        self.sizes = [sum(len(p[s]) for p in parts) for s in steps]
+        return [parts[self.rank][s] for s in steps]

@@ -25,6 +25,7 @@ from resnetlab.config import Config, OptimConfig, apply_overrides, save_config, 
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader, build_data
 from resnetlab.data.augment import BatchAugment
 from resnetlab.data.readers.manifest import split_file_text
+from resnetlab.data.shards import shard_of
 from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
 from resnetlab.train.ema import ModelEma
@@ -140,8 +141,10 @@ def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.devic
         split.paths, split.labels.tolist(), size=data.image_size, resize=cfg.data.resize, channels=data.channels,
         augment=cfg.augment if train else None, seed=cfg.seed, boxes=split.boxes, margin=cfg.data.roi_margin, fill=fill,
     )
+    groups = shard_of(split.paths) if train and dist.world > 1 else None  # ranks read disjoint shards
     return StreamLoader(dataset, num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image,
-                        mixer=augment if augment is not None and augment.mixing else None, **common)
+                        mixer=augment if augment is not None and augment.mixing else None,
+                        groups=None if groups is None else torch.from_numpy(groups), **common)
 
 
 def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

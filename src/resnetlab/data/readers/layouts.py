@@ -1,8 +1,9 @@
 """``data.dataset`` (a name, a folder or a CSV) -> the Catalog of its labelled images.
 
 Layouts are recognised from their own marker files, most specific first:
-a CSV manifest, MNIST IDX files, CIFAR python batches, GTSRB (INI, torchvision
-or Kaggle), Tiny ImageNet, then plain class folders (Intel scenes included).
+WebDataset tar shards (a folder of them, or a brace pattern), a CSV manifest,
+MNIST IDX files, CIFAR python batches, GTSRB (INI, torchvision or Kaggle), Tiny
+ImageNet, then plain class folders (Intel scenes included).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from resnetlab.data.catalog import Catalog, check_labels, from_arrays
 from resnetlab.data.readers.cifar import is_cifar_folder, load_cifar_folder
 from resnetlab.data.readers.idx import is_idx_folder, load_idx_folder
 from resnetlab.data.readers.manifest import is_manifest, read_manifest
+from resnetlab.data.shards import is_shards, read_shards
 from resnetlab.errors import UserError
 
 _READERS = (
@@ -52,6 +54,10 @@ def resolve_root(dataset: str) -> Path:
 
 def read_catalog(dataset: str) -> tuple[Catalog, Path, dict[str, int]]:
     """The catalog, the root its keys are relative to, and class-name aliases (GTSRB's)."""
+    if dataset not in builtin.BUILTIN and is_shards(dataset):
+        catalog, root, aliases = read_shards(dataset)
+        check_labels(catalog, dataset)
+        return catalog, root, aliases
     root = resolve_root(dataset)
     if root.is_file():
         catalog = read_manifest(root)

@@ -1,0 +1,305 @@
+"""WebDataset shards: ``resnetlab data shards`` writes them, ``data.dataset=DIR`` (or a brace pattern) reads them.
+
+The format is WebDataset's: plain POSIX tar files in which each sample is a run of members
+sharing a key, ``<key>.<ext>`` for the image (the source file's bytes unchanged; PNG for the
+array data sets), ``<key>.cls`` (the label as decimal text) and ``<key>.json`` (class name,
+split, the catalog's key and row, GTSRB's track and box). A ``dataset.json`` beside the
+shards lists the classes and the shards.
+
+Written and read with the standard library's tarfile rather than the webdataset package:
+its reader shuffles through a buffer that cannot restart at a given step, and resnetlab's
+loaders must (exact resume); reading a sample by its offset (data/archive.py) makes a
+shard member an ordinary image path for the caches, the streamed loader and evaluation.
+The tests check both ways round: webdataset reads these shards, and resnetlab reads shards
+webdataset's TarWriter wrote.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from resnetlab.data.archive import member_bytes
+from resnetlab.data.catalog import SPLITS, Catalog, from_files
+from resnetlab.data.images import IMAGE_SUFFIXES
+from resnetlab.errors import UserError
+from resnetlab.io import write_failed, write_json
+
+DEFAULT_SHARD_SIZE = "256MB"  # WebDataset's advice is 100 MB - 1 GB: long sequential reads, many shards
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
+
+
+def parse_shard_size(text: str) -> tuple[int, int]:
+    """'5000' -> (5000 images, 0 bytes); '256MB' -> (0 images, 256,000,000 bytes)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMG]?)B)?\s*", str(text), flags=re.IGNORECASE)
+    unit = None if m is None else m.group(2)
+    if m is None or float(m.group(1)) <= 0 or (unit is None and "." in m.group(1)):
+        raise UserError(f"--shard-size {text!r}: give a number of images (5000) or a size (256MB, 1GB)")
+    if unit is None:
+        return int(m.group(1)), 0
+    return 0, int(float(m.group(1)) * _UNITS[unit.upper()])
+
+
+# --- writing -----------------------------------------------------------------------------------------------
+
+def write_shards(dataset: str, out: Path, *, shard_size: str = DEFAULT_SHARD_SIZE, progress: bool = True) -> dict:
+    """Every labelled image of ``dataset`` (its own splits; no hold-out), in catalog order, as
+    ``<split>-000000.tar`` ... in ``out``; returns what dataset.json says."""
+    from resnetlab.data.readers.layouts import read_catalog
+
+    max_images, max_bytes = parse_shard_size(shard_size)
+    catalog, root, aliases = read_catalog(dataset)
+    out = Path(out)
+    if out.is_dir() and any(out.glob("*.tar")):
+        raise UserError(f"{out} already holds .tar shards: give an empty or new folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {out} ({e.strerror}): give a writable folder") from None
+    shards = {}
+    bar = _progress(progress, len(catalog))
+    for split in catalog.present_splits():
+        writer = _Writer(out, split, max_images, max_bytes)
+        try:
+            for row in catalog.rows(split):
+                writer.add(_members(catalog, int(row)))
+                bar()
+            shards.update(writer.close())
+        except OSError as e:
+            writer.discard()
+            raise UserError(f"{write_failed(writer.partial, e)}; the shards written so far are complete") from None
+    manifest = {"format": "webdataset", "source": str(Path(root).resolve()), "classes": catalog.classes,
+                "class_ids": catalog.class_ids, "aliases": aliases, "images": len(catalog), "shards": shards}
+    write_json(out / "dataset.json", manifest)
+    return manifest
+
+
+def _members(catalog: Catalog, row: int) -> list[tuple[str, bytes]]:
+    """The tar members of one sample: image, label, metadata."""
+    key, label = f"{row:08d}", int(catalog.labels[row])
+    if catalog.paths is not None:
+        source = catalog.paths[row]
+        ext = Path(source).suffix.lower().lstrip(".") or "img"
+        try:
+            data = member_bytes(source) or Path(source).read_bytes()
+        except OSError as e:
+            raise UserError(f"cannot read {source} ({e.strerror or e}): fix or remove it and write the shards again") from None
+    else:
+        from PIL import Image
+
+        arr = catalog.arrays[row]  # (C, H, W) uint8; PNG keeps the pixels exactly
+        buf = io.BytesIO()
+        Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(buf, "PNG")
+        data, ext = buf.getvalue(), "png"
+    meta = {"key": catalog.keys[row], "row": row, "split": str(catalog.splits[row]), "class": catalog.classes[label]}
+    for name in ("groups", "boxes", "sizes"):
+        column = getattr(catalog, name)
+        if column is not None:
+            meta[name] = column[row].tolist()
+    return [(f"{key}.{ext}", data), (f"{key}.cls", str(label).encode()), (f"{key}.json", json.dumps(meta).encode())]
+
+
+class _Writer:
+    """Shards of one split, each written to a hidden ``.partial`` file and renamed when complete."""
+
+    def __init__(self, out: Path, split: str, max_images: int, max_bytes: int):
+        self.out, self.split, self.max_images, self.max_bytes = out, split, max_images, max_bytes
+        self.tar, self.partial, self.done = None, out / f".{split}.partial", {}
+        self.images = self.bytes = 0
+
+    def add(self, members: list[tuple[str, bytes]]) -> None:
+        size = sum(512 + -(-len(data) // 512) * 512 for _, data in members)  # header + data in 512 B blocks
+        full = (self.max_images and self.images >= self.max_images) or (
+            self.max_bytes and self.images and self.bytes + size > self.max_bytes)
+        if self.tar is None or full:
+            self._next()
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0  # fixed: the same data gives the same bytes
+            self.tar.addfile(info, io.BytesIO(data))
+        self.images, self.bytes = self.images + 1, self.bytes + size
+
+    def _next(self) -> None:
+        self._finish()
+        name = f"{self.split}-{len(self.done):06d}.tar"
+        self.name, self.partial = name, self.out / f".{name}.partial"  # not *.tar: never read as a shard
+        self.tar, self.images, self.bytes = tarfile.open(self.partial, "w", format=tarfile.USTAR_FORMAT), 0, 0
+
+    def _finish(self) -> None:
+        if self.tar is None:
+            return
+        self.tar.close()
+        with open(self.partial, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self.partial, self.out / self.name)
+        self.done[self.name] = {"split": self.split, "images": self.images}
+        self.tar = None
+
+    def close(self) -> dict:
+        self._finish()
+        return self.done
+
+    def discard(self) -> None:
+        if self.tar is not None:
+            try:
+                self.tar.close()
+            except OSError:
+                pass
+        self.partial.unlink(missing_ok=True)
+
+
+def _progress(progress: bool, total: int):
+    if not progress or total < 2000:
+        return lambda: None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task("writing shards", total=total)
+    bar.start()
+
+    def advance() -> None:
+        bar.advance(task)
+        if bar.tasks[0].completed >= total:
+            bar.stop()
+
+    return advance
+
+
+# --- reading -----------------------------------------------------------------------------------------------
+
+def is_shards(dataset: str) -> bool:
+    """A brace pattern or a .tar file, or a folder of .tar files with no sub-folders."""
+    if "{" in dataset and ".tar" in dataset:
+        return True
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        return path.suffix == ".tar"
+    if not path.is_dir():
+        return False
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    return any(p.suffix == ".tar" for p in entries) and not any(p.is_dir() for p in entries)
+
+
+def shard_files(dataset: str) -> list[Path]:
+    """The shard files ``dataset`` names: a brace pattern's (every one must exist), a file, or a folder's."""
+    if "{" in dataset:
+        from braceexpand import UnbalancedBracesError, braceexpand
+
+        try:
+            names = list(braceexpand(dataset))
+        except UnbalancedBracesError:
+            raise UserError(f"{dataset}: unbalanced braces (write e.g. shards/train-{{000000..000009}}.tar)") from None
+        files = [Path(n).expanduser() for n in names]
+        missing = [f for f in files if not f.is_file()]
+        if len(missing) == len(files):
+            raise UserError(f"the brace pattern {dataset} matches no file ({len(files)} names, the first "
+                            f"{files[0]}): check the folder and the numbers")
+        if missing:
+            raise UserError(f"{len(missing)} of the {len(files)} shards {dataset} names are missing "
+                            f"(the first: {missing[0]}); fix the range or copy them")
+        return files
+    path = Path(dataset).expanduser()
+    return [path] if path.is_file() else sorted(path.glob("*.tar"))
+
+
+def read_shards(dataset: str) -> tuple[Catalog, Path, dict[str, int]]:
+    """The catalog of every sample in the shards, the folder holding them, and class-name aliases."""
+    files = shard_files(dataset)
+    root = Path(os.path.commonpath([f.parent for f in files]))
+    manifest = _manifest(root)
+    samples = [s for f in files for s in _scan(f)]
+    if all("row" in s for s in samples):  # written by resnetlab: the source catalog's order, so the same split
+        samples.sort(key=lambda s: s["row"])
+    keys = [s["key"] for s in samples]
+    if len(set(keys)) < len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise UserError(f"sample {dup} appears in more than one shard: give each shard set once")
+    classes = manifest.get("classes") or _class_names(samples)
+    columns = {name: [s[name] for s in samples] if samples and all(name in s for s in samples) else None
+               for name in ("groups", "boxes", "sizes")}
+    catalog = from_files(classes, manifest.get("class_ids"), [s["path"] for s in samples], keys,
+                         [s["label"] for s in samples], [s["split"] for s in samples],
+                         notes=[f"{len(samples):,} images in {len(files)} shards"], **columns)
+    return catalog, root, manifest.get("aliases") or {}
+
+
+def _manifest(root: Path) -> dict:
+    path = root / "dataset.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        raise UserError(f"{path} is not readable JSON: write the shards again, or delete it to name classes 0..k-1")
+
+
+def _scan(shard: Path) -> list[dict]:
+    """One dict per sample of a shard: path (``shard/member``), key, label, split, and the optional columns."""
+    by_key: dict[str, dict[str, tarfile.TarInfo]] = {}
+    out = []
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            for m in tar:
+                if m.isfile():
+                    folder, _, name = m.name.rpartition("/")
+                    base, _, ext = name.partition(".")  # WebDataset's rule: the key ends at the name's first dot
+                    key = f"{folder}/{base}" if folder else base
+                    by_key.setdefault(key, {})[ext.lower()] = m
+            for key, members in by_key.items():
+                out.append(_sample(shard, tar, key, members))
+    except (tarfile.TarError, EOFError) as e:
+        raise UserError(f"shard {shard} is not a readable tar file ({e}): write it again") from None
+    return out
+
+
+def _sample(shard: Path, tar: tarfile.TarFile, key: str, members: dict[str, tarfile.TarInfo]) -> dict:
+    image = next((m for ext, m in members.items() if "." + ext.rpartition(".")[2] in IMAGE_SUFFIXES), None)
+    if image is None:
+        raise UserError(f"shard {shard}: sample {key} has no image ({', '.join(sorted(members))}; "
+                        f"expected one of {', '.join(sorted(IMAGE_SUFFIXES))})")
+    meta = json.loads(tar.extractfile(members["json"]).read()) if "json" in members else {}
+    if "cls" in members:
+        text = tar.extractfile(members["cls"]).read().decode().strip()
+    elif "label" in meta:
+        text = str(meta["label"])
+    else:
+        raise UserError(f"shard {shard}: sample {key} has no label (no {key}.cls and no 'label' in {key}.json): "
+                        "write the shards with resnetlab data shards")
+    if not text.lstrip("-").isdigit():
+        raise UserError(f"shard {shard}: sample {key} has label {text!r}, not a class number")
+    split = meta.get("split")
+    if split not in SPLITS:  # shards of another writer: the split from the name (train-000000.tar), else train
+        split = next((s for s in SPLITS if re.match(rf"{s}[-_.]", shard.name)), "train")
+    row = {"path": f"{shard}/{image.name}", "key": meta.get("key", f"{shard.name}/{key}"), "label": int(text),
+           "split": split, **{k: meta[k] for k in ("row", "groups", "boxes", "sizes") if k in meta}}
+    if "class" in meta:
+        row["class"] = meta["class"]
+    return row
+
+
+def _class_names(samples: list[dict]) -> list[str]:
+    """Names from the samples' .json where they give them, else the numbers 0..k-1."""
+    k = 1 + max((s["label"] for s in samples), default=-1)
+    names = [str(i) for i in range(k)]
+    for s in samples:
+        if "class" in s and 0 <= s["label"] < k:
+            names[s["label"]] = s["class"]
+    return names
+
+
+def shard_of(paths: list[str]) -> np.ndarray | None:
+    """The shard number of each path (0, 1, ... by first appearance), or None unless all are shard members."""
+    from resnetlab.data.archive import split_member
+
+    ids: dict[str, int] = {}
+    out = np.empty(len(paths), dtype=np.int64)
+    for i, p in enumerate(paths):
+        parts = split_member(p)
+        if parts is None:
+            return None
+        out[i] = ids.setdefault(parts[0], len(ids))
+    return out
