@@ -120,3 +120,25 @@ def test_disk_full_during_a_build_is_one_line_and_leaves_nothing_trusted(tmp_pat
     resumed = build_data(disk_config(folders, tmp_path)).splits["train"]  # resumed to the end
     fresh = build_data(tiny_config(folders, tmp_path, "data.image_size=16")).splits["train"]
     assert torch.equal(resumed.images[torch.arange(36)], fresh.images)  # the half-written record was dropped
+
+
+def test_other_processes_wait_for_the_builder_and_never_read_a_partial_cache(class_folders, tmp_path):
+    """Under torchrun only local rank 0 builds; the others poll until the complete cache is there."""
+    import threading
+
+    from resnetlab.data.disk_cache import open_or_build
+
+    cfg = disk_config(class_folders, tmp_path)
+    files = {"train": (sorted(map(str, (class_folders / "train").rglob("*.png"))), [0] * 36, None)}
+    common = dict(root=str(class_folders), cache_dir=str(tmp_path / "cache"), size=16, resize=cfg.data.resize,
+                  margin=0.1, on_bad_image="skip", progress=False)
+    waited, notes = {}, []
+    waiter = threading.Thread(target=lambda: waited.update(open_or_build(files, notes=notes, builder=False, **common)))
+    waiter.start()
+    waiter.join(1.0)
+    assert waiter.is_alive() and not waited  # nothing built yet: still waiting, nothing created
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    built = open_or_build(files, notes=[], **common)
+    waiter.join(10)
+    assert not waiter.is_alive() and waited["folder"] == built["folder"]
+    assert waited["splits"] == built["splits"] and "built by local rank 0" in notes[0]

@@ -174,3 +174,25 @@ def test_torchrun_max_restarts_resumes_the_run_without_a_person(runs, tmp_path):
     assert env["resumes"][0]["torchrun_restart"] == 1
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_torchrun_streams_disjoint_shards_and_builds_one_disk_cache(tmp_path):
+    """Two processes: from shards, streamed (each rank reads its own shards), and from a disk cache
+    (built once, by local rank 0, while rank 1 waits for it)."""
+    from resnetlab.data.shards import write_shards
+    from tests.conftest import write_class_folders
+
+    root = write_class_folders(tmp_path / "data", per_class=10)
+    write_shards(str(root), tmp_path / "shards", shard_size="5", progress=False)
+    common = [f"data.dataset={tmp_path / 'shards'}", "model.name=resnet9", "model.filters=[8,8,16,16]",
+              "train.epochs=2", "train.batch_size=8", "data.image_size=16", "train.progress=false",
+              "train.report=false", "train.device=cpu", "train.dist_timeout=120", "train.name=run"]
+    streamed = torchrun(2, [*common, "data.cache=stream", "data.num_workers=0", f"train.out_dir={tmp_path / 's'}"])
+    assert streamed.returncode == 0, streamed.stderr[-3000:]
+    history = [json.loads(line) for line in (tmp_path / "s" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and all(h["train_images"] == 30 for h in history)
+    cached = torchrun(2, [*common, "data.cache=disk", f"data.cache_dir={tmp_path / 'cache'}",
+                          f"train.out_dir={tmp_path / 'd'}"])
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(entries) == 2 and entries[1] == "index.json" and not entries[0].endswith(".partial"), entries

@@ -97,15 +97,17 @@ def plan_data(cfg: Config, *, split_file: Path | None = None) -> tuple[Catalog, 
     return catalog, root, notes
 
 
-def build_data(cfg: Config, *, split_file: Path | None = None, progress: bool = True) -> DataBundle:
-    """Load ``cfg.data``; ``split_file`` (a run's split.csv) fixes the rows and splits on resume."""
+def build_data(cfg: Config, *, split_file: Path | None = None, progress: bool = True,
+               builder: bool = True) -> DataBundle:
+    """Load ``cfg.data``; ``split_file`` (a run's split.csv) fixes the rows and splits on resume.
+    ``builder``: False for torchrun's other processes on a machine, which wait for its disk cache."""
     catalog, root, notes = plan_data(cfg, split_file=split_file)
     if cfg.data.roi_crop and catalog.boxes is None:
         raise UserError(f"data.roi_crop=true but {root} has no annotated regions (GTSRB's GT csv files have them)")
     if catalog.arrays is not None:
         bundle = _from_arrays(catalog, cfg.data, root, cfg)
     else:
-        bundle = _from_files(catalog, cfg.data, root, progress, cfg)
+        bundle = _from_files(catalog, cfg.data, root, progress, cfg, builder)
     bundle.catalog, bundle.notes = catalog, notes + bundle.notes
     bundle.skipped = list(catalog.skipped) + bundle.skipped  # files the reader could not use come first
     return bundle
@@ -142,7 +144,8 @@ def _from_arrays(catalog: Catalog, d: DataConfig, root: Path, cfg: Config) -> Da
     return DataBundle(catalog.classes, splits, channels, size, mean, std, str(root), True)
 
 
-def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg: Config) -> DataBundle:
+def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg: Config,
+                builder: bool = True) -> DataBundle:
     n = len(catalog)
     size = d.image_size
     estimate = n * (d.channels or 3) * max(size, 64) ** 2  # bytes; 64 px when size is 'native'
@@ -154,7 +157,7 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
     notes = []
     mode = _cache_mode(d, estimate, notes)
     if mode == "disk":
-        bundle = _from_disk(files, catalog, d, root, progress, cfg, notes)
+        bundle = _from_disk(files, catalog, d, root, progress and builder, cfg, notes, builder)
         bundle.notes = notes
         return bundle
     if mode == "stream":
@@ -224,14 +227,15 @@ def _cache_mode(d: DataConfig, estimate: int, notes: list[str]) -> str:
 
 
 def _from_disk(files, catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg: Config,
-               notes: list[str]) -> DataBundle:
+               notes: list[str], builder: bool) -> DataBundle:
     """Splits whose images are records in the disk cache (data/disk_cache.py), read a batch at a time."""
     from resnetlab.data.disk_cache import DiskImages, open_or_build
 
     if not d.image_size:
         raise UserError("data.cache=disk needs one image size: set data.image_size=N")
     meta = open_or_build(files, root=str(root), cache_dir=d.cache_dir, size=d.image_size, resize=d.resize,
-                         margin=d.roi_margin, on_bad_image=d.on_bad_image, progress=progress, notes=notes)
+                         margin=d.roi_margin, on_bad_image=d.on_bad_image, progress=progress, notes=notes,
+                         builder=builder)
     channels = _channels(d, [g for split in meta["splits"].values() for g in split["grey"]])
     splits, skipped = {}, []
     for name, (paths, labels, _) in files.items():

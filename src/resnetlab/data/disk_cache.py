@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,13 +88,16 @@ def cache_key(files: dict[str, tuple[list[str], list, object]], *, size: int, re
 
 
 def open_or_build(files, *, root: str, cache_dir: str, size: int, resize: str, margin: float, on_bad_image: str,
-                  progress: bool, notes: list[str]) -> dict:
+                  progress: bool, notes: list[str], builder: bool = True) -> dict:
     """The disk cache of ``files`` ({split: (paths, labels, boxes)}), built if missing; returns meta.json's
-    content with ``folder``. ``notes`` gets a line when an old cache is replaced, and why."""
+    content with ``folder``. ``notes`` gets a line when an old cache is replaced, and why. Under
+    torchrun only the machine's first process is the ``builder``: the others wait for its cache."""
     base = Path(cache_dir) if cache_dir else default_cache_dir()
-    _check_writable(base)
     key = cache_key(files, size=size, resize=resize, margin=margin)
     folder = base / key
+    if not builder:
+        return _wait_for(folder, notes)
+    _check_writable(base)
     index_path = base / "index.json"
     index = read_json(index_path) if index_path.is_file() else {}
     owner = hashlib.sha256(f"{root}|{size}|{resize}|{margin}".encode()).hexdigest()[:16]
@@ -114,6 +118,19 @@ def open_or_build(files, *, root: str, cache_dir: str, size: int, resize: str, m
     index[owner] = key
     atomic_write_text(index_path, json.dumps(index, indent=2) + "\n")
     return meta
+
+
+def _wait_for(folder: Path, notes: list[str], poll_s: float = 0.5) -> dict:
+    """The cache another process on this machine is building, once complete. Polled rather than a
+    collective barrier: a build can outlast train.dist_timeout, and if the builder fails torchrun
+    stops this process with it."""
+    while True:
+        if folder.is_dir():
+            meta, why = _check(folder)
+            if why is None:
+                notes.append(f"disk cache: reading {folder} (built by local rank 0)")
+                return meta
+        time.sleep(poll_s)
 
 
 def _check_writable(base: Path) -> None:

@@ -166,7 +166,8 @@ def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[st
     loss_sum, correct, seen = distributed.all_sum(sums, d).tolist()
     seen_max = max(seen, 1.0)
     return {"epoch": epoch + 1, "step": (epoch + 1) * spe, "lr": lr, "train_loss": loss_sum / seen_max,
-            "train_top1": correct / seen_max, "images_per_s": (seen - seen0) / max(seconds, 1e-9),
+            "train_top1": correct / seen_max, "train_images": int(seen),  # summed over ranks, bad images left out
+            "images_per_s": (seen - seen0) / max(seconds, 1e-9),
             "seconds": round(seconds, 2), "size": size or s.data.image_size}
 
 

@@ -176,7 +176,8 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     device = distributed.init(d, select_device(cfg.train.device), timeout_s=cfg.train.dist_timeout)
     precision = resolve_precision(cfg.train.precision, device)
     seed_everything(cfg.seed)
-    data = build_data(cfg, split_file=saved_split_file(resume) if resume else None, progress=cfg.train.progress)
+    data = build_data(cfg, split_file=saved_split_file(resume) if resume else None, progress=cfg.train.progress,
+                      builder=d.local_rank == 0)  # one process a machine builds a disk cache
     if len(data.splits["train"]) < 1:
         raise UserError("the training split is empty")
     has_checkpoint = resume is not None and any((resume / n).exists() for n in RESUME_FROM)
