@@ -23,10 +23,15 @@ from resnetlab.config import AugmentConfig
 from resnetlab.data.policy import apply_policy, stream_policy
 
 
-def make_generator(*keys: int) -> torch.Generator:
-    """A CPU generator seeded from (seed, epoch, step...): well mixed, so nearby keys differ fully."""
+def seed_of(*keys: int) -> int:
+    """A 64-bit seed from (seed, epoch, step...): well mixed, so nearby keys differ fully."""
     state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return int(state[0]) << 32 | int(state[1])
+
+
+def make_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from (seed, epoch, step...)."""
+    return torch.Generator().manual_seed(seed_of(*keys))
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
