@@ -202,3 +202,38 @@ def test_evaluate_bad_input(evaluated, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["resnetlab evaluate: error: --tta 0: give the number of views, 1 (none) or more, e.g. --tta 20",
                    "resnetlab evaluate: error: --reject-target 1.5 must be in (0, 1), e.g. 0.05 for at most 5%"]
+
+
+def test_a_streamed_split_evaluates_as_the_cached_one_a_chunk_at_a_time(evaluated, tmp_path, monkeypatch):
+    """Metrics, TTA, calibration and figures from files decoded a batch at a time equal those from
+    the decoded split; after the one pass that finds the readable files no read exceeds the
+    figures' 32 images."""
+    from resnetlab.data import build_data, cache
+    from resnetlab.data.cache import FileImages
+    from resnetlab.evaluate.evaluator import Options, evaluate_split, split_images
+    from resnetlab.train.run_folder import read_run_config, saved_split_file
+
+    predictor = Predictor.load(evaluated)
+    cfg = read_run_config(evaluated)
+    cached = build_data(cfg, split_file=saved_split_file(evaluated), progress=False)
+    cfg.data.cache = "stream"
+    streamed = build_data(cfg, split_file=saved_split_file(evaluated), progress=False)
+    reads = []
+    decode = cache.decode_for_model
+    monkeypatch.setattr(cache, "decode_for_model", lambda paths, *a: reads.append(len(paths)) or decode(paths, *a))
+    opts = Options(tta=3, batch_size=16)
+    results = []
+    for name, data in (("cached", cached), ("streamed", streamed)):
+        images, labels = split_images(data.splits["test"], predictor)
+        val = split_images(data.splits["val"], predictor)
+        assert isinstance(images, FileImages) == (name == "streamed")
+        first = len(reads)
+        (tmp_path / name).mkdir()
+        results.append(evaluate_split(tmp_path / name, predictor, "test", images, labels, opts, val=val))
+        if name == "streamed":
+            assert len(labels) > 32 and max(reads[first:]) <= 32, reads[first:]
+    a, b = results
+    assert a["n"] == b["n"] and a["confusion"] == b["confusion"] and a["top1"] == b["top1"]
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["tta"]["top1"] == b["tta"]["top1"]
+    assert a["calibration"]["ece"] == pytest.approx(b["calibration"]["ece"], abs=1e-6)
+    assert (tmp_path / "streamed" / "eval_test" / "top_losses.png").stat().st_size > 0

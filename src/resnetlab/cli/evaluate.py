@@ -101,6 +101,7 @@ def _folder_split(folder: Path, predictor):
     """uint8 images, labels and a name for a folder of class folders the model's classes cover."""
     import torch
 
+    from resnetlab.data.cache import FileImages
     from resnetlab.data.readers.folder import list_class_folder
 
     if not folder.is_dir():
@@ -111,9 +112,10 @@ def _folder_split(folder: Path, predictor):
         raise UserError(f"{folder} has classes the model never saw: {', '.join(unseen[:5])}; "
                         f"the model knows {', '.join(predictor.classes[:10])}")
     files = lists["train"]
-    images, kept, bad = predictor.load_images(files.paths)
+    # decoded a chunk at a time whenever evaluation reads them: a folder of any size fits
+    images, kept, bad = FileImages.readable(files.paths, size=predictor.image_size, resize=predictor.resize,
+                                            channels=predictor.channels)
     for path, reason in bad:
         print(f"skipped {path}: {reason}")
-    index = {p: i for i, p in enumerate(files.paths)}
-    labels = torch.tensor([predictor.classes.index(classes[files.labels[index[p]]]) for p in kept])
+    labels = torch.tensor([predictor.classes.index(classes[files.labels[i]]) for i in kept], dtype=torch.long)
     return images, labels, folder.name

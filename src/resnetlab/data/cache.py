@@ -123,3 +123,45 @@ def decode_for_model(paths: list[str], size: int, resize: str, channels: int):
     if not arrays:
         return torch.empty(0, channels, size, size, dtype=torch.uint8), kept, bad
     return set_channels(torch.stack(arrays), channels), kept, bad
+
+
+class FileImages:
+    """Image files decoded when read, a chunk at a time: what evaluation uses of a uint8 (N, C, S, S)
+    tensor (len, shape, ``[rows]``, ``split``), for a streamed split too large to hold decoded.
+    Built by ``readable``, so every file in it is known to decode."""
+
+    def __init__(self, paths: list[str], *, size: int, resize: str, channels: int):
+        self.paths, self.size, self.resize, self.channels = paths, size, resize, channels
+        self.shape = (len(paths), channels, size, size)
+
+    @classmethod
+    def readable(cls, paths: list[str], *, size: int, resize: str, channels: int,
+                 chunk: int = 1024) -> tuple["FileImages", list[int], list[tuple[str, str]]]:
+        """The files of ``paths`` that decode (found by decoding each chunk once; pixels dropped), their
+        indices in ``paths``, and (path, reason) for the rest."""
+        where = {p: i for i, p in enumerate(paths)}
+        kept, bad = [], []
+        for start in range(0, len(paths), chunk):
+            _, ok, failed = decode_for_model(paths[start:start + chunk], size, resize, channels)
+            kept += [where[p] for p in ok]
+            bad += failed
+        return cls([paths[i] for i in kept], size=size, resize=resize, channels=channels), kept, bad
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        rows = range(len(self.paths))[index] if isinstance(index, slice) else torch.as_tensor(index).reshape(-1).tolist()
+        paths = [self.paths[i] for i in rows]
+        images, kept, bad = decode_for_model(paths, self.size, self.resize, self.channels)
+        if bad:
+            raise UserError(f"{bad[0][0]} no longer decodes ({bad[0][1]}): it changed during evaluation; run it again")
+        return images
+
+    def split(self, chunk: int):
+        """Consecutive chunks, like Tensor.split, decoded one at a time."""
+        for start in range(0, len(self.paths), chunk):
+            yield self[slice(start, start + chunk)]
+
+    def to(self, device) -> "FileImages":
+        return self

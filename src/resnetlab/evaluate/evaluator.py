@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from resnetlab.data.cache import FileImages
 from resnetlab.data.readers.manifest import read_split_file
 from resnetlab.errors import UserError
 from resnetlab.evaluate import analysis, calibration
@@ -77,13 +78,14 @@ def snapshot_ensemble(members: list[Classifier], images: torch.Tensor, labels: t
     return result
 
 
-def split_images(split, predictor: Classifier) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images and labels of a split: its cache, or its files decoded at the model's size."""
+def split_images(split, predictor: Classifier):
+    """uint8 images and labels of a split: its cache (in memory or on disk), or for a streamed split
+    its readable files, decoded a chunk at a time whenever they are read (never the whole split)."""
     if split.images is not None:
         return split.images, split.labels
-    images, kept, _ = predictor.load_images(split.paths)
-    where = {p: i for i, p in enumerate(split.paths)}
-    return images, split.labels[[where[p] for p in kept]]
+    images, kept, _ = FileImages.readable(split.paths, size=predictor.image_size, resize=predictor.resize,
+                                          channels=predictor.channels)
+    return images, split.labels[kept]
 
 
 def unseen_images(cfg, run_dir: Path, predictor: Classifier, limit: int = 2000) -> torch.Tensor | None:
@@ -162,10 +164,10 @@ def _rejection(p: Classifier, plain: Inference, cal: dict, unseen: torch.Tensor 
     return out
 
 
-def _figures(folder: Path, p: Classifier, images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
+def _figures(folder: Path, p: Classifier, images, labels: torch.Tensor, probs: torch.Tensor,
              result: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    classes, shown = p.classes, _hwc(images)
+    classes = p.classes
     plots.confusion_figure(result["confusion"], classes, folder / "confusion.png", normalized=False)
     plots.confusion_figure(result["confusion"], classes, folder / "confusion_normalized.png", normalized=True)
     pred = probs.argmax(1)
@@ -175,21 +177,28 @@ def _figures(folder: Path, p: Classifier, images: torch.Tensor, labels: torch.Te
         return (f"true {classes[t][:22]} ({probs[i, t]:.2f})\npred {classes[q][:22]} ({probs[i, q]:.2f})")
 
     worst = analysis.top_losses(probs, labels, 16)
-    plots.image_grid(shown[worst], [title(i) for i in worst],
-                     ["tab:green" if pred[i] == labels[i] else "tab:red" for i in worst], folder / "top_losses.png",
-                     suptitle="highest loss: true class and its probability, predicted class and its probability")
+    pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:16].tolist()
+    rows = sorted(set(worst) | set(pick))  # only the images shown are read: a split may be on disk or in files
+    pixels = images[torch.tensor(rows)]
+    at = {r: j for j, r in enumerate(rows)}
+    shown = _hwc(pixels)
+
+    def grid(chosen: list[int], path: Path, suptitle: str) -> None:
+        plots.image_grid(shown[[at[i] for i in chosen]], [title(i) for i in chosen],
+                         ["tab:green" if pred[i] == labels[i] else "tab:red" for i in chosen], path, suptitle=suptitle)
+
+    grid(worst, folder / "top_losses.png",
+         "highest loss: true class and its probability, predicted class and its probability")
     pairs = analysis.confused_pairs(result["confusion"], classes)
     atomic_write_text(folder / "confused_pairs.csv", csv_text([["true", "predicted", "count"], *pairs]))
     result["confused_pairs"] = [list(x) for x in pairs]
-    pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:16].tolist()
-    plots.image_grid(shown[pick], [title(i) for i in pick],
-                     ["tab:green" if pred[i] == labels[i] else "tab:red" for i in pick],
-                     folder / "random_predictions.png", suptitle="random test images: green right, red wrong")
+    grid(pick, folder / "random_predictions.png", "random test images: green right, red wrong")
     first = worst[0]
-    plots.probability_bars(probs[first], classes, shown[first], title(first), folder / "probabilities.png")
+    plots.probability_bars(probs[first], classes, shown[at[first]], title(first), folder / "probabilities.png")
     cams_for = worst[:8]
-    cams = analysis.grad_cam(p.model, images[cams_for].to(p.device), pred[cams_for], mean=p.mean, std=p.std)
-    overlays = np.stack([plots.overlay(shown[i], cams[j].numpy()) for j, i in enumerate(cams_for)])
+    cams = analysis.grad_cam(p.model, pixels[[at[i] for i in cams_for]].to(p.device), pred[cams_for],
+                             mean=p.mean, std=p.std)
+    overlays = np.stack([plots.overlay(shown[at[i]], cams[j].numpy()) for j, i in enumerate(cams_for)])
     plots.image_grid(overlays, [title(i) for i in cams_for], ["tab:red" if pred[i] != labels[i] else "tab:green"
                                                                for i in cams_for], folder / "gradcam.png",
                      suptitle="Grad-CAM for the predicted class, most incorrect images (red = high)")
