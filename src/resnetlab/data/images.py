@@ -47,7 +47,8 @@ def open_image(source: str | Path | bytes) -> Image.Image:
             if img.width * img.height > MAX_PIXELS:
                 raise BadImage(f"{img.width}x{img.height} px is larger than {MAX_PIXELS:,} px")
             img.load()  # decode now: truncation shows here, not later in a worker
-            return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
+            # loaded: the pixels outlive the file closing at the end of this block, no copy needed
+            return img if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
     except BadImage:
         raise
     except FileNotFoundError:  # listed with the data set, gone (or renamed) before it was decoded
