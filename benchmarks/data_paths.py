@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/data_paths.py big [--images 20000 --size 160]
 
 speed: the same half-width ResNet-9 at 32 px on the same images, trained for 2 epochs with each
-data path (data.cache=memory, disk, stream), and a plain torchvision loop (ImageFolder +
+data path (data.cache=memory, disk, stream, and stream from WebDataset shards of the same images
+written by `resnetlab data shards`), and a plain torchvision loop (ImageFolder +
 DataLoader with 2 workers + the same model, step and bf16 autocast) as the reference for
 streaming; images/s of epoch 2 (epoch 1 carries the warm-up and, for disk, the build).
 
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 from resnetlab.config import load_config
+from resnetlab.data.shards import write_shards
 from resnetlab.train.loop import fit
 from resnetlab.train.session import prepare
 
@@ -73,14 +75,19 @@ def speed(data: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         rows = {}
-        for mode in ("memory", "disk", "stream"):
-            record, loaded, _ = train(data, out / mode, "train.epochs=2", f"data.cache={mode}", "data.image_size=32",
+        start = time.perf_counter()
+        write_shards(data, out / "shards", shard_size="64MB", progress=False)
+        print(f"wrote shards in {time.perf_counter() - start:.1f} s", flush=True)
+        for mode, source in (("memory", data), ("disk", data), ("stream", data), ("shards", str(out / "shards"))):
+            cache = "stream" if mode == "shards" else mode
+            record, loaded, _ = train(source, out / mode, "train.epochs=2", f"data.cache={cache}", "data.image_size=32",
                                       f"data.cache_dir={out / 'cache'}", f"train.name={mode}")
             rows[mode] = record["images_per_s"]
             print(f"{mode:>7}: {record['images_per_s']:6.0f} img/s (epoch 2), {loaded:.1f} s to load", flush=True)
         plain = plain_loop(data)
         print(f"  plain: {plain:6.0f} img/s (torchvision ImageFolder + DataLoader, 2 workers)")
-        print(f"disk / memory {rows['disk'] / rows['memory']:.2f}x; stream / plain {rows['stream'] / plain:.2f}x")
+        print(f"disk / memory {rows['disk'] / rows['memory']:.2f}x; stream / plain {rows['stream'] / plain:.2f}x; "
+              f"shards / plain {rows['shards'] / plain:.2f}x")
 
 
 def make_big(source: Path, target: Path, count: int, size: int) -> None:
