@@ -17,6 +17,8 @@ import tarfile
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 MARK = ".tar/"
 
 
@@ -74,3 +76,15 @@ def source_stat(source: str | Path) -> tuple[int, int]:
     if name not in index:
         raise FileNotFoundError(f"{name} is not in {shard}")
     return index[name][1], os.stat(shard).st_mtime_ns
+
+
+def shard_of(paths: list[str]) -> np.ndarray | None:
+    """The shard number of each path (0, 1, ... by first appearance), or None unless all are shard members."""
+    ids: dict[str, int] = {}
+    out = np.empty(len(paths), dtype=np.int64)
+    for i, p in enumerate(paths):
+        parts = split_member(p)
+        if parts is None:
+            return None
+        out[i] = ids.setdefault(parts[0], len(ids))
+    return out

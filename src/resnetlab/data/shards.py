@@ -1,4 +1,4 @@
-"""WebDataset shards: ``resnetlab data shards`` writes them, ``data.dataset=DIR`` (or a brace pattern) reads them.
+"""``resnetlab data shards``: a data set written as WebDataset shards (read back by data/readers/webdataset.py).
 
 The format is WebDataset's: plain POSIX tar files in which each sample is a run of members
 sharing a key, ``<key>.<ext>`` for the image (the source file's bytes unchanged; PNG for the
@@ -23,11 +23,9 @@ import re
 import tarfile
 from pathlib import Path
 
-import numpy as np
-
 from resnetlab.data.archive import member_bytes
-from resnetlab.data.catalog import SPLITS, Catalog, from_files
-from resnetlab.data.images import IMAGE_SUFFIXES
+from resnetlab.data.catalog import Catalog
+from resnetlab.data.readers.layouts import read_catalog
 from resnetlab.errors import UserError
 from resnetlab.io import write_failed, write_json
 
@@ -46,13 +44,9 @@ def parse_shard_size(text: str) -> tuple[int, int]:
     return 0, int(float(m.group(1)) * _UNITS[unit.upper()])
 
 
-# --- writing -----------------------------------------------------------------------------------------------
-
 def write_shards(dataset: str, out: Path, *, shard_size: str = DEFAULT_SHARD_SIZE, progress: bool = True) -> dict:
     """Every labelled image of ``dataset`` (its own splits; no hold-out), in catalog order, as
     ``<split>-000000.tar`` ... in ``out``; returns what dataset.json says."""
-    from resnetlab.data.readers.layouts import read_catalog
-
     max_images, max_bytes = parse_shard_size(shard_size)
     catalog, root, aliases = read_catalog(dataset)
     out = Path(out)
@@ -169,137 +163,3 @@ def _progress(progress: bool, total: int):
             bar.stop()
 
     return advance
-
-
-# --- reading -----------------------------------------------------------------------------------------------
-
-def is_shards(dataset: str) -> bool:
-    """A brace pattern or a .tar file, or a folder of .tar files with no sub-folders."""
-    if "{" in dataset and ".tar" in dataset:
-        return True
-    path = Path(dataset).expanduser()
-    if path.is_file():
-        return path.suffix == ".tar"
-    if not path.is_dir():
-        return False
-    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
-    return any(p.suffix == ".tar" for p in entries) and not any(p.is_dir() for p in entries)
-
-
-def shard_files(dataset: str) -> list[Path]:
-    """The shard files ``dataset`` names: a brace pattern's (every one must exist), a file, or a folder's."""
-    if "{" in dataset:
-        from braceexpand import UnbalancedBracesError, braceexpand
-
-        try:
-            names = list(braceexpand(dataset))
-        except UnbalancedBracesError:
-            raise UserError(f"{dataset}: unbalanced braces (write e.g. shards/train-{{000000..000009}}.tar)") from None
-        files = [Path(n).expanduser() for n in names]
-        missing = [f for f in files if not f.is_file()]
-        if len(missing) == len(files):
-            raise UserError(f"the brace pattern {dataset} matches no file ({len(files)} names, the first "
-                            f"{files[0]}): check the folder and the numbers")
-        if missing:
-            raise UserError(f"{len(missing)} of the {len(files)} shards {dataset} names are missing "
-                            f"(the first: {missing[0]}); fix the range or copy them")
-        return files
-    path = Path(dataset).expanduser()
-    return [path] if path.is_file() else sorted(path.glob("*.tar"))
-
-
-def read_shards(dataset: str) -> tuple[Catalog, Path, dict[str, int]]:
-    """The catalog of every sample in the shards, the folder holding them, and class-name aliases."""
-    files = shard_files(dataset)
-    root = Path(os.path.commonpath([f.parent for f in files]))
-    manifest = _manifest(root)
-    samples = [s for f in files for s in _scan(f)]
-    if all("row" in s for s in samples):  # written by resnetlab: the source catalog's order, so the same split
-        samples.sort(key=lambda s: s["row"])
-    keys = [s["key"] for s in samples]
-    if len(set(keys)) < len(keys):
-        dup = next(k for k in keys if keys.count(k) > 1)
-        raise UserError(f"sample {dup} appears in more than one shard: give each shard set once")
-    classes = manifest.get("classes") or _class_names(samples)
-    columns = {name: [s[name] for s in samples] if samples and all(name in s for s in samples) else None
-               for name in ("groups", "boxes", "sizes")}
-    catalog = from_files(classes, manifest.get("class_ids"), [s["path"] for s in samples], keys,
-                         [s["label"] for s in samples], [s["split"] for s in samples],
-                         notes=[f"{len(samples):,} images in {len(files)} shards"], **columns)
-    return catalog, root, manifest.get("aliases") or {}
-
-
-def _manifest(root: Path) -> dict:
-    path = root / "dataset.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        raise UserError(f"{path} is not readable JSON: write the shards again, or delete it to name classes 0..k-1")
-
-
-def _scan(shard: Path) -> list[dict]:
-    """One dict per sample of a shard: path (``shard/member``), key, label, split, and the optional columns."""
-    by_key: dict[str, dict[str, tarfile.TarInfo]] = {}
-    out = []
-    try:
-        with tarfile.open(shard, "r:") as tar:
-            for m in tar:
-                if m.isfile():
-                    folder, _, name = m.name.rpartition("/")
-                    base, _, ext = name.partition(".")  # WebDataset's rule: the key ends at the name's first dot
-                    key = f"{folder}/{base}" if folder else base
-                    by_key.setdefault(key, {})[ext.lower()] = m
-            for key, members in by_key.items():
-                out.append(_sample(shard, tar, key, members))
-    except (tarfile.TarError, EOFError) as e:
-        raise UserError(f"shard {shard} is not a readable tar file ({e}): write it again") from None
-    return out
-
-
-def _sample(shard: Path, tar: tarfile.TarFile, key: str, members: dict[str, tarfile.TarInfo]) -> dict:
-    image = next((m for ext, m in members.items() if "." + ext.rpartition(".")[2] in IMAGE_SUFFIXES), None)
-    if image is None:
-        raise UserError(f"shard {shard}: sample {key} has no image ({', '.join(sorted(members))}; "
-                        f"expected one of {', '.join(sorted(IMAGE_SUFFIXES))})")
-    meta = json.loads(tar.extractfile(members["json"]).read()) if "json" in members else {}
-    if "cls" in members:
-        text = tar.extractfile(members["cls"]).read().decode().strip()
-    elif "label" in meta:
-        text = str(meta["label"])
-    else:
-        raise UserError(f"shard {shard}: sample {key} has no label (no {key}.cls and no 'label' in {key}.json): "
-                        "write the shards with resnetlab data shards")
-    if not text.lstrip("-").isdigit():
-        raise UserError(f"shard {shard}: sample {key} has label {text!r}, not a class number")
-    split = meta.get("split")
-    if split not in SPLITS:  # shards of another writer: the split from the name (train-000000.tar), else train
-        split = next((s for s in SPLITS if re.match(rf"{s}[-_.]", shard.name)), "train")
-    row = {"path": f"{shard}/{image.name}", "key": meta.get("key", f"{shard.name}/{key}"), "label": int(text),
-           "split": split, **{k: meta[k] for k in ("row", "groups", "boxes", "sizes") if k in meta}}
-    if "class" in meta:
-        row["class"] = meta["class"]
-    return row
-
-
-def _class_names(samples: list[dict]) -> list[str]:
-    """Names from the samples' .json where they give them, else the numbers 0..k-1."""
-    k = 1 + max((s["label"] for s in samples), default=-1)
-    names = [str(i) for i in range(k)]
-    for s in samples:
-        if "class" in s and 0 <= s["label"] < k:
-            names[s["label"]] = s["class"]
-    return names
-
-
-def shard_of(paths: list[str]) -> np.ndarray | None:
-    """The shard number of each path (0, 1, ... by first appearance), or None unless all are shard members."""
-    from resnetlab.data.archive import split_member
-
-    ids: dict[str, int] = {}
-    out = np.empty(len(paths), dtype=np.int64)
-    for i, p in enumerate(paths):
-        parts = split_member(p)
-        if parts is None:
-            return None
-        out[i] = ids.setdefault(parts[0], len(ids))
-    return out

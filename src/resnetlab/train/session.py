@@ -25,7 +25,7 @@ from resnetlab.config import Config, OptimConfig, apply_overrides, save_config, 
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader, build_data
 from resnetlab.data.augment import BatchAugment
 from resnetlab.data.readers.manifest import split_file_text
-from resnetlab.data.shards import shard_of
+from resnetlab.data.archive import shard_of
 from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
 from resnetlab.train.ema import ModelEma

@@ -15,7 +15,7 @@ from resnetlab.data.catalog import Catalog, check_labels, from_arrays
 from resnetlab.data.readers.cifar import is_cifar_folder, load_cifar_folder
 from resnetlab.data.readers.idx import is_idx_folder, load_idx_folder
 from resnetlab.data.readers.manifest import is_manifest, read_manifest
-from resnetlab.data.shards import is_shards, read_shards
+from resnetlab.data.readers.webdataset import is_shards, read_shards
 from resnetlab.errors import UserError
 
 _READERS = (
