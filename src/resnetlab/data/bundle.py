@@ -191,11 +191,15 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
             images=set_channels(x, channels) if len(x) else x[:, :channels],
             paths=[paths[i] for i in kept],
         )
-    if len(splits["train"]) == 0:
-        raise UserError(f"no readable training images in {root} ({len(skipped)} skipped as bad)")
+    _require_train(splits, root, skipped)
     image_size = splits["train"].images.shape[-1]
     mean, std = _normalisation(d, cfg, splits["train"].images, channels)
     return DataBundle(catalog.classes, splits, channels, image_size, mean, std, str(root), True, skipped)
+
+
+def _require_train(splits: dict[str, Split], root: Path, skipped: list) -> None:
+    if len(splits["train"]) == 0:
+        raise UserError(f"no readable training images in {root} ({len(skipped)} skipped as bad)")
 
 
 def _channels(d: DataConfig, greys: list[bool]) -> int:
@@ -244,8 +248,7 @@ def _from_disk(files, catalog: Catalog, d: DataConfig, root: Path, progress: boo
         splits[name] = Split(labels=torch.tensor([labels[i] for i in kept], dtype=torch.long), images=images,
                              paths=[paths[i] for i in kept])
         skipped += [tuple(b) for b in meta["splits"][name]["skipped"]]
-    if len(splits["train"]) == 0:
-        raise UserError(f"no readable training images in {root} ({len(skipped)} skipped as bad)")
+    _require_train(splits, root, skipped)
     mean, std = _normalisation(d, cfg, splits["train"].images, channels)
     return DataBundle(catalog.classes, splits, channels, d.image_size, mean, std, str(root), False, skipped)
 
