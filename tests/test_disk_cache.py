@@ -142,3 +142,24 @@ def test_other_processes_wait_for_the_builder_and_never_read_a_partial_cache(cla
     waiter.join(10)
     assert not waiter.is_alive() and waited["folder"] == built["folder"]
     assert waited["splits"] == built["splits"] and "built by local rank 0" in notes[0]
+
+
+def test_auto_chooses_memory_then_disk_then_stream_and_says_why(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from resnetlab.data import bundle
+
+    d = load_config(None, [f"data.cache_dir={tmp_path}", "data.image_size=32", "data.cache_max_gb=1"]).data
+    gib = 2**30
+    monkeypatch.setattr(bundle, "available_memory", lambda: 8 * gib)
+    notes = []
+    assert bundle._cache_mode(d, gib // 2, notes) == "memory" and notes == []
+    assert bundle._cache_mode(d, 2 * gib, notes) == "disk"
+    assert notes[-1].startswith("2.0 GiB of decoded images is over data.cache_max_gb=1: caching them on disk")
+    monkeypatch.setattr(bundle, "available_memory", lambda: gib)  # fits the limit, not half the free memory
+    assert bundle._cache_mode(d, gib * 3 // 4, notes) == "disk"
+    assert "fits data.cache_max_gb=1 but is over half the 1.0 GiB of memory available" in notes[-1]
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(bundle.shutil, "disk_usage", lambda path: usage(10 * gib, 9 * gib, gib))
+    assert bundle._cache_mode(d, 2 * gib, notes) == "stream" and "only 1.0 GiB free in" in notes[-1]
+    assert bundle._cache_mode(load_config(None, ["data.cache=disk"]).data, 2 * gib, notes) == "disk"

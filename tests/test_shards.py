@@ -167,24 +167,37 @@ def _tar(path, members: dict[str, bytes]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def test_bad_shards_are_one_line_each(folders_and_shards, tmp_path):
+def one_line_error(capsys, args: list, pattern: str) -> None:
+    """In-process: the command fails with status 2 and one stderr line matching ``pattern``."""
+    import re
+
+    from resnetlab.cli import main
+
+    assert main([str(a) for a in args]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), lines
+
+
+def test_bad_shards_are_one_line_each(folders_and_shards, tmp_path, capsys):
     root, shards = folders_and_shards
     png = (root / "train" / "ant" / "000.png").read_bytes()
     bad = tmp_path / "bad"
     bad.mkdir()
     _tar(bad / "train-0.tar", {"a.png": png, "a.cls": b"0", "b.png": png})
-    assert_one_line_error(cli("data", "inspect", bad), r"train-0.tar: sample b has no label \(no b.cls")
+    one_line_error(capsys, ["data", "inspect", bad], r"train-0.tar: sample b has no label \(no b.cls")
     _tar(bad / "train-0.tar", {"a.png": png, "a.cls": b"0", "b.txt": b"hi", "b.cls": b"1"})
-    assert_one_line_error(cli("data", "inspect", bad), "sample b has no image")
+    one_line_error(capsys, ["data", "inspect", bad], "sample b has no image")
     (bad / "train-0.tar").write_bytes(b"not a tar at all" * 100)
-    assert_one_line_error(cli("data", "inspect", bad), "train-0.tar is not a readable tar file")
-    assert_one_line_error(cli("data", "inspect", f"{shards}/train-{{000010..000012}}.tar"),
-                          r"matches no file \(3 names")
-    assert_one_line_error(cli("data", "inspect", f"{shards}/train-{{000006..000009}}.tar"),
-                          r"2 of the 4 shards .* are missing \(the first: .*train-000008.tar\)")
-    assert_one_line_error(cli("data", "shards", root, "--out", shards), "already holds .tar shards")
-    assert_one_line_error(cli("data", "shards", root, "--out", tmp_path / "x", "--shard-size", "many"),
-                          "give a number of images")
+    one_line_error(capsys, ["data", "inspect", bad], "train-0.tar is not a readable tar file")
+    one_line_error(capsys, ["data", "inspect", f"{shards}/train-{{000010..000012}}.tar"], r"matches no file \(3 names")
+    one_line_error(capsys, ["data", "inspect", f"{shards}/train-{{000006..000009}}.tar"],
+                   r"2 of the 4 shards .* are missing \(the first: .*train-000008.tar\)")
+    one_line_error(capsys, ["data", "inspect", f"{shards}/train-{{000006..000009.tar"], "unbalanced braces")
+    one_line_error(capsys, ["data", "shards", root, "--out", shards], "already holds .tar shards")
+    one_line_error(capsys, ["data", "shards", root, "--out", tmp_path / "x", "--shard-size", "many"],
+                   "give a number of images")
+    # and through the real command line: no traceback, one line, status 2
+    assert_one_line_error(cli("data", "inspect", bad), "is not a readable tar file")
 
 
 def test_a_partial_shard_is_never_read(folders_and_shards, tmp_path):
@@ -199,3 +212,18 @@ def test_data_shards_command(class_folders, tmp_path):
     proc = cli("data", "shards", class_folders, "--out", tmp_path / "s", "--shard-size", "20")
     assert proc.returncode == 0, proc.stderr
     assert "train 36 images in 2 shards, test 12 images in 1 shards (3 classes)" in proc.stdout
+
+
+def test_a_streamed_run_from_shards_scores_its_test_split_and_evaluates_again(folders_and_shards, tmp_path):
+    from resnetlab.cli import main
+
+    _, shards = folders_and_shards
+    cfg = tiny_config(shards, tmp_path, "data.cache=stream", "data.image_size=16", "data.num_workers=0",
+                      "train.epochs=1")
+    s = prepare(cfg, run_name="t")
+    fit(s)
+    first = json.loads((s.run_dir / "eval_test.json").read_text())
+    assert first["n"] == 9 and (s.run_dir / "eval_test" / "top_losses.png").is_file()
+    assert main(["evaluate", str(s.run_dir), "--no-figures"]) == 0
+    again = json.loads((s.run_dir / "eval_test.json").read_text())
+    assert (again["n"], again["top1"], again["confusion"]) == (first["n"], first["top1"], first["confusion"])

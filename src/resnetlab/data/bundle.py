@@ -207,26 +207,42 @@ def _channels(d: DataConfig, greys: list[bool]) -> int:
     return d.channels or (1 if greys and all(greys) else 3)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory new allocations can have without swapping (Linux's MemAvailable); None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _cache_mode(d: DataConfig, estimate: int, notes: list[str]) -> str:
-    """memory, disk or stream; 'auto' picks memory when the decoded images fit data.cache_max_gb,
-    else disk when the cache folder has room for them (and a margin), else stream, and says so."""
+    """memory, disk or stream; 'auto' picks memory when the decoded images fit data.cache_max_gb and
+    half the available memory (the rest is for the model, its activations and the workers), else
+    disk when the cache folder has room for them (and a margin), else stream, and says why."""
     if d.cache != "auto":
         return d.cache
+    gib, ram = estimate / 2**30, available_memory()
     if estimate <= d.cache_max_gb * 2**30:
-        return "memory"
+        if ram is None or estimate <= ram / 2:
+            return "memory"
+        over = f"fits data.cache_max_gb={d.cache_max_gb:g} but is over half the {ram / 2**30:.1f} GiB of memory available"
+    else:
+        over = f"is over data.cache_max_gb={d.cache_max_gb:g}"
     from resnetlab.data.disk_cache import default_cache_dir
 
     folder = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
     probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(probe).free
-    gib = estimate / 2**30
     if d.image_size and free > 1.25 * estimate:
-        notes.append(f"{gib:.1f} GiB of decoded images is over data.cache_max_gb={d.cache_max_gb:g}: caching them "
-                     f"on disk in {folder} (data.cache=disk; data.cache=stream decodes every epoch instead)")
+        notes.append(f"{gib:.1f} GiB of decoded images {over}: caching them on disk in {folder} "
+                     "(data.cache=disk; data.cache=stream decodes every epoch instead)")
         return "disk"
     why = "data.image_size is not set" if not d.image_size else f"only {free / 2**30:.1f} GiB free in {probe}"
-    notes.append(f"{gib:.1f} GiB of decoded images is over data.cache_max_gb={d.cache_max_gb:g} and {why}: "
-                 "streaming (decoding every epoch)")
+    notes.append(f"{gib:.1f} GiB of decoded images {over} and {why}: streaming (decoding every epoch)")
     return "stream"
 
 
