@@ -227,3 +227,15 @@ def test_a_streamed_run_from_shards_scores_its_test_split_and_evaluates_again(fo
     assert main(["evaluate", str(s.run_dir), "--no-figures"]) == 0
     again = json.loads((s.run_dir / "eval_test.json").read_text())
     assert (again["n"], again["top1"], again["confusion"]) == (first["n"], first["top1"], first["confusion"])
+
+
+def test_shards_are_byte_for_byte_what_tarfile_writes(folders_and_shards):
+    """The writer emits headers and padding itself (no TarFile holding every member): the result
+    must equal tarfile's own archive of the same members, end blocks and record padding included."""
+    _, shards = folders_and_shards
+    for path in sorted(shards.glob("*.tar"))[:3]:
+        reference = io.BytesIO()
+        with tarfile.open(path) as ours, tarfile.open(fileobj=reference, mode="w", format=tarfile.USTAR_FORMAT) as ref:
+            for member in ours:
+                ref.addfile(member, ours.extractfile(member))
+        assert path.read_bytes() == reference.getvalue(), path.name
