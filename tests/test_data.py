@@ -267,3 +267,12 @@ def test_streaming_bad_file_skip_and_fail(class_folders, tmp_path):
         else:
             with pytest.raises(UserError, match=r"bad image .*zz.jpg: not an image"):
                 list(loader.epoch(0))
+
+
+def test_generators_of_different_keys_draw_differently_even_with_trailing_zeros():
+    """An epoch's order (seed, epoch) and its first step's augmentation (seed, epoch, 0) must not
+    share a stream (numpy's SeedSequence alone reads [a, b] and [a, b, 0] as the same number)."""
+    keys = [(0,), (0, 0), (0, 0, 0), (0, 3), (0, 3, 0), (1, 2, 3), (1, 2, 3, 0)]
+    draws = {tuple(torch.rand(4, generator=make_generator(*k)).tolist()) for k in keys}
+    assert len(draws) == len(keys)
+    assert torch.equal(torch.rand(4, generator=make_generator(1, 2)), torch.rand(4, generator=make_generator(1, 2)))

@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 from tests.conftest import tiny_config
 from resnetlab.config import AugmentConfig, TrainConfig, load_config
 from resnetlab.data import policy
-from resnetlab.data.augment import BatchAugment, erase, make_generator, mix, stream_transforms
+from resnetlab.data.augment import BatchAugment, erase, make_generator, mix
 from resnetlab.errors import UserError
 from resnetlab.train.budget import choose
 from resnetlab.train.checkpoint import load_checkpoint
@@ -60,16 +60,6 @@ def test_batched_policy_draws_like_torchvision_per_image():
     assert torch.equal(batched, again)  # a pure function of the generator: resume sees the same views
     rand = policy.apply_policy(image.expand(200, -1, -1, -1), "randaugment", 2, 9, make_generator(4))
     assert not torch.equal(rand, batched[:200])
-
-
-def test_stream_path_uses_torchvisions_policy_and_erasing():
-    cfg = AugmentConfig(crop_padding=0, hflip=False, policy="randaugment", policy_ops=3, policy_magnitude=5,
-                        erasing=0.5)
-    steps = stream_transforms(cfg, 32, (10, 20, 30)).transforms
-    assert isinstance(steps[0], v2.RandAugment) and (steps[0].num_ops, steps[0].magnitude) == (3, 5)
-    assert isinstance(steps[1], v2.RandomErasing) and steps[1].p == 0.5 and steps[1].value == [10, 20, 30]
-    cfg.policy = "trivialaugment"
-    assert isinstance(stream_transforms(cfg, 32).transforms[0], v2.TrivialAugmentWide)
 
 
 def test_erasing_boxes_follow_torchvision():

@@ -100,8 +100,7 @@ def test_array_data_sets_shard_as_png_with_the_same_pixels(idx_folder, tmp_path)
 
 def _rank_loader(data, rank: int, world: int, steps: int = 0) -> StreamLoader:
     split = data.splits["train"]
-    dataset = FileDataset(split.paths, split.labels.tolist(), size=16, resize="squash", channels=3, augment=None,
-                          seed=0)
+    dataset = FileDataset(split.paths, split.labels.tolist(), size=16, resize="squash", channels=3)
     return StreamLoader(dataset, batch_size=8, device=torch.device("cpu"), seed=0, num_workers=0, on_bad_image="skip",
                         shuffle=True, merge_tail=True, rank=rank, world=world,
                         groups=torch.from_numpy(shard_of(split.paths)), limit=steps)
@@ -117,7 +116,7 @@ def test_ranks_read_disjoint_shards_and_every_image_once_an_epoch(folders_and_sh
         seen = [[], []]
         for r, loader in enumerate(loaders):
             for step, (x, y) in enumerate(loader.epoch(epoch)):
-                seen[r] += [i for i, _ in loader.plan.batches[step]]
+                seen[r] += loader.plan.batches[step]
                 assert len(y) > 0
             assert step + 1 == 3  # 30 images at a global batch of 8: 3 steps, the short tail merged
         assert sorted(seen[0] + seen[1]) == list(range(30))

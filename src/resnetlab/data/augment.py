@@ -4,8 +4,8 @@ Per-image torchvision transforms cost ~50 us an image in Python; at 32 px a
 ResNet step costs less than that on a GPU and not much more on a CPU core, so
 the crop and flip are done here for the whole batch with one gather, and
 rotation, zoom and random resized crops with one affine_grid + grid_sample.
-Streaming uses torchvision's transforms v2 for the same operations
-(``stream_transforms``). On top, for whole training batches (``BatchAugment``): an
+Cached and streamed batches both go through ``BatchAugment``: one augmentation
+path, so a streamed run trains as a cached one. On top of the geometry: an
 augmentation policy (TrivialAugmentWide, RandAugment: data/policy.py), random erasing,
 and mixup/CutMix, which turn the labels into soft targets (N, k).
 """
@@ -17,21 +17,17 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 from resnetlab.config import AugmentConfig
-from resnetlab.data.policy import apply_policy, stream_policy
-
-
-def seed_of(*keys: int) -> int:
-    """A 64-bit seed from (seed, epoch, step...): well mixed, so nearby keys differ fully."""
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 32 | int(state[1])
+from resnetlab.data.policy import apply_policy
 
 
 def make_generator(*keys: int) -> torch.Generator:
-    """A CPU generator seeded from (seed, epoch, step...)."""
-    return torch.Generator().manual_seed(seed_of(*keys))
+    """A CPU generator seeded from (seed, epoch, step...): well mixed, so nearby keys differ fully.
+    The key count goes in first: SeedSequence reads its words as one number, so (seed, epoch) and
+    (seed, epoch, 0) were one stream, and an epoch's order drew what its first step's augmentation did."""
+    state = np.random.SeedSequence([len(keys), *(int(k) for k in keys)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -108,33 +104,6 @@ def lighting(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     x = images.float()
     mean = x.mean((1, 2, 3), keepdim=True)
     return ((x - mean) * contrast + mean).mul_(brightness).round_().clamp_(0, 255).to(torch.uint8)
-
-
-def stream_transforms(cfg: AugmentConfig, size: int, fill: tuple[int, ...] = ()) -> v2.Compose | None:
-    """The same augmentation for streamed images, with torchvision's per-image transforms v2, in
-    BatchAugment's order; ``fill``: the erased pixels' value, a uint8 per channel."""
-    steps = []
-    if cfg.resized_crop:
-        steps.append(v2.RandomResizedCrop(size, scale=tuple(cfg.resized_crop), antialias=True))
-    if cfg.rotation or cfg.zoom != 1:
-        # the cached path fills the corners a rotation uncovers by reflection; v2.RandomAffine can
-        # only fill with a constant, so reflect-pad first (a rotated square's corners reach at most
-        # (sqrt(2) - 1) / 2 = 0.21 of its side past an edge) and cut the centre back out
-        pad = math.ceil(0.21 * size) + 1
-        steps += [v2.Pad(pad, padding_mode="reflect"),
-                  v2.RandomAffine(degrees=cfg.rotation, scale=(1, cfg.zoom), interpolation=v2.InterpolationMode.BILINEAR),
-                  v2.CenterCrop(size)]
-    if cfg.crop_padding:
-        steps.append(v2.RandomCrop(size, padding=cfg.crop_padding, padding_mode="reflect"))
-    if cfg.hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    if cfg.lighting:
-        steps.append(v2.ColorJitter(brightness=cfg.lighting, contrast=cfg.lighting))
-    if cfg.policy != "none":
-        steps.append(stream_policy(cfg.policy, cfg.policy_ops, cfg.policy_magnitude))
-    if cfg.erasing:
-        steps.append(v2.RandomErasing(p=cfg.erasing, scale=ERASE_AREA, ratio=ERASE_RATIO, value=list(fill) or 0))
-    return v2.Compose(steps) if steps else None
 
 
 ERASE_AREA = (0.02, 0.33)  # share of the image; torchvision's RandomErasing defaults (Zhong et al. 2017)

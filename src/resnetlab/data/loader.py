@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
-from resnetlab.config import AugmentConfig
-from resnetlab.data.augment import BatchAugment, make_generator, resize_batch, seed_of, stream_transforms
+from resnetlab.data.augment import BatchAugment, make_generator, resize_batch
 from resnetlab.data.cache import set_channels
 from resnetlab.data.images import BadImage, load_array
 from resnetlab.errors import UserError
@@ -128,25 +127,19 @@ class CachedLoader(_Batches):
 
 
 class FileDataset(Dataset):
-    """Decodes one file per item in a DataLoader worker, augmented by torchvision transforms v2.
+    """Decodes one file per item in a DataLoader worker: a uint8 (C, S, S) image, its label, its
+    index, and why it could not be decoded ("" when it could). Augmentation is not done here but on
+    the whole decoded batch, by the cached path's BatchAugment (StreamLoader)."""
 
-    Items are (index, epoch) keys, so the augmentation of an image is a function of
-    (seed, epoch, index) whatever worker decodes it.
-    """
-
-    def __init__(self, paths, labels, *, size, resize, channels, augment: AugmentConfig | None, seed,
-                 boxes=None, margin: float = 0.1, fill: tuple[int, ...] = ()):
+    def __init__(self, paths, labels, *, size, resize, channels, boxes=None, margin: float = 0.1):
         self.paths, self.labels = paths, labels
         self.boxes, self.margin = boxes, margin
         self.size, self.resize, self.channels = size, resize, channels
-        self.seed = seed
-        self.transform = stream_transforms(augment, size, fill) if augment is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: tuple[int, int]):
-        index, epoch = key
+    def __getitem__(self, index: int):
         try:
             box = None if self.boxes is None else self.boxes[index]
             arr, _ = load_array(self.paths[index], self.size, self.resize, box, self.margin)
@@ -155,24 +148,7 @@ class FileDataset(Dataset):
             blank = torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8)
             return blank, -1, index, str(e)
         x = set_channels(torch.from_numpy(arr).permute(2, 0, 1)[None], self.channels)[0]
-        if self.transform is not None:
-            x = self._augment(x, seed_of(self.seed, epoch, index))
         return x, int(self.labels[index]), index, ""
-
-    def _augment(self, x: torch.Tensor, seed: int) -> torch.Tensor:
-        """v2 transforms draw from torch's global CPU generator: seed it per (seed, epoch, image).
-        Seeded directly: torch.manual_seed also queues a CUDA seed with a captured stack trace,
-        ~0.5 ms an image, which made streaming slower than a plain DataLoader loop."""
-        gen = torch.default_generator
-        if get_worker_info() is not None:  # a worker process: nothing else draws from its generator
-            gen.manual_seed(seed)
-            return self.transform(x)
-        state = gen.get_state()  # the main process (0 workers): left as it was
-        try:
-            gen.manual_seed(seed)
-            return self.transform(x)
-        finally:
-            gen.set_state(state)
 
 
 class _EpochPlan:
@@ -180,7 +156,7 @@ class _EpochPlan:
     iterating, so the workers (persistent) outlive the epoch instead of starting again."""
 
     def __init__(self):
-        self.batches: list[list[tuple[int, int]]] = []
+        self.batches: list[list[int]] = []
 
     def __iter__(self):
         return iter(self.batches)
@@ -192,6 +168,8 @@ class _EpochPlan:
 class StreamLoader(_Batches):
     """Batches decoded by DataLoader workers, for data sets too large for the cache.
 
+    Each decoded batch is augmented by ``augment``, the BatchAugment the cached path uses, drawn
+    from the same (seed, epoch, step): one process streaming trains exactly as from the cache.
     A step whose images are all bad yields an empty batch rather than none, so step numbers stay
     those of the batch plan: the schedule and a resume see the same steps as the cached path.
     With ``groups`` (each image's shard) and several ranks, training ranks read disjoint shards
@@ -199,13 +177,13 @@ class StreamLoader(_Batches):
 
     def __init__(self, dataset: FileDataset, *, batch_size, device, seed, num_workers, on_bad_image,
                  shuffle=False, merge_tail=False, rank: int = 0, world: int = 1, sample_weights=None,
-                 limit: int = 0, mixer: BatchAugment | None = None, groups: torch.Tensor | None = None):
+                 limit: int = 0, augment: BatchAugment | None = None, groups: torch.Tensor | None = None):
         super().__init__(len(dataset), batch_size, merge_tail, rank, world, limit)
         # a balanced sampler draws from every shard; evaluation keeps the global order
         self.groups = groups if groups is not None and world > 1 and shuffle and sample_weights is None else None
         self.sizes: list[int] = []  # global images per step when ranks read their own shards
         self.dataset, self.device, self.seed = dataset, device, seed
-        self.sample_weights, self.mixer = sample_weights, mixer  # mixer: mixup/CutMix of each decoded batch
+        self.sample_weights, self.augment = sample_weights, augment
         self.shuffle, self.num_workers, self.on_bad_image = shuffle, num_workers, on_bad_image
         self.skipped: dict[str, str] = {}
         self.plan, self.loader = _EpochPlan(), None
@@ -220,7 +198,7 @@ class StreamLoader(_Batches):
             order = epoch_order(len(self.dataset), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                                 weights=self.sample_weights)
             batches = [shard(order[s], self.rank, self.world) for s in self.slices[start:]]
-        batches = [[(int(i), epoch) for i in b] for b in batches]
+        batches = [b.tolist() for b in batches]
         self.plan.batches = [b for b in batches if b]  # an eval batch smaller than the rank count
         if self.loader is None:  # training workers persist across epochs; evaluation's exit after each pass
             self.loader = DataLoader(self.dataset, batch_sampler=self.plan, num_workers=self.num_workers,
@@ -236,8 +214,10 @@ class StreamLoader(_Batches):
                     self.skipped[path] = err[i]
                 x, y = x[~bad], y[~bad]  # may leave none: the step is then empty, not skipped
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            if self.mixer is not None and len(y):
-                x, y = self.mixer.mix(x, y, make_generator(self.seed, epoch, step, self.rank))
+            if self.augment is not None and len(y):
+                # a rank holds only its own images: its own draws (one process: the cached path's)
+                key = (self.seed, epoch, step) if self.world == 1 else (self.seed, epoch, step, self.rank)
+                x, y = self.augment(x, y, make_generator(*key))
             yield resize_batch(x, size), y
 
     def _own_shards(self, epoch: int) -> list[torch.Tensor]:

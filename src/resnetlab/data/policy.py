@@ -1,12 +1,12 @@
 """TrivialAugmentWide and RandAugment for whole uint8 batches on the training device.
 
 Given a batch, torchvision's v2.TrivialAugmentWide gives every image the same op; per image
-(the streamed path) it costs a Python call an image. Here each image draws its own op and
-magnitude, as on the streamed path, and each op runs once over the images that drew it with
+it costs a Python call an image. Here each image draws its own op and magnitude, as torchvision
+applied image by image would, and each op runs once over the images that drew it with
 per-image magnitudes: ~14 small batched kernels a batch. The op names and magnitude bins are
-torchvision's own (``_AUGMENTATION_SPACE``), so both paths draw from one policy, and the
-formulas follow torchvision.transforms.v2.functional (uint8 in, uint8 out, the same casts);
-tests compare every op with it image by image.
+torchvision's own (``_AUGMENTATION_SPACE``), and the formulas follow
+torchvision.transforms.v2.functional (uint8 in, uint8 out, the same casts); tests compare
+every op with it image by image, and the draws with v2.TrivialAugmentWide's.
 """
 
 from __future__ import annotations
@@ -21,13 +21,6 @@ SPACES = {
     "randaugment": v2.RandAugment._AUGMENTATION_SPACE,
 }
 BINS = 31  # torchvision's num_magnitude_bins for both policies
-
-
-def stream_policy(name: str, ops: int, magnitude: int) -> v2.Transform:
-    """The per-image torchvision transform of a policy, for the streamed path."""
-    if name == "trivialaugment":
-        return v2.TrivialAugmentWide(num_magnitude_bins=BINS)
-    return v2.RandAugment(num_ops=ops, magnitude=magnitude, num_magnitude_bins=BINS)
 
 
 def apply_policy(images: torch.Tensor, name: str, ops: int, magnitude: int,

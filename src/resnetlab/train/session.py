@@ -137,13 +137,10 @@ def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.devic
     augment = BatchAugment(cfg.augment, num_classes=len(data.classes), fill=fill) if train else None
     if split.images is not None:
         return CachedLoader(split.images, split.labels, augment=augment, **common)
-    dataset = FileDataset(
-        split.paths, split.labels.tolist(), size=data.image_size, resize=cfg.data.resize, channels=data.channels,
-        augment=cfg.augment if train else None, seed=cfg.seed, boxes=split.boxes, margin=cfg.data.roi_margin, fill=fill,
-    )
+    dataset = FileDataset(split.paths, split.labels.tolist(), size=data.image_size, resize=cfg.data.resize,
+                          channels=data.channels, boxes=split.boxes, margin=cfg.data.roi_margin)
     groups = shard_of(split.paths) if train and dist.world > 1 else None  # ranks read disjoint shards
-    return StreamLoader(dataset, num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image,
-                        mixer=augment if augment is not None and augment.mixing else None,
+    return StreamLoader(dataset, num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, augment=augment,
                         groups=None if groups is None else torch.from_numpy(groups), **common)
 
 
