@@ -22,7 +22,9 @@ def test_sweep_restores_model_and_optimizer(class_folders, tmp_path):
     for k, v in session.model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert session.optimizer.state_dict()["state"] == optim_before["state"] == {}
-    assert result.lr[0] <= result.suggested_lr <= result.lr[-1]
+    assert (result.suggested_lr, result.rule, result.min_loss_lr) == suggest(result.lr, result.smoothed)
+    # the steepest fall lies in the sweep; the fallback (no falling part) is a tenth of the minimum's lr
+    assert result.lr[0] / 10 <= result.suggested_lr <= result.lr[-1]
 
 
 def test_sweep_stops_when_the_loss_diverges(class_folders, tmp_path):
