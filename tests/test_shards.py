@@ -238,3 +238,21 @@ def test_shards_are_byte_for_byte_what_tarfile_writes(folders_and_shards):
             for member in ours:
                 ref.addfile(member, ours.extractfile(member))
         assert path.read_bytes() == reference.getvalue(), path.name
+
+
+def test_the_index_beside_a_shard_gives_the_catalog_its_headers_give(folders_and_shards):
+    """resnetlab's writer leaves <shard>.idx.json so a reader need not parse every tar header; it
+    must say what the headers say, and one written for another version of the shard is ignored."""
+    _, shards = folders_and_shards
+    indexed, _, _ = read_catalog(str(shards))
+    for idx in shards.glob("*.idx.json"):
+        idx.rename(idx.with_suffix(".off"))
+    scanned, _, _ = read_catalog(str(shards))
+    assert (indexed.keys, indexed.paths) == (scanned.keys, scanned.paths)
+    assert (indexed.labels == scanned.labels).all() and (indexed.splits == scanned.splits).all()
+    stale = json.loads((shards / "train-000000.idx.off").read_text())
+    stale["samples"][0]["label"] = 2  # a lie, and for a shard of another size
+    stale["tar_bytes"] += 512
+    (shards / "train-000000.idx.json").write_text(json.dumps(stale))
+    again, _, _ = read_catalog(str(shards))
+    assert again.labels[0] == scanned.labels[0] == 0

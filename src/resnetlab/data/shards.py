@@ -4,7 +4,8 @@ The format is WebDataset's: plain POSIX tar files in which each sample is a run 
 sharing a key, ``<key>.<ext>`` for the image (the source file's bytes unchanged; PNG for the
 array data sets), ``<key>.cls`` (the label as decimal text) and ``<key>.json`` (class name,
 split, the catalog's key and row, GTSRB's track and box). A ``dataset.json`` beside the
-shards lists the classes and the shards.
+shards lists the classes and the shards, and ``<shard>.idx.json`` beside each its samples, so a
+reader need not parse every tar header (0.12 s instead of 3.6 s for 50,000 CIFAR images).
 
 Written and read with the standard library's tarfile rather than the webdataset package:
 its reader shuffles through a buffer that cannot restart at a given step, and resnetlab's
@@ -27,7 +28,7 @@ from resnetlab.data.archive import member_bytes
 from resnetlab.data.catalog import Catalog
 from resnetlab.data.readers.layouts import read_catalog
 from resnetlab.errors import UserError
-from resnetlab.io import write_failed, write_json
+from resnetlab.io import atomic_write_text, write_failed, write_json
 
 DEFAULT_SHARD_SIZE = "256MB"  # WebDataset's advice is 100 MB - 1 GB: long sequential reads, many shards
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
@@ -62,7 +63,7 @@ def write_shards(dataset: str, out: Path, *, shard_size: str = DEFAULT_SHARD_SIZ
         writer = _Writer(out, split, max_images, max_bytes)
         try:
             for row in catalog.rows(split):
-                writer.add(_members(catalog, int(row)))
+                writer.add(*_members(catalog, int(row)))
                 bar()
             shards.update(writer.close())
         except OSError as e:
@@ -74,8 +75,8 @@ def write_shards(dataset: str, out: Path, *, shard_size: str = DEFAULT_SHARD_SIZ
     return manifest
 
 
-def _members(catalog: Catalog, row: int) -> list[tuple[str, bytes]]:
-    """The tar members of one sample: image, label, metadata."""
+def _members(catalog: Catalog, row: int) -> tuple[list[tuple[str, bytes]], dict]:
+    """The tar members of one sample (image, label, metadata) and its entry in the shard's index."""
     key, label = f"{row:08d}", int(catalog.labels[row])
     if catalog.paths is not None:
         source = catalog.paths[row]
@@ -96,11 +97,13 @@ def _members(catalog: Catalog, row: int) -> list[tuple[str, bytes]]:
         column = getattr(catalog, name)
         if column is not None:
             meta[name] = column[row].tolist()
-    return [(f"{key}.{ext}", data), (f"{key}.cls", str(label).encode()), (f"{key}.json", json.dumps(meta).encode())]
+    members = [(f"{key}.{ext}", data), (f"{key}.cls", str(label).encode()), (f"{key}.json", json.dumps(meta).encode())]
+    return members, {"member": f"{key}.{ext}", "label": label, **meta}
 
 
 class _Writer:
-    """Shards of one split, each written to a hidden ``.partial`` file and renamed when complete.
+    """Shards of one split, each written to a hidden ``.partial`` file and renamed when complete,
+    then its index (``<shard>.idx.json``: what readers/webdataset.py would find in its headers).
 
     Members go out as ``TarInfo.tobuf()`` headers and padded data, as tarfile writes them, but
     without a TarFile: it keeps a TarInfo for every member it wrote (~1 KB each, 150,000 for
@@ -111,7 +114,7 @@ class _Writer:
         self.file, self.partial, self.done = None, out / f".{split}.partial", {}
         self.images = self.bytes = 0
 
-    def add(self, members: list[tuple[str, bytes]]) -> None:
+    def add(self, members: list[tuple[str, bytes]], entry: dict) -> None:
         size = sum(512 + -(-len(data) // 512) * 512 for _, data in members)  # header + data in 512 B blocks
         full = (self.max_images and self.images >= self.max_images) or (
             self.max_bytes and self.images and self.bytes + size > self.max_bytes)
@@ -123,12 +126,13 @@ class _Writer:
             self.file.write(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
             self.file.write(data + bytes(-len(data) % tarfile.BLOCKSIZE))
         self.images, self.bytes = self.images + 1, self.bytes + size
+        self.index.append(entry)
 
     def _next(self) -> None:
         self._finish()
         name = f"{self.split}-{len(self.done):06d}.tar"
         self.name, self.partial = name, self.out / f".{name}.partial"  # not *.tar: never read as a shard
-        self.file, self.images, self.bytes = open(self.partial, "wb"), 0, 0
+        self.file, self.images, self.bytes, self.index = open(self.partial, "wb"), 0, 0, []
 
     def _finish(self) -> None:
         if self.file is None:
@@ -140,6 +144,9 @@ class _Writer:
         os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.partial, self.out / self.name)
+        tar_bytes = (self.out / self.name).stat().st_size  # a reader trusts the index only for this size
+        index = json.dumps({"tar_bytes": tar_bytes, "samples": self.index}, separators=(",", ":"))
+        atomic_write_text(self.out / self.name.replace(".tar", ".idx.json"), index + "\n")
         self.done[self.name] = {"split": self.split, "images": self.images}
         self.file = None
 
