@@ -38,8 +38,10 @@ def _index(shard: str, mtime_ns: int) -> dict[str, tuple[int, int]]:
         return {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
 
 
-def member_index(shard: str) -> dict[str, tuple[int, int]]:
-    return _index(shard, os.stat(shard).st_mtime_ns)
+def member_index(shard: str) -> tuple[dict[str, tuple[int, int]], int]:
+    """The shard's member index and its mtime in ns (one stat gives both)."""
+    mtime_ns = os.stat(shard).st_mtime_ns
+    return _index(shard, mtime_ns), mtime_ns
 
 
 def member_bytes(source: str | Path) -> bytes | None:
@@ -50,7 +52,7 @@ def member_bytes(source: str | Path) -> bytes | None:
         return None
     shard, name = parts
     try:
-        offset, size = member_index(shard)[name]
+        offset, size = member_index(shard)[0][name]
     except KeyError:
         raise FileNotFoundError(f"{name} is not in {shard}") from None
     except tarfile.TarError as e:
@@ -72,10 +74,10 @@ def source_stat(source: str | Path) -> tuple[int, int]:
         st = os.stat(source)
         return st.st_size, st.st_mtime_ns
     shard, name = parts
-    index = member_index(shard)
+    index, mtime_ns = member_index(shard)
     if name not in index:
         raise FileNotFoundError(f"{name} is not in {shard}")
-    return index[name][1], os.stat(shard).st_mtime_ns
+    return index[name][1], mtime_ns
 
 
 def shard_of(paths: list[str]) -> np.ndarray | None:

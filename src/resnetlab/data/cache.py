@@ -54,6 +54,25 @@ def decode_files(
     return arrays, greys, kept, skipped
 
 
+def progress_bar(enabled: bool, total: int, description: str, *, done: int = 0):
+    """A callable advancing a rich progress bar by n (1 by default), stopped when it reaches
+    ``total``; a no-op when not ``enabled``."""
+    if not enabled:
+        return lambda n=1: None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task(description, total=total, completed=done)
+    bar.start()
+
+    def advance(n: int = 1) -> None:
+        bar.advance(task, n)
+        if bar.tasks[0].completed >= total:
+            bar.stop()
+
+    return advance
+
+
 def stack_arrays(arrays: list[np.ndarray], paths: list[str], kept: list[int]) -> torch.Tensor:
     """(H, W, 3) arrays of one size -> (N, 3, H, W) uint8; differing sizes need data.image_size."""
     sizes = {a.shape[:2] for a in arrays}

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from resnetlab.data.archive import source_stat
-from resnetlab.data.cache import decode_files, set_channels
+from resnetlab.data.cache import decode_files, progress_bar, set_channels
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_text, read_json, write_failed
 
@@ -169,7 +169,7 @@ def _build(files, folder: Path, *, size, resize, margin, on_bad_image, progress)
     record = 3 * size * size
     total = sum(len(paths) for paths, _, _ in files.values())
     done_before = sum(s["done"] for s in state.values())
-    bar = _bar(progress, total, done_before)
+    bar = progress_bar(progress, total, "building the disk cache", done=done_before)
     for name, (paths, labels, boxes) in files.items():
         s = state.setdefault(name, {"done": 0, "kept": [], "grey": [], "skipped": []})
         target = partial / f"{name}.u8"
@@ -204,21 +204,3 @@ def _build(files, folder: Path, *, size, resize, margin, on_bad_image, progress)
     state_path.unlink()
     os.replace(partial, folder)
     return {**meta, "folder": str(folder)}
-
-
-def _bar(progress: bool, total: int, done: int):
-    """A callable advancing a rich progress bar (a no-op without progress)."""
-    if not progress:
-        return lambda n: None
-    from rich.progress import Progress
-
-    bar = Progress(transient=True)
-    task = bar.add_task("building the disk cache", total=total, completed=done)
-    bar.start()
-
-    def advance(n: int) -> None:
-        bar.advance(task, n)
-        if bar.tasks[0].completed >= total:
-            bar.stop()
-
-    return advance

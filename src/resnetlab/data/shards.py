@@ -25,6 +25,7 @@ import tarfile
 from pathlib import Path
 
 from resnetlab.data.archive import member_bytes
+from resnetlab.data.cache import progress_bar
 from resnetlab.data.catalog import Catalog
 from resnetlab.data.readers.layouts import read_catalog
 from resnetlab.errors import UserError
@@ -58,7 +59,7 @@ def write_shards(dataset: str, out: Path, *, shard_size: str = DEFAULT_SHARD_SIZ
     except OSError as e:
         raise UserError(f"cannot create {out} ({e.strerror}): give a writable folder") from None
     shards = {}
-    bar = _progress(progress, len(catalog))
+    bar = progress_bar(progress and len(catalog) >= 2000, len(catalog), "writing shards")
     for split in catalog.present_splits():
         writer = _Writer(out, split, max_images, max_bytes)
         try:
@@ -115,7 +116,8 @@ class _Writer:
         self.images = self.bytes = 0
 
     def add(self, members: list[tuple[str, bytes]], entry: dict) -> None:
-        size = sum(512 + -(-len(data) // 512) * 512 for _, data in members)  # header + data in 512 B blocks
+        block = tarfile.BLOCKSIZE  # 512 B: a header, then the data padded to whole blocks
+        size = sum(block + -(-len(data) // block) * block for _, data in members)
         full = (self.max_images and self.images >= self.max_images) or (
             self.max_bytes and self.images and self.bytes + size > self.max_bytes)
         if self.file is None or full:
@@ -161,20 +163,3 @@ class _Writer:
             except OSError:
                 pass
         self.partial.unlink(missing_ok=True)
-
-
-def _progress(progress: bool, total: int):
-    if not progress or total < 2000:
-        return lambda: None
-    from rich.progress import Progress
-
-    bar = Progress(transient=True)
-    task = bar.add_task("writing shards", total=total)
-    bar.start()
-
-    def advance() -> None:
-        bar.advance(task)
-        if bar.tasks[0].completed >= total:
-            bar.stop()
-
-    return advance

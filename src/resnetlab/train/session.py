@@ -23,9 +23,9 @@ from resnetlab.train.checkpoint import (DamagedCheckpoint, describe_model, load_
                                         rng_state, set_rng_state)
 from resnetlab.config import Config, OptimConfig, apply_overrides, save_config, validate
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader, build_data
+from resnetlab.data.archive import shard_of
 from resnetlab.data.augment import BatchAugment
 from resnetlab.data.readers.manifest import split_file_text
-from resnetlab.data.archive import shard_of
 from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
 from resnetlab.train.ema import ModelEma
