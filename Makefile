@@ -8,9 +8,11 @@ FASHION := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test install data browser clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the exact versions (torch 2.14.1, torchvision 0.29.1, ...) inside
+# pyproject's ranges, so every machine installs the same set
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -223,7 +223,7 @@ def test_ema_warms_up_resumes_exactly_and_is_what_predict_uses(class_folders, tm
     assert ema.module.weight[0, 0].item() == pytest.approx(2 / 11 * 0.9 + 9 / 11)
 
     extra = ("data.val_fraction=0.25", "train.epochs=2", "train.ema_decay=0.9", "train.checkpoint_every=2")
-    full = prepare(tiny_config(class_folders, tmp_path / "full", *extra), run_name="t")
+    full = prepare(tiny_config(class_folders, tmp_path / "full", *extra, "train.eval_raw=true"), run_name="t")
     fit(full)
     assert {"val_top1_raw", "val_top1"} <= set(full.history[0])
     s = prepare(tiny_config(class_folders, tmp_path / "cut", *extra), run_name="t")
@@ -238,6 +238,8 @@ def test_ema_warms_up_resumes_exactly_and_is_what_predict_uses(class_folders, tm
     a, b = load_checkpoint(full.run_dir / "last.pt"), load_checkpoint(s.run_dir / "last.pt")
     assert all(torch.equal(a["ema"]["module"][k], b["ema"]["module"][k]) for k in a["ema"]["module"])
     assert a["ema"]["updates"] == b["ema"]["updates"] == 6  # 3 steps an epoch (27 train images, batch 8)
+    # without train.eval_raw, val is scored once an epoch: the EMA weights only
+    assert "val_top1_raw" not in b["history"][0] and "val_top1" in b["history"][0]
     best = load_checkpoint(full.run_dir / "best.pt")
     loaded = Predictor.load(full.run_dir).model.state_dict()
     assert all(torch.equal(loaded[k], best["ema"]["module"][k]) for k in loaded)

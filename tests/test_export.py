@@ -146,3 +146,57 @@ def test_export_bad_input(run, tmp_path, capsys):
     assert err[0].endswith("has no checkpoint yet: train it first (`resnetlab train --resume " + str(empty) + "`)")
     assert err[1] == "resnetlab export: error: unknown export format 'tflite': choose one of onnx, torchscript, safetensors"
     assert "is not a model onnxruntime can load" in err[2]
+
+
+def _untrained_classifier(name: str, size: int):
+    from resnetlab.evaluate.inference import Classifier
+    from resnetlab.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model(name, num_classes=3, in_chans=3).eval()
+    return Classifier(model=model, classes=["a", "b", "c"], image_size=size, channels=3, resize="squash",
+                      mean=torch.full((3,), 0.5), std=torch.full((3,), 0.25), device=torch.device("cpu"),
+                      precision="fp32")
+
+
+def _registered_models():
+    from resnetlab.models import list_models, model_entry
+
+    # each at the smallest size its stem keeps spatial (torchvision's ImageNet stem divides by 32)
+    return [(name, 64 if model_entry(name).pretrained else 32) for name in list_models()]
+
+
+@pytest.mark.parametrize("name,size", _registered_models())
+def test_every_registered_model_exports_to_onnx(name, size, tmp_path):
+    """Every model in the registry goes through this torch's ONNX exporter and onnxruntime agrees with
+    the model on 4 random images (write_export's own check, at 100% top-1)."""
+    from resnetlab.deploy.export import write_export
+
+    images = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    path, result = write_export(_untrained_classifier(name, size), "onnx", tmp_path / name, images=images,
+                                min_agreement=1.0)
+    assert path.is_file() and result["n"] == 4 and result["max_probability_difference"] < 1e-4
+
+
+def test_onnx_falls_back_to_the_torchscript_exporter(tmp_path, monkeypatch):
+    """Where the dynamo exporter fails (torch 2.11 on an op it has no function for), the TorchScript
+    exporter writes the file, and the same agreement check judges it."""
+    from resnetlab.deploy.export import write_export
+
+    import functools
+
+    real = torch.onnx.export
+
+    @functools.wraps(real)  # the same signature, which the fallback reads
+    def dynamo_fails(*args, **kwargs):
+        if kwargs.get("dynamo", True):
+            raise RuntimeError("no ONNX function for aten.adaptive_max_pool2d")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    path, result = write_export(_untrained_classifier("resnet9", 32), "onnx", tmp_path / "m", images=images,
+                                min_agreement=1.0)
+    assert result["top1_agreement"] == 1.0 and load_export(path).probabilities(images[:1]).shape == (1, 3)
+    # a batch size other than the example's 2: the TorchScript export's batch axis is dynamic too
+    assert load_export(path).probabilities(images[:3]).shape == (3, 3)

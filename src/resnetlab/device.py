@@ -35,8 +35,23 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+CPU_BF16_ENV = "RESNETLAB_CPU_BF16"
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU-drawn tensor (augmentation offsets, masks) onto ``device`` without waiting for the GPU: a
+    blocking copy would first drain every kernel queued (a stall a step). From pageable memory CUDA
+    stages the bytes before the call returns, so ``t`` may be freed at once. A no-op on the CPU."""
+    return t.to(device, non_blocking=True)
+
+
 def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX-512 BF16: oneDNN then runs bf16 convolutions faster than fp32 (here ~1.5-2x)."""
+    """AMX or AVX-512 BF16: oneDNN then runs bf16 convolutions faster than fp32 (~1.5-2x on 2 EPYC
+    cores). Without them bf16 is emulated, ~100x slower than fp32. RESNETLAB_CPU_BF16=0 (or 1)
+    overrides the flags: to see what a CPU without bf16 does, or to keep fp32 on one that has it."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -56,6 +71,43 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+def precision_reason(precision: str, requested: str, device: torch.device) -> str:
+    """One line: which precision runs and why, e.g. for the start of a run and `resnetlab env`."""
+    if requested != "auto":
+        return f"{precision}: asked for with train.precision={requested}"
+    if device.type == "cuda":
+        return (f"{precision}: " + ("this GPU runs bf16 natively" if precision == "bf16"
+                                    else "this GPU has no bf16, so fp16 with a gradient scaler"))
+    if device.type != "cpu":
+        return f"{precision}: the default on {device.type}"
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return f"{precision}: {CPU_BF16_ENV}={forced} says so"
+    if precision == "bf16":
+        return "bf16: this CPU has AVX-512 BF16 or AMX, where bf16 convolutions run ~2x faster than fp32"
+    return "fp32: this CPU has no AVX-512 BF16 or AMX; bf16 would be emulated (~100x slower)"
+
+
+def gemm_tflops(device: torch.device, precision: str, *, size: int = 512, seconds: float = 0.3) -> float:
+    """A quick measured matrix-multiply rate (TFLOP/s, size^3 GEMMs) for `resnetlab env`: emulated bf16
+    shows as ~1% of fp32. At most ~`seconds` of timing after one warm-up product."""
+    import time
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(2):  # warm-up: the first products pay for allocation and kernel choice
+        a @ b
+    sync()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        sync()
+        n += 1
+    return 2 * size**3 * n / (time.perf_counter() - start) / 1e12
+
+
 def inference_precision(trained: str, device: torch.device) -> str:
     """The training precision where this device runs it, else this device's own default: a model
     trained in fp16 on a GPU predicts in bf16 or fp32 on a CPU instead of failing."""
@@ -69,6 +121,37 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile cannot run here, or None. Checked before training, since the compiler only
+    fails at the first step: inductor needs a C++ compiler on the CPU and Triton on a GPU."""
+    import importlib.util
+    import shutil
+
+    dynamo = getattr(torch, "_dynamo", None)
+    if dynamo is not None and hasattr(dynamo, "is_dynamo_supported") and not dynamo.is_dynamo_supported():
+        return f"torch {torch.__version__} does not support torch.compile on Python {sys.version.split()[0]} here"
+    if device.type == "cpu" and shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
+        return "torch.compile needs a C++ compiler (g++) on the CPU and none is installed"
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "torch.compile needs Triton on a GPU and it is not installed (pip install triton)"
+    if device.type not in ("cpu", "cuda"):
+        return f"torch.compile is not supported on {device.type} here"
+    return None
+
+
+def compile_plan(mode: str, device: torch.device) -> tuple[bool, str | None]:
+    """(compile or not, a note for the user) for train.compile = false / true / auto. Decided before
+    the run folder exists, so a refused true leaves nothing behind."""
+    if mode == "false":
+        return False, None
+    problem = compile_problem(device)
+    if problem is None:
+        return True, None
+    if mode == "true":
+        raise UserError(f"train.compile=true: {problem}; use train.compile=false, or auto to go on without it")
+    return False, f"train.compile=auto: {problem}; training uncompiled"
 
 
 def seed_everything(seed: int) -> None:

@@ -118,7 +118,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
                 raise bad from None
         raise bad
     if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML reads compile=true as a bool; choices then judge the text
+            return str(value).lower()
+        if isinstance(value, (str, int, float)):
             return str(value)
         raise bad
     raise bad

@@ -102,6 +102,9 @@ class TrainConfig:
     eval_batch_size: int = 512
     precision: str = _choice("auto", "auto", "fp32", "bf16", "fp16")  # auto: bf16 where fast
     channels_last: bool = True  # NHWC: the layout oneDNN and cuDNN convolutions prefer
+    # torch.compile the training forward/backward: true, false, or auto (compile where it can, else go on
+    # without). The first step pays the compile (~1 min); worth it on long GPU runs, rarely on a 2-core CPU
+    compile: str = _choice("false", "false", "true", "auto")
     device: str = "auto"  # auto (cuda, mps, cpu), or any torch device string
     out_dir: str = "runs"
     name: str = ""  # run folder name under out_dir; default: recipe name and time
@@ -115,6 +118,7 @@ class TrainConfig:
     dist_timeout: float = 600.0  # s a collective waits for a peer before failing (a dead rank)
     early_stop_patience: int = 0  # stop after this many epochs without a val top-1 gain; 0 = off
     ema_decay: float = 0.0  # EMA of the weights, per step (0.999 is usual); 0 = off; best.pt, predict, export use it
+    eval_raw: bool = False  # with EMA, also score the raw weights on val each epoch (val_top1_raw): a second pass
     early_stop_min_delta: float = 0.0  # a gain counts when above this (top-1 share: 0.001 = 0.1 point)
     # wall clock for the whole run (evaluation and report included), e.g. 90s, 10m, 1h30m: the first
     # steps are timed, then train.epochs and train.steps_per_epoch are set to fill it; "" = off

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab.config import AugmentConfig
+from resnetlab.device import to_device
 from resnetlab.data.policy import apply_policy
 
 
@@ -56,7 +57,7 @@ def crop_flip(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generat
     dev = images.device
     batch = torch.arange(n, device=dev)[:, None, None, None]
     chan = torch.arange(c, device=dev)[None, :, None, None]
-    return images[batch, chan, rows.to(dev)[:, None, :, None], cols.to(dev)[:, None, None, :]]
+    return images[batch, chan, to_device(rows, dev)[:, None, :, None], to_device(cols, dev)[:, None, None, :]]
 
 
 def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -88,7 +89,7 @@ def affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator)
     cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sy)
     cos, sin = angle.cos(), angle.sin()
     theta = torch.stack([torch.stack([sx * cos, -sx * sin, cx], 1), torch.stack([sy * sin, sy * cos, cy], 1)], 1)
-    theta = theta.to(images.device)
+    theta = to_device(theta, images.device)
     grid = F.affine_grid(theta, [n, images.shape[1], h, w], align_corners=False)
     out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return out.round_().clamp_(0, 255).to(torch.uint8)
@@ -100,7 +101,7 @@ def lighting(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         return images
     n = images.shape[0]
     factors = 1 + (torch.rand(2, n, 1, 1, 1, generator=generator) * 2 - 1) * cfg.lighting
-    brightness, contrast = factors.to(images.device)
+    brightness, contrast = to_device(factors, images.device)
     x = images.float()
     mean = x.mean((1, 2, 3), keepdim=True)
     return ((x - mean) * contrast + mean).mul_(brightness).round_().clamp_(0, 255).to(torch.uint8)
@@ -130,7 +131,7 @@ def erase(images: torch.Tensor, p: float, fill: torch.Tensor, generator: torch.G
     rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
     inside = ((rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
               & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None]) & hit[:, None, None])
-    return torch.where(inside[:, None].to(images.device), fill.view(1, -1, 1, 1).to(images.device), images)
+    return torch.where(to_device(inside[:, None], images.device), fill.view(1, -1, 1, 1).to(images.device), images)
 
 
 def mix(images: torch.Tensor, targets: torch.Tensor, cfg: AugmentConfig,

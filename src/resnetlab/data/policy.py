@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from resnetlab.device import to_device
+
 SPACES = {
     "trivialaugment": v2.TrivialAugmentWide._AUGMENTATION_SPACE,
     "randaugment": v2.RandAugment._AUGMENTATION_SPACE,
@@ -46,7 +48,7 @@ def apply_policy(images: torch.Tensor, name: str, ops: int, magnitude: int,
             # float64, as torchvision's Python-float magnitudes: nearest sampling lands on pixel
             # edges, where a float32 rounding of the warp's offset would pick the neighbour
             m = table[bins[idx]].double() * (sign[idx] if signed else 1.0) if table is not None else None
-            dev_idx = idx.to(out.device)
+            dev_idx = to_device(idx, out.device)
             out[dev_idx] = OPS[op_name](out[dev_idx], m)  # m stays on the CPU: MPS has no float64
     return out
 
@@ -54,7 +56,7 @@ def apply_policy(images: torch.Tensor, name: str, ops: int, magnitude: int,
 def _blend(x: torch.Tensor, other, ratio: torch.Tensor) -> torch.Tensor:
     """ratio * x + (1 - ratio) * other per image (ratio (N,) float64, rounded to float32 as torchvision's
     Python-float factors are), clamped and truncated to uint8 as torchvision truncates."""
-    r, rest = (v.float().view(-1, 1, 1, 1).to(x.device) for v in (ratio, 1 - ratio))
+    r, rest = (to_device(v.float().view(-1, 1, 1, 1), x.device) for v in (ratio, 1 - ratio))
     out = x.float().mul_(r)
     if torch.is_tensor(other):
         out.addcmul_(other, rest)  # x * r + other * (1 - r) with one rounding, as torchvision's add_(alpha=)
@@ -85,18 +87,18 @@ def _sharpness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     out = x.float()
     blurred = F.conv2d(out, kernel, groups=c).round_()
     inner = out[..., 1:-1, 1:-1]
-    inner.add_((blurred - inner) * (1 - (1 + m)).float().view(-1, 1, 1, 1).to(x.device))  # factor 1 + m: x + (1 - factor)(blur - x)
+    inner.add_((blurred - inner) * to_device((1 - (1 + m)).float().view(-1, 1, 1, 1), x.device))  # factor 1 + m: x + (1 - factor)(blur - x)
     return out.clamp_(0, 255).to(torch.uint8)
 
 
 def _posterize(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     bits = m.long()  # the table holds whole bit counts, 8 down to 2 (TrivialAugment) or 4
-    mask = ((255 << (8 - bits)) & 255).to(torch.uint8).view(-1, 1, 1, 1).to(x.device)
+    mask = to_device(((255 << (8 - bits)) & 255).to(torch.uint8).view(-1, 1, 1, 1), x.device)
     return x & mask
 
 
 def _solarize(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    threshold = (255.0 * m).ceil_().view(-1, 1, 1, 1).to(x.device)  # x >= t <=> x >= ceil(t) for whole x
+    threshold = to_device((255.0 * m).ceil_().view(-1, 1, 1, 1), x.device)  # x >= t <=> x >= ceil(t) for whole x
     return torch.where(x >= threshold, 255 - x, x)
 
 
@@ -117,7 +119,7 @@ def _affine(x: torch.Tensor, a, b, c, d, e, f) -> torch.Tensor:
     """The inverse map [[a, b, c], [d, e, f]], each a scalar or an (N,) tensor."""
     n = x.shape[0]
     rows = [torch.as_tensor(v, dtype=torch.float64).expand(n) for v in (a, b, c, d, e, f)]
-    return _warp(x, torch.stack(rows, 1).view(n, 2, 3).float().to(x.device))
+    return _warp(x, to_device(torch.stack(rows, 1).view(n, 2, 3).float(), x.device))
 
 
 def _shear_x(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

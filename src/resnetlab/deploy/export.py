@@ -231,16 +231,38 @@ def _sidecar(predictor: Classifier, fmt: str, name: str, layout: str) -> dict:
 
 
 def _export_onnx(wrapped: nn.Module, example: torch.Tensor, path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    """The dynamo exporter (torch >= 2.5), else the TorchScript one: each lacks ops the other has (2.11's
+    dynamo exporter had no adaptive_max_pool2d), and the agreement check judges whichever wrote the file."""
     try:
+        batch = torch.export.Dim("batch", min=1, max=4096)
         program = torch.onnx.export(wrapped, (example,), dynamo=True, opset_version=OPSET, input_names=["images"],
                                     output_names=["probabilities"], dynamic_shapes=({0: batch},), verbose=False)
+        program.save(str(path))
+        return
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; the user needs one line
-        # e.g. torch 2.11's exporter has no ONNX function for adaptive_max_pool2d (resnet9); 2.14's has
-        last = [line for line in str(e).splitlines() if line.strip()][-1][:160]
-        raise UserError(f"torch.onnx could not export this model (torch {torch.__version__}: {last}); "
+        dynamo_error = _last_line(e)
+    try:
+        _export_onnx_torchscript(wrapped, example, path)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"torch.onnx could not export this model (torch {torch.__version__}; dynamo exporter: "
+                        f"{dynamo_error}; TorchScript exporter: {_last_line(e)}); "
                         "try --format torchscript or safetensors") from None
-    program.save(str(path))
+
+
+def _export_onnx_torchscript(wrapped: nn.Module, example: torch.Tensor, path: Path) -> None:
+    import inspect
+
+    # torch < 2.5 has no `dynamo` argument and exports with TorchScript by default
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(wrapped, (example,), str(path), opset_version=OPSET, input_names=["images"],
+                          output_names=["probabilities"], dynamic_axes={"images": {0: "N"}, "probabilities": {0: "N"}},
+                          **legacy)
+
+
+def _last_line(e: Exception) -> str:
+    return ([line for line in str(e).splitlines() if line.strip()] or [type(e).__name__])[-1][:160]
 
 
 def agreement(reference: torch.Tensor, exported: torch.Tensor) -> dict:

@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from resnetlab.device import precision_reason
 from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import infer
 from resnetlab.evaluate.metrics import metrics
@@ -257,10 +258,11 @@ class EpochProgress:
 
     def update(self, i: int, sums: torch.Tensor, seen0: float, start: float) -> None:
         now = time.perf_counter()
-        if not self.s.dist.main or (now - self.last < 0.5 and i != self.s.steps_per_epoch - 1):
-            return  # at most two updates a second: each reads the sums back from the device
-        n = max(sums[2].item(), 1)
-        self.bar.update(self.task, completed=i + 1, loss=sums[0].item() / n, acc=100 * sums[1].item() / n,
+        if self.bar.disable or not self.s.dist.main or (now - self.last < 0.5 and i != self.s.steps_per_epoch - 1):
+            return  # at most two updates a second: each reads the sums back from the device (a sync)
+        loss, correct, n = sums.tolist()
+        n = max(n, 1)
+        self.bar.update(self.task, completed=i + 1, loss=loss / n, acc=100 * correct / n,
                         ips=self.s.dist.world * (n - seen0) / max(now - start, 1e-9))
         self.last = now
 
@@ -282,6 +284,7 @@ def _announce(s: Session, console: Console) -> None:
         f"({s.data.image_size} px, {len(s.data.classes)} classes) for {cfg.train.epochs} epochs on "
         f"{s.device} in {s.precision}{f' x {d.world} processes' if d.enabled else ''}; run folder {s.run_dir}"
     )
+    console.print(f"precision {precision_reason(s.precision, cfg.train.precision, s.device)}")
     if "val" not in s.loaders:
         console.print("note: no validation split, so no best checkpoint is chosen: the model is last.pt "
                       "(set data.val_fraction to choose the best epoch on validation)")
@@ -324,14 +327,16 @@ def check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
 
 
 def val_metrics(s: Session) -> dict:
-    """The epoch's val loss/top-1/top-5; with EMA, ``val_*`` are the EMA weights' and ``val_*_raw`` the
-    raw weights', since best.pt, early stopping and predict all use the EMA weights."""
-    raw = evaluate_split(s, "val")
-    out = {"val_loss": raw["loss"], "val_top1": raw["top1"], "val_top5": raw["top5"]}
-    if s.ema is not None:
-        ema = evaluate_split(s, "val", model=s.ema.module)
-        out = {"val_loss_raw": raw["loss"], "val_top1_raw": raw["top1"], "val_top5_raw": raw["top5"],
-               "val_loss": ema["loss"], "val_top1": ema["top1"], "val_top5": ema["top5"]}
+    """The epoch's val loss/top-1/top-5 of the weights best.pt, early stopping and predict use: the EMA
+    weights when there are any. One pass: the raw weights' ``val_*_raw`` only with train.eval_raw."""
+    if s.ema is None:
+        raw = evaluate_split(s, "val")
+        return {"val_loss": raw["loss"], "val_top1": raw["top1"], "val_top5": raw["top5"]}
+    ema = evaluate_split(s, "val", model=s.ema.module)
+    out = {"val_loss": ema["loss"], "val_top1": ema["top1"], "val_top5": ema["top5"]}
+    if s.cfg.train.eval_raw:
+        raw = evaluate_split(s, "val")
+        out = {"val_loss_raw": raw["loss"], "val_top1_raw": raw["top1"], "val_top5_raw": raw["top5"], **out}
     return out
 
 

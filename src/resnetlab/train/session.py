@@ -34,7 +34,8 @@ from resnetlab.models import get_model, model_entry
 from resnetlab.models.groups import first_trained, layer_groups
 from resnetlab.io import read_json, write_json
 from resnetlab.train.run_folder import check_run_dir, create_run_dir, read_run_config, saved_split_file
-from resnetlab.device import environment, resolve_precision, seed_everything, select_device
+from resnetlab.device import (compile_plan, environment, precision_reason, resolve_precision, seed_everything,
+                              select_device)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Session:
     best_top1: float = -1.0
     dist: Dist = field(default_factory=Dist)
     ddp: nn.Module | None = None  # the DistributedDataParallel wrapper when there are 2+ ranks
+    compiled: nn.Module | None = None  # torch.compile of the model (or its DDP wrapper), train.compile
     class_weights: torch.Tensor | None = None  # (k,) loss weight per class, optim.class_weights=balanced
     notes: list[str] = field(default_factory=list)  # what fit() should tell the user first (e.g. a resume fallback)
     ema: ModelEma | None = None  # the weights' moving average, train.ema_decay
@@ -65,7 +67,9 @@ class Session:
 
     @property
     def net(self) -> nn.Module:
-        """What the training step calls: the DDP wrapper, or the model itself."""
+        """What the training step calls: compiled, else the DDP wrapper, else the model itself."""
+        if self.compiled is not None:
+            return self.compiled
         return self.ddp if self.ddp is not None else self.model
 
     @property
@@ -116,11 +120,14 @@ def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
             if params:
                 groups.append({"params": params, "weight_decay": o.weight_decay if with_decay else 0.0,
                                "layer_group": name, "decay": with_decay, "lr_scale": 1.0})
+    # on a GPU one fused kernel updates every tensor (the default foreach path launches several per
+    # group); the CPU keeps the default, which the bit-identity tests were written against
+    fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) else {}
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0, **fused)
     if o.name == "adam":  # L2 added to the gradient, as torch.optim.Adam does
-        return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+        return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), **fused)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), **fused)
 
 
 def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.device, *, train: bool,
@@ -172,6 +179,9 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
                         "raise train.batch_size or start fewer processes")
     device = distributed.init(d, select_device(cfg.train.device), timeout_s=cfg.train.dist_timeout)
     precision = resolve_precision(cfg.train.precision, device)
+    if device.type == "cuda":  # training shapes are static (merged tail batch): let cuDNN time its algorithms once
+        torch.backends.cudnn.benchmark = True
+    compile_wanted, compile_note = compile_plan(cfg.train.compile, device)
     seed_everything(cfg.seed)
     data = build_data(cfg, split_file=saved_split_file(resume) if resume else None, progress=cfg.train.progress,
                       builder=d.local_rank == 0)  # one process a machine builds a disk cache
@@ -209,6 +219,10 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
         # stages freeze groups after DDP is built: let it skip parameters that get no gradient
         session.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=bool(cfg.stages))
+    if compile_wanted:  # dynamic=False: one graph per input shape; training batches keep one shape (the
+        # tail batch is merged), so it compiles once per training size, never per batch
+        session.compiled = torch.compile(session.net, dynamic=False)
+    session.notes += [compile_note] if compile_note else []
     if resume is not None and d.main:
         env = read_json(run_dir / "env.json")
         env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides),
@@ -244,7 +258,8 @@ def elastic_restart(cfg: Config, run_name: str) -> Path | None:
 
 def _new_run(cfg: Config, data: DataBundle, run_name: str, device, precision, d: Dist) -> Path:
     name = default_run_name(cfg, run_name)
-    env = {**environment(device), "seed": cfg.seed, "precision": precision, "command": run_name,
+    env = {**environment(device), "seed": cfg.seed, "precision": precision,
+           "precision_reason": precision_reason(precision, cfg.train.precision, device), "command": run_name,
            "world_size": d.world}
     data_info = {**data.preprocess(), "root": data.root, "cached": data.cached, "resize": cfg.data.resize,
                  "sizes": {k: len(v) for k, v in data.splits.items()}, "class_ids": data.catalog.class_ids,
