@@ -13,7 +13,10 @@ Both train the CIFAR-style ResNet-18 on the real CIFAR-10 JPEG subset in
 The first epoch of each is a warm-up (oneDNN builds its kernels then) and is not
 timed. Prints images/s of both and their ratio.
 
-    .venv/bin/python benchmarks/speed_vs_plain.py [--epochs 3] [--batch-size 128] [--workers 2]
+    .venv/bin/python benchmarks/speed_vs_plain.py [--epochs 3] [--batch-size 128] [--workers 2] [key=value ...]
+
+key=value overrides go to the resnetlab run only, e.g. `train.compile=true` (torch.compile: its
+compile time falls in the warm-up epoch) or `train.precision=fp32` (what a CPU without bf16 runs).
 """
 
 from __future__ import annotations
@@ -65,13 +68,13 @@ def plain_loop(root: Path, epochs: int, batch_size: int, workers: int) -> float:
     return timed_images / timed_seconds
 
 
-def resnetlab_loop(root: Path, epochs: int, batch_size: int) -> tuple[float, str]:
+def resnetlab_loop(root: Path, epochs: int, batch_size: int, overrides: list[str]) -> tuple[float, str]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, [
             f"data.dataset={root}", "model.name=cifar_resnet18", f"train.epochs={epochs}",
             f"train.batch_size={batch_size}", "augment.crop_padding=4", "augment.hflip=true",
             "optim.lr=0.05", "schedule.name=constant", f"train.out_dir={tmp}", "train.name=bench",
-            "train.progress=false",
+            "train.progress=false", *overrides,
         ])
         session = prepare(cfg, run_name="bench")
         session.loaders.pop("test", None)  # time training only
@@ -90,12 +93,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs of 2,000 images; the first is warm-up")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
+    parser.add_argument("overrides", nargs="*", help="key=value for the resnetlab run")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; data {args.data}")
     plain = plain_loop(args.data, args.epochs, args.batch_size, args.workers)
-    ours, precision = resnetlab_loop(args.data, args.epochs, args.batch_size)
+    ours, precision = resnetlab_loop(args.data, args.epochs, args.batch_size, args.overrides)
     print(f"plain PyTorch loop (fp32, per-image transforms, {args.workers} workers): {plain:7.1f} img/s")
-    print(f"resnetlab (uint8 cache, batch augmentation, {precision}, channels_last): {ours:7.1f} img/s")
+    print(f"resnetlab (uint8 cache, batch augmentation, {precision}, channels_last"
+          f"{', ' + ' '.join(args.overrides) if args.overrides else ''}): {ours:7.1f} img/s")
     print(f"speed-up: {ours / plain:.2f}x")
 
 

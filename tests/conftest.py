@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +21,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 torch.set_num_threads(2)
+# every cached run reads and fills the decoded cache (~/.cache/resnetlab by default): the suite gets its
+# own, shared by its tests (and their subprocesses), so real-data tests decode each file once
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="resnetlab-test-cache-")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (the only kind of test CI may skip)")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -19,7 +19,7 @@ from resnetlab.train.checkpoint import load_checkpoint, rng_state, save_checkpoi
 from resnetlab.train.loop import check_callbacks, diverged, fit
 from resnetlab.train.schedules import lr_at
 from resnetlab.train.session import prepare
-from tests.conftest import REPO, tiny_config, write_class_folders
+from tests.conftest import REPO, tiny_config, tiny_overrides, write_class_folders
 
 
 def test_without_val_there_is_no_best_checkpoint_and_the_output_says_so(class_folders, tmp_path, capsys):
@@ -246,3 +246,18 @@ def test_ema_warms_up_resumes_exactly_and_is_what_predict_uses(class_folders, tm
     assert json.loads((full.run_dir / "eval_test.json").read_text())["checkpoint"] == "best.pt (EMA weights)"
     with pytest.raises(UserError, match=r"train.ema_decay must be in \(0, 1\)"):
         tiny_config(class_folders, tmp_path, "train.ema_decay=1.5")
+
+
+def test_compile_true_without_a_compiler_is_one_line_and_auto_goes_on(class_folders, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-compilers-here"))
+    monkeypatch.delenv("CXX", raising=False)
+    args = tiny_overrides(class_folders, tmp_path / "a", "train.compile=true")
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["resnetlab train: error: train.compile=true: torch.compile needs a C++ compiler (g++) on the CPU "
+                   "and none is installed; use train.compile=false, or auto to go on without it"]
+    assert not (tmp_path / "a").exists()  # refused before the run folder was made
+    s = prepare(tiny_config(class_folders, tmp_path / "b", "train.compile=auto"), run_name="t")
+    assert s.compiled is None and s.net is s.model
+    assert "train.compile=auto: torch.compile needs a C++ compiler (g++) on the CPU and none is installed; " \
+           "training uncompiled" in s.notes

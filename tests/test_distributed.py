@@ -194,5 +194,7 @@ def test_torchrun_streams_disjoint_shards_and_builds_one_disk_cache(tmp_path):
     cached = torchrun(2, [*common, "data.cache=disk", f"data.cache_dir={tmp_path / 'cache'}",
                           f"train.out_dir={tmp_path / 'd'}"])
     assert cached.returncode == 0, cached.stderr[-3000:]
-    entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len(entries) == 2 and entries[1] == "index.json" and not entries[0].endswith(".partial"), entries
+    (folder,) = (tmp_path / "cache").iterdir()  # one decoded cache, built once
+    index = json.loads((folder / "index.json").read_text())
+    assert sorted(p.name for p in folder.iterdir()) == ["images.u8", "index.json", "lock"]
+    assert index["records"] == len(index["files"]) == 39  # 30 train + 9 test images, each decoded once

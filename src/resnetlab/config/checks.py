@@ -15,6 +15,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (cfg.train.eval_batch_size >= 1, "train.eval_batch_size must be at least 1"),
+        (cfg.train.final_tta >= 1, "train.final_tta must be at least 1 (1: no test-time augmentation)"),
         (cfg.optim.lr > 0, "optim.lr must be positive"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be 0 or more"),
         (cfg.optim.grad_clip_norm >= 0, "optim.grad_clip_norm must be 0 (off) or more"),

@@ -113,6 +113,7 @@ class TrainConfig:
     limit_batches: int = 0  # smoke tests: at most N batches an epoch in every split (0: all)
     report: bool = True  # after training: evaluate the test split with figures and write report.html
     final_test: bool = True  # score the test split once at the end; a tuning study turns it off
+    final_tta: int = 1  # views per test image in that final score (1: none; e.g. 4 adds flipped and shifted views)
     tensorboard: bool = True  # also write TensorBoard event files (runs/<name>/tensorboard)
     sync_bn: bool = False  # BatchNorm statistics over the global batch of all processes
     dist_timeout: float = 600.0  # s a collective waits for a peer before failing (a dead rank)

@@ -156,10 +156,23 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
         files[name] = ([catalog.paths[i] for i in rows], catalog.labels[rows].tolist(), boxes)
     notes = []
     mode = _cache_mode(d, estimate, notes)
-    if mode == "disk":
-        bundle = _from_disk(files, catalog, d, root, progress and builder, cfg, notes, builder)
-        bundle.notes = notes
-        return bundle
+    if mode == "disk" and not size:
+        raise UserError("data.cache=disk needs one image size: set data.image_size=N")
+    native = _native_square(files.get("train", ([], [], None))) if mode == "memory" and not size and not d.roi_crop else 0
+    if mode in ("memory", "disk") and (size or native):
+        from resnetlab.data.disk_cache import CacheUnavailable
+
+        try:
+            bundle = _from_decoded_cache(files, catalog, d, root, progress and builder, cfg, notes, builder, mode,
+                                         native)
+            bundle.notes = notes
+            return bundle
+        except CacheUnavailable as e:
+            if d.cache == "disk":
+                raise
+            # memory: decode into memory as before; disk (too big for memory): stream
+            mode = "stream" if mode == "disk" else "memory"
+            notes.append(f"{e}; {'streaming' if mode == 'stream' else 'decoding into memory'} instead")
     if mode == "stream":
         if size == 0:
             raise UserError("streaming needs a fixed size: set data.image_size=N")
@@ -171,7 +184,7 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
         if sample is not None:
             sample = set_channels(sample, channels)
         mean, std = _normalisation(d, cfg, sample, channels)
-        return DataBundle(catalog.classes, splits, channels, size, mean, std, str(root), False)
+        return DataBundle(catalog.classes, splits, channels, size, mean, std, str(root), False, notes=notes)
 
     splits, skipped, greys = {}, [], []
     decoded = {}
@@ -194,7 +207,7 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
     _require_train(splits, root, skipped)
     image_size = splits["train"].images.shape[-1]
     mean, std = _normalisation(d, cfg, splits["train"].images, channels)
-    return DataBundle(catalog.classes, splits, channels, image_size, mean, std, str(root), True, skipped)
+    return DataBundle(catalog.classes, splits, channels, image_size, mean, std, str(root), True, skipped, notes=notes)
 
 
 def _require_train(splits: dict[str, Split], root: Path, skipped: list) -> None:
@@ -246,27 +259,46 @@ def _cache_mode(d: DataConfig, estimate: int, notes: list[str]) -> str:
     return "stream"
 
 
-def _from_disk(files, catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg: Config,
-               notes: list[str], builder: bool) -> DataBundle:
-    """Splits whose images are records in the disk cache (data/disk_cache.py), read a batch at a time."""
-    from resnetlab.data.disk_cache import DiskImages, open_or_build
+def _native_square(train_files) -> int:
+    """With data.image_size unset: the first training image's side when it is square (CIFAR's 32),
+    so the decoded cache can hold the set at its own size; 0 otherwise (decoded in memory as it is)."""
+    from resnetlab.data.images import BadImage, load_array
 
-    if not d.image_size:
-        raise UserError("data.cache=disk needs one image size: set data.image_size=N")
-    meta = open_or_build(files, root=str(root), cache_dir=d.cache_dir, size=d.image_size, resize=d.resize,
-                         margin=d.roi_margin, on_bad_image=d.on_bad_image, progress=progress, notes=notes,
-                         builder=builder)
-    channels = _channels(d, [g for split in meta["splits"].values() for g in split["grey"]])
-    splits, skipped = {}, []
-    for name, (paths, labels, _) in files.items():
-        kept = meta["splits"][name]["kept"]
-        images = DiskImages(Path(meta["folder"]) / f"{name}.u8", len(kept), d.image_size, channels)
-        splits[name] = Split(labels=torch.tensor([labels[i] for i in kept], dtype=torch.long), images=images,
-                             paths=[paths[i] for i in kept])
-        skipped += [tuple(b) for b in meta["splits"][name]["skipped"]]
-    _require_train(splits, root, skipped)
+    paths, _, _ = train_files
+    try:
+        arr, _ = load_array(paths[0], 0, "squash")
+    except (BadImage, IndexError):
+        return 0
+    return arr.shape[0] if arr.shape[0] == arr.shape[1] else 0
+
+
+def _from_decoded_cache(files, catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg: Config,
+                        notes: list[str], builder: bool, mode: str, native: int) -> DataBundle:
+    """Splits read from the decoded cache (data/disk_cache.py), which decodes only the files it lacks:
+    into memory in one pass per split (mode memory), or a batch at a time from disk (mode disk).
+    ``native``: data.image_size is unset and every image must have this side."""
+    from resnetlab.data.disk_cache import DiskImages, cached_images
+
+    size = d.image_size or native
+    paths = [p for split_paths, _, _ in files.values() for p in split_paths]
+    boxes = np.concatenate([b for _, _, b in files.values()]) if d.roi_crop else None
+    cached = cached_images(paths, boxes, root=str(root), cache_dir=d.cache_dir, size=size, resize=d.resize,
+                           margin=d.roi_margin, on_bad_image=d.on_bad_image, progress=progress, notes=notes,
+                           builder=builder, native=not d.image_size)
+    channels = _channels(d, cached.grey)
+    splits, start = {}, 0
+    for name, (split_paths, labels, _) in files.items():
+        rows = cached.rows[start:start + len(split_paths)]
+        start += len(split_paths)
+        kept = np.flatnonzero(rows >= 0)
+        images = DiskImages(cached.data, rows[kept], size, channels)
+        splits[name] = Split(labels=torch.tensor([labels[i] for i in kept], dtype=torch.long),
+                             images=images.load() if mode == "memory" else images,
+                             paths=[split_paths[i] for i in kept])
+    _require_train(splits, root, cached.skipped)
     mean, std = _normalisation(d, cfg, splits["train"].images, channels)
-    return DataBundle(catalog.classes, splits, channels, d.image_size, mean, std, str(root), False, skipped)
+    return DataBundle(catalog.classes, splits, channels, size, mean, std, str(root), mode == "memory",
+                      cached.skipped)
 
 
 def _sample(split: Split, size: int, d: DataConfig) -> tuple[torch.Tensor | None, list[bool]]:

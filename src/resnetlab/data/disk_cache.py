@@ -1,40 +1,56 @@
-"""data.cache=disk: images decoded once, at the training size, into files of fixed-size records.
+"""The decoded cache: every image decoded once at a training size, kept on disk, reused by every run.
 
-Format: per split, ``<split>.u8`` holds N records of C x S x S uint8 bytes (the in-memory cache's
-(C, S, S) layout, always 3 channels as decoded), with ``meta.json`` beside it. Batches are read
-with ``os.pread``, one record an image, into a fresh buffer: resident memory stays a few batches
-whatever the file's size (a numpy memmap counts every page it touches as resident, so a 10 GB
-cache would show as 10 GB RSS), and no dependency is needed (h5py's chunked, compressed layout
-helps neither random batches nor small uint8 records; its files are one more format to trust).
+One folder per data set root and preprocessing, ``<cache_dir>/<key>``, key = SHA-256 of the format
+version, the root, the image size, the resize rule and (when cropping to annotated regions) the
+ROI margin. Inside:
 
-The folder is ``<cache_dir>/<key>``, key = SHA-256 of the format version, every file's path,
-size and mtime in split order, the resize policy, size and crop boxes. A build writes into
-``<key>.partial`` and renames it when complete, so an interrupted build is never read as a
-cache; ``progress.json`` is rewritten after every chunk, so the next run continues from there.
-A cache whose files are shorter than meta.json says, or whose data set changed since, is
-rebuilt with one line saying why.
+- ``images.u8``: records of 3 x S x S uint8 bytes (the memory cache's (C, S, S) layout, always 3
+  channels as decoded), appended in the order files were first decoded;
+- ``index.json``: for each source file its record, size, mtime and crop box, and whether it is
+  grey; the files that could not be decoded, with why.
+
+A record is found by its file (path, size, mtime, box), never by split, seed or label: a run with
+another seed, val_count or class selection, ``evaluate`` and every tuning trial read the same
+records, and only files that are new or changed since are decoded (appended; a changed file's
+old record stays as dead bytes until the folder is deleted). Memory mode reads a split's records
+in one pass; ``data.cache=disk`` reads them a batch at a time with ``os.pread`` into a fresh
+buffer, so resident memory stays a few batches whatever the file's size (a numpy memmap would
+count every page it touches as resident).
+
+Safety: one process builds at a time (an exclusive ``flock`` on ``lock``; a second run waits for
+it, then finds the records there). ``index.json`` is rewritten atomically after each chunk of
+records is flushed to disk, and readers trust only what it names: bytes past it (a build killed
+mid-chunk, a disk that filled) are never read, and the next builder cuts them off and goes on from
+there. A data file shorter than its index says is rebuilt, with one line saying why.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from resnetlab.data.archive import source_stat
-from resnetlab.data.cache import decode_files, progress_bar, set_channels
+from resnetlab.data.cache import DECODE, decode_batches, progress_bar, set_channels
 from resnetlab.errors import UserError
-from resnetlab.io import atomic_write_text, read_json, write_failed
+from resnetlab.io import atomic_write_text, write_failed
 
-FORMAT = 1
-CHUNK = 2048  # images decoded between progress saves (~2 s at 224 px on 2 cores)
-DECODE = 256  # images decoded at a time: 38 MB at 224 px (a whole CHUNK was 300 MB, and stayed in RSS)
+FORMAT = 2
+SAVE_EVERY_S = 2.0  # s between index saves while building: what an interrupted build loses at most
+DATA, INDEX, LOCK = "images.u8", "index.json", "lock"
+
+
+class CacheUnavailable(UserError):
+    """The cache folder cannot be written (read-only, full): a run that did not ask for the disk cache
+    goes on without it."""
 
 
 def default_cache_dir() -> Path:
@@ -42,12 +58,13 @@ def default_cache_dir() -> Path:
 
 
 class DiskImages:
-    """A split's images on disk: ``[index]`` reads those records as a uint8 (B, C, S, S) tensor."""
+    """A split's records on disk: ``[index]`` reads those images as a uint8 (B, C, S, S) tensor."""
 
-    def __init__(self, path: Path, n: int, size: int, channels: int):
-        self.path, self.n, self.size, self.channels = path, n, size, channels
+    def __init__(self, path: Path, rows: np.ndarray, size: int, channels: int):
+        self.path, self.rows, self.size, self.channels = path, np.asarray(rows, dtype=np.int64), size, channels
+        self.n = len(self.rows)
         self.record = 3 * size * size  # bytes
-        self.shape = (n, channels, size, size)
+        self.shape = (self.n, channels, size, size)
         self._fd: int | None = None
 
     def __len__(self) -> int:
@@ -57,16 +74,27 @@ class DiskImages:
         return {**self.__dict__, "_fd": None}
 
     def __getitem__(self, index) -> torch.Tensor:
-        rows = np.arange(self.n)[index] if isinstance(index, slice) else np.asarray(torch.as_tensor(index).cpu())
+        pick = np.arange(self.n)[index] if isinstance(index, slice) else np.asarray(torch.as_tensor(index).cpu())
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
+        rows = self.rows[pick.reshape(-1)]
         out = np.empty((len(rows), self.record), dtype=np.uint8)
-        for j, r in enumerate(rows.reshape(-1).tolist()):
-            got = os.preadv(self._fd, [memoryview(out[j])], r * self.record)
-            if got != self.record:
-                raise UserError(f"the disk cache {self.path} ends early (record {r}): delete it and run again")
-        x = torch.from_numpy(out).view(len(rows), 3, self.size, self.size)
-        return set_channels(x, self.channels)
+        for j, r in enumerate(rows.tolist()):
+            if os.preadv(self._fd, [memoryview(out[j])], r * self.record) != self.record:
+                raise UserError(f"the decoded cache {self.path} ends early (record {r}): delete it and run again")
+        return set_channels(torch.from_numpy(out).view(len(rows), 3, self.size, self.size), self.channels)
+
+    def load(self) -> torch.Tensor:
+        """Every record of the split in memory, read in one pass in file order (memory mode)."""
+        if self.n == 0:
+            return torch.empty(0, self.channels, self.size, self.size, dtype=torch.uint8)
+        records = os.path.getsize(self.path) // self.record
+        if int(self.rows.max()) >= records:
+            raise UserError(f"the decoded cache {self.path} ends early: delete it and run again")
+        mapped = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(records, self.record))
+        out = torch.from_numpy(np.take(mapped, self.rows, axis=0)).view(self.n, 3, self.size, self.size)
+        del mapped
+        return set_channels(out, self.channels)
 
     def split(self, chunk: int):
         """Consecutive chunks, like Tensor.split, read one at a time."""
@@ -77,60 +105,181 @@ class DiskImages:
         return self  # stays on disk; loaders move each batch
 
 
-def cache_key(files: dict[str, tuple[list[str], list, object]], *, size: int, resize: str, margin: float) -> str:
-    digest = hashlib.sha256(f"{FORMAT}|{size}|{resize}|{margin}".encode())
-    for name, (paths, labels, boxes) in files.items():
-        digest.update(f"[{name}]".encode())
-        for i, p in enumerate(paths):
-            size_b, mtime_ns = source_stat(p)  # a shard member: its size and its shard's mtime
-            box = "" if boxes is None else ",".join(str(int(v)) for v in boxes[i])
-            digest.update(f"{p}|{size_b}|{mtime_ns}|{labels[i]}|{box}\n".encode())
-    return digest.hexdigest()[:24]
+@dataclass
+class Cached:
+    """Where each requested file's image is: ``rows[i]`` its record, -1 when it could not be decoded."""
+
+    data: Path
+    rows: np.ndarray  # (N,) int64
+    grey: list[bool]  # of the files with a record, in request order
+    skipped: list[tuple[str, str]]  # (path, why) of the others
 
 
-def open_or_build(files, *, root: str, cache_dir: str, size: int, resize: str, margin: float, on_bad_image: str,
-                  progress: bool, notes: list[str], builder: bool = True) -> dict:
-    """The disk cache of ``files`` ({split: (paths, labels, boxes)}), built if missing; returns meta.json's
-    content with ``folder``. ``notes`` gets a line when an old cache is replaced, and why. Under
-    torchrun only the machine's first process is the ``builder``: the others wait for its cache."""
+def store_folder(base: Path, *, root: str, size: int, resize: str, margin: float | None) -> Path:
+    """One folder per data set root and preprocessing; margin is None when images are not cropped."""
+    crop = "full" if margin is None else f"roi{margin}"
+    return base / hashlib.sha256(f"{FORMAT}|{root}|{size}|{resize}|{crop}".encode()).hexdigest()[:24]
+
+
+def _signature(path: str, box) -> list:
+    """What makes a record current: the file's size and mtime, and the box it is cropped to."""
+    try:
+        nbytes, mtime_ns = source_stat(path)
+    except OSError:
+        nbytes, mtime_ns = -1, -1  # decoding says what is wrong with it
+    return [nbytes, mtime_ns, "" if box is None else ",".join(str(int(v)) for v in box)]
+
+
+def cached_images(paths: list[str], boxes, *, root: str, cache_dir: str, size: int, resize: str, margin: float,
+                  on_bad_image: str, progress: bool, notes: list[str], builder: bool = True,
+                  native: bool = False) -> Cached:
+    """The records of ``paths`` (cropped to ``boxes[i]`` when given), decoding what the cache lacks.
+    ``native``: keep each image's own size, which must be ``size`` (data.image_size unset).
+    ``notes`` gets one line on what was reused and decoded. Under torchrun only a machine's first
+    process is the ``builder``: the others wait until the index names every file."""
     base = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = cache_key(files, size=size, resize=resize, margin=margin)
-    folder = base / key
+    folder = store_folder(base, root=root, size=size, resize="native" if native else resize,
+                          margin=None if boxes is None else margin)
+    want = [_signature(p, None if boxes is None else boxes[i]) for i, p in enumerate(paths)]
     if not builder:
-        return _wait_for(folder, notes)
-    _check_writable(base)
-    index_path = base / "index.json"
-    index = read_json(index_path) if index_path.is_file() else {}
-    owner = hashlib.sha256(f"{root}|{size}|{resize}|{margin}".encode()).hexdigest()[:16]
-    previous = index.get(owner)
-    if folder.is_dir():
-        meta, why = _check(folder)
-        if why is None:
-            notes.append(f"disk cache: reading {folder}")
-            return meta
-        notes.append(f"disk cache {folder} {why}: rebuilding it")
-        shutil.rmtree(folder, ignore_errors=True)
-    elif previous and previous != key and (base / previous).is_dir():
-        notes.append(f"the data set changed since its disk cache {base / previous} was built (files added, removed "
-                     "or modified): building a new one")
-        shutil.rmtree(base / previous, ignore_errors=True)
-    meta = _build(files, folder, size=size, resize=resize, margin=margin, on_bad_image=on_bad_image, progress=progress)
-    notes.append(f"disk cache: built {folder} ({meta['bytes'] / 2**30:.2f} GiB)")
-    index[owner] = key
-    atomic_write_text(index_path, json.dumps(index, indent=2) + "\n")
-    return meta
+        index = _wait_for(folder, paths, want)
+        notes.append(f"decoded cache: reading {folder} (built by local rank 0)")
+    else:
+        _check_writable(base)
+        try:
+            folder.mkdir(exist_ok=True)
+            lock = _locked(folder / LOCK)
+        except OSError as e:
+            raise CacheUnavailable(f"{write_failed(folder / LOCK, e)}; set data.cache_dir elsewhere") from None
+        with lock:
+            index = _read_index(folder, size, notes)
+            todo = [i for i, p in enumerate(paths) if _entry(index, p, want[i]) is None]
+            reused = len(paths) - len(todo)
+            if todo:
+                _decode_into(folder, index, [paths[i] for i in todo], [want[i] for i in todo],
+                             None if boxes is None else boxes[todo], size=size, resize=resize, margin=margin,
+                             on_bad_image=on_bad_image, progress=progress, native=native)
+        notes.append(f"decoded cache: {reused:,} images read from {folder}"
+                     + (f", {len(todo):,} decoded into it" if todo else ""))
+    return _resolve(index, folder, paths, want, on_bad_image)
 
 
-def _wait_for(folder: Path, notes: list[str], poll_s: float = 0.5) -> dict:
-    """The cache another process on this machine is building, once complete. Polled rather than a
-    collective barrier: a build can outlast train.dist_timeout, and if the builder fails torchrun
-    stops this process with it."""
+def _entry(index: dict, path: str, signature: list):
+    """The file's index entry when it is current: ['rec', row, grey] or ['bad', why]; else None."""
+    found = index["files"].get(path)
+    return found[1:] if found is not None and found[0] == signature else None
+
+
+def _resolve(index: dict, folder: Path, paths: list[str], want: list, on_bad_image: str) -> Cached:
+    rows, grey, skipped = np.full(len(paths), -1, dtype=np.int64), [], []
+    for i, p in enumerate(paths):
+        kind, *rest = _entry(index, p, want[i])
+        if kind == "rec":
+            rows[i] = rest[0]
+            grey.append(bool(rest[1]))
+        elif on_bad_image == "fail":
+            raise UserError(f"bad image {p}: {rest[0]} (set data.on_bad_image=skip to leave it out)")
+        else:
+            skipped.append((p, rest[0]))
+    return Cached(folder / DATA, rows, grey, skipped)
+
+
+def _decode_into(folder: Path, index: dict, paths: list[str], want: list, boxes, *, size: int, resize: str,
+                 margin: float, on_bad_image: str, progress: bool, native: bool) -> None:
+    """Append the records of ``paths``. The index is saved once the records it names are flushed, at
+    most every SAVE_EVERY_S (each save rewrites the whole index: ~0.1 s for 50,000 files) and at the end."""
+    record, data = 3 * size * size, folder / DATA
+    bar = progress_bar(progress and len(paths) > 1000, len(paths), "decoding images into the cache")
+    saved = time.monotonic()
+    try:
+        with open(data, "ab") as out:
+            out.truncate(index["records"] * record)  # bytes past the index: a build that never finished
+            batches = decode_batches(paths, size=0 if native else size, resize=resize, margin=margin, boxes=boxes,
+                                     on_bad_image=on_bad_image)
+            for offset, arrays, greys, kept, bad in batches:
+                for arr, grey, k in zip(arrays, greys, kept):
+                    if arr.shape != (size, size, 3):
+                        raise UserError(f"images differ in size ({size}x{size} and {arr.shape[1]}x{arr.shape[0]} "
+                                        f"{paths[offset + k]}); set data.image_size=N to resize them to N x N")
+                    out.write(np.ascontiguousarray(arr.transpose(2, 0, 1)).tobytes())
+                    index["files"][paths[offset + k]] = [want[offset + k], "rec", index["records"], int(grey)]
+                    index["records"] += 1
+                for path, why in bad:
+                    index["files"][path] = [want[paths.index(path, offset)], "bad", why]
+                last = offset + DECODE >= len(paths)
+                if last or time.monotonic() - saved >= SAVE_EVERY_S:
+                    out.flush()
+                    os.fsync(out.fileno())
+                    atomic_write_text(folder / INDEX, json.dumps(index) + "\n")
+                    saved = time.monotonic()
+                bar(len(arrays) + len(bad))
+    except OSError as e:
+        raise CacheUnavailable(f"{write_failed(data, e)}; the cache keeps every image written before, and the next run "
+                        "goes on from there (or set data.cache_dir elsewhere, or data.cache=stream)") from None
+
+
+def _new_index(size: int) -> dict:
+    return {"format": FORMAT, "size": size, "records": 0, "files": {}}
+
+
+def _read_index(folder: Path, size: int, notes: list[str]) -> dict:
+    """The folder's index, or a new one when there is none or it cannot be trusted (and why)."""
+    path = folder / INDEX
+    if not path.is_file():
+        return _new_index(size)
+    why = None
+    try:
+        index = json.loads(path.read_text())
+        if index.get("format") != FORMAT or index.get("size") != size:
+            why = f"was written by another version (format {index.get('format')}, this is {FORMAT})"
+    except (OSError, ValueError):
+        why = f"has an unreadable {INDEX}"
+    if why is None:
+        have, need = _size(folder / DATA), index["records"] * 3 * size * size
+        if have < need:
+            why = f"is truncated ({DATA} has {have:,} of {need:,} bytes)"
+    if why is None:
+        return index
+    notes.append(f"decoded cache {folder} {why}: rebuilding it")
+    (folder / DATA).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+    return _new_index(size)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+@contextlib.contextmanager
+def _hold(f):
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
+
+
+def _locked(path: Path):
+    """An exclusive lock held by this open file: a second process (or thread) blocks until it is free.
+    The file is opened here, so a folder that cannot take it fails before anything is read."""
+    return _hold(open(path, "a"))
+
+
+def _wait_for(folder: Path, paths: list[str], want: list, poll_s: float = 0.5) -> dict:
+    """The index once it names every file as it is now (built by another process on this machine).
+    Polled rather than a collective barrier: a build can outlast train.dist_timeout, and if the
+    builder fails torchrun stops this process with it."""
     while True:
-        if folder.is_dir():
-            meta, why = _check(folder)
-            if why is None:
-                notes.append(f"disk cache: reading {folder} (built by local rank 0)")
-                return meta
+        try:
+            index = json.loads((folder / INDEX).read_text())
+            if all(_entry(index, p, want[i]) is not None for i, p in enumerate(paths)):
+                return index
+        except (OSError, ValueError, KeyError):
+            pass
         time.sleep(poll_s)
 
 
@@ -141,66 +290,5 @@ def _check_writable(base: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"the disk cache folder {base} is not writable ({e.strerror}): set data.cache_dir to a "
+        raise CacheUnavailable(f"the disk cache folder {base} is not writable ({e.strerror}): set data.cache_dir to a "
                         "writable folder, or data.cache=stream") from None
-
-
-def _check(folder: Path) -> tuple[dict | None, str | None]:
-    """(meta, None) for a usable cache, else (None, why not)."""
-    try:
-        meta = read_json(folder / "meta.json")
-    except UserError:
-        return None, "has no readable meta.json"
-    if meta.get("format") != FORMAT:
-        return None, f"was written by another version (format {meta.get('format')}, this is {FORMAT})"
-    for name, split in meta["splits"].items():
-        path, want = folder / f"{name}.u8", len(split["kept"]) * 3 * meta["size"] ** 2
-        have = path.stat().st_size if path.is_file() else 0
-        if have != want:
-            return None, f"is truncated ({name}.u8 has {have:,} of {want:,} bytes)"
-    return {**meta, "folder": str(folder)}, None
-
-
-def _build(files, folder: Path, *, size, resize, margin, on_bad_image, progress) -> dict:
-    partial = folder.with_name(folder.name + ".partial")
-    partial.mkdir(exist_ok=True)
-    state_path = partial / "progress.json"
-    state = read_json(state_path) if state_path.is_file() else {}
-    record = 3 * size * size
-    total = sum(len(paths) for paths, _, _ in files.values())
-    done_before = sum(s["done"] for s in state.values())
-    bar = progress_bar(progress, total, "building the disk cache", done=done_before)
-    for name, (paths, labels, boxes) in files.items():
-        s = state.setdefault(name, {"done": 0, "kept": [], "grey": [], "skipped": []})
-        target = partial / f"{name}.u8"
-        try:
-            with open(target, "ab") as out:
-                out.truncate(len(s["kept"]) * record)  # drop a chunk written after the last progress save
-                for start in range(s["done"], len(paths), CHUNK):
-                    stop = min(start + CHUNK, len(paths))
-                    for a in range(start, stop, DECODE):  # decoded pixels held: DECODE images, not CHUNK
-                        b = min(a + DECODE, stop)
-                        arrays, greys, kept, bad = decode_files(paths[a:b], size=size, resize=resize,
-                                                                on_bad_image=on_bad_image, progress=False,
-                                                                boxes=None if boxes is None else boxes[a:b],
-                                                                margin=margin)
-                        for arr in arrays:
-                            if arr.shape != (size, size, 3):
-                                raise UserError("the disk cache needs one image size: set data.image_size=N")
-                            out.write(np.ascontiguousarray(arr.transpose(2, 0, 1)).tobytes())
-                        s["kept"] += [a + k for k in kept]
-                        s["grey"] += [bool(g) for g in greys]
-                        s["skipped"] += [list(x) for x in bad]
-                    out.flush()
-                    s["done"] = stop
-                    atomic_write_text(state_path, json.dumps(state) + "\n")
-                    bar(stop - start)
-        except OSError as e:
-            raise UserError(f"{write_failed(target, e)}; the partial cache {partial} resumes on the next run "
-                            "(or set data.cache_dir elsewhere, or data.cache=stream)") from None
-    meta = {"format": FORMAT, "size": size, "resize": resize, "splits": state,
-            "bytes": sum(len(s["kept"]) for s in state.values()) * record}
-    atomic_write_text(partial / "meta.json", json.dumps(meta) + "\n")
-    state_path.unlink()
-    os.replace(partial, folder)
-    return {**meta, "folder": str(folder)}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnetlab.plotting import plt, save_figure
-
 
 def class_counts(classes: list[str], counts: dict[str, list[int]], path: Path) -> None:
     """Images per class, one horizontal bar a class, stacked by split: imbalance at a glance."""
+    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
+
     k = len(classes)
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.18 * k + 1)))
     left = [0] * k
@@ -25,6 +25,8 @@ def class_counts(classes: list[str], counts: dict[str, list[int]], path: Path) -
 
 def image_sizes(widths, heights, path: Path) -> None:
     """Width against height of every image (a 2-d histogram), and the short side's distribution."""
+    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     axes[0].hist2d(widths, heights, bins=40, cmin=1, cmap="viridis")
     axes[0].set(xlabel="width (px)", ylabel="height (px)", title=f"image sizes (n={len(widths):,})")
@@ -41,6 +43,8 @@ def sample_grid(names: list[str], tiles: list, columns: int, path: Path) -> None
     tiles: per class, (n <= columns, S, S, 3) uint8. Drawn as one composed
     picture (not an axis per image): 43 x 8 axes take matplotlib ~20 s.
     """
+    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
+
     import numpy as np
 
     size = tiles[0].shape[1] if tiles else 64
@@ -58,6 +62,8 @@ def sample_grid(names: list[str], tiles: list, columns: int, path: Path) -> None
 
 def augment_grid(views, title: str, path: Path) -> None:
     """One image under the training augmentation: the first is as loaded, the rest augmented."""
+    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
+
     n = len(views)
     cols = 4
     rows = (n + cols - 1) // cols

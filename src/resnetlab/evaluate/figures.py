@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnetlab.plotting import plt, save_figure
-
 
 def confusion_figure(confusion, classes: list[str], path: Path, *, normalized: bool) -> None:
     """The confusion matrix as an image; counts written in cells up to 20 classes, names up to 60."""
+    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
+
     import numpy as np
 
     cm = np.asarray(confusion, dtype=float)
@@ -36,6 +36,8 @@ def confusion_figure(confusion, classes: list[str], path: Path, *, normalized: b
 
 def image_grid(images, titles: list[str], colors: list[str], path: Path, *, suptitle: str, cols: int = 4) -> None:
     """uint8 (N, H, W, 3) images with a title each (colour: green right, red wrong)."""
+    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
+
     n = len(images)
     rows = max(1, (n + cols - 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.9, rows * 3.5), squeeze=False)
@@ -51,6 +53,8 @@ def image_grid(images, titles: list[str], colors: list[str], path: Path, *, supt
 
 def probability_bars(probs, classes: list[str], image, title: str, path: Path, top: int = 10) -> None:
     """One image beside a horizontal bar chart of its most likely classes."""
+    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
+
     order = sorted(range(len(classes)), key=lambda i: -float(probs[i]))[:top]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [1, 2]})
     left.imshow(image, interpolation="nearest")
@@ -65,6 +69,8 @@ def probability_bars(probs, classes: list[str], image, title: str, path: Path, t
 
 def reliability_diagram(bins_before: list[dict], bins_after: list[dict] | None, eces: tuple, path: Path) -> None:
     """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
+
     fig, ax = plt.subplots(figsize=(5, 4.6))
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
     for table, label in ((bins_before, f"raw, ECE {100 * eces[0]:.2f}%"),
@@ -82,6 +88,8 @@ def reliability_diagram(bins_before: list[dict], bins_after: list[dict] | None, 
 
 def overlay(image, cam, alpha: float = 0.45):
     """uint8 (H, W, 3) image blended with a jet-coloured (H, W) map in [0, 1]."""
+    from resnetlab.plotting import plt  # matplotlib loads when a figure is drawn
+
     import numpy as np
 
     heat = plt.get_cmap("jet")(cam)[..., :3] * 255

@@ -34,12 +34,15 @@ class DamagedCheckpoint(UserError):
     """A checkpoint whose bytes are not the ones written (checksum mismatch, truncation)."""
 
 
-def save_checkpoint(path: Path, state: dict[str, Any], *, keep: Path | None = None) -> None:
-    """``keep``: where the checkpoint being replaced goes (last.pt -> previous.pt)."""
+def save_checkpoint(path: Path | list[Path], state: dict[str, Any], *, keep: Path | None = None) -> None:
+    """``keep``: where the checkpoint being replaced goes (last.pt -> previous.pt). Several paths
+    (last.pt and best.pt of one epoch) get the same bytes, serialised and hashed once."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
     data = buffer.getvalue()
-    atomic_write_bytes(path, data + TRAILER + hashlib.sha256(data).digest(), keep=keep)
+    data += TRAILER + hashlib.sha256(data).digest()
+    for i, target in enumerate(path if isinstance(path, list) else [path]):
+        atomic_write_bytes(target, data, keep=keep if i == 0 else None)
 
 
 def _verified(path: Path) -> bytes:

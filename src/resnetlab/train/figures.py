@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
-from resnetlab.plotting import plt, save_figure
-
 from resnetlab.train.lr_find import loss_change
+
+CURVES_EVERY_S = 60.0  # s between redraws while training: a drawing is ~0.3-0.5 s of matplotlib
+
+
+class Curves:
+    """curves.png, the training monitor: redrawn once CURVES_EVERY_S have passed since the last drawing
+    and at the end of the run. Drawn every epoch, short epochs spent seconds a run in text layout."""
+
+    def __init__(self, path: Path):
+        self.path, self.drawn = path, -math.inf
+
+    def update(self, history: list[dict], *, final: bool = False) -> None:
+        if history and (final or time.monotonic() - self.drawn >= CURVES_EVERY_S):
+            training_curves(history, self.path)
+            self.drawn = time.monotonic()
 
 
 def training_curves(history: list[dict], path: Path) -> None:
     """Loss, top-1 accuracy and learning rate against epoch: the tutorials' training monitor."""
+    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
+
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     ax = axes[0]
@@ -36,6 +53,8 @@ def training_curves(history: list[dict], path: Path) -> None:
 
 def lr_find_curves(result, path: Path, window: int) -> None:
     """Loss against learning rate (log axis) with the suggestion, and the loss's rate of change."""
+    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     ax = axes[0]
     ax.plot(result.lr, result.loss, alpha=0.3, label="loss a step")

@@ -60,13 +60,16 @@ def finish_run(s: Session, console: Console) -> dict:
     else:
         val = split_images(splits["val"], model) if "val" in splits else None
         images, labels = split_images(splits["test"], model)
-        result = evaluate_split(s.run_dir, model, "test", images, labels,
-                                Options(batch_size=s.cfg.train.eval_batch_size, figures=s.cfg.train.report), val=val)
+        opts = Options(batch_size=s.cfg.train.eval_batch_size, figures=s.cfg.train.report, tta=s.cfg.train.final_tta)
+        result = evaluate_split(s.run_dir, model, "test", images, labels, opts, val=val)
         chosen = "chosen on val" if model.source.startswith("best.pt") else "no val split to choose on"
         console.print(
             f"test top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  "
             f"(n={result['n']}, {model.source}: {chosen}; {result['images_per_s']:.0f} img/s)"
         )
+        if "tta" in result:  # the same images, scored once more with views of the training augmentation
+            console.print(f"test top-1 with TTA ({result['tta']['views']} views, {result['tta']['reduce']}) "
+                          f"{100 * result['tta']['top1']:.2f}%  (n={result['n']})")
         out["test"] = result
     if s.cfg.train.report and s.cfg.train.final_test:
         console.print(f"report: {build_report(s.run_dir)}")

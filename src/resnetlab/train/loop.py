@@ -30,7 +30,7 @@ from resnetlab.evaluate.metrics import metrics
 from resnetlab.train import distributed
 from resnetlab.train.budget import plan_budget, report_budget
 from resnetlab.train.checkpoint import save_checkpoint
-from resnetlab.train.figures import training_curves
+from resnetlab.train.figures import Curves
 from resnetlab.train.finish import finish_run
 from resnetlab.train.precompute import HeadFeatures
 from resnetlab.train.run_folder import write_metrics, write_skipped, write_status
@@ -43,6 +43,7 @@ from resnetlab.train.tensorboard import TensorBoardLogger
 Callback = Callable[..., None]
 EVENTS = ("on_batch_end", "on_epoch_end", "on_train_end")
 FINITE_CHECK_EVERY = 50  # steps between NaN checks: each is a host sync (and a collective under torchrun)
+STOP_CHECK_EVERY = 8  # steps between torchrun ranks agreeing on a signal (one process: every step, free)
 
 
 class NonFiniteLoss(UserError):
@@ -77,20 +78,28 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         plan = plan_budget(s, console)  # train.time_budget: sets train.epochs
         epochs = s.cfg.train.epochs
         _announce(s, console)
-        for epoch in range(s.start_epoch, epochs):
-            if stop_agreed(s, stop):  # came in the previous epoch's last step
-                raise Preempted(_signal_name(stop), s.run_dir, epoch, 0)
-            _enter_stage(s, epoch, console)
-            record = train_epoch(s, epoch, progress, stop, hooks)
-            if "val" in s.loaders:
-                record.update(val_metrics(s))
-            s.history.append(record)
-            s.start_step, s.partial = 0, [0.0, 0.0, 0.0]  # only the resumed epoch starts part-way
-            _end_of_epoch(s, record, console)
-            for fn in hooks["on_epoch_end"]:
-                fn(s, record)
-            if early_stop(s, console):
-                break
+        curves = Curves(s.run_dir / "curves.png")
+        try:
+            for epoch in range(s.start_epoch, epochs):
+                if stop_agreed(s, stop):  # came in the previous epoch's last step
+                    raise Preempted(_signal_name(stop), s.run_dir, epoch, 0)
+                _enter_stage(s, epoch, console)
+                record = train_epoch(s, epoch, progress, stop, hooks)
+                if "val" in s.loaders:
+                    record.update(val_metrics(s))
+                s.history.append(record)
+                s.start_step, s.partial = 0, [0.0, 0.0, 0.0]  # only the resumed epoch starts part-way
+                _end_of_epoch(s, record, console, curves)
+                for fn in hooks["on_epoch_end"]:
+                    fn(s, record)
+                if early_stop(s, console):
+                    break
+        except (Preempted, StopTraining, KeyboardInterrupt):
+            if s.dist.main:
+                curves.update(s.history, final=True)
+            raise
+        if s.dist.main:
+            curves.update(s.history, final=True)
         result = finish_run(s, console)
         if plan is not None:
             report_budget(s, plan, console)
@@ -154,7 +163,7 @@ def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[st
                 fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum / len(y)})
         if i % FINITE_CHECK_EVERY == FINITE_CHECK_EVERY - 1:  # the same steps on every rank: a collective
             check_finite(s, finite, epoch, i)
-        stop_now = stop_agreed(s, stop)
+        stop_now = stop_agreed(s, stop, i)
         periodic = cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0
         if (periodic or stop_now) and i < spe - 1:  # at the epoch's last step, the epoch end saves
             check_finite(s, finite, epoch, i)
@@ -223,8 +232,12 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
-def stop_agreed(s: Session, stop: list[str]) -> bool:
-    """True on every rank when any rank got a signal, so all ranks stop at the same step."""
+def stop_agreed(s: Session, stop: list[str], i: int | None = None) -> bool:
+    """True on every rank when any rank got a signal, so all ranks stop at the same step. Under torchrun
+    the ranks agree every STOP_CHECK_EVERY steps (and at epoch ends, i None): each agreement is an
+    all_reduce read back on the host, a sync that would otherwise stall every step."""
+    if s.dist.enabled and i is not None and i % STOP_CHECK_EVERY != STOP_CHECK_EVERY - 1:
+        return False
     return distributed.any_rank(bool(stop), s.dist, s.device)
 
 
@@ -377,7 +390,7 @@ def diverged(record: dict, num_classes: int) -> bool:
     return num_classes > 1 and not record["train_loss"] <= 2 * math.log(num_classes)
 
 
-def _end_of_epoch(s: Session, record: dict, console: Console) -> None:
+def _end_of_epoch(s: Session, record: dict, console: Console, curves: Curves) -> None:
     """Metrics and curves first, then checkpoints: a kill in between only repeats this epoch.
 
     best.pt is chosen on validation top-1 only; without a val split there is one model, last.pt."""
@@ -394,14 +407,13 @@ def _end_of_epoch(s: Session, record: dict, console: Console) -> None:
         s.data.skipped += [(p, r) for p, r in streamed.items() if p not in known]
         write_skipped(s.run_dir, s.data.skipped)
     write_metrics(s.run_dir, s.history)
-    training_curves(s.history, s.run_dir / "curves.png")
+    curves.update(s.history)
     state = checkpoint_state(s, epoch=record["epoch"], step=0, partial=[0.0, 0.0, 0.0])
-    save_checkpoint(s.run_dir / "last.pt", state, keep=s.run_dir / "previous.pt")
-    if improved:
-        save_checkpoint(s.run_dir / "best.pt", state)
     snapshots = sorted(snapshot_epochs(s.cfg))
+    targets = [s.run_dir / "last.pt"] + ([s.run_dir / "best.pt"] if improved else [])
     if record["epoch"] in snapshots:  # the end of an SGDR cycle: a model for snapshot ensembling
-        save_checkpoint(s.run_dir / f"snapshot-{snapshots.index(record['epoch']) + 1}.pt", state)
+        targets.append(s.run_dir / f"snapshot-{snapshots.index(record['epoch']) + 1}.pt")
+    save_checkpoint(targets, state, keep=s.run_dir / "previous.pt")  # serialised once for all of them
     distributed.barrier(s.dist)
     line = (f"epoch {record['epoch']:>3}/{s.cfg.train.epochs}  lr {record['lr']:.2e}  "
             f"train loss {record['train_loss']:.4f} top-1 {100 * record['train_top1']:.2f}%")

@@ -10,11 +10,12 @@ class indices agree with a torchvision model trained on the same folders.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnetlab.data.catalog import Catalog, from_files
-from resnetlab.data.images import is_image_file
+from resnetlab.data.images import IMAGE_SUFFIXES
 from resnetlab.errors import UserError
 
 SPLIT_NAMES = {
@@ -31,17 +32,27 @@ class FileList:
     dangling: list[str] = field(default_factory=list)  # image-named symlinks whose target is gone
 
 
-def _images_in(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Image files under ``folder`` (sorted), and image-named symlinks that point nowhere."""
-    files, dangling = [], []
-    for p in folder.rglob("*"):
-        if not is_image_file(p):
-            continue
-        if p.is_file():
-            files.append(p)
-        elif p.is_symlink() and not p.exists():
-            dangling.append(p)
-    return sorted(files), sorted(dangling)
+def _images_in(folder: Path) -> tuple[list[str], list[str]]:
+    """Image files under ``folder``, and image-named symlinks that point nowhere, sorted as paths
+    (part by part). os.scandir reads each folder's names and types in one call: no stat a file
+    (rglob + is_file was ~10 s for 60,000 CIFAR files). Symlinked folders are not entered, as rglob."""
+    files, dangling, stack = [], [], [str(folder)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif e.name.startswith(".") or os.path.splitext(e.name)[1].lower() not in IMAGE_SUFFIXES:
+                    continue
+                elif e.is_file():
+                    files.append(e.path)
+                elif e.is_symlink() and not os.path.exists(e.path):
+                    dangling.append(e.path)
+    return sorted(files, key=_parts), sorted(dangling, key=_parts)
+
+
+def _parts(path: str) -> list[str]:
+    return path.split(os.sep)
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -91,11 +102,20 @@ def list_class_folder(root: Path) -> tuple[list[str], dict[str, FileList]]:
             files, broken = _images_in(folder / name)
             if not files and split == "train":
                 raise UserError(f"class folder {folder / name} has no images: add some or remove the folder")
-            paths += [str(p) for p in files]
+            paths += files
             labels += [classes.index(name)] * len(files)
-            dangling += [str(p) for p in broken]
+            dangling += broken
         out[split] = FileList(paths, labels, dangling)
     return classes, out
+
+
+def relative_key(path: str, root: Path) -> str:
+    """``path`` relative to ``root``, '/'-separated: a string cut where the path is under root
+    (60,000 Path.relative_to calls took seconds), else pathlib's answer."""
+    prefix = str(root) + os.sep
+    if path.startswith(prefix):
+        return path[len(prefix):].replace(os.sep, "/")
+    return Path(path).relative_to(root).as_posix()
 
 
 def read(root: Path) -> Catalog:
@@ -103,7 +123,7 @@ def read(root: Path) -> Catalog:
     paths, keys, labels, splits = [], [], [], []
     for split, files in lists.items():
         paths += files.paths
-        keys += [Path(p).relative_to(root).as_posix() for p in files.paths]
+        keys += [relative_key(p, root) for p in files.paths]
         labels += files.labels
         splits += [split] * len(files.paths)
     skipped = [(p, "a symbolic link whose target does not exist") for f in lists.values() for p in f.dangling]
