@@ -70,7 +70,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="resnetlab-startup-"))
     common = [f"data.dataset={args.data}", f"data.cache_dir={work / 'cache'}", f"train.out_dir={work / 'runs'}",
               "train.time_budget=", "train.epochs=1", "train.progress=false", "train.report=false",
-              "train.final_test=false", "train.tensorboard=false", *args.overrides]
+              "train.final_test=false", *args.overrides]
     runs = [("cold cache", []), ("warm cache", []), ("warm cache, seed 1, val_count 2000", ["seed=1", "data.val_count=2000"])]
     try:
         for label, extra in runs:

@@ -138,7 +138,7 @@ def _measure(s: Session) -> dict:
         probe = s.run_dir / "budget-probe.pt"
         save_checkpoint(probe, checkpoint_state(s, epoch=0, step=0, partial=[0.0, 0.0, 0.0]))
         probe.unlink()
-        save_s = 2 * (time.perf_counter() - start) + 0.5  # last.pt and best.pt, plus curves.png (~0.5 s)
+        save_s = 2 * (time.perf_counter() - start)  # last.pt and best.pt (one serialisation, two writes)
     finally:
         model, optimizer, ema, scaler = saved
         s.model.load_state_dict(model)
@@ -148,10 +148,13 @@ def _measure(s: Session) -> dict:
         if s.scaler is not None:
             s.scaler.load_state_dict(scaler)
     n = {name: len(split) for name, split in s.data.splits.items()}
-    models = 2 if s.ema is not None else 1  # with EMA, val is scored for both weights
-    test = n.get("test", 0) if s.cfg.train.final_test else 0
+    models = 2 if s.ema is not None and s.cfg.train.eval_raw else 1  # train.eval_raw: val scored twice
+    views = s.cfg.train.final_tta
+    passes = 1 + (views if views > 1 else 0)  # the plain test pass, then the TTA views (the image is one)
+    test = n.get("test", 0) * passes if s.cfg.train.final_test else 0
     return {"step_s": step_s, "epoch_overhead_s": n.get("val", 0) * eval_s * models + save_s,
-            "finish_s": (test + n.get("val", 0)) * eval_s + (REPORT_S if test and s.cfg.train.report else 0.0),
+            # the final curves.png (~0.5 s; while training they are redrawn at most once a minute)
+            "finish_s": (test + n.get("val", 0)) * eval_s + (REPORT_S if test and s.cfg.train.report else 0.0) + 0.5,
             "full_steps": s.loaders["train"].full_steps if not s.cfg.train.limit_batches else len(s.loaders["train"])}
 
 

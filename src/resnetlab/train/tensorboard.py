@@ -28,13 +28,23 @@ class TensorBoardLogger:
     """Holds one SummaryWriter on ``run/tensorboard``; its methods are fit() callbacks."""
 
     def __init__(self, s: Session):
-        from torch.utils.tensorboard import SummaryWriter
-
+        self.log_dir = s.run_dir / "tensorboard"
         # purge_step: on resume, events past the checkpoint (written before a kill) are dropped
-        self.writer = SummaryWriter(str(s.run_dir / "tensorboard"), purge_step=s.start_epoch * s.steps_per_epoch)
+        self.purge_step = s.start_epoch * s.steps_per_epoch
+        self._writer = None
         # (step, loss tensor on the device, lr): read back FLUSH_EVERY steps at a time, so logging every
         # step does not add a host sync to every step on a GPU (the loop itself keeps its sums on the device)
         self.pending: list[tuple[int, torch.Tensor, float]] = []
+
+    @property
+    def writer(self):
+        """The SummaryWriter, made at the first write: importing TensorBoard (~1 s) is not paid before
+        the first training step."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.log_dir), purge_step=self.purge_step)
+        return self._writer
 
     def callbacks(self) -> dict:
         return {"on_batch_end": [self._guard(self.on_batch_end)], "on_epoch_end": [self._guard(self.on_epoch_end)],
@@ -46,7 +56,7 @@ class TensorBoardLogger:
             try:
                 fn(s, info)
             except OSError as e:
-                raise write_failed(Path(self.writer.log_dir), e) from None
+                raise write_failed(self.log_dir, e) from None
 
         return call
 
