@@ -226,7 +226,7 @@ def test_a_streamed_split_evaluates_as_the_cached_one_a_chunk_at_a_time(evaluate
     from resnetlab.data import build_data, cache
     from resnetlab.data.cache import FileImages
     from resnetlab.evaluate.evaluator import Options, evaluate_split, split_images
-    from resnetlab.train.run_folder import read_run_config, saved_split_file
+    from resnetlab.run_folder import read_run_config, saved_split_file
 
     predictor = Predictor.load(evaluated)
     cfg = read_run_config(evaluated)

@@ -108,3 +108,25 @@ def test_benchmark_scripts_import(script):
             "spec.loader.exec_module(importlib.util.module_from_spec(spec))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_run_folder_names_are_spelled_in_one_module():
+    """Every file name of the run folder's format is a constant of resnetlab/run_folder.py; the other
+    modules use those names, so the format has one home (string constants only: docs may mention them)."""
+    from resnetlab import run_folder
+
+    names = {v for k, v in vars(run_folder).items() if k.isupper() and isinstance(v, str)}
+    assert {"status.json", "split.csv", "calibration.json", "metrics.jsonl", "last.pt"} <= names
+    spelled = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "run_folder.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if node.value in names or node.value.startswith(("eval_", "snapshot-")):
+                    spelled.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
+    assert not spelled, "\n".join(spelled)

@@ -30,8 +30,9 @@ def run(args) -> int:
     from resnetlab.data import build_data
     from resnetlab.deploy.predictor import Predictor
     from resnetlab.evaluate.evaluator import Options, evaluate_split, split_images, unseen_images
+    from resnetlab import run_folder as rf
     from resnetlab.evaluate.metrics import format_table
-    from resnetlab.train.run_folder import check_run_dir, read_run_config, saved_split_file
+    from resnetlab.run_folder import check_run_dir, read_run_config, saved_split_file
 
     run_dir = check_run_dir(Path(args.run))
     if args.batch_size < 1:
@@ -61,23 +62,24 @@ def run(args) -> int:
     _print_extras(result)
     if args.snapshots:
         _snapshots(run_dir, result, images, labels, name, args)
-    print(f"{result['images_per_s']:.0f} img/s; wrote {run_dir / f'eval_{name}.json'}, confusion_{name}.csv"
-          + ("" if args.no_figures else f" and figures in {run_dir / f'eval_{name}'}"))
+    print(f"{result['images_per_s']:.0f} img/s; wrote {run_dir / rf.eval_name(name)}, {rf.confusion_csv(name)}"
+          + ("" if args.no_figures else f" and figures in {rf.eval_figures(run_dir, name)}"))
     return 0
 
 
 def _snapshots(run_dir: Path, result: dict, images, labels, name: str, args) -> None:
     """Score the mean probability of the run's snapshot-K.pt beside the single model."""
+    from resnetlab import run_folder as rf
     from resnetlab.deploy.predictor import Predictor
     from resnetlab.evaluate.evaluator import snapshot_ensemble
     from resnetlab.io import write_json
 
-    paths = sorted(run_dir.glob("snapshot-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    paths = rf.snapshot_paths(run_dir)
     members = [Predictor.load(p, device=args.device) for p in paths]
     ens = result["snapshot_ensemble"] = snapshot_ensemble(members, images, labels, batch_size=args.batch_size)
     print(f"snapshot ensemble of {ens['members']}: top-1 {100 * ens['top1']:.2f}%  top-5 {100 * ens['top5']:.2f}% "
           f"(n={ens['n']}); {result['checkpoint']} alone {100 * result['top1']:.2f}%")
-    write_json(run_dir / f"eval_{name}.json", result)
+    write_json(run_dir / rf.eval_name(name), result)
 
 
 def _print_extras(result: dict) -> None:

@@ -30,7 +30,7 @@ def run(args) -> int:
     from resnetlab.deploy.export import FORMATS, OPSET, sample_run_images, sidecar, write_export
     from resnetlab.deploy.predictor import Predictor
     from resnetlab.errors import UserError
-    from resnetlab.train.run_folder import check_run_dir
+    from resnetlab.run_folder import check_run_dir
 
     run_dir = check_run_dir(Path(args.run))
     if args.format not in FORMATS:

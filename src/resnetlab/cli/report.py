@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from resnetlab.evaluate.report import build_report
-    from resnetlab.train.run_folder import check_run_dir
+    from resnetlab.run_folder import check_run_dir
 
     out = build_report(check_run_dir(Path(args.run)))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, images inlined: open it offline)")

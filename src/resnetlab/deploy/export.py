@@ -29,7 +29,7 @@ from resnetlab.data.cache import decode_for_model, resize_tensor, set_channels
 from resnetlab.evaluate.inference import Classifier
 from resnetlab.errors import UserError
 from resnetlab.models import get_model
-from resnetlab.train.run_folder import read_run_config, saved_split_file
+from resnetlab.run_folder import read_run_config, saved_split_file
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 OPSET = 18

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from resnetlab import run_folder as rf
 from resnetlab.config import AugmentConfig
 from resnetlab.data.images import is_image_file
 from resnetlab.device import inference_precision, select_device
@@ -23,7 +24,7 @@ from resnetlab.evaluate.inference import Classifier
 from resnetlab.io import read_json
 from resnetlab.models import get_model
 from resnetlab.train.checkpoint import load_checkpoint, load_model_state
-from resnetlab.train.run_folder import find_checkpoint
+from resnetlab.run_folder import find_checkpoint
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Predictor(Classifier):
         load_model_state(model, state, path=ckpt_path, expected="the model it names")
         dev = select_device(device)
         cfg, pre = state["config"], state["preprocess"]
-        cal_path = ckpt_path.parent / "calibration.json"
+        cal_path = ckpt_path.parent / rf.CALIBRATION
         calibration = read_json(cal_path) if cal_path.is_file() else None
         augment = AugmentConfig(**{k: v for k, v in cfg.get("augment", {}).items()
                                    if k in {f.name for f in fields(AugmentConfig)}})

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from resnetlab import run_folder as rf
 from resnetlab.errors import UserError
 from resnetlab.evaluate.report import inline_png, page, pct, table
 from resnetlab.evaluate.runs import is_run, read_history
@@ -48,10 +49,10 @@ def load_run(path: Path) -> Run:
     path = Path(path)
     if not is_run(path):
         raise UserError(f"{path} is not a resnetlab run folder (no config.yaml and env.json)")
-    data = read_json(path / "data.json") if (path / "data.json").is_file() else {}
-    return Run(path, flatten(read_yaml(path / "config.yaml") or {}), read_history(path),
-               read_json(path / "classes.json") if (path / "classes.json").is_file() else [],
-               read_json(path / "eval_test.json") if (path / "eval_test.json").is_file() else {},
+    data = rf.read_optional_json(path, rf.DATA, {})
+    return Run(path, flatten(read_yaml(path / rf.CONFIG) or {}), read_history(path),
+               rf.read_optional_json(path, rf.CLASSES, []),
+               rf.read_optional_json(path, rf.eval_name("test"), {}),
                data.get("sizes", {}).get("val"))
 
 

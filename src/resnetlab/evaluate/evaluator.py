@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from resnetlab import run_folder as rf
 from resnetlab.data.cache import FileImages
 from resnetlab.data.readers.manifest import read_split_file
 from resnetlab.errors import UserError
@@ -55,10 +56,10 @@ def evaluate_split(run_dir: Path, p: Classifier, name: str, images: torch.Tensor
     result["calibration"] = _calibration(run_dir, p, plain, val, opts)
     result["rejection"] = _rejection(p, plain, result["calibration"], unseen, opts)
     if opts.figures and len(labels):
-        _figures(run_dir / f"eval_{name}", p, images, labels, probs, result)
-    write_json(run_dir / f"eval_{name}.json", result)
-    write_confusion_csv(run_dir / f"confusion_{name}.csv", result["confusion"], classes)
-    write_confusion_csv(run_dir / f"confusion_{name}_normalized.csv", result["confusion_normalized"], classes)
+        _figures(rf.eval_figures(run_dir, name), p, images, labels, probs, result)
+    write_json(run_dir / rf.eval_name(name), result)
+    write_confusion_csv(run_dir / rf.confusion_csv(name), result["confusion"], classes)
+    write_confusion_csv(run_dir / rf.confusion_csv(name, normalized=True), result["confusion_normalized"], classes)
     return result
 
 
@@ -98,7 +99,7 @@ def unseen_images(cfg, run_dir: Path, predictor: Classifier, limit: int = 2000) 
         return None
     catalog, _, aliases = read_catalog(cfg.data.dataset)
     chosen, _ = final_classes(catalog, cfg.data, aliases)
-    used = {key for key, _, _ in read_split_file(run_dir / "split.csv")}
+    used = {key for key, _, _ in read_split_file(run_dir / rf.SPLIT)}
     rows = [i for i in range(len(catalog)) if int(catalog.labels[i]) not in chosen and catalog.keys[i] not in used]
     if not rows:
         return None
@@ -118,10 +119,10 @@ def _calibration(run_dir: Path, p: Classifier, plain: Inference, val, opts: Opti
         v = infer_images(p, val[0], val[1], opts.batch_size)
         known = v.labels != p.classes.index("unknown") if "unknown" in p.classes else None
         fitted = calibration.calibrate(v.logits, v.labels, target=opts.reject_target, known=known)
-        write_json(run_dir / "calibration.json", fitted)
+        write_json(run_dir / rf.CALIBRATION, fitted)
         p.temperature = fitted["temperature"]
-    elif (run_dir / "calibration.json").is_file():
-        fitted = read_json(run_dir / "calibration.json")
+    elif (run_dir / rf.CALIBRATION).is_file():
+        fitted = read_json(run_dir / rf.CALIBRATION)
     raw, bins = calibration.ece(plain.logits.softmax(1), plain.labels)
     out.update(ece=raw, bins=bins, n=len(plain.labels))
     if fitted:

@@ -11,6 +11,7 @@ import html
 import time
 from pathlib import Path
 
+from resnetlab import run_folder as rf
 from resnetlab.evaluate.runs import read_history
 from resnetlab.io import atomic_write_text, read_json
 
@@ -50,8 +51,8 @@ def pct(v) -> str:
 
 def _latest_eval(run: Path) -> tuple[str, dict] | tuple[None, None]:
     for name in ("test", "val", "train"):
-        if (run / f"eval_{name}.json").is_file():
-            return name, read_json(run / f"eval_{name}.json")
+        if (run / rf.eval_name(name)).is_file():
+            return name, read_json(run / rf.eval_name(name))
     return None, None
 
 
@@ -61,10 +62,10 @@ def build_report(run: Path) -> Path:
              f'<p class="note">written {time.strftime("%Y-%m-%d %H:%M:%S")} from {html.escape(str(run))}</p>',
              "<nav>" + "".join(f'<a href="#{k}">{t}</a>' for k, t in SECTIONS) + "</nav>"]
     parts.append('<h2 id="config">Config</h2><details><summary>the resolved config (config.yaml)</summary><pre>'
-                 + html.escape((run / "config.yaml").read_text()) + "</pre></details>")
+                 + html.escape((run / rf.CONFIG).read_text()) + "</pre></details>")
 
-    data = read_json(run / "data.json") if (run / "data.json").is_file() else {}
-    classes = read_json(run / "classes.json") if (run / "classes.json").is_file() else []
+    data = rf.read_optional_json(run, rf.DATA, {})
+    classes = rf.read_optional_json(run, rf.CLASSES, [])
     parts.append('<h2 id="data">Data</h2>')
     if data:
         parts.append(f"<p>{len(classes)} classes, {data.get('image_size')} px, {data.get('channels')} channel(s), "
@@ -77,7 +78,7 @@ def build_report(run: Path) -> Path:
             parts.append(f'<p class="note">{html.escape(note)}</p>')
 
     history = read_history(run)
-    parts.append('<h2 id="training">Training</h2>' + _img(run / "curves.png", "training curves"))
+    parts.append('<h2 id="training">Training</h2>' + _img(run / rf.CURVES, "training curves"))
     if history:
         last = history[-1]
         parts.append(f"<p>{len(history)} epochs; last: train loss {last['train_loss']:.4f}, "
@@ -89,7 +90,7 @@ def build_report(run: Path) -> Path:
         parts.append('<h2 id="metrics">Metrics</h2><p class="note">not evaluated yet: run resnetlab evaluate</p>')
     else:
         parts += _evaluation(run, name, ev, classes)
-    out = run / "report.html"
+    out = run / rf.REPORT
     atomic_write_text(out, page(f"resnetlab report: {run.name}", parts))
     return out
 
@@ -103,7 +104,7 @@ def page(title: str, parts: list[str]) -> str:
 
 
 def _evaluation(run: Path, name: str, ev: dict, classes: list[str]) -> list[str]:
-    figures = run / f"eval_{name}"
+    figures = rf.eval_figures(run, name)
     parts = [f'<h2 id="metrics">Metrics ({html.escape(name)} split, {html.escape(ev.get("checkpoint", ""))})</h2>',
              table(["n", "top-1", "top-5", "loss", "balanced accuracy", "macro-F1", "images/s"],
                     [[ev["n"], pct(ev["top1"]), pct(ev["top5"]), f"{ev['loss']:.4f}", pct(ev["balanced_accuracy"]),

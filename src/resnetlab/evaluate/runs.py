@@ -14,6 +14,7 @@ import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from resnetlab import run_folder as rf
 from resnetlab.errors import UserError
 from resnetlab.io import read_json, read_yaml
 
@@ -41,11 +42,11 @@ class RunRow:
 
 
 def is_run(folder: Path) -> bool:
-    return folder.is_dir() and (folder / "config.yaml").is_file() and (folder / "env.json").is_file()
+    return folder.is_dir() and (folder / rf.CONFIG).is_file() and (folder / rf.ENV).is_file()
 
 
 def read_history(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
+    path = run / rf.METRICS
     if not path.is_file():
         return []
     try:
@@ -56,9 +57,9 @@ def read_history(run: Path) -> list[dict]:
 
 def run_status(run: Path) -> tuple[str, str]:
     """(status, reason) of one run folder."""
-    path = run / "status.json"
+    path = run / rf.STATUS
     if not path.is_file():
-        done = (run / "eval_test.json").is_file() or (run / "last.pt").is_file()
+        done = (run / rf.eval_name("test")).is_file() or (run / rf.LAST).is_file()
         return ("finished", "") if done else ("failed", "no checkpoint and no status.json")
     info = read_json(path)
     status = info.get("status", "failed")
@@ -78,10 +79,10 @@ def _alive(pid, host) -> bool:
 
 
 def read_run(run: Path) -> RunRow:
-    cfg, env = read_yaml(run / "config.yaml") or {}, read_json(run / "env.json")
+    cfg, env = read_yaml(run / rf.CONFIG) or {}, read_json(run / rf.ENV)
     history = read_history(run)
     vals = [h["val_top1"] for h in history if h.get("val_top1") is not None]
-    test = read_json(run / "eval_test.json") if (run / "eval_test.json").is_file() else {}
+    test = rf.read_optional_json(run, rf.eval_name("test"), {})
     status, reason = run_status(run)
     return RunRow(
         name=run.name, path=str(run), recipe=env.get("command", ""), model=cfg.get("model", {}).get("name", ""),

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 from rich.console import Console
 
+from resnetlab import run_folder as rf
 from resnetlab.config import parse_duration, save_config
 from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import infer
@@ -67,7 +68,7 @@ def _clock(seconds: float) -> str:
 
 def plan_budget(s: Session, console: Console) -> Plan | None:
     """Set train.epochs and train.steps_per_epoch from train.time_budget (once: a resume keeps the plan)."""
-    path = s.run_dir / "budget.json"
+    path = s.run_dir / rf.BUDGET
     if not s.cfg.train.time_budget:
         return None
     if path.exists():  # a resume: the schedule was laid over the planned length, keep it
@@ -82,7 +83,7 @@ def plan_budget(s: Session, console: Console) -> Plan | None:
     s.cfg.train.epochs, s.cfg.train.steps_per_epoch = plan.epochs, (0 if plan.steps == plan.full_steps else plan.steps)
     s.loaders["train"].limit(plan.steps)
     if s.dist.main:
-        save_config(s.cfg, s.run_dir / "config.yaml")
+        save_config(s.cfg, s.run_dir / rf.CONFIG)
         atomic_write_text(path, json.dumps(asdict(plan), indent=2) + "\n")
     console.print(plan.line())
     return plan
@@ -209,5 +210,5 @@ def report_budget(s: Session, plan: Plan, console: Console) -> None:
     took = time.monotonic() - s.started
     if s.dist.main:
         record = {**asdict(plan), "actual_s": round(took, 2)}
-        atomic_write_text(s.run_dir / "budget.json", json.dumps(record, indent=2) + "\n")
+        atomic_write_text(s.run_dir / rf.BUDGET, json.dumps(record, indent=2) + "\n")
     console.print(f"time budget {_clock(plan.budget_s)}: the run took {_clock(took)} ({100 * took / plan.budget_s:.0f}%)")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from resnetlab import run_folder as rf
 from resnetlab.config import Config
 from resnetlab.data.readers.manifest import read_split_file
 from resnetlab.device import inference_precision
@@ -23,18 +24,18 @@ from resnetlab.evaluate.evaluator import Options, evaluate_split, split_images
 from resnetlab.evaluate.inference import Classifier
 from resnetlab.evaluate.report import build_report
 from resnetlab.train.checkpoint import load_checkpoint
-from resnetlab.train.run_folder import read_run_config
+from resnetlab.run_folder import read_run_config
 from resnetlab.train.session import Session
 
 
 def final_model(s: Session) -> Classifier:
     """The run's model as a Classifier: best.pt's weights when chosen on val, else the last weights."""
-    best = s.run_dir / "best.pt"
-    source = "last.pt"
+    best = s.run_dir / rf.BEST
+    source = rf.LAST
     if "val" in s.loaders and best.is_file():
         state = load_checkpoint(best)
         s.model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
-        source = "best.pt"
+        source = rf.BEST
     elif s.ema is not None:
         s.model.load_state_dict(s.ema.module.state_dict())
     if s.ema is not None:
@@ -62,7 +63,7 @@ def finish_run(s: Session, console: Console) -> dict:
         images, labels = split_images(splits["test"], model)
         opts = Options(batch_size=s.cfg.train.eval_batch_size, figures=s.cfg.train.report, tta=s.cfg.train.final_tta)
         result = evaluate_split(s.run_dir, model, "test", images, labels, opts, val=val)
-        chosen = "chosen on val" if model.source.startswith("best.pt") else "no val split to choose on"
+        chosen = "chosen on val" if model.source.startswith(rf.BEST) else "no val split to choose on"
         console.print(
             f"test top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  "
             f"(n={result['n']}, {model.source}: {chosen}; {result['images_per_s']:.0f} img/s)"
@@ -81,8 +82,8 @@ def retrain_config(run: Path) -> Config:
     """The finished run's settings and images, with its validation images moved into training:
     the final model once the settings are chosen (the fastai GTSRB tutorial's last step)."""
     cfg = read_run_config(run)
-    if not any(split == "val" for _, _, split in read_split_file(run / "split.csv")):
+    if not any(split == "val" for _, _, split in read_split_file(run / rf.SPLIT)):
         raise UserError(f"{run} has no validation split to add to training: --retrain-on-all needs one")
-    cfg.data.split_file, cfg.data.merge_val = str(run / "split.csv"), True
+    cfg.data.split_file, cfg.data.merge_val = str(run / rf.SPLIT), True
     cfg.train.name = f"{run.name}-all"
     return cfg

@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from resnetlab import run_folder as rf
 from resnetlab.device import precision_reason
 from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import infer
@@ -33,7 +34,7 @@ from resnetlab.train.checkpoint import save_checkpoint
 from resnetlab.train.figures import Curves
 from resnetlab.train.finish import finish_run
 from resnetlab.train.precompute import HeadFeatures
-from resnetlab.train.run_folder import write_metrics, write_skipped, write_status
+from resnetlab.run_folder import write_metrics, write_skipped, write_status
 from resnetlab.train.schedules import training_size
 from resnetlab.train.session import Session, checkpoint_state
 from resnetlab.train.stages import apply_stage, freeze_bn_statistics, lr_for_step, snapshot_epochs, stage_at
@@ -57,7 +58,7 @@ class Preempted(Exception):
 
     def __init__(self, signal_name: str, run_dir: Path, epoch: int, step_in_epoch: int):
         super().__init__(
-            f"stopped by {signal_name} at epoch {epoch + 1}, step {step_in_epoch}; saved {run_dir / 'last.pt'}; "
+            f"stopped by {signal_name} at epoch {epoch + 1}, step {step_in_epoch}; saved {run_dir / rf.LAST}; "
             f"continue with: resnetlab train --resume {run_dir}"
         )
 
@@ -78,7 +79,7 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         plan = plan_budget(s, console)  # train.time_budget: sets train.epochs
         epochs = s.cfg.train.epochs
         _announce(s, console)
-        curves = Curves(s.run_dir / "curves.png")
+        curves = Curves(s.run_dir / rf.CURVES)
         try:
             for epoch in range(s.start_epoch, epochs):
                 if stop_agreed(s, stop):  # came in the previous epoch's last step
@@ -288,7 +289,7 @@ def _announce(s: Session, console: Console) -> None:
     if d.main:
         write_skipped(s.run_dir, s.data.skipped)
     if s.data.skipped:
-        console.print(f"skipped {len(s.data.skipped)} bad images: see {s.run_dir / 'skipped_images.csv'}")
+        console.print(f"skipped {len(s.data.skipped)} bad images: see {s.run_dir / rf.SKIPPED}")
     for note in s.data.notes + s.notes:
         console.print(f"note: {note}")
     console.print(s.data.balance())
@@ -325,13 +326,13 @@ def save_partial(s: Session, epoch: int, step: int, sums: torch.Tensor) -> None:
     """last.pt in the middle of an epoch: the position and the epoch's running sums so far."""
     partial = distributed.all_sum(sums.clone(), s.dist).tolist()
     if s.dist.main:
-        save_checkpoint(s.run_dir / "last.pt", checkpoint_state(s, epoch=epoch, step=step, partial=partial),
-                        keep=s.run_dir / "previous.pt")
+        save_checkpoint(s.run_dir / rf.LAST, checkpoint_state(s, epoch=epoch, step=step, partial=partial),
+                        keep=s.run_dir / rf.PREVIOUS)
 
 
 def check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
     if distributed.any_rank(not bool(finite), s.dist, s.device):
-        last = s.run_dir / "last.pt"
+        last = s.run_dir / rf.LAST
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
         raise NonFiniteLoss(
             f"loss became NaN or infinite in epoch {epoch + 1} by step {i + 1}; training stopped and {kept}; "
@@ -410,10 +411,10 @@ def _end_of_epoch(s: Session, record: dict, console: Console, curves: Curves) ->
     curves.update(s.history)
     state = checkpoint_state(s, epoch=record["epoch"], step=0, partial=[0.0, 0.0, 0.0])
     snapshots = sorted(snapshot_epochs(s.cfg))
-    targets = [s.run_dir / "last.pt"] + ([s.run_dir / "best.pt"] if improved else [])
+    targets = [s.run_dir / rf.LAST] + ([s.run_dir / rf.BEST] if improved else [])
     if record["epoch"] in snapshots:  # the end of an SGDR cycle: a model for snapshot ensembling
-        targets.append(s.run_dir / f"snapshot-{snapshots.index(record['epoch']) + 1}.pt")
-    save_checkpoint(targets, state, keep=s.run_dir / "previous.pt")  # serialised once for all of them
+        targets.append(s.run_dir / rf.snapshot_name(snapshots.index(record['epoch']) + 1))
+    save_checkpoint(targets, state, keep=s.run_dir / rf.PREVIOUS)  # serialised once for all of them
     distributed.barrier(s.dist)
     line = (f"epoch {record['epoch']:>3}/{s.cfg.train.epochs}  lr {record['lr']:.2e}  "
             f"train loss {record['train_loss']:.4f} top-1 {100 * record['train_top1']:.2f}%")

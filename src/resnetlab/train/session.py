@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from resnetlab import run_folder as rf
 from resnetlab.train.checkpoint import (DamagedCheckpoint, describe_model, load_checkpoint, load_model_state,
                                         rng_state, set_rng_state)
 from resnetlab.config import Config, OptimConfig, apply_overrides, save_config, validate
@@ -33,7 +34,7 @@ from resnetlab.errors import UserError
 from resnetlab.models import get_model, model_entry
 from resnetlab.models.groups import first_trained, layer_groups
 from resnetlab.io import read_json, write_json
-from resnetlab.train.run_folder import check_run_dir, create_run_dir, read_run_config, saved_split_file
+from resnetlab.run_folder import check_run_dir, create_run_dir, read_run_config, saved_split_file
 from resnetlab.device import (compile_plan, environment, precision_reason, resolve_precision, seed_everything,
                               select_device)
 
@@ -224,12 +225,12 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
         session.compiled = torch.compile(session.net, dynamic=False)
     session.notes += [compile_note] if compile_note else []
     if resume is not None and d.main:
-        env = read_json(run_dir / "env.json")
+        env = read_json(run_dir / rf.ENV)
         env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides),
                                               **({"torchrun_restart": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}
                                                  if restarted else {})})
-        write_json(run_dir / "env.json", env)
-        save_config(cfg, run_dir / "config.yaml")
+        write_json(run_dir / rf.ENV, env)
+        save_config(cfg, run_dir / rf.CONFIG)
     return session
 
 
@@ -265,12 +266,12 @@ def _new_run(cfg: Config, data: DataBundle, run_name: str, device, precision, d:
                  "sizes": {k: len(v) for k, v in data.splits.items()}, "class_ids": data.catalog.class_ids,
                  "counts": data.counts(), "notes": data.notes}
     files = {
-        "config.yaml": yaml.safe_dump(cfg.to_dict(), sort_keys=False),
-        "env.json": json.dumps(env, indent=2) + "\n",
-        "classes.json": json.dumps(data.classes, indent=2) + "\n",
-        "data.json": json.dumps(data_info, indent=2) + "\n",
+        rf.CONFIG: yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+        rf.ENV: json.dumps(env, indent=2) + "\n",
+        rf.CLASSES: json.dumps(data.classes, indent=2) + "\n",
+        rf.DATA: json.dumps(data_info, indent=2) + "\n",
     }
-    files["split.csv"] = split_file_text(data.catalog)
+    files[rf.SPLIT] = split_file_text(data.catalog)
     return create_run_dir(Path(cfg.train.out_dir), name, files)
 
 
@@ -298,7 +299,7 @@ def checkpoint_state(s: Session, *, epoch: int, step: int, partial: list[float])
     }
 
 
-RESUME_FROM = ("last.pt", "previous.pt")  # newest first: previous.pt is the last.pt before it
+RESUME_FROM = (rf.LAST, rf.PREVIOUS)  # newest first: previous.pt is the last.pt before it
 
 
 def restore_newest_intact(s: Session, run_dir: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from resnetlab import run_folder as rf
 from resnetlab.io import write_failed
 from resnetlab.train.session import Session
 
@@ -28,7 +29,7 @@ class TensorBoardLogger:
     """Holds one SummaryWriter on ``run/tensorboard``; its methods are fit() callbacks."""
 
     def __init__(self, s: Session):
-        self.log_dir = s.run_dir / "tensorboard"
+        self.log_dir = s.run_dir / rf.TENSORBOARD
         # purge_step: on resume, events past the checkpoint (written before a kill) are dropped
         self.purge_step = s.start_epoch * s.steps_per_epoch
         self._writer = None
@@ -89,7 +90,7 @@ class TensorBoardLogger:
                 self.writer.add_scalar(f"test/{key}", test[key], len(s.history))
             final["hparam/test_top1"] = test["top1"]
             for name in FIGURES:
-                path = s.run_dir / "eval_test" / name
+                path = rf.eval_figures(s.run_dir, "test") / name
                 if path.is_file():
                     self.writer.add_image(f"test/{Path(name).stem}", _png(path), len(s.history), dataformats="HWC")
         self.writer.add_hparams(hparams(s.cfg.to_dict()), {k: v for k, v in final.items() if v == v},

@@ -30,7 +30,7 @@ from resnetlab.errors import UserError
 from resnetlab.evaluate.compare import build_compare
 from resnetlab.io import read_json, write_json
 from resnetlab.train.loop import StopTraining, fit
-from resnetlab.train.run_folder import read_run_config
+from resnetlab.run_folder import read_run_config
 from resnetlab.train.session import prepare
 from resnetlab.tune.space import load_space, override, shown
 from resnetlab.tune.page import write_study_page

@@ -1,4 +1,4 @@
-"""The run folder: what every run writes, and reading it back for resume, evaluate and predict.
+"""The run folder's format: every file a run holds is named here, and written and read through here.
 
 runs/<name>/
   config.yaml     resolved config (every default written out)
@@ -8,10 +8,18 @@ runs/<name>/
   split.csv       every image used (key,label,split), reused on resume and by evaluate
   metrics.jsonl   one line an epoch (metrics.csv: the same table)
   status.json     running (pid, host), stopped, failed (why) or finished
+  budget.json     train.time_budget's plan, and how the run kept to it
+  calibration.json   temperature and rejection thresholds fitted on val
+  eval_<split>.json  a split's scores; eval_<split>/ its figures; confusion_<split>[_normalized].csv
+  report.html     the one-page report
   tensorboard/    TensorBoard event files (train.tensorboard)
   curves.png      loss, accuracy and learning rate against epoch
-  last.pt         the latest checkpoint; best.pt: the best epoch on val (only with a val split)
+  last.pt         the latest checkpoint (previous.pt: the one before); best.pt: the best epoch on val
+  snapshot-K.pt   the end of the K-th SGDR cycle (stages with snapshots: true)
   skipped_images.csv   files left out by on_bad_image=skip
+
+This module sits at the bottom of the package (it imports only config, io and errors), so training,
+evaluation, deployment and the command line all read and write the folder through it.
 """
 
 from __future__ import annotations
@@ -23,9 +31,47 @@ import socket
 import time
 from pathlib import Path
 
-from resnetlab.io import atomic_write_text, csv_text, read_yaml
+from resnetlab.io import atomic_write_text, csv_text, read_json, read_yaml
 from resnetlab.config import Config, config_from_dict
 from resnetlab.errors import UserError
+
+CONFIG, ENV, CLASSES, DATA, SPLIT = "config.yaml", "env.json", "classes.json", "data.json", "split.csv"
+METRICS, METRICS_CSV, STATUS, BUDGET = "metrics.jsonl", "metrics.csv", "status.json", "budget.json"
+CALIBRATION, REPORT, CURVES, TENSORBOARD = "calibration.json", "report.html", "curves.png", "tensorboard"
+SKIPPED = "skipped_images.csv"
+LAST, BEST, PREVIOUS = "last.pt", "best.pt", "previous.pt"
+SNAPSHOTS = "snapshot-*.pt"
+STATUSES = ("running", "stopped", "failed", "finished")
+
+
+def snapshot_name(k: int) -> str:
+    """The K-th SGDR snapshot (1-based)."""
+    return f"snapshot-{k}.pt"
+
+
+def snapshot_paths(run: Path) -> list[Path]:
+    """The run's snapshots in cycle order."""
+    return sorted(Path(run).glob(SNAPSHOTS), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def eval_name(split: str) -> str:
+    """A split's scores; ``eval_name(split)`` without '.json' is the folder of its figures."""
+    return f"eval_{split}.json"
+
+
+def eval_figures(run: Path, split: str) -> Path:
+    """The folder of a split's figures (their names inside it are evaluate/figures.py's)."""
+    return Path(run) / f"eval_{split}"
+
+
+def confusion_csv(split: str, *, normalized: bool = False) -> str:
+    return f"confusion_{split}{'_normalized' if normalized else ''}.csv"
+
+
+def read_optional_json(run: Path, name: str, default=None):
+    """The run's ``name`` parsed, or ``default`` when the run has none (a one-line error if damaged)."""
+    path = Path(run) / name
+    return read_json(path) if path.is_file() else default
 
 
 def unique_run_dir(out_dir: Path, name: str) -> Path:
@@ -60,14 +106,14 @@ def check_run_dir(run: Path) -> Path:
     run = Path(run)
     if not run.is_dir():
         raise UserError(f"run folder {run} does not exist")
-    if not (run / "config.yaml").is_file():
+    if not (run / CONFIG).is_file():
         raise UserError(f"{run} is not a resnetlab run folder (no config.yaml)")
     return run
 
 
 def read_run_config(run: Path) -> Config:
     """The resolved config a run was trained with (or last resumed with)."""
-    path = check_run_dir(run) / "config.yaml"
+    path = check_run_dir(run) / CONFIG
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path} does not hold a resnetlab config: restore it from the run's checkpoint or train again")
@@ -76,7 +122,7 @@ def read_run_config(run: Path) -> Config:
 
 def saved_split_file(run: Path) -> Path | None:
     """The run's split.csv (its images and their splits), or None for a run written without one."""
-    path = Path(run) / "split.csv"
+    path = Path(run) / SPLIT
     return path if path.is_file() else None
 
 
@@ -90,20 +136,22 @@ def find_checkpoint(run: Path, which: str = "best") -> Path:
 
 def write_metrics(run: Path, history: list[dict]) -> None:
     """metrics.jsonl (one JSON record an epoch) and the same table as metrics.csv, for spreadsheets."""
-    atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    atomic_write_text(run / METRICS, "".join(json.dumps(h) + "\n" for h in history))
     columns = list(dict.fromkeys(key for h in history for key in h))
-    atomic_write_text(run / "metrics.csv", csv_text([columns] + [[h.get(c, "") for c in columns] for h in history]))
+    atomic_write_text(run / METRICS_CSV, csv_text([columns] + [[h.get(c, "") for c in columns] for h in history]))
 
 
 def write_status(run: Path, status: str, **details) -> None:
     """status.json: running (with pid and host, so a reader can tell a run that died), stopped,
     failed (with the one-line reason) or finished."""
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {STATUSES}")
     info = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **details}
     if status == "running":
         info.update(pid=os.getpid(), host=socket.gethostname())
-    atomic_write_text(run / "status.json", json.dumps(info, indent=2) + "\n")
+    atomic_write_text(run / STATUS, json.dumps(info, indent=2) + "\n")
 
 
 def write_skipped(run: Path, skipped: list[tuple[str, str]]) -> None:
     if skipped:
-        atomic_write_text(run / "skipped_images.csv", csv_text([["path", "reason"], *skipped]))
+        atomic_write_text(run / SKIPPED, csv_text([["path", "reason"], *skipped]))
