@@ -21,7 +21,7 @@ from pathlib import Path
 from resnetlab.config import load_config
 from resnetlab.io import atomic_write_text
 from resnetlab.plotting import save_figure
-from resnetlab.train.loop import evaluate_split, fit
+from resnetlab.train.loop import fit, score_split
 from resnetlab.train.session import prepare
 
 
@@ -35,7 +35,7 @@ def run(recipe: str, overrides: list[str], out: Path) -> dict:
         clock = start - session.started - outside[0]
         if "test" in session.loaders:
             model = session.ema.module if session.ema is not None else None
-            top1 = evaluate_split(session, "test", model=model)["top1"]
+            top1 = score_split(session, "test", model=model)["top1"]
             points.append({"epoch": record["epoch"], "seconds": round(clock, 2), "test_top1": top1})
             print(f"  [benchmark] epoch {record['epoch']}: {clock:.0f} s, test top-1 {100 * top1:.2f}%", flush=True)
         spent = time.monotonic() - start

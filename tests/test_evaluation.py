@@ -223,8 +223,8 @@ def test_a_streamed_split_evaluates_as_the_cached_one_a_chunk_at_a_time(evaluate
     """Metrics, TTA, calibration and figures from files decoded a batch at a time equal those from
     the decoded split; after the one pass that finds the readable files no read exceeds the
     figures' 32 images."""
-    from resnetlab.data import build_data, cache
-    from resnetlab.data.cache import FileImages
+    from resnetlab.data import build_data, decode
+    from resnetlab.data.decode import FileImages
     from resnetlab.evaluate.evaluator import Options, evaluate_split, split_images
     from resnetlab.run_folder import read_run_config, saved_split_file
 
@@ -234,8 +234,8 @@ def test_a_streamed_split_evaluates_as_the_cached_one_a_chunk_at_a_time(evaluate
     cfg.data.cache = "stream"
     streamed = build_data(cfg, split_file=saved_split_file(evaluated), progress=False)
     reads = []
-    decode = cache.decode_for_model
-    monkeypatch.setattr(cache, "decode_for_model", lambda paths, *a: reads.append(len(paths)) or decode(paths, *a))
+    real = decode.decode_for_model
+    monkeypatch.setattr(decode, "decode_for_model", lambda paths, *a: reads.append(len(paths)) or real(paths, *a))
     opts = Options(tta=3, batch_size=16)
     results = []
     for name, data in (("cached", cached), ("streamed", streamed)):

@@ -18,7 +18,7 @@ from resnetlab.errors import UserError
 from resnetlab.train.budget import choose
 from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.train.loop import fit
-from resnetlab.train.schedules import size_for_epoch, training_size
+from resnetlab.train.sizes import size_for_epoch, training_size
 from resnetlab.train.session import prepare
 
 # magnitudes that reach both ends of each op's table, both signs and the torchvision edge cases

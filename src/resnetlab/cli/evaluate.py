@@ -103,7 +103,7 @@ def _folder_split(folder: Path, predictor):
     """uint8 images, labels and a name for a folder of class folders the model's classes cover."""
     import torch
 
-    from resnetlab.data.cache import FileImages
+    from resnetlab.data.decode import FileImages
     from resnetlab.data.readers.folder import list_class_folder
 
     if not folder.is_dir():

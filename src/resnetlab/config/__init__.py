@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from resnetlab.config.checks import parse_duration, resolve_stages, validate
-from resnetlab.config.keys import all_keys, flatten, key_type, resolve_key, set_value
+from resnetlab.config.keys import all_keys, key_type, resolve_key, section_items, set_value
 from resnetlab.config.schema import (AugmentConfig, Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig,
                                      StageConfig, TrainConfig)
 from resnetlab.errors import UserError
@@ -72,7 +72,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 
 def update_config(cfg: Config, raw: dict[str, Any], *, source: str) -> None:
-    for key, value in flatten(raw):
+    for key, value in section_items(raw):
         set_value(cfg, key, value, source=source)
 
 

@@ -23,13 +23,13 @@ def all_keys() -> list[str]:
     return keys
 
 
-def flatten(raw: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def section_items(raw: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     """A recipe's nested sections as (full key, value) pairs: {"optim": {"lr": 1}} -> [("optim.lr", 1)]."""
     out = []
     for k, v in raw.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and key in SECTIONS:
-            out += flatten(v, key + ".")
+            out += section_items(v, key + ".")
         else:
             out.append((key, v))
     return out

@@ -29,7 +29,7 @@ class DataConfig:
     sampler: str = _choice("shuffle", "shuffle", "balanced")  # balanced: classes drawn equally often
     resize: str = _choice("squash", "squash", "crop")  # squash to a square, or short side + centre crop
     cache: str = _choice("auto", "auto", "memory", "disk", "stream")  # auto: memory when it fits, else disk, else stream
-    cache_dir: str = ""  # where data.cache=disk keeps decoded images; "" = $XDG_CACHE_HOME/resnetlab (~/.cache)
+    cache_dir: str = ""  # the decoded cache, which every memory and disk run reads and fills; "" = $XDG_CACHE_HOME/resnetlab (~/.cache)
     cache_max_gb: float = 4.0  # GiB of uint8 pixels that 'auto' still keeps in memory
     num_workers: int = 2  # DataLoader workers when streaming
     on_bad_image: str = _choice("skip", "skip", "fail")

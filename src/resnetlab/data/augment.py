@@ -187,14 +187,6 @@ class BatchAugment:
         return mix(images, F.one_hot(labels, self.num_classes).float(), self.cfg, generator)
 
 
-def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> (N, C, size, size), antialiased bilinear (progressive resizing)."""
-    if size <= 0 or images.shape[-2:] == (size, size):
-        return images
-    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
-
-
 def normalize(
     images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *, channels_last: bool
 ) -> torch.Tensor:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from resnetlab.config import Config, DataConfig
-from resnetlab.data.cache import decode_files, mean_std, resize_tensor, set_channels, stack_arrays
+from resnetlab.data.decode import decode_files, mean_std, resize_tensor, set_channels, stack_arrays
 from resnetlab.data.catalog import Catalog
 from resnetlab.data.readers.layouts import read_catalog
 from resnetlab.data.readers.manifest import apply_split_file
@@ -100,7 +100,7 @@ def plan_data(cfg: Config, *, split_file: Path | None = None) -> tuple[Catalog, 
 def build_data(cfg: Config, *, split_file: Path | None = None, progress: bool = True,
                builder: bool = True) -> DataBundle:
     """Load ``cfg.data``; ``split_file`` (a run's split.csv) fixes the rows and splits on resume.
-    ``builder``: False for torchrun's other processes on a machine, which wait for its disk cache."""
+    ``builder``: False for torchrun's other processes on a machine, which wait for its decoded cache."""
     catalog, root, notes = plan_data(cfg, split_file=split_file)
     if cfg.data.roi_crop and catalog.boxes is None:
         raise UserError(f"data.roi_crop=true but {root} has no annotated regions (GTSRB's GT csv files have them)")
@@ -160,7 +160,7 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
         raise UserError("data.cache=disk needs one image size: set data.image_size=N")
     native = _native_square(files.get("train", ([], [], None))) if mode == "memory" and not size and not d.roi_crop else 0
     if mode in ("memory", "disk") and (size or native):
-        from resnetlab.data.disk_cache import CacheUnavailable
+        from resnetlab.data.decoded_cache import CacheUnavailable
 
         try:
             bundle = _from_decoded_cache(files, catalog, d, root, progress and builder, cfg, notes, builder, mode,
@@ -245,7 +245,7 @@ def _cache_mode(d: DataConfig, estimate: int, notes: list[str]) -> str:
         over = f"fits data.cache_max_gb={d.cache_max_gb:g} but is over half the {ram / 2**30:.1f} GiB of memory available"
     else:
         over = f"is over data.cache_max_gb={d.cache_max_gb:g}"
-    from resnetlab.data.disk_cache import default_cache_dir
+    from resnetlab.data.decoded_cache import default_cache_dir
 
     folder = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
     probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
@@ -274,10 +274,10 @@ def _native_square(train_files) -> int:
 
 def _from_decoded_cache(files, catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg: Config,
                         notes: list[str], builder: bool, mode: str, native: int) -> DataBundle:
-    """Splits read from the decoded cache (data/disk_cache.py), which decodes only the files it lacks:
+    """Splits read from the decoded cache (data/decoded_cache.py), which decodes only the files it lacks:
     into memory in one pass per split (mode memory), or a batch at a time from disk (mode disk).
     ``native``: data.image_size is unset and every image must have this side."""
-    from resnetlab.data.disk_cache import DiskImages, cached_images
+    from resnetlab.data.decoded_cache import DiskImages, cached_images
 
     size = d.image_size or native
     paths = [p for split_paths, _, _ in files.values() for p in split_paths]

@@ -13,8 +13,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from resnetlab.data.augment import BatchAugment, make_generator, resize_batch
-from resnetlab.data.cache import set_channels
+from resnetlab.data.augment import BatchAugment, make_generator
+from resnetlab.data.decode import resize_tensor, set_channels
 from resnetlab.data.images import BadImage, load_array
 from resnetlab.errors import UserError
 
@@ -123,7 +123,7 @@ class CachedLoader(_Batches):
             if self.augment is not None:
                 # drawn for the whole global batch, then sharded: any rank count sees the same images
                 x, y = self.augment(x, y, make_generator(self.seed, epoch, step))
-            yield shard(resize_batch(x, size), self.rank, self.world), shard(y, self.rank, self.world)
+            yield shard(resize_tensor(x, size), self.rank, self.world), shard(y, self.rank, self.world)
 
 
 class FileDataset(Dataset):
@@ -218,7 +218,7 @@ class StreamLoader(_Batches):
                 # a rank holds only its own images: its own draws (one process: the cached path's)
                 key = (self.seed, epoch, step) if self.world == 1 else (self.seed, epoch, step, self.rank)
                 x, y = self.augment(x, y, make_generator(*key))
-            yield resize_batch(x, size), y
+            yield resize_tensor(x, size), y
 
     def _own_shards(self, epoch: int) -> list[torch.Tensor]:
         """This rank's batches, from its own shards: as many steps as the global plan, so every rank

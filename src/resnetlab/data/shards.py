@@ -25,7 +25,7 @@ import tarfile
 from pathlib import Path
 
 from resnetlab.data.archive import member_bytes
-from resnetlab.data.cache import progress_bar
+from resnetlab.data.decode import progress_bar
 from resnetlab.data.catalog import Catalog
 from resnetlab.data.readers.layouts import read_catalog
 from resnetlab.errors import UserError

@@ -25,7 +25,7 @@ from torch import nn
 from resnetlab.io import atomic_write_bytes, atomic_write_text, make_folder, read_json, temporary_path
 from resnetlab.config import AugmentConfig
 from resnetlab.data import plan_data
-from resnetlab.data.cache import decode_for_model, resize_tensor, set_channels
+from resnetlab.data.decode import decode_for_model, resize_tensor, set_channels
 from resnetlab.evaluate.inference import Classifier
 from resnetlab.errors import UserError
 from resnetlab.models import get_model

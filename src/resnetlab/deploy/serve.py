@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import ClientDisconnect
 
-from resnetlab.data.cache import set_channels
+from resnetlab.data.decode import set_channels
 from resnetlab.data.images import BadImage, NotAnImage, load_array
 
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/bmp", "image/gif", "image/webp", "image/tiff",

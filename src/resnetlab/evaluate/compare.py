@@ -50,17 +50,17 @@ def load_run(path: Path) -> Run:
     if not is_run(path):
         raise UserError(f"{path} is not a resnetlab run folder (no config.yaml and env.json)")
     data = rf.read_optional_json(path, rf.DATA, {})
-    return Run(path, flatten(read_yaml(path / rf.CONFIG) or {}), read_history(path),
+    return Run(path, flat_config(read_yaml(path / rf.CONFIG) or {}), read_history(path),
                rf.read_optional_json(path, rf.CLASSES, []),
                rf.read_optional_json(path, rf.eval_name("test"), {}),
                data.get("sizes", {}).get("val"))
 
 
-def flatten(config: dict, prefix: str = "") -> dict:
+def flat_config(config: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
+            out.update(flat_config(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

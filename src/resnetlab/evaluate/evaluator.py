@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from resnetlab import run_folder as rf
-from resnetlab.data.cache import FileImages
+from resnetlab.data.decode import FileImages
 from resnetlab.data.readers.manifest import read_split_file
 from resnetlab.errors import UserError
 from resnetlab.evaluate import analysis, calibration

@@ -16,7 +16,7 @@ from torch import nn
 
 from resnetlab.config import AugmentConfig
 from resnetlab.data.augment import augment_batch, make_generator, normalize
-from resnetlab.data.cache import decode_for_model
+from resnetlab.data.decode import decode_for_model
 from resnetlab.device import autocast
 
 
@@ -74,21 +74,35 @@ def infer(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
     """Logits for every batch of uint8 images, in eval mode; the model's mode is restored after."""
     was_training = model.training
     model.eval()
-    logits, labels = [], []
+    logits, labels, pending = [], [], []
     start = time.perf_counter()
     with autocast(device, precision):
         for x, y in batches:
             if len(y) == 0:  # this rank's share of a batch smaller than the rank count
                 continue
             out = model(normalize(x.to(device), mean, std, channels_last=channels_last))
-            logits.append(out.float().cpu())
-            labels.append(y.cpu())
+            # kept on the device and copied back HOST_EVERY batches at a time: a copy to the host waits
+            # for the GPU, so one a batch would stall every batch
+            pending.append((out.float(), y))
+            if len(pending) == HOST_EVERY:
+                _to_host(pending, logits, labels)
+    _to_host(pending, logits, labels)
     model.train(was_training)
     return Inference(
         torch.cat(logits) if logits else torch.empty(0, num_classes),
         torch.cat(labels) if labels else torch.empty(0, dtype=torch.long),
         time.perf_counter() - start,
     )
+
+
+HOST_EVERY = 32  # batches of logits held on the device between copies to the host
+
+
+def _to_host(pending: list, logits: list, labels: list) -> None:
+    if pending:
+        logits.append(torch.cat([out for out, _ in pending]).cpu())
+        labels.append(torch.cat([y.to(logits[-1].device) for _, y in pending]))
+        pending.clear()
 
 
 def infer_images(c: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Inference:

@@ -31,8 +31,8 @@ from resnetlab.evaluate.inference import infer
 from resnetlab.io import atomic_write_text
 from resnetlab.train import distributed
 from resnetlab.train.checkpoint import save_checkpoint
-from resnetlab.train.schedules import training_size
-from resnetlab.train.session import Session, checkpoint_state
+from resnetlab.train.sizes import training_size
+from resnetlab.train.session import Session, checkpoint_state, no_sums
 from resnetlab.train.stages import lr_for_step
 from resnetlab.train.step import train_step
 
@@ -137,7 +137,7 @@ def _measure(s: Session) -> dict:
         eval_s = _time_eval(s)  # s an image
         start = time.perf_counter()
         probe = s.run_dir / "budget-probe.pt"
-        save_checkpoint(probe, checkpoint_state(s, epoch=0, step=0, partial=[0.0, 0.0, 0.0]))
+        save_checkpoint(probe, checkpoint_state(s, epoch=0, step=0, partial=no_sums()))
         probe.unlink()
         save_s = 2 * (time.perf_counter() - start)  # last.pt and best.pt (one serialisation, two writes)
     finally:

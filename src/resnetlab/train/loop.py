@@ -21,22 +21,21 @@ from typing import Callable
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from resnetlab import run_folder as rf
-from resnetlab.device import precision_reason
 from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import infer
 from resnetlab.evaluate.metrics import metrics
+from resnetlab.run_folder import write_metrics, write_skipped, write_status
 from resnetlab.train import distributed
 from resnetlab.train.budget import plan_budget, report_budget
 from resnetlab.train.checkpoint import save_checkpoint
 from resnetlab.train.figures import Curves
 from resnetlab.train.finish import finish_run
 from resnetlab.train.precompute import HeadFeatures
-from resnetlab.run_folder import write_metrics, write_skipped, write_status
-from resnetlab.train.schedules import training_size
-from resnetlab.train.session import Session, checkpoint_state
+from resnetlab.train.progress import EpochProgress, announce
+from resnetlab.train.session import CORRECT, LOSS, SEEN, Session, checkpoint_state, no_sums
+from resnetlab.train.sizes import training_size
 from resnetlab.train.stages import apply_stage, freeze_bn_statistics, lr_for_step, snapshot_epochs, stage_at
 from resnetlab.train.step import train_step
 from resnetlab.train.tensorboard import TensorBoardLogger
@@ -78,7 +77,7 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
     with run_status(s), EpochProgress(s, console) as progress, stop_on_signals() as stop:
         plan = plan_budget(s, console)  # train.time_budget: sets train.epochs
         epochs = s.cfg.train.epochs
-        _announce(s, console)
+        announce(s, console)
         curves = Curves(s.run_dir / rf.CURVES)
         try:
             for epoch in range(s.start_epoch, epochs):
@@ -89,7 +88,7 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
                 if "val" in s.loaders:
                     record.update(val_metrics(s))
                 s.history.append(record)
-                s.start_step, s.partial = 0, [0.0, 0.0, 0.0]  # only the resumed epoch starts part-way
+                s.start_step, s.partial = 0, no_sums()  # only the resumed epoch starts part-way
                 _end_of_epoch(s, record, console, curves)
                 for fn in hooks["on_epoch_end"]:
                     fn(s, record)
@@ -141,16 +140,16 @@ def _try_status(s: Session, status: str, reason: str) -> None:
         pass
 
 
-def train_epoch(s: Session, epoch: int, progress: "EpochProgress", stop: list[str], hooks) -> dict:
+def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str], hooks) -> dict:
     """One pass over the training split from ``s.start_step``; returns the epoch's record."""
     cfg, d, spe = s.cfg, s.dist, s.steps_per_epoch
     first = min(s.start_step, spe)  # a resume override (batch size, limit_batches) may leave fewer steps
     # loss sum, correct, seen on the device (no host sync a step on a GPU); a resumed partial
     # epoch's sums are already global, so rank 0 alone carries them
-    sums = torch.tensor(s.partial if d.main else [0.0] * 3, dtype=torch.float64, device=s.device)
+    sums = torch.tensor(s.partial if d.main else no_sums(), dtype=torch.float64, device=s.device)
     finite = torch.ones((), dtype=torch.bool, device=s.device)
     lr = lr_for_step(cfg, epoch * spe + min(first, spe - 1), spe)
-    start, seen0 = time.perf_counter(), s.partial[2]
+    start, seen0 = time.perf_counter(), s.partial[SEEN]
     size = train_size(s, epoch) if s.precomputed is None else 0
     loader = s.loaders["train"] if s.precomputed is None else s.precomputed.loader(epoch)
     progress.start(epoch, completed=first)
@@ -195,9 +194,9 @@ def learn(s: Session, x: torch.Tensor, y: torch.Tensor, lr: float, n_global: int
         s.ema.update(s.model)
     with torch.no_grad():
         finite &= torch.isfinite(loss_sum)
-        sums[0] += loss_sum.detach()
-        sums[1] += (logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()  # mixed: the larger share
-        sums[2] += len(y)
+        sums[LOSS] += loss_sum.detach()
+        sums[CORRECT] += (logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()  # mixed: the larger share
+        sums[SEEN] += len(y)
     return loss_sum.detach()
 
 
@@ -246,64 +245,6 @@ def _signal_name(stop: list[str]) -> str:
     return stop[0] if stop else "another rank's signal"
 
 
-class EpochProgress:
-    """The live progress bar of an epoch (rank 0 only): loss, accuracy and images/s of this rank's share."""
-
-    def __init__(self, s: Session, console: Console):
-        self.s = s
-        self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%  {task.fields[ips]:.0f} img/s"),
-            TimeRemainingColumn(), console=console, transient=True,
-            disable=not (s.cfg.train.progress and s.dist.main),
-        )
-        self.task, self.last = None, 0.0
-
-    def __enter__(self) -> "EpochProgress":
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
-
-    def start(self, epoch: int, completed: int) -> None:
-        self.task = self.bar.add_task(f"epoch {epoch + 1}/{self.s.cfg.train.epochs}", total=self.s.steps_per_epoch,
-                                      completed=completed, loss=0, acc=0, ips=0)
-
-    def update(self, i: int, sums: torch.Tensor, seen0: float, start: float) -> None:
-        now = time.perf_counter()
-        if self.bar.disable or not self.s.dist.main or (now - self.last < 0.5 and i != self.s.steps_per_epoch - 1):
-            return  # at most two updates a second: each reads the sums back from the device (a sync)
-        loss, correct, n = sums.tolist()
-        n = max(n, 1)
-        self.bar.update(self.task, completed=i + 1, loss=loss / n, acc=100 * correct / n,
-                        ips=self.s.dist.world * (n - seen0) / max(now - start, 1e-9))
-        self.last = now
-
-    def stop(self) -> None:
-        self.bar.remove_task(self.task)
-
-
-def _announce(s: Session, console: Console) -> None:
-    cfg, d = s.cfg, s.dist
-    if d.main:
-        write_skipped(s.run_dir, s.data.skipped)
-    if s.data.skipped:
-        console.print(f"skipped {len(s.data.skipped)} bad images: see {s.run_dir / rf.SKIPPED}")
-    for note in s.data.notes + s.notes:
-        console.print(f"note: {note}")
-    console.print(s.data.balance())
-    console.print(
-        f"training {cfg.model.name} on {len(s.data.splits['train'])} images "
-        f"({s.data.image_size} px, {len(s.data.classes)} classes) for {cfg.train.epochs} epochs on "
-        f"{s.device} in {s.precision}{f' x {d.world} processes' if d.enabled else ''}; run folder {s.run_dir}"
-    )
-    console.print(f"precision {precision_reason(s.precision, cfg.train.precision, s.device)}")
-    if "val" not in s.loaders:
-        console.print("note: no validation split, so no best checkpoint is chosen: the model is last.pt "
-                      "(set data.val_fraction to choose the best epoch on validation)")
-
-
 def _enter_stage(s: Session, epoch: int, console: Console) -> None:
     """Train mode; with stages, freeze and set rates when a stage begins (or on resume inside one)."""
     cfg = s.cfg
@@ -344,18 +285,20 @@ def val_metrics(s: Session) -> dict:
     """The epoch's val loss/top-1/top-5 of the weights best.pt, early stopping and predict use: the EMA
     weights when there are any. One pass: the raw weights' ``val_*_raw`` only with train.eval_raw."""
     if s.ema is None:
-        raw = evaluate_split(s, "val")
+        raw = score_split(s, "val")
         return {"val_loss": raw["loss"], "val_top1": raw["top1"], "val_top5": raw["top5"]}
-    ema = evaluate_split(s, "val", model=s.ema.module)
+    ema = score_split(s, "val", model=s.ema.module)
     out = {"val_loss": ema["loss"], "val_top1": ema["top1"], "val_top5": ema["top5"]}
     if s.cfg.train.eval_raw:
-        raw = evaluate_split(s, "val")
+        raw = score_split(s, "val")
         out = {"val_loss_raw": raw["loss"], "val_top1_raw": raw["top1"], "val_top5_raw": raw["top5"], **out}
     return out
 
 
-def evaluate_split(s: Session, split: str, model=None) -> dict:
-    """Each rank infers its shard of every batch; the shards are gathered, so each image counts once."""
+def score_split(s: Session, split: str, model=None) -> dict:
+    """A split's metrics during training, from the session's own loader (evaluate.evaluator's
+    evaluate_split scores a finished run, with figures and calibration). Each rank infers its shard of
+    every batch; the shards are gathered, so each image counts once."""
     out = infer(model or s.model, s.loaders[split].epoch(0), mean=s.mean, std=s.std, device=s.device,
                 precision=s.precision, channels_last=s.cfg.train.channels_last, num_classes=len(s.data.classes))
     logits, labels = distributed.gather_cat(out.logits, s.dist), distributed.gather_cat(out.labels, s.dist)
@@ -409,7 +352,7 @@ def _end_of_epoch(s: Session, record: dict, console: Console, curves: Curves) ->
         write_skipped(s.run_dir, s.data.skipped)
     write_metrics(s.run_dir, s.history)
     curves.update(s.history)
-    state = checkpoint_state(s, epoch=record["epoch"], step=0, partial=[0.0, 0.0, 0.0])
+    state = checkpoint_state(s, epoch=record["epoch"], step=0, partial=no_sums())
     snapshots = sorted(snapshot_epochs(s.cfg))
     targets = [s.run_dir / rf.LAST] + ([s.run_dir / rf.BEST] if improved else [])
     if record["epoch"] in snapshots:  # the end of an SGDR cycle: a model for snapshot ensembling

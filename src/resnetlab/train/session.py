@@ -39,6 +39,15 @@ from resnetlab.device import (compile_plan, environment, precision_reason, resol
                               select_device)
 
 
+# The epoch's running sums, a float64 tensor on the device (no host sync a step) and a list in the
+# checkpoint of a run stopped mid-epoch: loss summed over images, images right, images seen
+LOSS, CORRECT, SEEN = 0, 1, 2
+
+
+def no_sums() -> list[float]:
+    return [0.0, 0.0, 0.0]
+
+
 @dataclass
 class Session:
     cfg: Config
@@ -54,7 +63,7 @@ class Session:
     run_dir: Path
     start_epoch: int = 0
     start_step: int = 0  # step within start_epoch (a mid-epoch checkpoint)
-    partial: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct, seen
+    partial: list[float] = field(default_factory=no_sums)  # the running sums of a mid-epoch checkpoint
     history: list[dict] = field(default_factory=list)
     best_top1: float = -1.0
     dist: Dist = field(default_factory=Dist)
@@ -185,7 +194,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     compile_wanted, compile_note = compile_plan(cfg.train.compile, device)
     seed_everything(cfg.seed)
     data = build_data(cfg, split_file=saved_split_file(resume) if resume else None, progress=cfg.train.progress,
-                      builder=d.local_rank == 0)  # one process a machine builds a disk cache
+                      builder=d.local_rank == 0)  # one process a machine builds the decoded cache
     if len(data.splits["train"]) < 1:
         raise UserError("the training split is empty")
     has_checkpoint = resume is not None and any((resume / n).exists() for n in RESUME_FROM)

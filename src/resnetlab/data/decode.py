@@ -146,7 +146,8 @@ def set_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def resize_tensor(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
-    """Resize a uint8 (N, C, H, W) cache to (N, C, size, size), antialiased, in chunks to bound memory."""
+    """uint8 (N, C, H, W) -> (N, C, size, size), antialiased bilinear, in chunks of images to bound
+    memory: a decoded cache at load time, and a batch under progressive resizing (one chunk)."""
     if size <= 0 or images.shape[-1] == size and images.shape[-2] == size:
         return images
     out = []

@@ -27,7 +27,6 @@ there. A data file shorter than its index says is rebuilt, with one line saying 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 
 from resnetlab.data.archive import source_stat
-from resnetlab.data.cache import DECODE, decode_batches, progress_bar, set_channels
+from resnetlab.data.decode import DECODE, decode_batches, progress_bar, set_channels
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_text, write_failed
 
@@ -255,11 +254,17 @@ def _size(path: Path) -> int:
 
 @contextlib.contextmanager
 def _hold(f):
-    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; two runs building one cache at once there may both decode
+        fcntl = None
+    if fcntl is not None:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
     try:
         yield
     finally:
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         f.close()
 
 

@@ -16,8 +16,8 @@ import torch
 from tests.conftest import tiny_config, write_class_folders
 from resnetlab.config import load_config
 from resnetlab.data import build_data
-from resnetlab.data.cache import decode_files, stack_arrays
-from resnetlab.data.disk_cache import DiskImages, cached_images
+from resnetlab.data.decode import decode_files, stack_arrays
+from resnetlab.data.decoded_cache import DiskImages, cached_images
 from resnetlab.errors import UserError
 from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.train.loop import fit
@@ -97,8 +97,8 @@ def test_changed_files_are_decoded_again_and_a_truncated_cache_is_rebuilt(tmp_pa
 
 
 def test_an_interrupted_build_keeps_what_its_index_names_and_resumes(tmp_path, monkeypatch):
-    import resnetlab.data.cache as cache
-    import resnetlab.data.disk_cache as dc
+    import resnetlab.data.decode as cache
+    import resnetlab.data.decoded_cache as dc
 
     folders = write_class_folders(tmp_path / "data", per_class=10)
     monkeypatch.setattr(cache, "DECODE", 7)
@@ -150,8 +150,8 @@ def test_unwritable_cache_is_one_line_for_disk_and_a_note_for_auto(class_folders
 
 
 def test_a_full_disk_is_one_line_keeps_what_was_written_and_the_next_run_goes_on(tmp_path, monkeypatch):
-    import resnetlab.data.cache as cache
-    import resnetlab.data.disk_cache as dc
+    import resnetlab.data.decode as cache
+    import resnetlab.data.decoded_cache as dc
 
     monkeypatch.setattr(cache, "DECODE", 4)
     monkeypatch.setattr(dc, "DECODE", 4)
@@ -179,7 +179,7 @@ def test_a_full_disk_is_one_line_keeps_what_was_written_and_the_next_run_goes_on
 
 def test_two_builders_at_once_decode_each_file_once_and_agree(class_folders, tmp_path, monkeypatch):
     """A second run that starts while the first builds waits on the lock, then reads the records."""
-    import resnetlab.data.disk_cache as dc
+    import resnetlab.data.decoded_cache as dc
 
     paths = sorted(map(str, (class_folders / "train").rglob("*.png")))
     common = dict(root=str(class_folders), cache_dir=str(tmp_path / "cache"), size=16, resize="squash", margin=0.1,
@@ -247,7 +247,7 @@ def test_auto_chooses_memory_then_disk_then_stream_and_says_why(tmp_path, monkey
 
 
 def test_decoding_in_processes_gives_the_pixels_threads_give(class_folders, monkeypatch):
-    import resnetlab.data.cache as cache
+    import resnetlab.data.decode as cache
 
     paths = sorted(map(str, (class_folders / "train").rglob("*.png"))) + [str(class_folders / "missing.png")]
     monkeypatch.setattr(cache, "DECODE", 10)
