@@ -14,7 +14,8 @@ from resnetlab.data import build_data
 from resnetlab.errors import UserError
 from resnetlab.io import WriteFailed
 from resnetlab.train.checkpoint import DamagedCheckpoint, load_checkpoint
-from resnetlab.train.loop import StopTraining, fit
+from resnetlab.train.loop import fit
+from resnetlab.train.stopping import StopTraining
 from resnetlab.train.session import prepare
 from tests.conftest import REPO, tiny_config, tiny_overrides
 

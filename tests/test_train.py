@@ -171,7 +171,8 @@ TERMINATED = textwrap.dedent(
     import os, signal, sys
     from resnetlab.config import load_config
     from resnetlab.train.session import prepare
-    from resnetlab.train.loop import Preempted, fit
+    from resnetlab.train.loop import fit
+    from resnetlab.train.stopping import Preempted
 
     stop_at = int(sys.argv[1])
     def on_batch_end(session, info):

@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from resnetlab.train.finish import retrain_config
-    from resnetlab.train.loop import Preempted, fit
+    from resnetlab.train.loop import fit
+    from resnetlab.train.stopping import Preempted
     from resnetlab.train.session import prepare
 
     if args.help_config:

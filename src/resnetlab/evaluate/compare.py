@@ -18,7 +18,7 @@ from resnetlab import run_folder as rf
 from resnetlab.errors import UserError
 from resnetlab.evaluate.report import inline_png, page, pct, table
 from resnetlab.evaluate.runs import is_run, read_history
-from resnetlab.io import atomic_write_text, make_folder, read_json, read_yaml
+from resnetlab.io import atomic_write_text, make_folder, read_yaml
 
 IGNORED_KEYS = ("train.name", "train.out_dir")  # differ between any two runs by construction
 METRICS = [("best val top-1", "val", "best_val_top1"), ("test top-1", "test", "top1"), ("test top-5", "test", "top5"),

@@ -9,14 +9,10 @@ figures and report.html.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import math
-import signal
-import threading
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -26,7 +22,7 @@ from resnetlab import run_folder as rf
 from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import infer
 from resnetlab.evaluate.metrics import metrics
-from resnetlab.run_folder import write_metrics, write_skipped, write_status
+from resnetlab.run_folder import write_metrics, write_skipped
 from resnetlab.train import distributed
 from resnetlab.train.budget import plan_budget, report_budget
 from resnetlab.train.checkpoint import save_checkpoint
@@ -36,6 +32,8 @@ from resnetlab.train.precompute import HeadFeatures
 from resnetlab.train.progress import EpochProgress, announce
 from resnetlab.train.session import CORRECT, LOSS, SEEN, Session, checkpoint_state, no_sums
 from resnetlab.train.sizes import training_size
+from resnetlab.train.stopping import (NonFiniteLoss, Preempted, StopTraining, run_status, signal_name, stop_agreed,
+                                     stop_on_signals)
 from resnetlab.train.stages import apply_stage, freeze_bn_statistics, lr_for_step, snapshot_epochs, stage_at
 from resnetlab.train.step import train_step
 from resnetlab.train.tensorboard import TensorBoardLogger
@@ -43,23 +41,6 @@ from resnetlab.train.tensorboard import TensorBoardLogger
 Callback = Callable[..., None]
 EVENTS = ("on_batch_end", "on_epoch_end", "on_train_end")
 FINITE_CHECK_EVERY = 50  # steps between NaN checks: each is a host sync (and a collective under torchrun)
-STOP_CHECK_EVERY = 8  # steps between torchrun ranks agreeing on a signal (one process: every step, free)
-
-
-class NonFiniteLoss(UserError):
-    pass
-
-
-class Preempted(Exception):
-    """SIGTERM or SIGINT stopped training at a step boundary; last.pt holds the exact position."""
-
-    exit_code = 75  # EX_TEMPFAIL: "try again later", what a scheduler should requeue
-
-    def __init__(self, signal_name: str, run_dir: Path, epoch: int, step_in_epoch: int):
-        super().__init__(
-            f"stopped by {signal_name} at epoch {epoch + 1}, step {step_in_epoch}; saved {run_dir / rf.LAST}; "
-            f"continue with: resnetlab train --resume {run_dir}"
-        )
 
 
 def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console: Console | None = None) -> dict:
@@ -82,7 +63,7 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         try:
             for epoch in range(s.start_epoch, epochs):
                 if stop_agreed(s, stop):  # came in the previous epoch's last step
-                    raise Preempted(_signal_name(stop), s.run_dir, epoch, 0)
+                    raise Preempted(signal_name(stop), s.run_dir, epoch, 0)
                 _enter_stage(s, epoch, console)
                 record = train_epoch(s, epoch, progress, stop, hooks)
                 if "val" in s.loaders:
@@ -106,38 +87,6 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         for fn in hooks["on_train_end"]:
             fn(s, result)
     return result
-
-
-class StopTraining(Exception):
-    """Raised by a callback to end a run early (a tuner pruning a trial); status.json says stopped."""
-
-
-@contextlib.contextmanager
-def run_status(s: Session):
-    """status.json through the run: running, then finished, stopped (a signal, Ctrl+C, a callback)
-    or failed with its one-line reason. A run killed outright stays 'running' with a dead pid."""
-    if not s.dist.main:
-        yield
-        return
-    write_status(s.run_dir, "running")
-    try:
-        yield
-    except (Preempted, StopTraining, KeyboardInterrupt) as e:
-        _try_status(s, "stopped", str(e) or type(e).__name__)
-        raise
-    except Exception as e:
-        _try_status(s, "failed", (str(e).strip().splitlines() or [type(e).__name__])[0][:300])
-        raise
-    write_status(s.run_dir, "finished")
-
-
-def _try_status(s: Session, status: str, reason: str) -> None:
-    """Best effort: with a full disk or a vanished folder the status cannot be written, and the
-    error that stopped the run is the one to show."""
-    try:
-        write_status(s.run_dir, status, reason=reason)
-    except UserError:
-        pass
 
 
 def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str], hooks) -> dict:
@@ -169,7 +118,7 @@ def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str]
             check_finite(s, finite, epoch, i)
             save_partial(s, epoch, i + 1, sums)
             if stop_now:
-                raise Preempted(_signal_name(stop), s.run_dir, epoch, i + 1)
+                raise Preempted(signal_name(stop), s.run_dir, epoch, i + 1)
     seconds = time.perf_counter() - start
     check_finite(s, finite, epoch, spe - 1)
     progress.stop()
@@ -208,41 +157,6 @@ def check_callbacks(callbacks: dict[str, list[Callback]] | None) -> defaultdict:
             hint = f"did you mean '{near[0]}'? " if near else ""
             raise UserError(f"unknown callback event '{name}': {hint}events are {', '.join(EVENTS)}")
     return defaultdict(list, callbacks or {})
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """SIGTERM/SIGINT only set a flag, read at the next step boundary, so the checkpoint written
-    then is consistent. A second Ctrl+C interrupts at once (the last checkpoint stays as it was)."""
-    requested: list[str] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield requested  # signal handlers can only be set from the main thread
-        return
-
-    def handler(signum, frame):
-        if requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        requested.append(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield requested
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def stop_agreed(s: Session, stop: list[str], i: int | None = None) -> bool:
-    """True on every rank when any rank got a signal, so all ranks stop at the same step. Under torchrun
-    the ranks agree every STOP_CHECK_EVERY steps (and at epoch ends, i None): each agreement is an
-    all_reduce read back on the host, a sync that would otherwise stall every step."""
-    if s.dist.enabled and i is not None and i % STOP_CHECK_EVERY != STOP_CHECK_EVERY - 1:
-        return False
-    return distributed.any_rank(bool(stop), s.dist, s.device)
-
-
-def _signal_name(stop: list[str]) -> str:
-    return stop[0] if stop else "another rank's signal"
 
 
 def _enter_stage(s: Session, epoch: int, console: Console) -> None:

@@ -29,7 +29,8 @@ from resnetlab.data import plan_data
 from resnetlab.errors import UserError
 from resnetlab.evaluate.compare import build_compare
 from resnetlab.io import read_json, write_json
-from resnetlab.train.loop import StopTraining, fit
+from resnetlab.train.loop import fit
+from resnetlab.train.stopping import StopTraining
 from resnetlab.run_folder import read_run_config
 from resnetlab.train.session import prepare
 from resnetlab.tune.space import load_space, override, shown
