@@ -55,3 +55,20 @@ def test_every_key_listed_and_round_trips():
     cfg = load_config("fashion-mnist-fast")
     assert config_from_dict(cfg.to_dict()) == cfg
     assert Config() == config_from_dict({})
+
+
+@pytest.mark.parametrize("override,line", [
+    ("train.epochs=0", "train.epochs must be at least 1"),
+    ("data.channels=2", "data.channels must be 0 (auto), 1 or 3"),
+    ("augment.resized_crop=[0.5]", "augment.resized_crop must be [] or [min, max] area shares with 0 < min <= max <= 1"),
+    ("optim.betas=[0.9]", "optim.betas must be two numbers, e.g. [0.9, 0.999]"),
+    ("schedule.pct_start=1", "schedule.pct_start must be in (0, 1)"),
+    ("train.size_ramp=[0.9,0.1]", "train.size_ramp must be [from, to], shares of the run with 0 <= from <= to <= 1"),
+    ("augment.cutmix_alpha=-1", "augment.cutmix_alpha must be 0 (off) or positive"),
+    ("data.val_fraction=0.6 data.test_fraction=0.5", "data.val_fraction + data.test_fraction must be below 1"),
+])
+def test_a_value_out_of_range_is_one_line_naming_its_key(override, line):
+    """Each field's range rule sits beside it in schema.py; rules across fields stay in checks.py."""
+    with pytest.raises(UserError) as e:
+        load_config(None, override.split())
+    assert str(e.value) == line

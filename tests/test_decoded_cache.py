@@ -278,3 +278,18 @@ def test_native_size_images_are_cached_at_their_size_and_mixed_sizes_are_one_lin
 def decoded_at(paths: list[str], size: int) -> torch.Tensor:
     arrays, _, kept, _ = decode_files(paths, size=size, resize="squash", on_bad_image="skip", progress=False)
     return stack_arrays(arrays, paths, kept)
+
+
+def test_another_crop_box_is_decoded_again(class_folders, tmp_path):
+    """A record holds a file cropped to one box: the same box reads it back, another box (new ROI
+    annotations) decodes the file again and its record replaces the old one in the index."""
+    paths = sorted(map(str, (class_folders / "train").rglob("*.png")))[:4]
+    common = dict(root=str(class_folders), cache_dir=str(tmp_path / "cache"), size=8, resize="squash", margin=0.0,
+                  on_bad_image="skip", progress=False)
+    whole, corner = np.array([[0, 0, 16, 16]] * 4), np.array([[0, 0, 8, 8]] * 4)
+    notes: list[str] = []
+    first = cached_images(paths, whole, notes=notes, **common)
+    again = cached_images(paths, whole, notes=notes, **common)
+    other = cached_images(paths, corner, notes=notes, **common)
+    assert "4 decoded into it" in notes[0] and "decoded into" not in notes[1] and "4 decoded into it" in notes[2]
+    assert np.array_equal(first.rows, again.rows) and not np.array_equal(first.rows, other.rows)

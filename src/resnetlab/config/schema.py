@@ -4,32 +4,47 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 def _choice(default: str, *choices: str) -> Any:
     return field(default=default, metadata={"choices": choices})
 
 
+def _ranged(default: Any, ok: Callable[[Any], bool], must: str, *, factory: Callable[[], Any] | None = None) -> Any:
+    """A field with its range rule beside it: a value for which ``ok`` is false stops the run with the
+    one line '<section>.<key> <must>' (config/checks.py applies these, then the rules across fields)."""
+    meta = {"ok": ok, "must": must}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
 @dataclass
 class DataConfig:
     dataset: str = "fashion-mnist"  # a built-in name, or a folder (any layout resnetlab reads) or CSV
     classes: list[str] = field(default_factory=list)  # keep only these (ids or names); empty: all
-    unknown_count: int = 0  # add an 'unknown' class of this many images drawn from the other classes
-    unknown_fraction: float = 0.0  # ... or of this share of the other classes' images
-    image_size: int = 0  # px, side of the square the model sees; 0 = the images' own size
-    channels: int = 0  # 0 = the data set's own (1 for all-grey data, else 3)
-    val_fraction: float = 0.0  # share of train held out for validation (stratified, seeded)
-    val_count: int = 0  # ... or exactly this many images
-    test_fraction: float = 0.0  # share of train held out as the test split (replaces the layout's)
+    # add an 'unknown' class of this many images drawn from the other classes
+    unknown_count: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or more")
+    # ... or of this share of the other classes' images
+    unknown_fraction: float = _ranged(0.0, lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    # px, side of the square the model sees; 0 = the images' own size
+    image_size: int = _ranged(0, lambda v: v >= 0, "must be 0 (native) or a size in px")
+    # 0 = the data set's own (1 for all-grey data, else 3)
+    channels: int = _ranged(0, lambda v: v in (0, 1, 3), "must be 0 (auto), 1 or 3")
+    # share of train held out for validation (stratified, seeded)
+    val_fraction: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1)")
+    val_count: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or more")  # ... or exactly this many images
+    # share of train held out as the test split (replaces the layout's)
+    test_fraction: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1)")
     split_file: str = ""  # a run's split.csv: reuse its images and splits instead of drawing them
     merge_val: bool = False  # train on train + val: the final model, once the settings are chosen
     roi_crop: bool = False  # crop to the annotated region of interest (GTSRB) before resizing
-    roi_margin: float = 0.1  # ... widened by this share of its width/height on each side
+    # ... widened by this share of its width/height on each side
+    roi_margin: float = _ranged(0.1, lambda v: v >= 0, "must be 0 or more")
     sampler: str = _choice("shuffle", "shuffle", "balanced")  # balanced: classes drawn equally often
     resize: str = _choice("squash", "squash", "crop")  # squash to a square, or short side + centre crop
     cache: str = _choice("auto", "auto", "memory", "disk", "stream")  # auto: memory when it fits, else disk, else stream
-    cache_dir: str = ""  # the decoded cache, which every memory and disk run reads and fills; "" = $XDG_CACHE_HOME/resnetlab (~/.cache)
+    # the decoded cache, which every memory and disk run reads and fills; "" = $XDG_CACHE_HOME/resnetlab
+    cache_dir: str = ""
     cache_max_gb: float = 4.0  # GiB of uint8 pixels that 'auto' still keeps in memory
     num_workers: int = 2  # DataLoader workers when streaming
     on_bad_image: str = _choice("skip", "skip", "fail")
@@ -38,21 +53,31 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    crop_padding: int = 4  # px of reflect padding for the random crop; 0 turns it off
+    # px of reflect padding for the random crop; 0 turns it off
+    crop_padding: int = _ranged(4, lambda v: v >= 0, "must be 0 or more px")
     hflip: bool = True  # random horizontal flip (off for digits and signs with text)
-    rotation: float = 0.0  # degrees: uniform in [-rotation, rotation]
-    zoom: float = 1.0  # largest zoom-in: scale uniform in [1, zoom] (fastai's max_zoom)
-    lighting: float = 0.0  # brightness and contrast each times 1 +- up to this (fastai's max_lighting)
-    resized_crop: list[float] = field(default_factory=list)  # [min, max] area share: RandomResizedCrop
+    # degrees: uniform in [-rotation, rotation]
+    rotation: float = _ranged(0.0, lambda v: 0 <= v <= 180, "must be in [0, 180] degrees")
+    # largest zoom-in: scale uniform in [1, zoom] (fastai's max_zoom)
+    zoom: float = _ranged(1.0, lambda v: v >= 1, "must be 1 (off) or more")
+    # brightness and contrast each times 1 +- up to this (fastai's max_lighting)
+    lighting: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1)")
+    resized_crop: list[float] = _ranged(  # [min, max] area share: RandomResizedCrop
+        None, lambda v: not v or (len(v) == 2 and 0 < v[0] <= v[1] <= 1),
+        "must be [] or [min, max] area shares with 0 < min <= max <= 1", factory=list)
     # per image, after the above: TrivialAugmentWide (no settings) or RandAugment (policy_ops ops at
     # policy_magnitude of 31 bins), torchvision's op tables on both the cached and the streamed path
     policy: str = _choice("none", "none", "trivialaugment", "randaugment")
-    policy_ops: int = 2  # randaugment: ops an image
-    policy_magnitude: int = 9  # randaugment: bin 0..30
-    erasing: float = 0.0  # probability of random erasing an image (0.25 is usual): a box set to the mean
-    mixup_alpha: float = 0.0  # mixup, Beta(alpha, alpha) mixing share (0.2 is usual); 0 = off
-    cutmix_alpha: float = 0.0  # CutMix (1.0 is usual); 0 = off; with both set, each batch picks one
-    mix_prob: float = 1.0  # share of batches mixed when mixup or CutMix is on
+    policy_ops: int = _ranged(2, lambda v: v >= 1, "must be 1 or more")  # randaugment: ops an image
+    policy_magnitude: int = _ranged(9, lambda v: 0 <= v <= 30, "must be a bin in [0, 30]")  # randaugment: bin 0..30
+    # probability of random erasing an image (0.25 is usual): a box set to the mean
+    erasing: float = _ranged(0.0, lambda v: 0 <= v <= 1, "must be a probability in [0, 1]")
+    # mixup, Beta(alpha, alpha) mixing share (0.2 is usual); 0 = off
+    mixup_alpha: float = _ranged(0.0, lambda v: v >= 0, "must be 0 (off) or positive")
+    # CutMix (1.0 is usual); 0 = off; with both set, each batch picks one
+    cutmix_alpha: float = _ranged(0.0, lambda v: v >= 0, "must be 0 (off) or positive")
+    # share of batches mixed when mixup or CutMix is on
+    mix_prob: float = _ranged(1.0, lambda v: 0 <= v <= 1, "must be a probability in [0, 1]")
 
 
 @dataclass
@@ -69,37 +94,42 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = _choice("sgd", "sgd", "adam", "adamw")
-    lr: float = 0.1  # peak learning rate for the global batch
+    lr: float = _ranged(0.1, lambda v: v > 0, "must be positive")  # peak learning rate for the global batch
     momentum: float = 0.9
     nesterov: bool = True
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 5e-4
+    betas: list[float] = _ranged(None, lambda v: len(v) == 2, "must be two numbers, e.g. [0.9, 0.999]",
+                                 factory=lambda: [0.9, 0.999])
+    weight_decay: float = _ranged(5e-4, lambda v: v >= 0, "must be 0 or more")
     decay_norm_and_bias: bool = False  # False: BN weights and biases get no weight decay
-    grad_clip_norm: float = 0.0  # max global L2 norm of the gradients; 0 = no clipping
-    label_smoothing: float = 0.0
+    # max global L2 norm of the gradients; 0 = no clipping
+    grad_clip_norm: float = _ranged(0.0, lambda v: v >= 0, "must be 0 (off) or more")
+    label_smoothing: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1)")
     class_weights: str = _choice("none", "none", "balanced")  # balanced: loss weight n / (k * n_class)
 
 
 @dataclass
 class ScheduleConfig:
     name: str = _choice("cosine", "constant", "step", "cosine", "onecycle", "poly", "sgdr")
-    warmup_epochs: float = 0.0  # linear warm-up from 0 before the schedule (not for onecycle)
-    min_lr_ratio: float = 0.0  # floor, as a fraction of lr (cosine, poly, sgdr)
+    # linear warm-up from 0 before the schedule (not for onecycle)
+    warmup_epochs: float = _ranged(0.0, lambda v: v >= 0, "must be 0 or more")
+    # floor, as a fraction of lr (cosine, poly, sgdr)
+    min_lr_ratio: float = _ranged(0.0, lambda v: 0 <= v <= 1, "must be in [0, 1]")
     milestones: list[float] = field(default_factory=list)  # epochs at which step multiplies by gamma
     gamma: float = 0.1
     power: float = 1.0  # poly: 1 is the linear decay of the Keras recipes
-    cycle_len: float = 1.0  # sgdr: epochs in the first cycle
-    cycle_mult: float = 2.0  # sgdr: each cycle this many times longer than the last
-    pct_start: float = 0.25  # onecycle: share of steps spent rising
+    cycle_len: float = _ranged(1.0, lambda v: v > 0, "must be positive")  # sgdr: epochs in the first cycle
+    # sgdr: each cycle this many times longer than the last
+    cycle_mult: float = _ranged(2.0, lambda v: v >= 1, "must be 1 or more")
+    pct_start: float = _ranged(0.25, lambda v: 0 < v < 1, "must be in (0, 1)")  # onecycle: share of steps spent rising
     div_factor: float = 25.0  # onecycle: start at lr / div_factor
     final_div_factor: float = 1e4  # onecycle: end at lr / div_factor / final_div_factor
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128  # global: images per optimiser step
-    eval_batch_size: int = 512
+    epochs: int = _ranged(10, lambda v: v >= 1, "must be at least 1")
+    batch_size: int = _ranged(128, lambda v: v >= 1, "must be at least 1")  # global: images per optimiser step
+    eval_batch_size: int = _ranged(512, lambda v: v >= 1, "must be at least 1")
     precision: str = _choice("auto", "auto", "fp32", "bf16", "fp16")  # auto: bf16 where fast
     channels_last: bool = True  # NHWC: the layout oneDNN and cuDNN convolutions prefer
     # torch.compile the training forward/backward: true, false, or auto (compile where it can, else go on
@@ -109,25 +139,36 @@ class TrainConfig:
     out_dir: str = "runs"
     name: str = ""  # run folder name under out_dir; default: recipe name and time
     progress: bool = True  # live progress bar; off gives only the per-epoch lines
-    checkpoint_every: int = 0  # also save 'last' every N steps (0: at epoch ends only)
-    limit_batches: int = 0  # smoke tests: at most N batches an epoch in every split (0: all)
+    # also save 'last' every N steps (0: at epoch ends only)
+    checkpoint_every: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or more steps")
+    # smoke tests: at most N batches an epoch in every split (0: all)
+    limit_batches: int = _ranged(0, lambda v: v >= 0, "must be 0 (all) or more")
     report: bool = True  # after training: evaluate the test split with figures and write report.html
     final_test: bool = True  # score the test split once at the end; a tuning study turns it off
-    final_tta: int = 1  # views per test image in that final score (1: none; e.g. 4 adds flipped and shifted views)
+    # views per test image in that final score (1: none; e.g. 4 adds flipped and shifted views)
+    final_tta: int = _ranged(1, lambda v: v >= 1, "must be at least 1 (1: no test-time augmentation)")
     tensorboard: bool = True  # also write TensorBoard event files (runs/<name>/tensorboard)
     sync_bn: bool = False  # BatchNorm statistics over the global batch of all processes
     dist_timeout: float = 600.0  # s a collective waits for a peer before failing (a dead rank)
-    early_stop_patience: int = 0  # stop after this many epochs without a val top-1 gain; 0 = off
-    ema_decay: float = 0.0  # EMA of the weights, per step (0.999 is usual); 0 = off; best.pt, predict, export use it
+    # stop after this many epochs without a val top-1 gain; 0 = off
+    early_stop_patience: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or more epochs")
+    # EMA of the weights, per step (0.999 is usual); 0 = off; best.pt, predict, export use it
+    ema_decay: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in (0, 1) (0.999 is usual), or 0 for no EMA")
     eval_raw: bool = False  # with EMA, also score the raw weights on val each epoch (val_top1_raw): a second pass
-    early_stop_min_delta: float = 0.0  # a gain counts when above this (top-1 share: 0.001 = 0.1 point)
+    # a gain counts when above this (top-1 share: 0.001 = 0.1 point)
+    early_stop_min_delta: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1) (a top-1 share)")
     # wall clock for the whole run (evaluation and report included), e.g. 90s, 10m, 1h30m: the first
     # steps are timed, then train.epochs and train.steps_per_epoch are set to fill it; "" = off
     time_budget: str = ""
-    steps_per_epoch: int = 0  # batches an epoch (0: the whole training split); a time budget sets it
-    size_start: int = 0  # progressive resizing: px at the start, up to size_end (0 = off)
-    size_end: int = 0  # px training ends at (0: data.image_size, which evaluation always uses)
-    size_ramp: list[float] = field(default_factory=lambda: [0.0, 0.75])  # [from, to], shares of the run
+    # batches an epoch (0: the whole training split); a time budget sets it
+    steps_per_epoch: int = _ranged(0, lambda v: v >= 0, "must be 0 (all) or more")
+    # progressive resizing: px at the start, up to size_end (0 = off)
+    size_start: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or a size in px")
+    # px training ends at (0: data.image_size, which evaluation always uses)
+    size_end: int = _ranged(0, lambda v: v >= 0, "must be 0 (data.image_size) or a size in px")
+    size_ramp: list[float] = _ranged(  # [from, to], shares of the run
+        None, lambda v: len(v) == 2 and 0 <= v[0] <= v[1] <= 1,
+        "must be [from, to], shares of the run with 0 <= from <= to <= 1", factory=lambda: [0.0, 0.75])
 
 
 @dataclass
