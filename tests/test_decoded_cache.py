@@ -293,3 +293,16 @@ def test_another_crop_box_is_decoded_again(class_folders, tmp_path):
     other = cached_images(paths, corner, notes=notes, **common)
     assert "4 decoded into it" in notes[0] and "decoded into" not in notes[1] and "4 decoded into it" in notes[2]
     assert np.array_equal(first.rows, again.rows) and not np.array_equal(first.rows, other.rows)
+
+
+def test_a_waiting_process_does_not_wait_on_a_folder_the_builder_cannot_write(class_folders, tmp_path):
+    """Under torchrun the builder goes on without an unwritable cache; the other ranks must too, at once,
+    rather than poll for an index that will never come."""
+    from resnetlab.data.decoded_cache import CacheUnavailable
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    paths = sorted(map(str, (class_folders / "train").rglob("*.png")))
+    with pytest.raises(CacheUnavailable, match="is not writable"):
+        cached_images(paths, None, root=str(class_folders), cache_dir=str(blocked), size=16, resize="squash",
+                      margin=0.1, on_bad_image="skip", progress=False, notes=[], builder=False)

@@ -49,14 +49,20 @@ def cpu_has_fast_bf16() -> bool:
     """AMX or AVX-512 BF16: oneDNN then runs bf16 convolutions faster than fp32 (~1.5-2x on 2 EPYC
     cores). Without them bf16 is emulated, ~100x slower than fp32. RESNETLAB_CPU_BF16=0 (or 1)
     overrides the flags: to see what a CPU without bf16 does, or to keep fp32 on one that has it."""
-    forced = os.environ.get(CPU_BF16_ENV, "").strip()
-    if forced in ("0", "1"):
+    forced = _forced_cpu_bf16()
+    if forced is not None:
         return forced == "1"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _forced_cpu_bf16() -> str | None:
+    """RESNETLAB_CPU_BF16 when it is set to 0 or 1, else None (the CPU's flags decide)."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    return forced if forced in ("0", "1") else None
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -80,8 +86,8 @@ def precision_reason(precision: str, requested: str, device: torch.device) -> st
                                     else "this GPU has no bf16, so fp16 with a gradient scaler"))
     if device.type != "cpu":
         return f"{precision}: the default on {device.type}"
-    forced = os.environ.get(CPU_BF16_ENV, "").strip()
-    if forced in ("0", "1"):
+    forced = _forced_cpu_bf16()
+    if forced is not None:
         return f"{precision}: {CPU_BF16_ENV}={forced} says so"
     if precision == "bf16":
         return "bf16: this CPU has AVX-512 BF16 or AMX, where bf16 convolutions run ~2x faster than fp32"
@@ -90,7 +96,7 @@ def precision_reason(precision: str, requested: str, device: torch.device) -> st
 
 def gemm_tflops(device: torch.device, precision: str, *, size: int = 512, seconds: float = 0.3) -> float:
     """A quick measured matrix-multiply rate (TFLOP/s, size^3 GEMMs) for `resnetlab env`: emulated bf16
-    shows as ~1% of fp32. At most ~`seconds` of timing after one warm-up product."""
+    shows as ~1% of fp32. About ``seconds`` of timing after two warm-up products."""
     import time
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

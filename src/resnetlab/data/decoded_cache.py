@@ -18,10 +18,11 @@ buffer, so resident memory stays a few batches whatever the file's size (a numpy
 count every page it touches as resident).
 
 Safety: one process builds at a time (an exclusive ``flock`` on ``lock``; a second run waits for
-it, then finds the records there). ``index.json`` is rewritten atomically after each chunk of
-records is flushed to disk, and readers trust only what it names: bytes past it (a build killed
-mid-chunk, a disk that filled) are never read, and the next builder cuts them off and goes on from
-there. A data file shorter than its index says is rebuilt, with one line saying why.
+it, then finds the records there). ``index.json`` is rewritten atomically every SAVE_EVERY_S of
+building and at the end, after the records it names are flushed to disk, and readers trust only
+what it names: bytes past it (a build killed mid-way, a disk that filled) are never read, and the
+next builder cuts them off and goes on from there. A data file shorter than its index says is
+rebuilt, with one line saying why.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class DiskImages:
         return set_channels(torch.from_numpy(out).view(len(rows), 3, self.size, self.size), self.channels)
 
     def load(self) -> torch.Tensor:
-        """Every record of the split in memory, read in one pass in file order (memory mode)."""
+        """Every record of the split in memory, read in one pass (memory mode)."""
         if self.n == 0:
             return torch.empty(0, self.channels, self.size, self.size, dtype=torch.uint8)
         records = os.path.getsize(self.path) // self.record
@@ -141,6 +142,7 @@ def cached_images(paths: list[str], boxes, *, root: str, cache_dir: str, size: i
                           margin=None if boxes is None else margin)
     want = [_signature(p, None if boxes is None else boxes[i]) for i, p in enumerate(paths)]
     if not builder:
+        _check_writable(base)  # where the builder cannot write it goes on without the cache: so must this one
         index = _wait_for(folder, paths, want)
         notes.append(f"decoded cache: reading {folder} (built by local rank 0)")
     else:

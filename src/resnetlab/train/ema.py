@@ -22,6 +22,7 @@ class ModelEma:
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay, self.updates = decay, 0
+        self._pairs: tuple | None = None  # (model, its tensor lists): built at the first update, not every step
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
@@ -31,7 +32,9 @@ class ModelEma:
         """Three multi-tensor kernels a step, not one launch per tensor (~50-300 on a GPU)."""
         d = self.current_decay()
         self.updates += 1
-        ema_float, now_float, ema_count, now_count = _pairs(self.module, model)
+        if self._pairs is None or self._pairs[0] is not model:
+            self._pairs = (model, _pairs(self.module, model))  # parameters are updated in place, never replaced
+        ema_float, now_float, ema_count, now_count = self._pairs[1]
         torch._foreach_lerp_(ema_float, now_float, 1 - d)  # weights and BatchNorm running mean/var
         if ema_count:  # num_batches_tracked: copied, not averaged
             torch._foreach_copy_(ema_count, now_count)

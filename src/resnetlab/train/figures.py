@@ -16,12 +16,14 @@ class Curves:
     and at the end of the run. Drawn every epoch, short epochs spent seconds a run in text layout."""
 
     def __init__(self, path: Path):
-        self.path, self.drawn = path, -math.inf
+        self.path, self.drawn, self.epochs_drawn = path, -math.inf, 0
 
     def update(self, history: list[dict], *, final: bool = False) -> None:
-        if history and (final or time.monotonic() - self.drawn >= CURVES_EVERY_S):
+        if len(history) == self.epochs_drawn:  # nothing new since the last drawing (the end of a run)
+            return
+        if final or time.monotonic() - self.drawn >= CURVES_EVERY_S:
             training_curves(history, self.path)
-            self.drawn = time.monotonic()
+            self.drawn, self.epochs_drawn = time.monotonic(), len(history)
 
 
 def training_curves(history: list[dict], path: Path) -> None:
