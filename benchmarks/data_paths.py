@@ -27,7 +27,7 @@ from pathlib import Path
 from resnetlab.config import load_config
 from resnetlab.data.shards import write_shards
 from resnetlab.train.loop import fit
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 
 MODEL = ["model.name=resnet9", "model.filters=[32,64,128,256]", "train.batch_size=128", "train.progress=false",
          "train.report=false", "train.final_test=false", "train.tensorboard=false", "augment.crop_padding=4"]

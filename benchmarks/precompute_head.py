@@ -26,7 +26,7 @@ from resnetlab.data import build_data
 from resnetlab.data.augment import normalize
 from resnetlab.data.bundle import IMAGENET_MEAN, IMAGENET_STD
 from resnetlab.train.loop import fit
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 
 
 def place_weights(home: Path, data: str) -> None:

@@ -22,7 +22,7 @@ from resnetlab.config import load_config
 from resnetlab.io import atomic_write_text
 from resnetlab.plotting import save_figure
 from resnetlab.train.loop import fit, score_split
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 
 
 def run(recipe: str, overrides: list[str], out: Path) -> dict:

@@ -18,7 +18,7 @@ from resnetlab.errors import UserError
 from resnetlab.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from resnetlab.train.loop import check_callbacks, diverged, fit
 from resnetlab.train.schedules import lr_at
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 from tests.conftest import REPO, tiny_config, tiny_overrides, write_class_folders
 
 

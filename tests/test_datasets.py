@@ -193,7 +193,7 @@ def test_intel_layout_fractions_and_fixed_val_count(shared_data, tmp_path):
 
 
 def test_split_file_is_written_and_reused(shared_data, tmp_path):
-    from resnetlab.train.session import prepare
+    from resnetlab.train.prepare import prepare
     from resnetlab.train.loop import fit
 
     intel = shared_data / "intel"
@@ -323,7 +323,7 @@ def test_balanced_sampler_and_class_weights():
 
 def test_class_weights_change_training_on_imbalanced_data(tmp_path):
     from resnetlab.train.loop import fit
-    from resnetlab.train.session import prepare
+    from resnetlab.train.prepare import prepare
 
     root = write_class_folders(tmp_path / "d", per_class=24, size=16, splits=("train",))
     for name in ("bee", "cat"):  # 24 ants, 4 bees, 4 cats

@@ -21,7 +21,7 @@ from resnetlab.data.decoded_cache import DiskImages, cached_images
 from resnetlab.errors import UserError
 from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.train.loop import fit
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 
 
 def cache_config(folders, tmp_path, *extra, mode="disk"):

@@ -146,7 +146,7 @@ RANK_DIES_ONCE = """
 import os, signal, sys
 from resnetlab.config import load_config
 from resnetlab.train.loop import fit
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 
 def die(session, info):  # rank 1 dies mid-epoch 2, in torchrun's first attempt only
     if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0" and info["step"] == 6:

@@ -16,7 +16,7 @@ from resnetlab.io import WriteFailed
 from resnetlab.train.checkpoint import DamagedCheckpoint, load_checkpoint
 from resnetlab.train.loop import fit
 from resnetlab.train.stopping import StopTraining
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 from tests.conftest import REPO, tiny_config, tiny_overrides
 
 

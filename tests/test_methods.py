@@ -19,7 +19,7 @@ from resnetlab.train.budget import choose
 from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.train.loop import fit
 from resnetlab.train.sizes import size_for_epoch, training_size
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 
 # magnitudes that reach both ends of each op's table, both signs and the torchvision edge cases
 # (a shear of -0.6 lands many sampling points exactly on pixel edges)
@@ -140,24 +140,66 @@ def test_budget_plan_fills_the_budget_with_whole_epochs_and_refuses_one_too_smal
         choose(20.0, 10.0, **common)
 
 
-def test_time_budget_run_equals_the_fixed_run_it_planned(class_folders, tmp_path, capsys):
-    s = prepare(tiny_config(class_folders, tmp_path / "budget", "data.val_fraction=0.25", "train.time_budget=40s",
-                            "train.epochs=1"), run_name="t")
+WIDE, NARROW = "[64, 128, 256, 512]", "[8, 8, 16, 16]"  # ~200x apart in FLOPs: no timing noise swaps them
+
+
+def test_time_budget_run_equals_the_fixed_run_of_the_rung_it_chose(class_folders, tmp_path, capsys):
+    # no rung gets 100,000 epochs in 30 s: the rule falls back to the rung that gets the most, the narrow one
+    s = prepare(tiny_config(class_folders, tmp_path / "budget", "data.val_fraction=0.25", "train.time_budget=30s",
+                            f"train.ladder=[{{model.filters: {WIDE}}}, {{model.filters: {NARROW}}}]",
+                            "train.ladder_min_epochs=100000", "train.epochs=1"), run_name="t")
     fit(s)
     out = capsys.readouterr().out
     plan = json.loads((s.run_dir / "budget.json").read_text())
-    saved = yaml.safe_load((s.run_dir / "config.yaml").read_text())["train"]
-    assert saved["epochs"] == plan["epochs"] == len(s.history) > 1
-    assert "time budget 40s:" in out and "the run took" in out and 0 < plan["actual_s"]
-    fixed = prepare(tiny_config(class_folders, tmp_path / "fixed", "data.val_fraction=0.25",
-                                f"train.epochs={plan['epochs']}", f"train.steps_per_epoch={saved['steps_per_epoch']}"),
+    saved = yaml.safe_load((s.run_dir / "config.yaml").read_text())
+    wide, narrow = plan["rungs"]
+    assert plan["rung"] == 1 and 0 < wide["epochs"] < plan["epochs"] <= narrow["epochs"]  # the final plan counts the time since
+    assert saved["model"]["filters"] == [8, 8, 16, 16]
+    assert saved["train"]["epochs"] == plan["epochs"] == len(s.history) > 1
+    assert "ladder on CPU" in out and " > 1: model.filters=[8, 8, 16, 16]: " in out and "ms a step at" in out
+    assert "time budget 30s:" in out and "the run took" in out and 0 < plan["actual_s"]
+    # each planned part beside what it took: an overrun names its cause
+    assert 0 < plan["actual_steps_s"] < plan["actual_s"] and plan["actual_finish_s"] > 0 and "planned_steps_s" in plan
+    fixed = prepare(tiny_config(class_folders, tmp_path / "fixed", "data.val_fraction=0.25", f"model.filters={NARROW}",
+                                f"train.epochs={plan['epochs']}", f"train.steps_per_epoch={saved['train']['steps_per_epoch']}"),
                     run_name="t")
     fit(fixed)
     a, b = load_checkpoint(s.run_dir / "last.pt")["model"], load_checkpoint(fixed.run_dir / "last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)  # the timing steps left no trace
+    assert all(torch.equal(a[k], b[k]) for k in a)  # timing the rungs left no trace
     with pytest.raises(UserError, match="too small for one epoch"):
-        fit(prepare(tiny_config(class_folders, tmp_path / "tiny", "train.time_budget=0.5s"), run_name="t"))
-    assert json.loads((tmp_path / "tiny" / "run" / "status.json").read_text())["status"] == "failed"
+        prepare(tiny_config(class_folders, tmp_path / "tiny", "train.time_budget=0.5s"), run_name="t")
+    assert not (tmp_path / "tiny").exists()  # refused while planning, before any run folder is made
+
+
+def test_ladder_takes_the_first_rung_that_gets_its_epochs_and_times_no_further(class_folders, tmp_path):
+    s = prepare(tiny_config(class_folders, tmp_path, "train.time_budget=1m", "train.ladder_min_epochs=2",
+                            f"train.ladder=[{{model.filters: {NARROW}}}, {{model.filters: {WIDE}}}]"), run_name="t")
+    assert s.plan.rung == 0 and s.cfg.model.filters == [8, 8, 16, 16] and s.plan.epochs >= 2
+    assert s.plan.rungs[1]["step_s"] is None and s.plan.table()[-1].endswith("not timed (an earlier rung fits)")
+    assert s.plan.table()[0].startswith("ladder on CPU") and "the first rung that gets 2 epochs" in s.plan.table()[0]
+    with pytest.raises(UserError, match=r"too small for one epoch of any rung of train.ladder: the fastest, rung 1 "
+                                        r"\(model.filters=\[8, 8, 16, 16\]\), takes ~\d+ s an epoch here"):
+        prepare(tiny_config(class_folders, tmp_path / "tiny", "train.time_budget=0.5s",
+                            f"train.ladder=[{{model.filters: {WIDE}}}, {{model.filters: {NARROW}}}]"), run_name="t")
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_bad_ladders_are_one_line_each():
+    budget = "train.time_budget=5m"
+    with pytest.raises(UserError, match=r"train.ladder\[1\]: unknown config key 'model.filter'; did you mean "
+                                        r"'model.filters'\?"):
+        load_config(None, [budget, "train.ladder=[{augment.hflip: false}, {model.filter: [8, 8, 16, 16]}]"])
+    with pytest.raises(UserError, match=r"train.ladder\[0\] sets stages: a time budget plans one schedule"):
+        load_config(None, [budget, "train.ladder=[{stages: [{epochs: 2}]}]"])
+    with pytest.raises(UserError, match=r"train.ladder\[0\] sets train.epochs, which a rung may not: the plan sets it"):
+        load_config(None, [budget, "train.ladder=[{epochs: 3}]"])
+    with pytest.raises(UserError, match=r"model.filters='wide' \(train.ladder\[0\]\) should be an integer"):
+        load_config(None, [budget, "train.ladder=[{model: {filters: wide}}]"])
+    with pytest.raises(UserError, match=r"train.ladder\[0\]: unknown config key 'model.filter'"):  # checked without a budget too
+        load_config(None, ["train.ladder=[{model.filter: [8, 8, 16, 16]}]"])
+    assert load_config("fashion-mnist-fast", ["train.time_budget="]).model.filters == [24, 48, 96, 192]
+    with pytest.raises(UserError, match=r"train.ladder=3 \(command line\) should be a mapping of config keys to values"):
+        load_config(None, [budget, "train.ladder=[3]"])
 
 
 def test_bad_method_settings_are_one_line_each(class_folders, tmp_path):

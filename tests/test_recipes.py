@@ -8,7 +8,7 @@ import torchvision
 from resnetlab.cli import main
 from resnetlab.config import list_recipes, load_config
 from resnetlab.errors import UserError
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 from tests.conftest import place_weights
 
 # Few steps, same recipe: 2 batches of 8 an epoch in every split, one epoch, no time budget (the GTSRB tutorial's stages

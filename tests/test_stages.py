@@ -11,7 +11,7 @@ from resnetlab.errors import UserError
 from resnetlab.models import get_model
 from resnetlab.models.groups import group_lr_scales, group_names
 from resnetlab.train.schedules import lr_at
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 from resnetlab.train.stages import lr_for_step, snapshot_epochs, stage_schedule
 from resnetlab.train.loop import fit
 from tests.conftest import REPO, tiny_config, tiny_overrides

@@ -10,7 +10,7 @@ from PIL import Image
 from resnetlab.data import build_data
 from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.train.loop import fit
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 from tests.conftest import tiny_config, write_class_folders
 
 

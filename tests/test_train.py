@@ -13,7 +13,7 @@ import torch
 
 from resnetlab.train.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.errors import UserError
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 from resnetlab.train.loop import fit
 from tests.conftest import REPO, tiny_config, tiny_overrides, write_class_folders
 
@@ -61,7 +61,7 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from resnetlab.config import load_config
-    from resnetlab.train.session import prepare
+    from resnetlab.train.prepare import prepare
     from resnetlab.train.loop import fit
 
     kill_at = int(sys.argv[1])
@@ -170,7 +170,7 @@ TERMINATED = textwrap.dedent(
     """
     import os, signal, sys
     from resnetlab.config import load_config
-    from resnetlab.train.session import prepare
+    from resnetlab.train.prepare import prepare
     from resnetlab.train.loop import fit
     from resnetlab.train.stopping import Preempted
 

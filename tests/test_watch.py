@@ -13,7 +13,7 @@ from resnetlab.cli import main
 from resnetlab.errors import UserError
 from resnetlab.evaluate.runs import list_runs
 from resnetlab.train.loop import fit
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 from tests.conftest import REPO, tiny_config, tiny_overrides, write_class_folders
 
 
@@ -60,7 +60,7 @@ KILLED = """
 import os, signal, sys
 from resnetlab.config import load_config
 from resnetlab.train.loop import fit
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 
 def die(session, info):
     if info["step"] == 2:

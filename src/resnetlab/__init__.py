@@ -24,7 +24,7 @@ _LAZY = {
     "get_model": "resnetlab.models",
     "list_models": "resnetlab.models",
     "register_model": "resnetlab.models",
-    "prepare": "resnetlab.train.session",
+    "prepare": "resnetlab.train.prepare",
     "fit": "resnetlab.train.loop",
     "Predictor": "resnetlab.deploy.predictor",
 }

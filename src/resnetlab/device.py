@@ -94,6 +94,16 @@ def precision_reason(precision: str, requested: str, device: torch.device) -> st
     return "fp32: this CPU has no AVX-512 BF16 or AMX; bf16 would be emulated (~100x slower)"
 
 
+def hardware_class(device: torch.device, precision: str) -> str:
+    """The machine class a time budget plans for, in words: what sets a step's speed."""
+    if device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)}, {precision}"
+    if device.type != "cpu":
+        return f"{device.type}, {precision}"
+    kind = "with AVX-512 BF16/AMX" if cpu_has_fast_bf16() else "without AVX-512 BF16/AMX"
+    return f"CPU {kind} ({platform.machine()}, {torch.get_num_threads()} threads), {precision}"
+
+
 def gemm_tflops(device: torch.device, precision: str, *, size: int = 512, seconds: float = 0.3) -> float:
     """A quick measured matrix-multiply rate (TFLOP/s, size^3 GEMMs) for `resnetlab env`: emulated bf16
     shows as ~1% of fp32. About ``seconds`` of timing after two warm-up products."""

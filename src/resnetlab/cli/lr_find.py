@@ -30,7 +30,7 @@ def run(args) -> int:
     from resnetlab.train.lr_find import check_range, lr_find
     from resnetlab.train.figures import lr_find_curves
     from resnetlab.io import write_json
-    from resnetlab.train.session import prepare
+    from resnetlab.train.prepare import prepare
 
     check_range(args.start, args.end, args.steps)  # before any data is read
     recipe, overrides = None, list(args.items)

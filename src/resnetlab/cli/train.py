@@ -34,7 +34,7 @@ def run(args) -> int:
     from resnetlab.train.finish import retrain_config
     from resnetlab.train.loop import fit
     from resnetlab.train.stopping import Preempted
-    from resnetlab.train.session import prepare
+    from resnetlab.train.prepare import prepare
 
     if args.help_config:
         from resnetlab.config import Config

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from resnetlab.config.checks import parse_duration, resolve_stages, validate
+from resnetlab.config.checks import parse_duration, resolve_stages, rung_config, validate
 from resnetlab.config.keys import all_keys, key_type, resolve_key, section_items, set_value
 from resnetlab.config.schema import (AugmentConfig, Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig,
                                      StageConfig, TrainConfig)
@@ -27,7 +27,7 @@ from resnetlab.io import atomic_write_text, read_yaml
 
 __all__ = ["AugmentConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "StageConfig",
            "TrainConfig", "all_keys", "apply_overrides", "config_from_dict", "key_type", "list_recipes",
-           "load_config", "parse_duration", "recipe_path", "resolve_key", "resolve_stages", "save_config",
+           "load_config", "parse_duration", "recipe_path", "resolve_key", "resolve_stages", "rung_config", "save_config",
            "set_value", "update_config", "validate"]
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"

@@ -3,11 +3,21 @@ schema.py, like its choices), the rules that join fields, and the stages."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 
+from resnetlab.config.keys import resolve_key, section_items, set_value
 from resnetlab.config.schema import SECTIONS, Config, ScheduleConfig
 from resnetlab.errors import UserError
+
+# keys a ladder rung may not set: the plan sets the run's length, the hardware sets device and precision,
+# and the run's name and folder are one for all rungs
+PLAN_KEYS = {"train.time_budget": "the budget is the whole run's", "train.ladder": "rungs do not nest",
+             "train.ladder_min_epochs": "the rule is the whole ladder's", "train.epochs": "the plan sets it",
+             "train.steps_per_epoch": "the plan sets it", "train.device": "the hardware is the run's",
+             "train.precision": "the hardware chooses it", "train.out_dir": "the run has one folder",
+             "train.name": "the run has one folder", "seed": "every rung trains from the run's seed"}
 
 
 def validate(cfg: Config) -> None:
@@ -34,7 +44,29 @@ def validate(cfg: Config) -> None:
             raise UserError(message)
     if t.time_budget:
         parse_duration(t.time_budget, "train.time_budget")
+    for i in range(len(t.ladder)):  # checked with or without a budget (without one, the config trains as it is)
+        rung_config(cfg, i)
     resolve_stages(cfg)
+
+
+def rung_config(cfg: Config, index: int) -> Config:
+    """The config with train.ladder[index]'s values set (a copy); each bad rung key or value is one line."""
+    where = f"train.ladder[{index}]"
+    out = copy.deepcopy(cfg)
+    out.train.ladder = []
+    for key, value in section_items(cfg.train.ladder[index]):
+        if key == "stages" or key.startswith("stages."):
+            raise UserError(f"{where} sets stages: a time budget plans one schedule, so a rung cannot have "
+                            "stages; give a rung model, data, augment, optim or schedule keys")
+        try:
+            full = resolve_key(key)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        if full in PLAN_KEYS:
+            raise UserError(f"{where} sets {full}, which a rung may not: {PLAN_KEYS[full]}")
+        set_value(out, full, value, source=where)
+    validate(out)
+    return out
 
 
 def parse_duration(text: str, key: str) -> float:

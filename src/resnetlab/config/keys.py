@@ -98,6 +98,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise bad
         return [_coerce(v, item, key, source) for v in value]
+    if tp is dict:  # a ladder rung: its keys are checked where the rung is applied (config/checks.py)
+        if isinstance(value, dict):
+            return dict(value)
+        raise UserError(f"{key}={value!r} ({source}) should be a mapping of config keys to values, "
+                        "e.g. {model.filters: [16, 32, 64, 128]}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -148,6 +153,6 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}.get(
         tp, "null" if tp is type(None) else str(tp)
     )

@@ -160,6 +160,12 @@ class TrainConfig:
     # wall clock for the whole run (evaluation and report included), e.g. 90s, 10m, 1h30m: the first
     # steps are timed, then train.epochs and train.steps_per_epoch are set to fill it; "" = off
     time_budget: str = ""
+    # candidates the time budget chooses from, most capable first: each a mapping of config keys to values,
+    # e.g. [{model.filters: [32, 64, 128, 256]}, {model.filters: [16, 32, 64, 128]}]. Each rung's steps are
+    # timed on this machine; the first that gets ladder_min_epochs epochs in the budget trains (else the one
+    # that gets the most). budget.json keeps the table it chose from
+    ladder: list[dict] = field(default_factory=list)
+    ladder_min_epochs: int = _ranged(1, lambda v: v >= 1, "must be at least 1")
     # batches an epoch (0: the whole training split); a time budget sets it
     steps_per_epoch: int = _ranged(0, lambda v: v >= 0, "must be 0 (all) or more")
     # progressive resizing: px at the start, up to size_end (0 = off)

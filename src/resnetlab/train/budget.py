@@ -1,16 +1,19 @@
-"""train.time_budget: time the first steps, then set the run's length to fill the budget.
+"""train.time_budget: choose the ladder's rung and the run's length that fill the budget.
 
 The whole run, from prepare() to the report, should end at the budget:
 
-    budget = so far (data, model) + timing + E x (k steps x step time + validation + checkpoint)
+    budget = so far (data, timing) + E x (k steps x step time + validation + checkpoint)
              + the test split and report
 
-Steps are timed on throwaway copies of the weights and optimiser (restored afterwards),
-so the run that follows is exactly the run ``train.epochs=E train.steps_per_epoch=k`` gives;
-with progressive resizing at both the start and the full size, interpolated by pixel count.
-E - 1 full epochs and a last stretch would need a partial epoch the schedules cannot express,
-so all E epochs take the same k <= full steps (each a random k-batch share of the images).
-The plan is written to budget.json and config.yaml, so a resume follows the same plan.
+Each rung of train.ladder (or the config itself, without one) is built as a throwaway probe
+session whose steps are timed on this machine; the first rung that gets train.ladder_min_epochs
+epochs wins (else the one that gets the most). The rung's config, with ``train.epochs=E
+train.steps_per_epoch=k`` set, is then built from the seed as any fixed run is, so the run is
+exactly the fixed run it planned. Progressive resizing is timed at both the start and the full
+size, interpolated by pixel count. E - 1 full epochs and a last stretch would need a partial epoch
+the schedules cannot express, so all E epochs take the same k <= full steps (each a random k-batch
+share of the images). The plan and its table are written to budget.json, and the rung and length to
+config.yaml, so a resume follows the same plan.
 """
 
 from __future__ import annotations
@@ -18,27 +21,44 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from rich.console import Console
 
 from resnetlab import run_folder as rf
-from resnetlab.config import parse_duration, save_config
+from resnetlab.config import Config, parse_duration, rung_config
+from resnetlab.data import DataBundle, build_data
+from resnetlab.device import hardware_class
 from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import infer
 from resnetlab.io import atomic_write_text
 from resnetlab.train import distributed
 from resnetlab.train.checkpoint import save_checkpoint
+from resnetlab.train.distributed import Dist
 from resnetlab.train.sizes import training_size
-from resnetlab.train.session import Session, checkpoint_state, no_sums
+from resnetlab.train.session import Session, build_session, checkpoint_state, no_sums
 from resnetlab.train.stages import lr_for_step
 from resnetlab.train.step import train_step
 
 REPORT_S = 4.0  # s: figures, calibration and report.html after the test split (measured 2-4 s, 10 classes)
 MARGIN = 0.98  # plan to 98% of what is left: timing noise on a shared CPU is a few percent
 WARMUP_STEPS = 3  # untimed steps before timing
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where the run trains: what a plan is made for."""
+    device: torch.device
+    precision: str
+    dist: Dist
+    compile_wanted: bool
+
+    def describe(self) -> str:
+        return hardware_class(self.device, self.precision) + (f" x {self.dist.world} processes" if self.dist.enabled else "")
 
 
 @dataclass
@@ -52,13 +72,38 @@ class Plan:
     steps: int  # per epoch
     full_steps: int
     predicted_s: float
+    hardware: str = ""  # hardware_class(): what the steps were timed on
+    rung: int | None = None  # the chosen index of train.ladder; None: no ladder
+    rungs: list[dict] = field(default_factory=list)  # the table the rung was chosen from (rung_row)
+    rule: str = ""
 
     def line(self) -> str:
         steps = f"{self.steps} steps" if self.steps == self.full_steps else f"{self.steps} of {self.full_steps} steps"
-        rates = ", ".join(f"{1000 * v:.0f} ms a step at {k} px" for k, v in sorted(self.step_s.items()))
-        return (f"time budget {_clock(self.budget_s)}: {rates}; {self.epoch_overhead_s:.1f} s to validate and save an "
-                f"epoch, ~{self.finish_s:.0f} s for the test and report, {self.used_s:.0f} s used so far: "
-                f"{self.epochs} epochs of {steps}, ending at ~{_clock(self.predicted_s)}")
+        return (f"time budget {_clock(self.budget_s)}: {_rates(self.step_s)}; {self.epoch_overhead_s:.1f} s to "
+                f"validate and save an epoch, ~{self.finish_s:.0f} s for the test and report, {self.used_s:.0f} s "
+                f"used so far: {self.epochs} epochs of {steps}, ending at ~{_clock(self.predicted_s)}")
+
+    def table(self) -> list[str]:
+        """The ladder's rungs as timed here, the chosen one marked '>'."""
+        lines = [f"ladder on {self.hardware}: {self.rule}"]
+        for row in self.rungs:
+            mark = ">" if row["rung"] == self.rung else " "
+            what = _rung_text(row["set"])
+            if row["step_s"] is None:
+                lines.append(f" {mark} {row['rung']}: {what}: not timed (an earlier rung fits)")
+                continue
+            fit = f"{row['epochs']} epochs" if row["epochs"] else "not one epoch fits"
+            lines.append(f" {mark} {row['rung']}: {what}: {_rates(row['step_s'])}, {row['epoch_s']:.0f} s an "
+                         f"epoch: {fit}")
+        return lines
+
+
+def _rung_text(overrides: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the config as it is"
+
+
+def _rates(step_s: dict[int, float]) -> str:
+    return ", ".join(f"{1000 * v:.0f} ms a step at {k} px" for k, v in sorted(step_s.items()))
 
 
 def _clock(seconds: float) -> str:
@@ -66,27 +111,69 @@ def _clock(seconds: float) -> str:
     return f"{m}m{sec:02d}s" if m else f"{sec}s"
 
 
-def plan_budget(s: Session, console: Console) -> Plan | None:
-    """Set train.epochs and train.steps_per_epoch from train.time_budget (once: a resume keeps the plan)."""
-    path = s.run_dir / rf.BUDGET
-    if not s.cfg.train.time_budget:
-        return None
-    if path.exists():  # a resume: the schedule was laid over the planned length, keep it
-        console.print(f"time budget: resuming the plan in {path} ({s.cfg.train.epochs} epochs); "
-                      "the time before the interruption is not counted again")
-        return None
-    budget = parse_duration(s.cfg.train.time_budget, "train.time_budget")
-    measured = _measure(s)  # every rank steps together (collectives); rank 0's clock decides
-    measured = distributed.broadcast_object(measured if s.dist.main else None, s.dist)
-    plan = choose(budget, time.monotonic() - s.started, **measured,
-                  sizes=lambda epochs: _sizes(s, epochs))
-    s.cfg.train.epochs, s.cfg.train.steps_per_epoch = plan.epochs, (0 if plan.steps == plan.full_steps else plan.steps)
-    s.loaders["train"].limit(plan.steps)
-    if s.dist.main:
-        save_config(s.cfg, s.run_dir / rf.CONFIG)
-        atomic_write_text(path, json.dumps(asdict(plan), indent=2) + "\n")
-    console.print(plan.line())
-    return plan
+def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) -> tuple[Config, DataBundle, Plan]:
+    """The rung and length that fill train.time_budget: (the rung's config with train.epochs and
+    train.steps_per_epoch set, its data, the plan). Timing builds throwaway sessions; the caller
+    puts the global RNG back afterwards, so the run's own model starts from the seed."""
+    budget = parse_duration(cfg.train.time_budget, "train.time_budget")
+    ladder, need = cfg.train.ladder, cfg.train.ladder_min_epochs
+    rungs, rows, datas = [], [], {}
+    for i in range(max(len(ladder), 1)):
+        rcfg = rung_config(cfg, i) if ladder else copy.deepcopy(cfg)  # the caller's config is left as it was
+        key = repr(rcfg.data)
+        if key not in datas:  # a rung that changes data (image size, ...) reads its own; the rest share
+            datas[key] = data if rcfg.data == cfg.data else build_data(
+                rcfg, progress=cfg.train.progress, builder=hw.dist.local_rank == 0)
+        measured = _measure(build_session(rcfg, datas[key], device=hw.device, precision=hw.precision,
+                                          dist=hw.dist, compile_wanted=hw.compile_wanted, started=started))
+        # every rank steps together (collectives); rank 0's clock decides for all
+        row = distributed.broadcast_object(
+            rung_row(i, ladder[i] if ladder else {}, budget, time.monotonic() - started, measured,
+                     lambda e, c=rcfg, d=datas[key]: _sizes(c, d, e)) if hw.dist.main else None, hw.dist)
+        rungs.append((rcfg, datas[key], measured))
+        rows.append(row)
+        if row["epochs"] >= need:
+            break
+    fits = [r for r in rows if r["epochs"]]
+    if not fits:
+        _refuse(budget, cfg, rows)
+    chosen = fits[0] if fits[0]["epochs"] >= need else max(fits, key=lambda r: r["epochs"])
+    rows += [{"rung": j, "set": ladder[j], "step_s": None} for j in range(len(rows), len(ladder))]
+    rcfg, rdata, measured = rungs[chosen["rung"]]
+    plan = distributed.broadcast_object(
+        choose(budget, time.monotonic() - started, **measured, sizes=lambda e: _sizes(rcfg, rdata, e))
+        if hw.dist.main else None, hw.dist)
+    plan.hardware, plan.rungs = hw.describe(), rows
+    plan.rung = chosen["rung"] if ladder else None
+    plan.rule = (f"the first rung that gets {need} epochs, else the one that gets the most" if ladder
+                 else "no ladder: the config as it is")
+    rcfg.train.epochs, rcfg.train.steps_per_epoch = plan.epochs, (0 if plan.steps == plan.full_steps else plan.steps)
+    return rcfg, rdata, plan
+
+
+def rung_row(index: int, overrides: dict, budget: float, used: float, measured: dict, sizes) -> dict:
+    """One line of the ladder's table: the rung's step times, one epoch's seconds, and the epochs it gets."""
+    first = sizes(1)[0]
+    step = measured["step_s"].get(first) or measured["step_s"][max(measured["step_s"])]
+    row = {"rung": index, "set": overrides, "step_s": measured["step_s"],
+           "epoch_s": measured["full_steps"] * step + measured["epoch_overhead_s"], "epochs": 0, "steps": 0}
+    try:
+        p = choose(budget, used, **measured, sizes=sizes)
+        row.update(epochs=p.epochs, steps=p.steps)
+    except UserError as e:
+        row["too_small"] = str(e)
+    return row
+
+
+def _refuse(budget: float, cfg: Config, rows: list[dict]) -> None:
+    """No rung fits one epoch: one line (without a ladder, choose()'s own line with its figures)."""
+    if not cfg.train.ladder:
+        raise UserError(rows[0]["too_small"])
+    fastest = min(rows, key=lambda r: r["epoch_s"])
+    what = _rung_text(fastest["set"])
+    raise UserError(f"time budget {_clock(budget)} is too small for one epoch of any rung of train.ladder: the "
+                    f"fastest, rung {fastest['rung']} ({what}), takes ~{fastest['epoch_s']:.0f} s an epoch here "
+                    "before the test and report; give a longer train.time_budget or add a smaller rung")
 
 
 def choose(budget: float, used: float, *, step_s: dict[int, float], epoch_overhead_s: float, finish_s: float,
@@ -120,34 +207,23 @@ def choose(budget: float, used: float, *, step_s: dict[int, float], epoch_overhe
     return Plan(budget, used, step_s, epoch_overhead_s, finish_s, epochs, k, full_steps, predicted)
 
 
-def _sizes(s: Session, epochs: int) -> list[int]:
+def _sizes(cfg: Config, data: DataBundle, epochs: int) -> list[int]:
     """Each epoch's training side in px for an ``epochs``-epoch run."""
-    return [training_size(e, epochs=epochs, cfg=s.cfg.train, image_size=s.data.image_size) or s.data.image_size
+    return [training_size(e, epochs=epochs, cfg=cfg.train, image_size=data.image_size) or data.image_size
             for e in range(epochs)]
 
 
 def _measure(s: Session) -> dict:
     """Seconds a training step (at the start and full sizes), per epoch of validation and saving,
-    and for the test split and report; the weights and optimiser are put back afterwards."""
-    saved = copy.deepcopy((s.model.state_dict(), s.optimizer.state_dict(),
-                           s.ema.state_dict() if s.ema else None, s.scaler.state_dict() if s.scaler else None))
+    and for the test split and report, on a probe session (thrown away afterwards)."""
     image = s.data.image_size
-    try:  # at the first and last epochs' sizes (they differ with progressive resizing)
-        step_s = {px: _time_steps(s, 0 if px == image else px) for px in {*_sizes(s, 2)}}
-        eval_s = _time_eval(s)  # s an image
+    # at the first and last epochs' sizes (they differ with progressive resizing)
+    step_s = {px: _time_steps(s, 0 if px == image else px) for px in {*_sizes(s.cfg, s.data, 2)}}
+    eval_s = _time_eval(s)  # s an image
+    with tempfile.TemporaryDirectory(prefix="resnetlab-budget-") as tmp:
         start = time.perf_counter()
-        probe = s.run_dir / "budget-probe.pt"
-        save_checkpoint(probe, checkpoint_state(s, epoch=0, step=0, partial=no_sums()))
-        probe.unlink()
+        save_checkpoint(Path(tmp) / "probe.pt", checkpoint_state(s, epoch=0, step=0, partial=no_sums()))
         save_s = 2 * (time.perf_counter() - start)  # last.pt and best.pt (one serialisation, two writes)
-    finally:
-        model, optimizer, ema, scaler = saved
-        s.model.load_state_dict(model)
-        s.optimizer.load_state_dict(optimizer)
-        if s.ema is not None:
-            s.ema.load_state_dict(ema)
-        if s.scaler is not None:
-            s.scaler.load_state_dict(scaler)
     n = {name: len(split) for name, split in s.data.splits.items()}
     models = 2 if s.ema is not None and s.cfg.train.eval_raw else 1  # train.eval_raw: val scored twice
     views = s.cfg.train.final_tta
@@ -205,10 +281,21 @@ def _sync(s: Session) -> None:
         torch.cuda.synchronize(s.device)
 
 
-def report_budget(s: Session, plan: Plan, console: Console) -> None:
-    """How the run kept to its budget, in budget.json and one line."""
-    took = time.monotonic() - s.started
+def report_budget(s: Session, console: Console, *, trained_at: float) -> None:
+    """How the run kept to its budget, in budget.json and one line; beside each planned part the
+    measured one, so a run that overshoots says which part the plan got wrong."""
+    plan, now = s.plan, time.monotonic()
+    took = now - s.started
+    steps_s = sum(h["seconds"] for h in s.history)  # the epochs' training steps, validation not included
+    epochs = max(len(s.history), 1)
+    actual = {"actual_s": round(took, 2), "actual_steps_s": round(steps_s, 2),
+              "planned_steps_s": round(plan.predicted_s - plan.used_s - plan.finish_s - plan.epochs * plan.epoch_overhead_s, 2),
+              "actual_epoch_overhead_s": round((trained_at - s.started - plan.used_s - steps_s) / epochs, 2),
+              "actual_finish_s": round(now - trained_at, 2)}
     if s.dist.main:
-        record = {**asdict(plan), "actual_s": round(took, 2)}
-        atomic_write_text(s.run_dir / rf.BUDGET, json.dumps(record, indent=2) + "\n")
-    console.print(f"time budget {_clock(plan.budget_s)}: the run took {_clock(took)} ({100 * took / plan.budget_s:.0f}%)")
+        atomic_write_text(s.run_dir / rf.BUDGET, json.dumps({**asdict(plan), **actual}, indent=2) + "\n")
+    console.print(f"time budget {_clock(plan.budget_s)}: the run took {_clock(took)} ({100 * took / plan.budget_s:.0f}%): "
+                  f"steps {actual['actual_steps_s']:.0f} s (planned {actual['planned_steps_s']:.0f}), "
+                  f"validating and saving {actual['actual_epoch_overhead_s']:.1f} s an epoch (planned "
+                  f"{plan.epoch_overhead_s:.1f}), test and report {actual['actual_finish_s']:.0f} s (planned "
+                  f"{plan.finish_s:.0f})")

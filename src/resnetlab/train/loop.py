@@ -24,7 +24,7 @@ from resnetlab.evaluate.inference import infer
 from resnetlab.evaluate.metrics import metrics
 from resnetlab.run_folder import write_metrics, write_skipped
 from resnetlab.train import distributed
-from resnetlab.train.budget import plan_budget, report_budget
+from resnetlab.train.budget import report_budget
 from resnetlab.train.checkpoint import save_checkpoint
 from resnetlab.train.figures import Curves
 from resnetlab.train.finish import finish_run
@@ -56,8 +56,6 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         for event, fns in TensorBoardLogger(s).callbacks().items():
             hooks[event] = fns + hooks[event]
     with run_status(s), EpochProgress(s, console) as progress, stop_on_signals() as stop:
-        plan = plan_budget(s, console)  # train.time_budget: sets train.epochs
-        epochs = s.cfg.train.epochs
         announce(s, console)
         curves = Curves(s.run_dir / rf.CURVES)
         try:
@@ -81,9 +79,10 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
             raise
         if s.dist.main:
             curves.update(s.history, final=True)
+        trained_at = time.monotonic()
         result = finish_run(s, console)
-        if plan is not None:
-            report_budget(s, plan, console)
+        if s.plan is not None:
+            report_budget(s, console, trained_at=trained_at)
         for fn in hooks["on_train_end"]:
             fn(s, result)
     return result

@@ -68,6 +68,10 @@ def announce(s: Session, console: Console) -> None:
         f"{s.device} in {s.precision}{f' x {d.world} processes' if d.enabled else ''}; run folder {s.run_dir}"
     )
     console.print(f"precision {precision_reason(s.precision, cfg.train.precision, s.device)}")
+    if s.plan is not None:  # train.time_budget: what was timed here, and what it chose
+        for line in s.plan.table() if s.plan.rung is not None else []:
+            console.print(line)
+        console.print(s.plan.line())
     if "val" not in s.loaders:
         console.print(f"note: no validation split, so no best checkpoint is chosen: the model is {rf.LAST} "
                       "(set data.val_fraction to choose the best epoch on validation)")

@@ -1,42 +1,33 @@
-"""Everything a training run needs, built from a Config (and a run folder when resuming).
+"""What a training run holds (Session), the builders of its parts, and its checkpoint state.
 
-The order matters for "no half-written run folder": data and model are built
-and checked first; the run folder is created only when they are fine.
+train/prepare.py puts these together for a run: data, then the time budget's plan, then the
+session, then the run folder.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from resnetlab import run_folder as rf
 from resnetlab.train.checkpoint import (DamagedCheckpoint, describe_model, load_checkpoint, load_model_state,
                                         rng_state, set_rng_state)
-from resnetlab.config import Config, OptimConfig, apply_overrides, save_config, validate
-from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader, build_data
+from resnetlab.config import Config, OptimConfig
+from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader
 from resnetlab.data.archive import shard_of
 from resnetlab.data.augment import BatchAugment
-from resnetlab.data.readers.manifest import split_file_text
 from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
 from resnetlab.train.ema import ModelEma
 from resnetlab.errors import UserError
 from resnetlab.models import get_model, model_entry
 from resnetlab.models.groups import first_trained, layer_groups
-from resnetlab.io import read_json, write_json
-from resnetlab.run_folder import check_run_dir, create_run_dir, read_run_config, saved_split_file
-from resnetlab.device import (compile_plan, environment, precision_reason, resolve_precision, seed_everything,
-                              select_device)
 
 
 # The epoch's running sums, a float64 tensor on the device (no host sync a step) and a list in the
@@ -73,6 +64,7 @@ class Session:
     notes: list[str] = field(default_factory=list)  # what fit() should tell the user first (e.g. a resume fallback)
     ema: ModelEma | None = None  # the weights' moving average, train.ema_decay
     precomputed: Any = None  # train.precompute.HeadFeatures while a precompute stage trains the head
+    plan: Any = None  # train.budget.Plan: how train.time_budget set this run's rung and length (None: no budget)
     started: float = field(default_factory=time.monotonic)  # when prepare() began: train.time_budget counts from it
 
     @property
@@ -168,120 +160,38 @@ def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.where(counts > 0, len(labels) / (num_classes * counts.clamp_min(1)), 0.0).float()
 
 
-def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, overrides: list[str] = ()) -> Session:
-    """Build data, model and optimiser; create the run folder (or reopen it to resume).
-
-    With ``resume`` the config comes from the run folder (``cfg`` is ignored) and
-    ``overrides`` are applied on top and recorded in env.json. When torchrun restarts the
-    processes (``--max-restarts``), the run it had begun is resumed from its last checkpoint.
-    """
-    started, restarted = time.monotonic(), None
-    if resume is None and (restarted := elastic_restart(cfg, run_name)) is not None:
-        resume, overrides = restarted, []
-    if resume is not None:
-        resume = check_run_dir(resume)
-        cfg = read_run_config(resume)
-        apply_overrides(cfg, overrides)
-        validate(cfg)
-    d = distributed.from_environment()
-    if d.world > cfg.train.batch_size:
-        raise UserError(f"{d.world} processes cannot share a global batch of {cfg.train.batch_size}: "
-                        "raise train.batch_size or start fewer processes")
-    device = distributed.init(d, select_device(cfg.train.device), timeout_s=cfg.train.dist_timeout)
-    precision = resolve_precision(cfg.train.precision, device)
-    if device.type == "cuda":  # training shapes are static (merged tail batch): let cuDNN time its algorithms once
-        torch.backends.cudnn.benchmark = True
-    compile_wanted, compile_note = compile_plan(cfg.train.compile, device)
-    seed_everything(cfg.seed)
-    data = build_data(cfg, split_file=saved_split_file(resume) if resume else None, progress=cfg.train.progress,
-                      builder=d.local_rank == 0)  # one process a machine builds the decoded cache
-    if len(data.splits["train"]) < 1:
-        raise UserError("the training split is empty")
-    has_checkpoint = resume is not None and any((resume / n).exists() for n in RESUME_FROM)
-    model = build_model(cfg, data, pretrained=not has_checkpoint)
+def build_session(cfg: Config, data: DataBundle, *, device: torch.device, precision: str, dist: Dist,
+                  compile_wanted: bool, pretrained: bool = True, run_dir: Path = Path(),
+                  started: float | None = None) -> Session:
+    """Model, optimiser, loaders, EMA and the process wrappers for ``cfg`` on ``data``: the run's own
+    session, and the time budget's probes (one per ladder rung, timed and thrown away)."""
+    model = build_model(cfg, data, pretrained=pretrained)
     for st in cfg.stages:  # a stage naming a group the model lacks fails before any folder is made
         first_trained(model, st.train)
-    if cfg.train.sync_bn and (d.enabled or device.type == "cpu"):  # on CPU: the same BN for any rank count
+    if cfg.train.sync_bn and (dist.enabled or device.type == "cpu"):  # on CPU: the same BN for any rank count
         model = distributed.convert_sync_batchnorm(model, device)
     model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    loaders = {name: make_loader(s, data, cfg, device, train=name == "train", dist=d) for name, s in data.splits.items()}
-
-    if resume is not None:
-        run_dir = resume
-    else:  # rank 0 names and creates the folder; the others learn its name
-        run_dir = distributed.broadcast_object(_new_run(cfg, data, run_name, device, precision, d) if d.main else None, d)
-    session = Session(
-        cfg, data, model, optimizer, scaler, device, precision, loaders,
-        torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device), run_dir, dist=d,
-        started=started,
-    )
+    loaders = {name: make_loader(split, data, cfg, device, train=name == "train", dist=dist)
+               for name, split in data.splits.items()}
+    s = Session(cfg, data, model, optimizer, torch.amp.GradScaler(device.type) if precision == "fp16" else None,
+                device, precision, loaders, torch.tensor(data.mean, device=device),
+                torch.tensor(data.std, device=device), run_dir, dist=dist,
+                started=time.monotonic() if started is None else started)
     if cfg.train.ema_decay:
-        session.ema = ModelEma(model, cfg.train.ema_decay)
+        s.ema = ModelEma(model, cfg.train.ema_decay)
     if cfg.optim.class_weights == "balanced":
-        session.class_weights = balanced_weights(data.splits["train"].labels, len(data.classes)).to(device)
-    if resume is not None and has_checkpoint:
-        restore_newest_intact(session, run_dir)  # before touching the folder: a misfit changes nothing
-    if d.enabled:  # gradients averaged across ranks; parameters broadcast from rank 0 once
+        s.class_weights = balanced_weights(data.splits["train"].labels, len(data.classes)).to(device)
+    if dist.enabled:  # gradients averaged across ranks; parameters broadcast from rank 0 once
         # stages freeze groups after DDP is built: let it skip parameters that get no gradient
-        session.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                              find_unused_parameters=bool(cfg.stages))
+        s.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=bool(cfg.stages))
     if compile_wanted:  # dynamic=False: one graph per input shape; training batches keep one shape (the
         # tail batch is merged), so it compiles once per training size, never per batch
-        session.compiled = torch.compile(session.net, dynamic=False)
-    session.notes += [compile_note] if compile_note else []
-    if resume is not None and d.main:
-        env = read_json(run_dir / rf.ENV)
-        env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides),
-                                              **({"torchrun_restart": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}
-                                                 if restarted else {})})
-        write_json(run_dir / rf.ENV, env)
-        save_config(cfg, run_dir / rf.CONFIG)
-    return session
-
-
-def default_run_name(cfg: Config, run_name: str) -> str:
-    """train.name, else the recipe and the time; under torchrun the recipe and its run id instead, which
-    every rank and every restart of the same torchrun agree on (with --standalone, a fresh id each time)."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    if cfg.train.name:
-        return cfg.train.name
-    return f"{run_name}-{run_id[:8]}" if run_id != "none" else f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def elastic_restart(cfg: Config, run_name: str) -> Path | None:
-    """The run folder to resume when torchrun has restarted this process group after a failure
-    (TORCHELASTIC_RESTART_COUNT > 0) and the run it began has a checkpoint; else None."""
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
-        return None
-    run = Path(cfg.train.out_dir) / default_run_name(cfg, run_name)
-    if not any((run / n).exists() for n in RESUME_FROM):
-        return None
-    if os.environ.get("RANK", "0") == "0":
-        print(f"torchrun restart {os.environ['TORCHELASTIC_RESTART_COUNT']}: resuming {run} from its last checkpoint",
-              file=sys.stderr, flush=True)
-    return run
-
-
-def _new_run(cfg: Config, data: DataBundle, run_name: str, device, precision, d: Dist) -> Path:
-    name = default_run_name(cfg, run_name)
-    env = {**environment(device), "seed": cfg.seed, "precision": precision,
-           "precision_reason": precision_reason(precision, cfg.train.precision, device), "command": run_name,
-           "world_size": d.world}
-    data_info = {**data.preprocess(), "root": data.root, "cached": data.cached, "resize": cfg.data.resize,
-                 "sizes": {k: len(v) for k, v in data.splits.items()}, "class_ids": data.catalog.class_ids,
-                 "counts": data.counts(), "notes": data.notes}
-    files = {
-        rf.CONFIG: yaml.safe_dump(cfg.to_dict(), sort_keys=False),
-        rf.ENV: json.dumps(env, indent=2) + "\n",
-        rf.CLASSES: json.dumps(data.classes, indent=2) + "\n",
-        rf.DATA: json.dumps(data_info, indent=2) + "\n",
-    }
-    files[rf.SPLIT] = split_file_text(data.catalog)
-    return create_run_dir(Path(cfg.train.out_dir), name, files)
+        s.compiled = torch.compile(s.net, dynamic=False)
+    return s
 
 
 def checkpoint_state(s: Session, *, epoch: int, step: int, partial: list[float]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from resnetlab.io import read_json, write_json
 from resnetlab.train.loop import fit
 from resnetlab.train.stopping import StopTraining
 from resnetlab.run_folder import read_run_config
-from resnetlab.train.session import prepare
+from resnetlab.train.prepare import prepare
 from resnetlab.tune.space import load_space, override, shown
 from resnetlab.tune.page import write_study_page
 

@@ -1,0 +1,138 @@
+"""prepare(): config + data + hardware -> plan -> Session, and only then the run folder.
+
+The order matters for "no half-written run folder": data and model are built and checked, and the
+time budget has chosen its ladder rung and the run's length, before the folder is created; a budget
+too small for one epoch stops the run with nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import yaml
+
+from resnetlab import run_folder as rf
+from resnetlab.config import Config, apply_overrides, save_config, validate
+from resnetlab.data import DataBundle, build_data
+from resnetlab.data.readers.manifest import split_file_text
+from resnetlab.device import (compile_plan, environment, precision_reason, resolve_precision, seed_everything,
+                              select_device)
+from resnetlab.errors import UserError
+from resnetlab.io import read_json, write_json
+from resnetlab.run_folder import check_run_dir, create_run_dir, read_run_config, saved_split_file
+from resnetlab.train import distributed
+from resnetlab.train.budget import Hardware, plan_budget
+from resnetlab.train.checkpoint import rng_state, set_rng_state
+from resnetlab.train.session import RESUME_FROM, Session, build_session, restore_newest_intact
+
+
+def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, overrides: list[str] = ()) -> Session:
+    """Build data, model and optimiser; create the run folder (or reopen it to resume).
+
+    With ``resume`` the config comes from the run folder (``cfg`` is ignored) and
+    ``overrides`` are applied on top and recorded in env.json. When torchrun restarts the
+    processes (``--max-restarts``), the run it had begun is resumed from its last checkpoint.
+    With train.time_budget, the plan (rung and length) is made here and kept in the folder's
+    config.yaml and budget.json, so a resume follows it.
+    """
+    started, restarted = time.monotonic(), None
+    if resume is None and (restarted := elastic_restart(cfg, run_name)) is not None:
+        resume, overrides = restarted, []
+    if resume is not None:
+        resume = check_run_dir(resume)
+        cfg = read_run_config(resume)
+        apply_overrides(cfg, overrides)
+        validate(cfg)
+    d = distributed.from_environment()
+    if d.world > cfg.train.batch_size:
+        raise UserError(f"{d.world} processes cannot share a global batch of {cfg.train.batch_size}: "
+                        "raise train.batch_size or start fewer processes")
+    device = distributed.init(d, select_device(cfg.train.device), timeout_s=cfg.train.dist_timeout)
+    precision = resolve_precision(cfg.train.precision, device)
+    if device.type == "cuda":  # training shapes are static (merged tail batch): let cuDNN time its algorithms once
+        torch.backends.cudnn.benchmark = True
+    compile_wanted, compile_note = compile_plan(cfg.train.compile, device)
+    hw = Hardware(device, precision, d, compile_wanted)
+    seed_everything(cfg.seed)
+    data = build_data(cfg, split_file=saved_split_file(resume) if resume else None, progress=cfg.train.progress,
+                      builder=d.local_rank == 0)  # one process a machine builds the decoded cache
+    if len(data.splits["train"]) < 1:
+        raise UserError("the training split is empty")
+    plan = None
+    if cfg.train.time_budget and resume is None:
+        rng = rng_state()  # the probes' model inits draw from it: the run starts where a fixed run would
+        cfg, data, plan = plan_budget(cfg, data, hw, started=started)
+        set_rng_state(rng)
+    has_checkpoint = resume is not None and any((resume / n).exists() for n in RESUME_FROM)
+    session = build_session(cfg, data, device=device, precision=precision, dist=d, compile_wanted=compile_wanted,
+                            pretrained=not has_checkpoint, started=started)
+    session.plan = plan
+    if resume is not None:
+        session.run_dir = resume
+    else:  # rank 0 names and creates the folder; the others learn its name
+        session.run_dir = distributed.broadcast_object(
+            _new_run(cfg, data, run_name, hw, plan) if d.main else None, d)
+    if resume is not None and has_checkpoint:
+        restore_newest_intact(session, resume)  # before touching the folder: a misfit changes nothing
+    session.notes += [compile_note] if compile_note else []
+    if resume is not None and cfg.train.time_budget and (resume / rf.BUDGET).exists():
+        session.notes.append(f"time budget: resuming the plan in {resume / rf.BUDGET} ({cfg.train.epochs} epochs); "
+                             "the time before the interruption is not counted again")
+    if resume is not None and d.main:
+        env = read_json(resume / rf.ENV)
+        env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides),
+                                              **({"torchrun_restart": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}
+                                                 if restarted else {})})
+        write_json(resume / rf.ENV, env)
+        save_config(cfg, resume / rf.CONFIG)
+    return session
+
+
+def default_run_name(cfg: Config, run_name: str) -> str:
+    """train.name, else the recipe and the time; under torchrun the recipe and its run id instead, which
+    every rank and every restart of the same torchrun agree on (with --standalone, a fresh id each time)."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if cfg.train.name:
+        return cfg.train.name
+    return f"{run_name}-{run_id[:8]}" if run_id != "none" else f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def elastic_restart(cfg: Config, run_name: str) -> Path | None:
+    """The run folder to resume when torchrun has restarted this process group after a failure
+    (TORCHELASTIC_RESTART_COUNT > 0) and the run it began has a checkpoint; else None."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        return None
+    run = Path(cfg.train.out_dir) / default_run_name(cfg, run_name)
+    if not any((run / n).exists() for n in RESUME_FROM):
+        return None
+    if os.environ.get("RANK", "0") == "0":
+        print(f"torchrun restart {os.environ['TORCHELASTIC_RESTART_COUNT']}: resuming {run} from its last checkpoint",
+              file=sys.stderr, flush=True)
+    return run
+
+
+def _new_run(cfg: Config, data: DataBundle, run_name: str, hw: Hardware, plan) -> Path:
+    name = default_run_name(cfg, run_name)
+    env = {**environment(hw.device), "seed": cfg.seed, "precision": hw.precision,
+           "precision_reason": precision_reason(hw.precision, cfg.train.precision, hw.device), "command": run_name,
+           "world_size": hw.dist.world}
+    data_info = {**data.preprocess(), "root": data.root, "cached": data.cached, "resize": cfg.data.resize,
+                 "sizes": {k: len(v) for k, v in data.splits.items()}, "class_ids": data.catalog.class_ids,
+                 "counts": data.counts(), "notes": data.notes}
+    files = {
+        rf.CONFIG: yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+        rf.ENV: json.dumps(env, indent=2) + "\n",
+        rf.CLASSES: json.dumps(data.classes, indent=2) + "\n",
+        rf.DATA: json.dumps(data_info, indent=2) + "\n",
+        rf.SPLIT: split_file_text(data.catalog),
+    }
+    if plan is not None:
+        files[rf.BUDGET] = json.dumps(asdict(plan), indent=2) + "\n"
+    return create_run_dir(Path(cfg.train.out_dir), name, files)
+
