@@ -184,6 +184,32 @@ def test_ladder_takes_the_first_rung_that_gets_its_epochs_and_times_no_further(c
     assert not (tmp_path / "tiny").exists()
 
 
+def test_ladder_rule_scores_every_timed_rung_alike_and_steps_past_one_out_of_memory():
+    from types import SimpleNamespace
+
+    from resnetlab.config import Config
+    from resnetlab.train.budget import _decide
+
+    data = SimpleNamespace(image_size=28)
+
+    def rung(step_s):  # 100 steps an epoch, 1 s to validate and save, 5 s for the test and report
+        return Config(), data, {"step_s": {28: step_s}, "epoch_overhead_s": 1.0, "finish_s": 5.0, "full_steps": 100}
+
+    ladder = [{"model.filters": [32]}, {"model.filters": [16]}, {"model.filters": [8]}]
+    # 0.98 * (300 - 10) - 5 = 279.2 s: 0.5 s steps fit 6 epochs of 91 steps, 0.2 s steps 14 of 94
+    chosen, plan = _decide(300.0, 10.0, ladder, 10, [rung(0.5), rung(0.2)])
+    assert (chosen, plan.epochs, plan.steps) == (1, 14, 94) and [r.get("epochs") for r in plan.rungs] == [6, 14, None]
+    assert plan.rungs[2]["note"] == "not timed (an earlier rung fits)"
+    assert _decide(300.0, 10.0, ladder, 6, [rung(0.5), rung(0.2)])[0] == 0  # the first that gets 6 epochs
+    chosen, plan = _decide(300.0, 10.0, ladder, 20, [rung(0.5), rung(0.2), rung(0.2)])
+    assert chosen == 1  # none gets 20 epochs: the most, and on a tie the earlier (wider) rung
+    chosen, plan = _decide(300.0, 10.0, ladder, 10, [(Config(), data, None), rung(0.2)])
+    assert chosen == 1 and plan.rungs[0]["note"] == "out of memory"
+    message = _decide(300.0, 10.0, ladder, 10, [rung(5.0), rung(3.0), (Config(), data, None)])
+    assert message.startswith("time budget 5m00s is too small for one epoch of any rung of train.ladder: the "
+                              "fastest, rung 1 (model.filters=[16]), takes ~301 s an epoch here")
+
+
 def test_bad_ladders_are_one_line_each():
     budget = "train.time_budget=5m"
     with pytest.raises(UserError, match=r"train.ladder\[1\]: unknown config key 'model.filter'; did you mean "
@@ -193,6 +219,8 @@ def test_bad_ladders_are_one_line_each():
         load_config(None, [budget, "train.ladder=[{stages: [{epochs: 2}]}]"])
     with pytest.raises(UserError, match=r"train.ladder\[0\] sets train.epochs, which a rung may not: the plan sets it"):
         load_config(None, [budget, "train.ladder=[{epochs: 3}]"])
+    with pytest.raises(UserError, match=r"^train.ladder\[1\]: train.batch_size must be at least 1$"):
+        load_config(None, [budget, "train.ladder=[{}, {batch_size: 0}]"])
     with pytest.raises(UserError, match=r"model.filters='wide' \(train.ladder\[0\]\) should be an integer"):
         load_config(None, [budget, "train.ladder=[{model: {filters: wide}}]"])
     with pytest.raises(UserError, match=r"train.ladder\[0\]: unknown config key 'model.filter'"):  # checked without a budget too

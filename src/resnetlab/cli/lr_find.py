@@ -36,7 +36,9 @@ def run(args) -> int:
     recipe, overrides = None, list(args.items)
     if overrides and "=" not in overrides[0]:
         recipe = overrides.pop(0)
-    cfg = load_config(recipe, overrides)
+    # the sweep runs the recipe's own model for a fixed number of steps: a time budget (and its ladder)
+    # would time and choose a model first, for a run that never comes
+    cfg = load_config(recipe, [*overrides, "train.time_budget="])
     if cfg.stages and not 1 <= args.stage <= len(cfg.stages):
         raise UserError(f"--stage {args.stage}: the recipe has stages 1..{len(cfg.stages)}")
     session = prepare(cfg, run_name=f"{Path(recipe).stem if recipe else 'run'}-lr-find")

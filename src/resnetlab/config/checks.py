@@ -17,7 +17,8 @@ PLAN_KEYS = {"train.time_budget": "the budget is the whole run's", "train.ladder
              "train.ladder_min_epochs": "the rule is the whole ladder's", "train.epochs": "the plan sets it",
              "train.steps_per_epoch": "the plan sets it", "train.device": "the hardware is the run's",
              "train.precision": "the hardware chooses it", "train.out_dir": "the run has one folder",
-             "train.name": "the run has one folder", "seed": "every rung trains from the run's seed"}
+             "train.name": "the run has one folder", "seed": "every rung trains from the run's seed",
+             "train.compile": "the run decides it before timing", "train.dist_timeout": "the processes share one"}
 
 
 def validate(cfg: Config) -> None:
@@ -65,7 +66,10 @@ def rung_config(cfg: Config, index: int) -> Config:
         if full in PLAN_KEYS:
             raise UserError(f"{where} sets {full}, which a rung may not: {PLAN_KEYS[full]}")
         set_value(out, full, value, source=where)
-    validate(out)
+    try:
+        validate(out)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
     return out
 
 

@@ -19,6 +19,7 @@ config.yaml, so a resume follows the same plan.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
 import tempfile
@@ -47,6 +48,7 @@ from resnetlab.train.step import train_step
 REPORT_S = 4.0  # s: figures, calibration and report.html after the test split (measured 2-4 s, 10 classes)
 MARGIN = 0.98  # plan to 98% of what is left: timing noise on a shared CPU is a few percent
 WARMUP_STEPS = 3  # untimed steps before timing
+DIST_TIMED_STEPS = 8  # timed steps under torchrun, the same on every rank
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class Plan:
     predicted_s: float
     hardware: str = ""  # hardware_class(): what the steps were timed on
     rung: int | None = None  # the chosen index of train.ladder; None: no ladder
-    rungs: list[dict] = field(default_factory=list)  # the table the rung was chosen from (rung_row)
+    rungs: list[dict] = field(default_factory=list)  # the table the rung was chosen from (_decide)
     rule: str = ""
 
     def line(self) -> str:
@@ -90,7 +92,7 @@ class Plan:
             mark = ">" if row["rung"] == self.rung else " "
             what = _rung_text(row["set"])
             if row["step_s"] is None:
-                lines.append(f" {mark} {row['rung']}: {what}: not timed (an earlier rung fits)")
+                lines.append(f" {mark} {row['rung']}: {what}: {row['note']}")
                 continue
             fit = f"{row['epochs']} epochs" if row["epochs"] else "not one epoch fits"
             lines.append(f" {mark} {row['rung']}: {what}: {_rates(row['step_s'])}, {row['epoch_s']:.0f} s an "
@@ -117,63 +119,97 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
     puts the global RNG back afterwards, so the run's own model starts from the seed."""
     budget = parse_duration(cfg.train.time_budget, "train.time_budget")
     ladder, need = cfg.train.ladder, cfg.train.ladder_min_epochs
-    rungs, rows, datas = [], [], {}
+    rungs, datas = [], {}
     for i in range(max(len(ladder), 1)):
         rcfg = rung_config(cfg, i) if ladder else copy.deepcopy(cfg)  # the caller's config is left as it was
-        key = repr(rcfg.data)
-        if key not in datas:  # a rung that changes data (image size, ...) reads its own; the rest share
-            datas[key] = data if rcfg.data == cfg.data else build_data(
+        if hw.dist.world > rcfg.train.batch_size:
+            raise UserError(f"train.ladder[{i}]: {hw.dist.world} processes cannot share a global batch of "
+                            f"{rcfg.train.batch_size}: raise that rung's train.batch_size")
+        # data.normalize=auto follows model.weights: a rung that changes either reads its own data
+        key = repr((rcfg.data, rcfg.model.weights))
+        if key not in datas:
+            datas[key] = data if (rcfg.data, rcfg.model.weights) == (cfg.data, cfg.model.weights) else build_data(
                 rcfg, progress=cfg.train.progress, builder=hw.dist.local_rank == 0)
-        measured = _measure(build_session(rcfg, datas[key], device=hw.device, precision=hw.precision,
-                                          dist=hw.dist, compile_wanted=hw.compile_wanted, started=started))
-        # every rank steps together (collectives); rank 0's clock decides for all
-        row = distributed.broadcast_object(
-            rung_row(i, ladder[i] if ladder else {}, budget, time.monotonic() - started, measured,
-                     lambda e, c=rcfg, d=datas[key]: _sizes(c, d, e)) if hw.dist.main else None, hw.dist)
+        measured = _measure_rung(rcfg, datas[key], hw, started)
         rungs.append((rcfg, datas[key], measured))
-        rows.append(row)
-        if row["epochs"] >= need:
+        # every rank steps together (collectives); rank 0's clock decides for all
+        fits = distributed.broadcast_object(
+            measured is not None and _epochs(budget, time.monotonic() - started, rcfg, datas[key], measured) >= need
+            if hw.dist.main else None, hw.dist)
+        if fits:
             break
-    fits = [r for r in rows if r["epochs"]]
-    if not fits:
-        _refuse(budget, cfg, rows)
-    chosen = fits[0] if fits[0]["epochs"] >= need else max(fits, key=lambda r: r["epochs"])
-    rows += [{"rung": j, "set": ladder[j], "step_s": None} for j in range(len(rows), len(ladder))]
-    rcfg, rdata, measured = rungs[chosen["rung"]]
-    plan = distributed.broadcast_object(
-        choose(budget, time.monotonic() - started, **measured, sizes=lambda e: _sizes(rcfg, rdata, e))
-        if hw.dist.main else None, hw.dist)
-    plan.hardware, plan.rungs = hw.describe(), rows
-    plan.rung = chosen["rung"] if ladder else None
+    decision = distributed.broadcast_object(
+        _decide(budget, time.monotonic() - started, ladder, need, rungs) if hw.dist.main else None, hw.dist)
+    if isinstance(decision, str):
+        raise UserError(decision)
+    chosen, plan = decision
+    rcfg, rdata, _ = rungs[chosen]
+    plan.hardware, plan.rung = hw.describe(), chosen if ladder else None
     plan.rule = (f"the first rung that gets {need} epochs, else the one that gets the most" if ladder
                  else "no ladder: the config as it is")
     rcfg.train.epochs, rcfg.train.steps_per_epoch = plan.epochs, (0 if plan.steps == plan.full_steps else plan.steps)
     return rcfg, rdata, plan
 
 
-def rung_row(index: int, overrides: dict, budget: float, used: float, measured: dict, sizes) -> dict:
-    """One line of the ladder's table: the rung's step times, one epoch's seconds, and the epochs it gets."""
-    first = sizes(1)[0]
-    step = measured["step_s"].get(first) or measured["step_s"][max(measured["step_s"])]
-    row = {"rung": index, "set": overrides, "step_s": measured["step_s"],
-           "epoch_s": measured["full_steps"] * step + measured["epoch_overhead_s"], "epochs": 0, "steps": 0}
+def _measure_rung(cfg: Config, data: DataBundle, hw: Hardware, started: float) -> dict | None:
+    """A probe session's timings (None when the rung runs out of accelerator memory: the next rung may fit)."""
     try:
-        p = choose(budget, used, **measured, sizes=sizes)
-        row.update(epochs=p.epochs, steps=p.steps)
-    except UserError as e:
-        row["too_small"] = str(e)
-    return row
+        return _measure(build_session(cfg, data, device=hw.device, precision=hw.precision, dist=hw.dist,
+                                      compile_wanted=hw.compile_wanted, started=started))
+    except torch.OutOfMemoryError:
+        return None
+    finally:  # the probe's model, optimiser and activations go before the next rung is built
+        gc.collect()
+        if hw.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
-def _refuse(budget: float, cfg: Config, rows: list[dict]) -> None:
+def _epochs(budget: float, used: float, cfg: Config, data: DataBundle, measured: dict) -> int:
+    try:
+        return choose(budget, used, **measured, sizes=lambda e: _sizes(cfg, data, e)).epochs
+    except UserError:
+        return 0
+
+
+def _decide(budget: float, used: float, ladder: list[dict], need: int, rungs: list) -> tuple[int, Plan] | str:
+    """Every timed rung scored with the same time used so far: (the chosen index, its plan), or the
+    one line that refuses the budget. Rank 0 decides; the result is broadcast."""
+    rows, plans = [], {}
+    for i, (rcfg, rdata, measured) in enumerate(rungs):
+        row = {"rung": i, "set": ladder[i] if ladder else {}, "step_s": None, "epochs": 0, "steps": 0}
+        if measured is None:
+            row["note"] = "out of memory"
+        else:
+            sizes = lambda e, c=rcfg, d=rdata: _sizes(c, d, e)  # noqa: E731
+            step = measured["step_s"].get(sizes(1)[0]) or measured["step_s"][max(measured["step_s"])]
+            row.update(step_s=measured["step_s"], epoch_s=measured["full_steps"] * step + measured["epoch_overhead_s"])
+            try:
+                plans[i] = choose(budget, used, **measured, sizes=sizes)
+                row.update(epochs=plans[i].epochs, steps=plans[i].steps)
+            except UserError as e:
+                row["too_small"] = str(e)
+        rows.append(row)
+    if not plans:
+        return _refusal(budget, ladder, rows)
+    first = next((i for i in plans if plans[i].epochs >= need), None)
+    chosen = first if first is not None else max(plans, key=lambda i: plans[i].epochs)  # a tie: the earlier rung
+    rows += [{"rung": j, "set": ladder[j], "step_s": None, "note": "not timed (an earlier rung fits)"}
+             for j in range(len(rows), len(ladder))]
+    plans[chosen].rungs = rows
+    return chosen, plans[chosen]
+
+
+def _refusal(budget: float, ladder: list[dict], rows: list[dict]) -> str:
     """No rung fits one epoch: one line (without a ladder, choose()'s own line with its figures)."""
-    if not cfg.train.ladder:
-        raise UserError(rows[0]["too_small"])
-    fastest = min(rows, key=lambda r: r["epoch_s"])
-    what = _rung_text(fastest["set"])
-    raise UserError(f"time budget {_clock(budget)} is too small for one epoch of any rung of train.ladder: the "
-                    f"fastest, rung {fastest['rung']} ({what}), takes ~{fastest['epoch_s']:.0f} s an epoch here "
-                    "before the test and report; give a longer train.time_budget or add a smaller rung")
+    if not ladder:
+        return rows[0].get("too_small") or "the model does not fit in the accelerator's memory: lower train.batch_size"
+    timed = [r for r in rows if r["step_s"] is not None]
+    if not timed:
+        return "no rung of train.ladder fits in the accelerator's memory: add a smaller rung or lower train.batch_size"
+    fastest = min(timed, key=lambda r: r["epoch_s"])
+    return (f"time budget {_clock(budget)} is too small for one epoch of any rung of train.ladder: the fastest, "
+            f"rung {fastest['rung']} ({_rung_text(fastest['set'])}), takes ~{fastest['epoch_s']:.0f} s an epoch "
+            "here before the test and report; give a longer train.time_budget or add a smaller rung")
 
 
 def choose(budget: float, used: float, *, step_s: dict[int, float], epoch_overhead_s: float, finish_s: float,
@@ -236,10 +272,12 @@ def _measure(s: Session) -> dict:
 
 
 def _time_steps(s: Session, size: int) -> float:
-    """Median seconds of a training step after WARMUP_STEPS untimed ones: at least 5 steps and 3 s,
-    at most 30. The first steps after building a model run slow (allocations, convolution
-    algorithm choice): timed with one warm-up step, a GTSRB run's steps read 25% slower than the
-    run's own and it planned 22% short of its budget."""
+    """Mean seconds of a training step (the slowest left out) after WARMUP_STEPS untimed ones: at
+    least 5 steps and 3 s, at most 30. The first steps after building a model run slow (allocations,
+    convolution algorithm choice): timed with one warm-up step, a GTSRB run's steps read 25% slower
+    than the run's own and it planned 22% short of its budget. The mean, not the median: the run's
+    length is a sum of steps, slow ones included (with the median, a 9-minute demo's steps read
+    152 ms, took ~158 ms in its epochs, and the run ended at 103%)."""
     s.model.train()
     times, lr = [], lr_for_step(s.cfg, 0, s.steps_per_epoch)
     start = time.perf_counter()
@@ -252,9 +290,13 @@ def _time_steps(s: Session, size: int) -> float:
         if i >= WARMUP_STEPS:
             times.append(now - start)
         start = now
-        if len(times) >= 30 or (len(times) >= 5 and sum(times) >= 3):
+        if s.dist.enabled:  # each step is a collective: every rank takes the same count, not its own clock's
+            if len(times) >= DIST_TIMED_STEPS:
+                break
+        elif len(times) >= 30 or (len(times) >= 5 and sum(times) >= 3):
             break
-    return sorted(times)[len(times) // 2]
+    kept = sorted(times)[:-1]  # the slowest one left out: one stall in a 3 s sample would move the mean by tens of %
+    return sum(kept) / len(kept)
 
 
 def _endless(s: Session, size: int):
