@@ -40,7 +40,7 @@ def train(dataset: str, out: Path, *extra: str) -> tuple[dict, float, list[str]]
                 run_name="bench")
     loaded = time.perf_counter() - start
     fit(s)
-    return s.history[-1], loaded, s.data.notes
+    return s.state.history[-1], loaded, s.data.notes
 
 
 def plain_loop(root: str, epochs: int = 2) -> float:

@@ -46,7 +46,7 @@ def main() -> None:
         test = fit(s).get("test", {})
         row = {"recipe": args.recipe, "overrides": args.overrides, "rung": i, "set": rung, "epochs": epochs[i],
                "precision": s.precision, "test_top1": test.get("top1"), "n": test.get("n"),
-               "best_val_top1": s.best_top1, "seconds": round(time.monotonic() - start, 1)}
+               "best_val_top1": s.state.best_top1, "seconds": round(time.monotonic() - start, 1)}
         print(json.dumps(row), flush=True)
         if args.out:
             with args.out.open("a") as f:

@@ -57,7 +57,7 @@ def run(data: str, out: Path, epochs: int, precompute: bool) -> tuple[float, flo
     s = prepare(cfg, run_name="bench")
     start = time.perf_counter()
     fit(s)
-    return time.perf_counter() - start, s.history[-1]["val_top1"]
+    return time.perf_counter() - start, s.state.history[-1]["val_top1"]
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ from resnetlab.data import build_data
 from resnetlab.data.readers.manifest import read_split_file
 from resnetlab.errors import UserError
 from resnetlab.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from resnetlab.train.loop import check_callbacks, diverged, fit
+from resnetlab.train.loop import check_callbacks, fit
+from resnetlab.train.progress import diverged
 from resnetlab.train.schedules import lr_at
 from resnetlab.train.prepare import prepare
 from tests.conftest import REPO, tiny_config, tiny_overrides, write_class_folders
@@ -200,9 +201,9 @@ def test_early_stopping_counts_epochs_without_a_gain_and_keeps_the_best(class_fo
     s = prepare(tiny_config(class_folders, tmp_path, "data.val_fraction=0.25", "train.epochs=8", "optim.lr=1e-9",
                             "train.early_stop_patience=2"), run_name="t")
     fit(s)
-    n = len(s.history)
-    assert n < 8 and epochs_without_gain(s.history, 0.0) == 2
-    tops = [h["val_top1"] for h in s.history]
+    n = len(s.state.history)
+    assert n < 8 and epochs_without_gain(s.state.history, 0.0) == 2
+    tops = [h["val_top1"] for h in s.state.history]
     assert load_checkpoint(s.run_dir / "best.pt")["epoch"] == tops.index(max(tops)) + 1 == n - 2
     assert f"early stop after epoch {n}: val top-1 has not gained more than 0 points for 2 epochs" in capsys.readouterr().out
     with pytest.raises(UserError, match="needs a validation split"):
@@ -225,7 +226,7 @@ def test_ema_warms_up_resumes_exactly_and_is_what_predict_uses(class_folders, tm
     extra = ("data.val_fraction=0.25", "train.epochs=2", "train.ema_decay=0.9", "train.checkpoint_every=2")
     full = prepare(tiny_config(class_folders, tmp_path / "full", *extra, "train.eval_raw=true"), run_name="t")
     fit(full)
-    assert {"val_top1_raw", "val_top1"} <= set(full.history[0])
+    assert {"val_top1_raw", "val_top1"} <= set(full.state.history[0])
     s = prepare(tiny_config(class_folders, tmp_path / "cut", *extra), run_name="t")
 
     def stop(session, info):

@@ -28,7 +28,7 @@ def test_streaming_trains_exactly_as_the_cache_does(class_folders, tmp_path, ext
         runs.append(s)
     memory, stream = runs
     assert (memory.data.mean, memory.data.std) == (stream.data.mean, stream.data.std)
-    assert [h["val_top1"] for h in memory.history] == [h["val_top1"] for h in stream.history]
+    assert [h["val_top1"] for h in memory.state.history] == [h["val_top1"] for h in stream.state.history]
     a, b = memory.model.state_dict(), stream.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -41,7 +41,7 @@ from resnetlab.train import distributed
 from resnetlab.train.checkpoint import save_checkpoint
 from resnetlab.train.distributed import Dist
 from resnetlab.train.sizes import training_size
-from resnetlab.train.session import Session, build_session, checkpoint_state, no_sums
+from resnetlab.train.session import Session, build_session, checkpoint_state
 from resnetlab.train.stages import lr_for_step
 from resnetlab.train.step import train_step
 
@@ -258,7 +258,7 @@ def _measure(s: Session) -> dict:
     eval_s = _time_eval(s)  # s an image
     with tempfile.TemporaryDirectory(prefix="resnetlab-budget-") as tmp:
         start = time.perf_counter()
-        save_checkpoint(Path(tmp) / "probe.pt", checkpoint_state(s, epoch=0, step=0, partial=no_sums()))
+        save_checkpoint(Path(tmp) / "probe.pt", checkpoint_state(s))
         save_s = 2 * (time.perf_counter() - start)  # last.pt and best.pt (one serialisation, two writes)
     n = {name: len(split) for name, split in s.data.splits.items()}
     models = 2 if s.ema is not None and s.cfg.train.eval_raw else 1  # train.eval_raw: val scored twice
@@ -328,8 +328,8 @@ def report_budget(s: Session, console: Console, *, trained_at: float) -> None:
     measured one, so a run that overshoots says which part the plan got wrong."""
     plan, now = s.plan, time.monotonic()
     took = now - s.started
-    steps_s = sum(h["seconds"] for h in s.history)  # the epochs' training steps, validation not included
-    epochs = max(len(s.history), 1)
+    steps_s = sum(h["seconds"] for h in s.state.history)  # the epochs' training steps, validation not included
+    epochs = max(len(s.state.history), 1)
     actual = {"actual_s": round(took, 2), "actual_steps_s": round(steps_s, 2),
               "planned_steps_s": round(plan.predicted_s - plan.used_s - plan.finish_s - plan.epochs * plan.epoch_overhead_s, 2),
               "actual_epoch_overhead_s": round((trained_at - s.started - plan.used_s - steps_s) / epochs, 2),

@@ -22,19 +22,18 @@ from resnetlab import run_folder as rf
 from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import infer
 from resnetlab.evaluate.metrics import metrics
-from resnetlab.run_folder import write_metrics, write_skipped
 from resnetlab.train import distributed
 from resnetlab.train.budget import report_budget
-from resnetlab.train.checkpoint import save_checkpoint
 from resnetlab.train.figures import Curves
 from resnetlab.train.finish import finish_run
 from resnetlab.train.precompute import HeadFeatures
-from resnetlab.train.progress import EpochProgress, announce
-from resnetlab.train.session import CORRECT, LOSS, SEEN, Session, checkpoint_state, no_sums
+from resnetlab.train.progress import EpochProgress, announce, epoch_line
+from resnetlab.train.saving import save_epoch, save_partial
+from resnetlab.train.session import CORRECT, LOSS, SEEN, Session, no_sums
 from resnetlab.train.sizes import training_size
 from resnetlab.train.stopping import (NonFiniteLoss, Preempted, StopTraining, run_status, signal_name, stop_agreed,
                                      stop_on_signals)
-from resnetlab.train.stages import apply_stage, freeze_bn_statistics, lr_for_step, snapshot_epochs, stage_at
+from resnetlab.train.stages import apply_stage, freeze_bn_statistics, lr_for_step, stage_at
 from resnetlab.train.step import train_step
 from resnetlab.train.tensorboard import TensorBoardLogger
 
@@ -46,10 +45,10 @@ FINITE_CHECK_EVERY = 50  # steps between NaN checks: each is a host sync (and a 
 def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console: Console | None = None) -> dict:
     console = console or Console(soft_wrap=True, quiet=not s.dist.main)  # rank 0 speaks for all ranks
     hooks = check_callbacks(callbacks)
-    epochs = s.cfg.train.epochs
-    if s.start_epoch >= epochs:
-        raise UserError(f"nothing to train: {s.run_dir} has finished {s.start_epoch} of train.epochs={epochs}; "
-                        f"resume with train.epochs={s.start_epoch + 1} or more, or score it with resnetlab evaluate")
+    first, epochs = s.state.epoch, s.cfg.train.epochs  # a resume continues at the epoch its checkpoint names
+    if first >= epochs:
+        raise UserError(f"nothing to train: {s.run_dir} has finished {first} of train.epochs={epochs}; "
+                        f"resume with train.epochs={first + 1} or more, or score it with resnetlab evaluate")
     if s.cfg.train.early_stop_patience and "val" not in s.loaders:
         raise UserError("train.early_stop_patience needs a validation split to watch: set data.val_fraction=0.1")
     if s.dist.main and s.cfg.train.tensorboard:  # first, so an epoch is logged even if a later callback stops the run
@@ -59,26 +58,27 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         announce(s, console)
         curves = Curves(s.run_dir / rf.CURVES)
         try:
-            for epoch in range(s.start_epoch, epochs):
+            for epoch in range(first, epochs):
                 if stop_agreed(s, stop):  # came in the previous epoch's last step
                     raise Preempted(signal_name(stop), s.run_dir, epoch, 0)
-                _enter_stage(s, epoch, console)
+                _enter_stage(s, epoch, console, resumed=epoch == first)
                 record = train_epoch(s, epoch, progress, stop, hooks)
                 if "val" in s.loaders:
                     record.update(val_metrics(s))
-                s.history.append(record)
-                s.start_step, s.partial = 0, no_sums()  # only the resumed epoch starts part-way
-                _end_of_epoch(s, record, console, curves)
+                improved = s.state.end_epoch(record)  # the state now points at the next epoch's start
+                save_epoch(s, record, improved, curves)  # metrics first, then checkpoints: a kill repeats this epoch
+                if s.dist.main:
+                    console.print(epoch_line(s, record, improved))
                 for fn in hooks["on_epoch_end"]:
                     fn(s, record)
                 if early_stop(s, console):
                     break
         except (Preempted, StopTraining, KeyboardInterrupt):
             if s.dist.main:
-                curves.update(s.history, final=True)
+                curves.update(s.state.history, final=True)
             raise
         if s.dist.main:
-            curves.update(s.history, final=True)
+            curves.update(s.state.history, final=True)
         trained_at = time.monotonic()
         result = finish_run(s, console)
         if s.plan is not None:
@@ -89,15 +89,16 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
 
 
 def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str], hooks) -> dict:
-    """One pass over the training split from ``s.start_step``; returns the epoch's record."""
+    """One pass over the training split from the state's step (0 unless resumed mid-epoch); returns the
+    epoch's record."""
     cfg, d, spe = s.cfg, s.dist, s.steps_per_epoch
-    first = min(s.start_step, spe)  # a resume override (batch size, limit_batches) may leave fewer steps
+    first = min(s.state.step, spe)  # a resume override (batch size, limit_batches) may leave fewer steps
     # loss sum, correct, seen on the device (no host sync a step on a GPU); a resumed partial
     # epoch's sums are already global, so rank 0 alone carries them
-    sums = torch.tensor(s.partial if d.main else no_sums(), dtype=torch.float64, device=s.device)
+    sums = torch.tensor(s.state.partial if d.main else no_sums(), dtype=torch.float64, device=s.device)
     finite = torch.ones((), dtype=torch.bool, device=s.device)
     lr = lr_for_step(cfg, epoch * spe + min(first, spe - 1), spe)
-    start, seen0 = time.perf_counter(), s.partial[SEEN]
+    start, seen0 = time.perf_counter(), s.state.partial[SEEN]
     size = train_size(s, epoch) if s.precomputed is None else 0
     loader = s.loaders["train"] if s.precomputed is None else s.precomputed.loader(epoch)
     progress.start(epoch, completed=first)
@@ -105,10 +106,13 @@ def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str]
         step = epoch * spe + i
         lr = lr_for_step(cfg, step, spe)
         if len(y):  # a streamed batch whose images were all bad trains nothing, but is still a step
-            loss_sum = learn(s, x, y, lr, s.loaders["train"].global_batch(i), sums, finite)
+            logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i))
+            if s.ema is not None:
+                s.ema.update(s.model)
+            tally(sums, finite, logits.detach(), loss_sum.detach(), y)
             progress.update(i, sums, seen0, start)
             for fn in hooks["on_batch_end"]:
-                fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum / len(y)})
+                fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum.detach() / len(y)})
         if i % FINITE_CHECK_EVERY == FINITE_CHECK_EVERY - 1:  # the same steps on every rank: a collective
             check_finite(s, finite, epoch, i)
         stop_now = stop_agreed(s, stop, i)
@@ -134,18 +138,13 @@ def train_size(s: Session, epoch: int) -> int:
     return training_size(epoch, epochs=s.cfg.train.epochs, cfg=s.cfg.train, image_size=s.data.image_size)
 
 
-def learn(s: Session, x: torch.Tensor, y: torch.Tensor, lr: float, n_global: int, sums: torch.Tensor,
-          finite: torch.Tensor) -> torch.Tensor:
-    """One step, the EMA after it, and the epoch's running sums (loss, correct, seen) on the device."""
-    logits, loss_sum = train_step(s, x, y, lr, n_global)
-    if s.ema is not None:
-        s.ema.update(s.model)
-    with torch.no_grad():
-        finite &= torch.isfinite(loss_sum)
-        sums[LOSS] += loss_sum.detach()
-        sums[CORRECT] += (logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()  # mixed: the larger share
-        sums[SEEN] += len(y)
-    return loss_sum.detach()
+def tally(sums: torch.Tensor, finite: torch.Tensor, logits: torch.Tensor, loss_sum: torch.Tensor,
+          y: torch.Tensor) -> None:
+    """Add a step to the epoch's running sums (loss, correct, seen) on the device: no host sync."""
+    finite &= torch.isfinite(loss_sum)
+    sums[LOSS] += loss_sum
+    sums[CORRECT] += (logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()  # mixed: the larger share
+    sums[SEEN] += len(y)
 
 
 def check_callbacks(callbacks: dict[str, list[Callback]] | None) -> defaultdict:
@@ -158,14 +157,14 @@ def check_callbacks(callbacks: dict[str, list[Callback]] | None) -> defaultdict:
     return defaultdict(list, callbacks or {})
 
 
-def _enter_stage(s: Session, epoch: int, console: Console) -> None:
+def _enter_stage(s: Session, epoch: int, console: Console, *, resumed: bool) -> None:
     """Train mode; with stages, freeze and set rates when a stage begins (or on resume inside one)."""
     cfg = s.cfg
     s.model.train()
     if not cfg.stages:
         return
     index, _ = stage_at(cfg, epoch)
-    if epoch == s.start_epoch or stage_at(cfg, epoch - 1)[0] != index:
+    if resumed or stage_at(cfg, epoch - 1)[0] != index:
         console.print(apply_stage(s.model, s.optimizer, cfg, index))
         s.precomputed = None
         if cfg.stages[index].precompute:
@@ -174,14 +173,6 @@ def _enter_stage(s: Session, epoch: int, console: Console) -> None:
                                 "torchrun, or set precompute: false")
             s.precomputed = HeadFeatures(s, index, console)
     freeze_bn_statistics(s.model, cfg, index)
-
-
-def save_partial(s: Session, epoch: int, step: int, sums: torch.Tensor) -> None:
-    """last.pt in the middle of an epoch: the position and the epoch's running sums so far."""
-    partial = distributed.all_sum(sums.clone(), s.dist).tolist()
-    if s.dist.main:
-        save_checkpoint(s.run_dir / rf.LAST, checkpoint_state(s, epoch=epoch, step=step, partial=partial),
-                        keep=s.run_dir / rf.PREVIOUS)
 
 
 def check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
@@ -234,53 +225,8 @@ def epochs_without_gain(history: list[dict], min_delta: float) -> int:
 def early_stop(s: Session, console: Console) -> bool:
     """True (and one line) when train.early_stop_patience epochs passed without a val top-1 gain."""
     patience, delta = s.cfg.train.early_stop_patience, s.cfg.train.early_stop_min_delta
-    if not patience or epochs_without_gain(s.history, delta) < patience:
+    if not patience or epochs_without_gain(s.state.history, delta) < patience:
         return False
-    console.print(f"early stop after epoch {len(s.history)}: val top-1 has not gained more than {100 * delta:g} "
-                  f"points for {patience} epochs; best {100 * s.best_top1:.2f}% is in best.pt")
+    console.print(f"early stop after epoch {len(s.state.history)}: val top-1 has not gained more than {100 * delta:g} "
+                  f"points for {patience} epochs; best {100 * s.state.best_top1:.2f}% is in best.pt")
     return True
-
-
-def diverged(record: dict, num_classes: int) -> bool:
-    """A mean training loss over twice that of uniform guessing (ln k) means the run blew up
-    rather than learned slowly: a model that predicts nothing scores ln k."""
-    return num_classes > 1 and not record["train_loss"] <= 2 * math.log(num_classes)
-
-
-def _end_of_epoch(s: Session, record: dict, console: Console, curves: Curves) -> None:
-    """Metrics and curves first, then checkpoints: a kill in between only repeats this epoch.
-
-    best.pt is chosen on validation top-1 only; without a val split there is one model, last.pt."""
-    score = record.get("val_top1", float("nan"))
-    improved = not math.isnan(score) and score > s.best_top1
-    if improved:
-        s.best_top1 = score
-    if not s.dist.main:
-        distributed.barrier(s.dist)  # the others wait until rank 0 has written the checkpoints
-        return
-    streamed = getattr(s.loaders["train"], "skipped", {})  # bad files found by streaming workers
-    if streamed:
-        known = {p for p, _ in s.data.skipped}
-        s.data.skipped += [(p, r) for p, r in streamed.items() if p not in known]
-        write_skipped(s.run_dir, s.data.skipped)
-    write_metrics(s.run_dir, s.history)
-    curves.update(s.history)
-    state = checkpoint_state(s, epoch=record["epoch"], step=0, partial=no_sums())
-    snapshots = sorted(snapshot_epochs(s.cfg))
-    targets = [s.run_dir / rf.LAST] + ([s.run_dir / rf.BEST] if improved else [])
-    if record["epoch"] in snapshots:  # the end of an SGDR cycle: a model for snapshot ensembling
-        targets.append(s.run_dir / rf.snapshot_name(snapshots.index(record['epoch']) + 1))
-    save_checkpoint(targets, state, keep=s.run_dir / rf.PREVIOUS)  # serialised once for all of them
-    distributed.barrier(s.dist)
-    line = (f"epoch {record['epoch']:>3}/{s.cfg.train.epochs}  lr {record['lr']:.2e}  "
-            f"train loss {record['train_loss']:.4f} top-1 {100 * record['train_top1']:.2f}%")
-    if "val_top1" in record:
-        line += f"  val loss {record['val_loss']:.4f} top-1 {100 * record['val_top1']:.2f}%"
-    line += f"  {record['images_per_s']:.0f} img/s  {record['seconds']:.1f} s"
-    if s.cfg.train.size_start or s.cfg.train.size_end:
-        line += f"  {record['size']} px"
-    console.print(line + ("  *" if improved else ""))
-    if diverged(record, len(s.data.classes)):
-        console.print(f"warning: diverged: train loss {record['train_loss']:.2f} is far above "
-                      f"ln({len(s.data.classes)}) = {math.log(len(s.data.classes)):.2f}, what guessing scores; "
-                      "lower optim.lr (or add schedule.warmup_epochs)")

@@ -1,7 +1,9 @@
-"""What a user sees while a run trains: the start banner and the live progress bar of each epoch."""
+"""What a user sees while a run trains: the start banner, the live progress bar of each epoch, and
+each finished epoch's line."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -75,3 +77,26 @@ def announce(s: Session, console: Console) -> None:
     if "val" not in s.loaders:
         console.print(f"note: no validation split, so no best checkpoint is chosen: the model is {rf.LAST} "
                       "(set data.val_fraction to choose the best epoch on validation)")
+
+
+def epoch_line(s: Session, record: dict, improved: bool) -> str:
+    """The line a finished epoch prints ('*': best.pt was written), and a warning when it diverged."""
+    line = (f"epoch {record['epoch']:>3}/{s.cfg.train.epochs}  lr {record['lr']:.2e}  "
+            f"train loss {record['train_loss']:.4f} top-1 {100 * record['train_top1']:.2f}%")
+    if "val_top1" in record:
+        line += f"  val loss {record['val_loss']:.4f} top-1 {100 * record['val_top1']:.2f}%"
+    line += f"  {record['images_per_s']:.0f} img/s  {record['seconds']:.1f} s"
+    if s.cfg.train.size_start or s.cfg.train.size_end:
+        line += f"  {record['size']} px"
+    line += "  *" if improved else ""
+    k = len(s.data.classes)
+    if diverged(record, k):
+        line += (f"\nwarning: diverged: train loss {record['train_loss']:.2f} is far above ln({k}) = "
+                 f"{math.log(k):.2f}, what guessing scores; lower optim.lr (or add schedule.warmup_epochs)")
+    return line
+
+
+def diverged(record: dict, num_classes: int) -> bool:
+    """A mean training loss over twice that of uniform guessing (ln k) means the run blew up
+    rather than learned slowly: a model that predicts nothing scores ln k."""
+    return num_classes > 1 and not record["train_loss"] <= 2 * math.log(num_classes)

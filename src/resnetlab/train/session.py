@@ -6,6 +6,7 @@ session, then the run folder.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,38 @@ def no_sums() -> list[float]:
 
 
 @dataclass
+class TrainState:
+    """What changes while training, checkpointed as a whole: where training continues (an epoch, a
+    step within it, and that epoch's running sums so far), every finished epoch's record, and the
+    best val top-1 (which best.pt holds). fit() is its only writer; restore() its only reader."""
+
+    epoch: int = 0
+    step: int = 0  # within ``epoch``: a mid-epoch checkpoint continues there
+    partial: list[float] = field(default_factory=no_sums)  # LOSS, CORRECT, SEEN of ``epoch`` so far
+    history: list[dict] = field(default_factory=list)
+    best_top1: float = -1.0
+
+    def end_epoch(self, record: dict) -> bool:
+        """Keep a finished epoch's record and point at the next epoch's start; True when its val top-1
+        beat the best (best.pt is chosen on validation only: without a val split nothing improves)."""
+        score = record.get("val_top1", math.nan)
+        improved = not math.isnan(score) and score > self.best_top1
+        self.history.append(record)
+        self.epoch, self.step, self.partial = record["epoch"], 0, no_sums()
+        self.best_top1 = score if improved else self.best_top1
+        return improved
+
+    def checkpoint(self, steps_per_epoch: int) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step_in_epoch": self.step, "global_step": self.epoch * steps_per_epoch + self.step,
+                "partial": list(self.partial), "history": self.history, "best_top1": self.best_top1}
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> TrainState:
+        return cls(state["epoch"], state["step_in_epoch"], list(state["partial"]), list(state["history"]),
+                   state["best_top1"])
+
+
+@dataclass
 class Session:
     cfg: Config
     data: DataBundle
@@ -52,11 +85,7 @@ class Session:
     mean: torch.Tensor  # (C,) on the device, [0, 1] units
     std: torch.Tensor
     run_dir: Path
-    start_epoch: int = 0
-    start_step: int = 0  # step within start_epoch (a mid-epoch checkpoint)
-    partial: list[float] = field(default_factory=no_sums)  # the running sums of a mid-epoch checkpoint
-    history: list[dict] = field(default_factory=list)
-    best_top1: float = -1.0
+    state: TrainState = field(default_factory=TrainState)  # what training changes: fit() writes, checkpoints keep
     dist: Dist = field(default_factory=Dist)
     ddp: nn.Module | None = None  # the DistributedDataParallel wrapper when there are 2+ ranks
     compiled: nn.Module | None = None  # torch.compile of the model (or its DDP wrapper), train.compile
@@ -194,19 +223,15 @@ def build_session(cfg: Config, data: DataBundle, *, device: torch.device, precis
     return s
 
 
-def checkpoint_state(s: Session, *, epoch: int, step: int, partial: list[float]) -> dict[str, Any]:
-    """epoch/step: where training continues from (step within epoch)."""
+def checkpoint_state(s: Session, state: TrainState | None = None) -> dict[str, Any]:
+    """Everything a resume or a prediction needs: weights, optimiser, and the training state (the
+    session's own, or ``state``: a mid-epoch position not yet the session's)."""
     return {
         "model": s.model.state_dict(),
         "optimizer": s.optimizer.state_dict(),
         "scaler": s.scaler.state_dict() if s.scaler else None,
         "ema": s.ema.state_dict() if s.ema else None,  # predict, export and the final test use these weights
-        "epoch": epoch,
-        "step_in_epoch": step,
-        "global_step": epoch * s.steps_per_epoch + step,
-        "partial": partial,
-        "history": s.history,
-        "best_top1": s.best_top1,
+        **(state or s.state).checkpoint(s.steps_per_epoch),
         "rng": rng_state(),
         "model_name": s.cfg.model.name,
         "model_options": model_options(s.cfg),
@@ -260,6 +285,5 @@ def restore(s: Session, path: Path, state: dict | None = None) -> None:
             group["momentum"], group["nesterov"] = o.momentum, o.nesterov and o.momentum > 0
         if "betas" in group:
             group["betas"] = tuple(o.betas)
-    s.start_epoch, s.start_step = state["epoch"], state["step_in_epoch"]
-    s.partial, s.history, s.best_top1 = list(state["partial"]), list(state["history"]), state["best_top1"]
+    s.state = TrainState.from_checkpoint(state)
     set_rng_state(state["rng"])

@@ -31,7 +31,7 @@ class TensorBoardLogger:
     def __init__(self, s: Session):
         self.log_dir = s.run_dir / rf.TENSORBOARD
         # purge_step: on resume, events past the checkpoint (written before a kill) are dropped
-        self.purge_step = s.start_epoch * s.steps_per_epoch
+        self.purge_step = s.state.epoch * s.steps_per_epoch
         self._writer = None
         # (step, loss tensor on the device, lr): read back FLUSH_EVERY steps at a time, so logging every
         # step does not add a host sync to every step on a GPU (the loop itself keeps its sums on the device)
@@ -84,15 +84,15 @@ class TensorBoardLogger:
 
     def on_train_end(self, s: Session, result: dict) -> None:
         test = result.get("test")
-        final = {"hparam/best_val_top1": max((h.get("val_top1", float("nan")) for h in s.history), default=float("nan"))}
+        final = {"hparam/best_val_top1": max((h.get("val_top1", float("nan")) for h in s.state.history), default=float("nan"))}
         if test:
             for key in ("top1", "top5", "loss", "balanced_accuracy", "macro_f1"):
-                self.writer.add_scalar(f"test/{key}", test[key], len(s.history))
+                self.writer.add_scalar(f"test/{key}", test[key], len(s.state.history))
             final["hparam/test_top1"] = test["top1"]
             for name in FIGURES:
                 path = rf.eval_figures(s.run_dir, "test") / name
                 if path.is_file():
-                    self.writer.add_image(f"test/{Path(name).stem}", _png(path), len(s.history), dataformats="HWC")
+                    self.writer.add_image(f"test/{Path(name).stem}", _png(path), len(s.state.history), dataformats="HWC")
         self.writer.add_hparams(hparams(s.cfg.to_dict()), {k: v for k, v in final.items() if v == v},
                                 run_name=".")
         self.writer.close()

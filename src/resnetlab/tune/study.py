@@ -125,9 +125,9 @@ def run_study(recipe: str, overrides: list[str], *, trials: int, study_dir: Path
 
         started = time.perf_counter()
         fit(s, callbacks={"on_epoch_end": [report]}, console=Console(quiet=True))
-        console.print(f"trial {trial.number}: val top-1 {100 * s.best_top1:.2f}% in "
+        console.print(f"trial {trial.number}: val top-1 {100 * s.state.best_top1:.2f}% in "
                       f"{time.perf_counter() - started:.0f} s  {' '.join(shown(k, v) for k, v in values.items())}")
-        return s.best_top1
+        return s.state.best_top1
 
     def said(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.PRUNED:
