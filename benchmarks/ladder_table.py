@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from resnetlab.config import load_config
+from resnetlab.train.budget import pick_rung
 from resnetlab.train.prepare import prepare
 
 
@@ -35,11 +36,10 @@ def main() -> None:
     plan = s.plan
     for line in plan.table():
         print(line)
-    rows = [r for r in plan.rungs if r.get("epochs")]
-    rule = next((r for r in rows if r["epochs"] >= need), None) or max(rows, key=lambda r: r["epochs"])
-    print(f"the recipe's rule (first rung with >= {need} epochs, else the most) picks rung {rule['rung']}")
+    picks = pick_rung({r["rung"]: r["epochs"] for r in plan.rungs if r.get("epochs")}, need)
+    print(f"the recipe's rule (first rung with >= {need} epochs, else the most) picks rung {picks}")
     print(plan.line())
-    print(json.dumps({"hardware": plan.hardware, "rule_picks": rule["rung"],
+    print(json.dumps({"hardware": plan.hardware, "rule_picks": picks,
                       "rungs": [{k: r.get(k) for k in ("rung", "set", "step_s", "epoch_s", "epochs", "steps")}
                                 for r in plan.rungs]}))
     shutil.rmtree(out, ignore_errors=True)

@@ -119,17 +119,16 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
     puts the global RNG back afterwards, so the run's own model starts from the seed."""
     budget = parse_duration(cfg.train.time_budget, "train.time_budget")
     ladder, need = cfg.train.ladder, cfg.train.ladder_min_epochs
-    rungs, datas = [], {}
+    # data.normalize=auto follows model.weights: a rung that changes either reads its own data
+    rungs, datas = [], {repr((cfg.data, cfg.model.weights)): data}
     for i in range(max(len(ladder), 1)):
         rcfg = rung_config(cfg, i) if ladder else copy.deepcopy(cfg)  # the caller's config is left as it was
         if hw.dist.world > rcfg.train.batch_size:
             raise UserError(f"train.ladder[{i}]: {hw.dist.world} processes cannot share a global batch of "
                             f"{rcfg.train.batch_size}: raise that rung's train.batch_size")
-        # data.normalize=auto follows model.weights: a rung that changes either reads its own data
         key = repr((rcfg.data, rcfg.model.weights))
         if key not in datas:
-            datas[key] = data if (rcfg.data, rcfg.model.weights) == (cfg.data, cfg.model.weights) else build_data(
-                rcfg, progress=cfg.train.progress, builder=hw.dist.local_rank == 0)
+            datas[key] = build_data(rcfg, progress=cfg.train.progress, builder=hw.dist.local_rank == 0)
         measured = _measure_rung(rcfg, datas[key], hw, started)
         rungs.append((rcfg, datas[key], measured))
         # every rank steps together (collectives); rank 0's clock decides for all
@@ -191,12 +190,18 @@ def _decide(budget: float, used: float, ladder: list[dict], need: int, rungs: li
         rows.append(row)
     if not plans:
         return _refusal(budget, ladder, rows)
-    first = next((i for i in plans if plans[i].epochs >= need), None)
-    chosen = first if first is not None else max(plans, key=lambda i: plans[i].epochs)  # a tie: the earlier rung
+    chosen = pick_rung({i: p.epochs for i, p in plans.items()}, need)
     rows += [{"rung": j, "set": ladder[j], "step_s": None, "note": "not timed (an earlier rung fits)"}
              for j in range(len(rows), len(ladder))]
     plans[chosen].rungs = rows
     return chosen, plans[chosen]
+
+
+def pick_rung(epochs: dict[int, int], need: int) -> int:
+    """The ladder's rule, on each timed rung's planned epochs (rung index -> epochs, in ladder order):
+    the first rung that gets ``need`` epochs, else the one that gets the most (a tie: the earlier)."""
+    first = next((i for i, e in epochs.items() if e >= need), None)
+    return first if first is not None else max(epochs, key=epochs.get)
 
 
 def _refusal(budget: float, ladder: list[dict], rows: list[dict]) -> str:
