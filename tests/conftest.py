@@ -125,6 +125,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def write_mosaic_csv(root: Path, *, train: int = 240, test: int = 60, tile: int = 16, empty: float = 0.05,
+                     seed: int = 0) -> Path:
+    """Multi-label data from real photos: 2x2 mosaics of ../shared/data's CIFAR-10 JPEGs, each labelled
+    with the 1-3 classes its tiles show (5% plain grey, labelled with none); test tiles are photos no
+    train mosaic uses. Returns labels.csv (image_name,tags,split)."""
+    from resnetlab.data.mosaic import write_mosaics
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    return write_mosaics(SHARED_DATA / "cifar10-jpeg" / "train", root, train=train, test=test, tile=tile,
+                         empty=empty, seed=seed)
+
+
 def tiny_overrides(dataset: Path | str, out_dir: Path, *extra: str) -> list[str]:
     """Overrides that train in about a second: a narrow ResNet-9 on tiny images."""
     return [

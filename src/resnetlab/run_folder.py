@@ -10,6 +10,7 @@ runs/<name>/
   status.json     running (pid, host), stopped, failed (why) or finished
   budget.json     train.time_budget's plan, and how the run kept to it
   calibration.json   temperature and rejection thresholds fitted on val
+  thresholds.json    multi-label: each class's decision threshold (fitted on val to maximise F1)
   eval_<split>.json  a split's scores; eval_<split>/ its figures; confusion_<split>[_normalized].csv
   report.html     the one-page report
   tensorboard/    TensorBoard event files (train.tensorboard)
@@ -38,7 +39,7 @@ from resnetlab.errors import UserError
 CONFIG, ENV, CLASSES, DATA, SPLIT = "config.yaml", "env.json", "classes.json", "data.json", "split.csv"
 METRICS, METRICS_CSV, STATUS, BUDGET = "metrics.jsonl", "metrics.csv", "status.json", "budget.json"
 CALIBRATION, REPORT, CURVES, TENSORBOARD = "calibration.json", "report.html", "curves.png", "tensorboard"
-SKIPPED = "skipped_images.csv"
+SKIPPED, THRESHOLDS = "skipped_images.csv", "thresholds.json"
 LAST, BEST, PREVIOUS = "last.pt", "best.pt", "previous.pt"
 SNAPSHOTS = "snapshot-*.pt"
 STATUSES = ("running", "stopped", "failed", "finished")

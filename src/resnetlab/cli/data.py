@@ -72,9 +72,16 @@ def run(args) -> int:
         table.add_row(cls, *(("" if k is None else f"{counts[s][k]:,}") for s in counts))
     table.add_row("all", *(f"{sum(v):,}" for v in counts.values()), style="bold")
     console.print(table)
+    sets = summary.get("label_sets")
     for split, values in counts.items():
         lo, hi = min(values), max(values)
-        console.print(f"{split}: {lo:,} to {hi:,} images a class" + (f" ({hi / lo:.1f}x)" if lo else ""))
+        unit = "images carrying a label" if sets else "images a class"
+        console.print(f"{split}: {lo:,} to {hi:,} {unit}" + (f" ({hi / lo:.1f}x)" if lo else ""))
+    if sets:  # multi-label: how many labels an image has, and which labels come together
+        spread = ", ".join(f"{k}: {n:,}" for k, n in sets["labels_per_image"].items())
+        console.print(f"labels an image (images): {spread}; mean {sets['mean_labels_per_image']}")
+        pairs = ", ".join(f"{a}+{b} {n:,}" for a, b, n in sets["top_pairs"][:5]) or "none"
+        console.print(f"labels most often together: {pairs} (all pairs in {out / 'cooccurrence.csv'})")
     if summary["sizes_px"]:
         w, h = summary["sizes_px"]["width"], summary["sizes_px"]["height"]
         console.print(f"size (min/median/max px): width {w[0]}/{w[1]}/{w[2]}, height {h[0]}/{h[1]}/{h[2]}")

@@ -37,6 +37,12 @@ def validate(cfg: Config) -> None:
         (not (d.unknown_count and d.unknown_fraction), "set data.unknown_count or data.unknown_fraction, not both"),
         (not (a.mixup_alpha or a.cutmix_alpha) or t.batch_size >= 2,
          "mixup and CutMix mix each image with another of its batch: set train.batch_size to 2 or more"),
+        (not (d.multi_label and d.sampler == "balanced"),
+         "data.sampler=balanced draws images by their one class: with data.multi_label=true set "
+         "optim.class_weights=balanced instead (it weighs each label's positives)"),
+        (not (d.multi_label and (d.classes or d.unknown_count or d.unknown_fraction)),
+         "data.classes and the unknown class choose one class an image: with data.multi_label=true every label "
+         "in the CSV is a class (drop labels from its label column to leave them out)"),
         (not (t.time_budget and cfg.stages),
          "train.time_budget sets the epochs of one schedule; with stages, give each stage its epochs instead"),
     ]

@@ -21,6 +21,9 @@ def _ranged(default: Any, ok: Callable[[Any], bool], must: str, *, factory: Call
 @dataclass
 class DataConfig:
     dataset: str = "fashion-mnist"  # a built-in name, or a folder (any layout resnetlab reads) or CSV
+    # several labels an image (a CSV manifest whose label column holds space-separated names, or none):
+    # sigmoid outputs, binary cross-entropy, mAP; never guessed from the data
+    multi_label: bool = False
     classes: list[str] = field(default_factory=list)  # keep only these (ids or names); empty: all
     # add an 'unknown' class of this many images drawn from the other classes
     unknown_count: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or more")

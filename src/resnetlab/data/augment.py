@@ -163,7 +163,8 @@ def mix(images: torch.Tensor, targets: torch.Tensor, cfg: AugmentConfig,
 class BatchAugment:
     """All training augmentation of a global uint8 batch: geometry, crop/flip and lighting
     (augment_batch), then the policy, erasing, and mixing. Labels come back as int64 (N,), or as
-    soft targets (N, k) float32 when mixup or CutMix is on (every batch then, mixed or not)."""
+    soft targets (N, k) float32 when mixup or CutMix is on (every batch then, mixed or not);
+    multi-label targets (N, k) stay (N, k)."""
 
     def __init__(self, cfg: AugmentConfig, *, num_classes: int, fill: tuple[int, ...] = ()):
         self.cfg, self.num_classes = cfg, num_classes
@@ -184,7 +185,9 @@ class BatchAugment:
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.mixing:
             return images, labels
-        return mix(images, F.one_hot(labels, self.num_classes).float(), self.cfg, generator)
+        # multi-label targets are (N, k) multi-hot already: mixing two gives each label its share
+        targets = labels if labels.ndim == 2 else F.one_hot(labels, self.num_classes).float()
+        return mix(images, targets, self.cfg, generator)
 
 
 def normalize(

@@ -20,7 +20,7 @@ from resnetlab.data.decode import decode_files, mean_std, resize_tensor, set_cha
 from resnetlab.data.catalog import Catalog
 from resnetlab.data.readers.layouts import read_catalog
 from resnetlab.data.readers.manifest import apply_split_file
-from resnetlab.data.split import class_lists, final_classes, hold_out, select
+from resnetlab.data.split import class_lists, drop_unseen_labels, final_classes, hold_out, select
 from resnetlab.errors import UserError
 
 # torchvision's ImageNet statistics: a model with ImageNet weights expects its input normalised so
@@ -30,7 +30,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class Split:
-    labels: torch.Tensor  # (N,) int64
+    labels: torch.Tensor  # (N,) int64; multi-label: (N, K) float32 multi-hot
     images: torch.Tensor | None = None  # (N, C, S, S) uint8 when cached (a DiskImages with data.cache=disk)
     paths: list[str] | None = None  # source files, for folders
     boxes: np.ndarray | None = None  # (N, 4) regions to crop to when streaming, if data.roi_crop
@@ -66,21 +66,30 @@ class DataBundle:
         """One line on class sizes in train, so a user sees when weighting or a balanced sampler fits."""
         counts = self.counts()["train"]
         lo, hi = min(counts), max(counts)
+        if self.multi_label:
+            return (f"train images a label: {lo} ({self.classes[counts.index(lo)]}) to {hi} "
+                    f"({self.classes[counts.index(hi)]}); per-label counts in the run's data.json")
         least, most = self.classes[counts.index(lo)], self.classes[counts.index(hi)]
         ratio = f"{hi / lo:.1f}x" if lo else "a class has none"
         return (f"train images a class: {lo} ({least}) to {hi} ({most}), {ratio}; "
                 "per-class counts in the run's data.json")
 
     def counts(self) -> dict[str, list[int]]:
-        """Images per class per split, after any bad files were skipped."""
+        """Images per class per split, after any bad files were skipped (multi-label: images carrying it)."""
         k = len(self.classes)
+        if self.multi_label:
+            return {name: s.labels.sum(0).round().long().tolist() for name, s in self.splits.items()}
         return {name: torch.bincount(s.labels, minlength=k).tolist() for name, s in self.splits.items()}
+
+    @property
+    def multi_label(self) -> bool:
+        return any(s.labels.ndim == 2 for s in self.splits.values())
 
 
 def plan_data(cfg: Config, *, split_file: Path | None = None) -> tuple[Catalog, Path, list[str]]:
     """The rows a run uses, each with its final label and split; the root; notes for the user."""
     d = cfg.data
-    catalog, root, aliases = read_catalog(d.dataset)
+    catalog, root, aliases = read_catalog(d.dataset, multi_label=d.multi_label)
     notes = list(catalog.notes)
     chosen, unknown = final_classes(catalog, d, aliases)
     split_file = split_file or (Path(d.split_file) if d.split_file else None)
@@ -94,6 +103,9 @@ def plan_data(cfg: Config, *, split_file: Path | None = None) -> tuple[Catalog, 
         notes += held_notes
     if d.merge_val:
         catalog.splits[catalog.splits == "val"] = "train"
+    if catalog.targets is not None:
+        catalog, unseen = drop_unseen_labels(catalog)
+        notes += unseen
     return catalog, root, notes
 
 
@@ -139,7 +151,7 @@ def _from_arrays(catalog: Catalog, d: DataConfig, root: Path, cfg: Config) -> Da
         rows = catalog.rows(name)
         images = torch.from_numpy(np.ascontiguousarray(catalog.arrays[rows]))
         x = resize_tensor(set_channels(images, channels), size)
-        splits[name] = Split(labels=torch.from_numpy(catalog.labels[rows]).long(), images=x)
+        splits[name] = Split(labels=split_labels(catalog, rows), images=x)
     mean, std = _normalisation(d, cfg, splits["train"].images, channels)
     return DataBundle(catalog.classes, splits, channels, size, mean, std, str(root), True)
 
@@ -153,7 +165,7 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
     for name in catalog.present_splits():
         rows = catalog.rows(name)
         boxes = catalog.boxes[rows] if d.roi_crop else None
-        files[name] = ([catalog.paths[i] for i in rows], catalog.labels[rows].tolist(), boxes)
+        files[name] = ([catalog.paths[i] for i in rows], split_labels(catalog, rows), boxes)
     notes = []
     mode = _cache_mode(d, estimate, notes)
     if mode == "disk" and not size:
@@ -176,7 +188,7 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
     if mode == "stream":
         if size == 0:
             raise UserError("streaming needs a fixed size: set data.image_size=N")
-        splits = {k: Split(labels=torch.tensor(labels, dtype=torch.long), paths=paths, boxes=boxes)
+        splits = {k: Split(labels=labels, paths=paths, boxes=boxes)
                   for k, (paths, labels, boxes) in files.items()}
         sample, greys = _sample(splits["train"], size, d)
         # as the cache decides: one channel when every image is grey (judged on the sample here)
@@ -200,7 +212,7 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
     channels = _channels(d, greys)
     for name, (x, paths, labels, kept) in decoded.items():
         splits[name] = Split(
-            labels=torch.tensor([labels[i] for i in kept], dtype=torch.long),
+            labels=labels[torch.as_tensor(kept, dtype=torch.long)],
             images=set_channels(x, channels) if len(x) else x[:, :channels],
             paths=[paths[i] for i in kept],
         )
@@ -208,6 +220,13 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
     image_size = splits["train"].images.shape[-1]
     mean, std = _normalisation(d, cfg, splits["train"].images, channels)
     return DataBundle(catalog.classes, splits, channels, image_size, mean, std, str(root), True, skipped, notes=notes)
+
+
+def split_labels(catalog: Catalog, rows: np.ndarray) -> torch.Tensor:
+    """(n,) int64 classes of ``rows``; multi-label: (n, K) float32 multi-hot, the loss's targets."""
+    if catalog.targets is not None:
+        return torch.from_numpy(catalog.targets[rows]).float()
+    return torch.from_numpy(catalog.labels[rows]).long()
 
 
 def _require_train(splits: dict[str, Split], root: Path, skipped: list) -> None:
@@ -292,7 +311,7 @@ def _from_decoded_cache(files, catalog: Catalog, d: DataConfig, root: Path, prog
         start += len(split_paths)
         kept = np.flatnonzero(rows >= 0)
         images = DiskImages(cached.data, rows[kept], size, channels)
-        splits[name] = Split(labels=torch.tensor([labels[i] for i in kept], dtype=torch.long),
+        splits[name] = Split(labels=labels[torch.from_numpy(kept)],
                              images=images.load() if mode == "memory" else images,
                              paths=[split_paths[i] for i in kept])
     _require_train(splits, root, cached.skipped)

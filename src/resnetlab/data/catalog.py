@@ -23,13 +23,16 @@ class Catalog:
     classes: list[str]  # readable names, in label order
     class_ids: list[str]  # on-disk ids (folder name, wnid, GTSRB ClassId): what a user may also type
     keys: list[str]  # one per row: relative path, or '<split>/<index>' for arrays
-    labels: np.ndarray  # (N,) int64
+    # (N,) int64: the class; multi-label: the stratum the split is drawn by (each image's rarest
+    # label, len(classes) for an image with none), the labels themselves being ``targets``
+    labels: np.ndarray
     splits: np.ndarray  # (N,) str, one of SPLITS
     paths: list[str] | None = None  # absolute files, for file layouts
     arrays: np.ndarray | None = None  # (N, C, H, W) uint8, for array layouts
     groups: np.ndarray | None = None  # (N,) int64: rows that must share a split (GTSRB tracks)
     boxes: np.ndarray | None = None  # (N, 4) int: x1, y1, x2, y2 region of interest, inclusive px
     sizes: np.ndarray | None = None  # (N, 2) int: width, height where the annotations give them
+    targets: np.ndarray | None = None  # (N, K) uint8 multi-hot: multi-label data only (a row may be all 0)
     notes: list[str] = field(default_factory=list)  # what the reader wants the user to know
     # (path, reason) of files the reader saw but cannot use (a dangling symlink): reported with bad images
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -54,7 +57,18 @@ class Catalog:
             groups=pick(self.groups),
             boxes=pick(self.boxes),
             sizes=pick(self.sizes),
+            targets=pick(self.targets),
         )
+
+    def label_text(self, row: int) -> str:
+        """A row's class name; multi-label: its names joined by spaces ('' for none)."""
+        if self.targets is not None:
+            return " ".join(self.classes[k] for k in np.flatnonzero(self.targets[row]))
+        return self.classes[self.labels[row]]
+
+    def has_label(self, rows: np.ndarray, k: int) -> np.ndarray:
+        """Which of ``rows`` carry class k (multi-label: among others)."""
+        return self.targets[rows, k] > 0 if self.targets is not None else self.labels[rows] == k
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
@@ -63,8 +77,10 @@ class Catalog:
         return [s for s in SPLITS if (self.splits == s).any()]
 
     def counts(self) -> dict[str, list[int]]:
-        """Images per class, per split: {'train': [n_0, n_1, ...], ...}."""
+        """Images per class, per split: {'train': [n_0, n_1, ...], ...} (multi-label: images carrying it)."""
         k = len(self.classes)
+        if self.targets is not None:
+            return {s: self.targets[self.splits == s].sum(0).astype(int).tolist() for s in self.present_splits()}
         return {s: np.bincount(self.labels[self.splits == s], minlength=k).tolist() for s in self.present_splits()}
 
 
@@ -89,6 +105,15 @@ def from_files(classes: list[str], class_ids: list[str] | None, paths: list[str]
     for name, value in columns.items():
         setattr(out, name, None if value is None else np.asarray(value, dtype=np.int64))
     return out
+
+
+def strata(targets: np.ndarray) -> np.ndarray:
+    """(N,) each row's rarest label (by images carrying it), K for a row with none."""
+    counts = targets.sum(0).astype(np.float64)
+    rarity = np.where(targets > 0, counts[None, :], np.inf)  # (N, K): a label's count where the row has it
+    out = rarity.argmin(1)
+    out[~targets.any(1)] = targets.shape[1]
+    return out.astype(np.int64)
 
 
 def check_labels(catalog: Catalog, source: str) -> None:

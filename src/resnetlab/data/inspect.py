@@ -143,18 +143,18 @@ def inspect(cfg: Config, out_dir: Path, *, samples: int = 8, progress: bool = Tr
     bad = sorted(result.errors.items())
     atomic_write_text(out_dir / "bad_files.csv", _csv(
         [["path", "split", "class", "reason"]]
-        + [[catalog.paths[i], catalog.splits[i], catalog.classes[catalog.labels[i]], why] for i, why in bad]))
+        + [[catalog.paths[i], catalog.splits[i], catalog.label_text(i), why] for i, why in bad]))
     groups = duplicates(catalog, result)
     dup_rows = [["group", "key", "split", "class"]]
     leaks, conflicts, within = defaultdict(int), 0, 0
     for g, rows in enumerate(groups):
-        dup_rows += [[g, catalog.keys[i], catalog.splits[i], catalog.classes[catalog.labels[i]]] for i in rows]
+        dup_rows += [[g, catalog.keys[i], catalog.splits[i], catalog.label_text(i)] for i in rows]
         in_splits = sorted(set(catalog.splits[rows].tolist()))
         for a in range(len(in_splits)):
             for b in range(a + 1, len(in_splits)):
                 leaks[f"{in_splits[a]}-{in_splits[b]}"] += 1
         within += len(rows) - len(set(catalog.splits[rows].tolist()))
-        conflicts += len(set(catalog.labels[rows].tolist())) > 1
+        conflicts += len({catalog.label_text(i) for i in rows}) > 1
     atomic_write_text(out_dir / "duplicates.csv", _csv(dup_rows))
 
     ok = result.widths > 0
@@ -173,14 +173,14 @@ def inspect(cfg: Config, out_dir: Path, *, samples: int = 8, progress: bool = Tr
     shown = list(range(min(len(catalog.classes), 50)))  # 200 rows of thumbnails are unreadable
     per_class = []
     for k in shown:
-        rows = train_rows[catalog.labels[train_rows] == k]
+        rows = train_rows[catalog.has_label(train_rows, k)]
         per_class.append(rng.permutation(rows)[:samples].tolist())
     tiles = [_tiles(catalog, rows, 64, cfg) for rows in per_class]
     plots.sample_grid([catalog.classes[k] for k in shown], tiles, samples, out_dir / "samples.png")
     if len(train_rows):
         row = int(rng.choice(train_rows))
         views = _augmented(catalog, row, cfg, 16)
-        plots.augment_grid(views, f"{catalog.keys[row]} ({catalog.classes[catalog.labels[row]]})",
+        plots.augment_grid(views, f"{catalog.keys[row]} ({catalog.label_text(row) or 'no label'})",
                            out_dir / "augment.png")
 
     summary = {
@@ -191,5 +191,23 @@ def inspect(cfg: Config, out_dir: Path, *, samples: int = 8, progress: bool = Tr
             "catalog": round(planned - started, 2), "index": round(indexed - planned, 2),
             "total": round(time.perf_counter() - started, 2)},
     }
+    if catalog.targets is not None:
+        summary["label_sets"] = label_sets(catalog, out_dir)
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def label_sets(catalog: Catalog, out_dir: Path) -> dict:
+    """Multi-label: images by their number of labels, and how often each pair of labels shares an
+    image (cooccurrence.csv: K x K counts over every split; the diagonal is each label's count)."""
+    t = catalog.targets.astype(np.int64)
+    together = t.T @ t  # (K, K)
+    names = catalog.classes
+    atomic_write_text(out_dir / "cooccurrence.csv", _csv([["", *names]] + [[n, *row] for n, row in
+                                                                          zip(names, together.tolist())]))
+    per_image = np.bincount(t.sum(1), minlength=1)
+    pairs = [(int(together[a, b]), names[a], names[b]) for a in range(len(names)) for b in range(a + 1, len(names))]
+    pairs.sort(key=lambda p: -p[0])
+    return {"labels_per_image": {str(k): int(n) for k, n in enumerate(per_image) if n},
+            "mean_labels_per_image": round(float(t.sum(1).mean()), 3) if len(t) else 0.0,
+            "top_pairs": [[a, b, n] for n, a, b in pairs[:10] if n]}

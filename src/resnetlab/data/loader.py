@@ -127,8 +127,9 @@ class CachedLoader(_Batches):
 
 
 class FileDataset(Dataset):
-    """Decodes one file per item in a DataLoader worker: a uint8 (C, S, S) image, its label, its
-    index, and why it could not be decoded ("" when it could). Augmentation is not done here but on
+    """Decodes one file per item in a DataLoader worker: a uint8 (C, S, S) image, its label (a tensor
+    row of ``labels``: (N,) classes or (N, K) multi-hot), its index, and why it could not be decoded
+    ("" when it could). Augmentation is not done here but on
     the whole decoded batch, by the cached path's BatchAugment (StreamLoader)."""
 
     def __init__(self, paths, labels, *, size, resize, channels, boxes=None, margin: float = 0.1):
@@ -146,9 +147,9 @@ class FileDataset(Dataset):
         except BadImage as e:
             # reported in the main process, which knows on_bad_image and the run folder
             blank = torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8)
-            return blank, -1, index, str(e)
+            return blank, self.labels[index], index, str(e)
         x = set_channels(torch.from_numpy(arr).permute(2, 0, 1)[None], self.channels)[0]
-        return x, int(self.labels[index]), index, ""
+        return x, self.labels[index], index, ""
 
 
 class _EpochPlan:
@@ -205,7 +206,7 @@ class StreamLoader(_Batches):
                                      pin_memory=self.device.type == "cuda",
                                      persistent_workers=self.shuffle and self.num_workers > 0)
         for step, (x, y, index, err) in enumerate(self.loader, start=start):
-            bad = y < 0
+            bad = torch.tensor([bool(e) for e in err], dtype=torch.bool)
             if bad.any():
                 for i in bad.nonzero().flatten().tolist():
                     path = self.dataset.paths[int(index[i])]

@@ -12,7 +12,7 @@ import difflib
 import numpy as np
 
 from resnetlab.config import DataConfig
-from resnetlab.data.catalog import Catalog
+from resnetlab.data.catalog import Catalog, strata
 from resnetlab.errors import UserError
 
 UNKNOWN = "unknown"
@@ -165,3 +165,20 @@ def hold_out(catalog: Catalog, d: DataConfig, seed: int) -> tuple[Catalog, list[
     if not (out.splits == "train").any():
         raise UserError("no training images are left after holding out val/test: lower the fractions")
     return out, notes
+
+
+def drop_unseen_labels(catalog: Catalog) -> tuple[Catalog, list[str]]:
+    """Multi-label: a label no training image carries cannot be learnt; it leaves the classes (with a
+    note), so val and test score it as absent rather than as a class the model never saw."""
+    seen = catalog.targets[catalog.splits == "train"].any(0)
+    if seen.all():
+        return catalog, []
+    gone = [c for c, s in zip(catalog.classes, seen) if not s]
+    shown = ", ".join(gone[:5]) + (f" and {len(gone) - 5} more" if len(gone) > 5 else "")
+    out = catalog.take(np.arange(len(catalog)))
+    out.targets = catalog.targets[:, seen]
+    out.classes = [c for c, s in zip(catalog.classes, seen) if s]
+    out.class_ids = [c for c, s in zip(catalog.class_ids, seen) if s]
+    out.labels = strata(out.targets)
+    return out, [f"warning: label(s) {shown} appear only in val/test, never in train: left out of the classes "
+                 "and scored as absent"]

@@ -39,10 +39,13 @@ def training_curves(history: list[dict], path: Path) -> None:
     ax.set(title="loss", xlabel="epoch")
     ax.legend()
     ax = axes[1]
-    ax.plot(epochs, [100 * h["train_top1"] for h in history], "o-", label="train (augmented)")
-    if any("val_top1" in h for h in history):
-        ax.plot(epochs, [100 * h.get("val_top1", float("nan")) for h in history], "o-", label="val")
-    ax.set(title="top-1 accuracy (%)", xlabel="epoch")
+    multi = any("train_exact" in h for h in history)  # multi-label: exact match in train, mAP on val
+    ax.plot(epochs, [100 * h["train_exact" if multi else "train_top1"] for h in history], "o-",
+            label="train exact match (augmented)" if multi else "train (augmented)")
+    val_key = "val_map" if multi else "val_top1"
+    if any(val_key in h for h in history):
+        ax.plot(epochs, [100 * h.get(val_key, float("nan")) for h in history], "o-", label="val mAP" if multi else "val")
+    ax.set(title="exact match / mAP (%)" if multi else "top-1 accuracy (%)", xlabel="epoch")
     ax.legend()
     ax = axes[2]
     ax.plot(epochs, [h["lr"] for h in history], "o-")

@@ -29,7 +29,7 @@ from resnetlab.train.finish import finish_run
 from resnetlab.train.precompute import HeadFeatures
 from resnetlab.train.progress import EpochProgress, announce, epoch_line
 from resnetlab.train.saving import save_epoch, save_partial
-from resnetlab.train.session import CORRECT, LOSS, SEEN, Session, no_sums
+from resnetlab.train.session import CORRECT, LOSS, SEEN, Session, no_sums, val_score
 from resnetlab.train.sizes import training_size
 from resnetlab.train.stopping import (NonFiniteLoss, Preempted, StopTraining, run_status, signal_name, stop_agreed,
                                      stop_on_signals)
@@ -109,7 +109,7 @@ def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str]
             logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i))
             if s.ema is not None:
                 s.ema.update(s.model)
-            tally(sums, finite, logits.detach(), loss_sum.detach(), y)
+            tally(sums, finite, logits.detach(), loss_sum.detach(), y, multi_label=s.multi_label)
             progress.update(i, sums, seen0, start)
             for fn in hooks["on_batch_end"]:
                 fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum.detach() / len(y)})
@@ -128,7 +128,8 @@ def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str]
     loss_sum, correct, seen = distributed.all_sum(sums, d).tolist()
     seen_max = max(seen, 1.0)
     return {"epoch": epoch + 1, "step": (epoch + 1) * spe, "lr": lr, "train_loss": loss_sum / seen_max,
-            "train_top1": correct / seen_max, "train_images": int(seen),  # summed over ranks, bad images left out
+            "train_exact" if s.multi_label else "train_top1": correct / seen_max,
+            "train_images": int(seen),  # summed over ranks, bad images left out
             "images_per_s": (seen - seen0) / max(seconds, 1e-9),
             "seconds": round(seconds, 2), "size": size or s.data.image_size}
 
@@ -139,11 +140,15 @@ def train_size(s: Session, epoch: int) -> int:
 
 
 def tally(sums: torch.Tensor, finite: torch.Tensor, logits: torch.Tensor, loss_sum: torch.Tensor,
-          y: torch.Tensor) -> None:
-    """Add a step to the epoch's running sums (loss, correct, seen) on the device: no host sync."""
+          y: torch.Tensor, *, multi_label: bool = False) -> None:
+    """Add a step to the epoch's running sums (loss, correct, seen) on the device: no host sync.
+    Multi-label 'correct' is an exact match of the whole label set at probability 0.5 (logit 0)."""
     finite &= torch.isfinite(loss_sum)
     sums[LOSS] += loss_sum
-    sums[CORRECT] += (logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()  # mixed: the larger share
+    if multi_label:  # a mixed target counts a label present when its share is over 1/2
+        sums[CORRECT] += ((logits > 0) == (y > 0.5)).all(1).sum()
+    else:
+        sums[CORRECT] += (logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()  # mixed: the larger share
     sums[SEEN] += len(y)
 
 
@@ -186,17 +191,22 @@ def check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
 
 
 def val_metrics(s: Session) -> dict:
-    """The epoch's val loss/top-1/top-5 of the weights best.pt, early stopping and predict use: the EMA
-    weights when there are any. One pass: the raw weights' ``val_*_raw`` only with train.eval_raw."""
+    """The epoch's val figures (loss, top-1/top-5; multi-label: loss, mAP macro and micro) of the
+    weights best.pt, early stopping and predict use: the EMA weights when there are any. One pass:
+    the raw weights' ``val_*_raw`` only with train.eval_raw."""
     if s.ema is None:
-        raw = score_split(s, "val")
-        return {"val_loss": raw["loss"], "val_top1": raw["top1"], "val_top5": raw["top5"]}
-    ema = score_split(s, "val", model=s.ema.module)
-    out = {"val_loss": ema["loss"], "val_top1": ema["top1"], "val_top5": ema["top5"]}
+        return _val_keys(score_split(s, "val"), s.multi_label)
+    out = _val_keys(score_split(s, "val", model=s.ema.module), s.multi_label)
     if s.cfg.train.eval_raw:
-        raw = score_split(s, "val")
-        out = {"val_loss_raw": raw["loss"], "val_top1_raw": raw["top1"], "val_top5_raw": raw["top5"], **out}
+        raw = _val_keys(score_split(s, "val"), s.multi_label)
+        out = {**{f"{k}_raw": v for k, v in raw.items()}, **out}
     return out
+
+
+def _val_keys(result: dict, multi_label: bool) -> dict:
+    if multi_label:
+        return {"val_loss": result["loss"], "val_map": result["map_macro"], "val_map_micro": result["map_micro"]}
+    return {"val_loss": result["loss"], "val_top1": result["top1"], "val_top5": result["top5"]}
 
 
 def score_split(s: Session, split: str, model=None) -> dict:
@@ -206,19 +216,25 @@ def score_split(s: Session, split: str, model=None) -> dict:
     out = infer(model or s.model, s.loaders[split].epoch(0), mean=s.mean, std=s.std, device=s.device,
                 precision=s.precision, channels_last=s.cfg.train.channels_last, num_classes=len(s.data.classes))
     logits, labels = distributed.gather_cat(out.logits, s.dist), distributed.gather_cat(out.labels, s.dist)
-    result = metrics(logits, labels, s.data.classes)
+    if s.multi_label:
+        from resnetlab.evaluate.multilabel import multilabel_metrics
+
+        result = multilabel_metrics(logits, labels, s.data.classes)
+    else:
+        result = metrics(logits, labels, s.data.classes)
     result["images_per_s"] = len(labels) / max(out.seconds, 1e-9)
     return result
 
 
 def epochs_without_gain(history: list[dict], min_delta: float) -> int:
-    """Epochs since val top-1 last beat its running best by more than ``min_delta`` (from the
-    history alone, so a resumed run counts the same)."""
+    """Epochs since the val score (top-1, or multi-label mAP) last beat its running best by more than
+    ``min_delta`` (from the history alone, so a resumed run counts the same)."""
     best, since = -math.inf, 0
     for h in history:
-        if h.get("val_top1") is None:
+        score = val_score(h)
+        if score is None or math.isnan(score):
             continue
-        best, since = (h["val_top1"], 0) if h["val_top1"] > best + min_delta else (best, since + 1)
+        best, since = (score, 0) if score > best + min_delta else (best, since + 1)
     return since
 
 
@@ -227,6 +243,7 @@ def early_stop(s: Session, console: Console) -> bool:
     patience, delta = s.cfg.train.early_stop_patience, s.cfg.train.early_stop_min_delta
     if not patience or epochs_without_gain(s.state.history, delta) < patience:
         return False
-    console.print(f"early stop after epoch {len(s.state.history)}: val top-1 has not gained more than {100 * delta:g} "
+    metric = "mAP" if s.multi_label else "top-1"
+    console.print(f"early stop after epoch {len(s.state.history)}: val {metric} has not gained more than {100 * delta:g} "
                   f"points for {patience} epochs; best {100 * s.state.best_top1:.2f}% is in best.pt")
     return True

@@ -81,22 +81,36 @@ def announce(s: Session, console: Console) -> None:
 
 def epoch_line(s: Session, record: dict, improved: bool) -> str:
     """The line a finished epoch prints ('*': best.pt was written), and a warning when it diverged."""
-    line = (f"epoch {record['epoch']:>3}/{s.cfg.train.epochs}  lr {record['lr']:.2e}  "
-            f"train loss {record['train_loss']:.4f} top-1 {100 * record['train_top1']:.2f}%")
-    if "val_top1" in record:
+    line = f"epoch {record['epoch']:>3}/{s.cfg.train.epochs}  lr {record['lr']:.2e}  train loss {record['train_loss']:.4f}"
+    if "train_exact" in record:  # multi-label: exact match of the label set at 0.5, then val mAP (macro)
+        line += f" exact {100 * record['train_exact']:.2f}%"
+    else:
+        line += f" top-1 {100 * record['train_top1']:.2f}%"
+    if "val_map" in record:
+        line += f"  val loss {record['val_loss']:.4f} mAP {100 * record['val_map']:.2f}%"
+    elif "val_top1" in record:
         line += f"  val loss {record['val_loss']:.4f} top-1 {100 * record['val_top1']:.2f}%"
     line += f"  {record['images_per_s']:.0f} img/s  {record['seconds']:.1f} s"
     if s.cfg.train.size_start or s.cfg.train.size_end:
         line += f"  {record['size']} px"
     line += "  *" if improved else ""
     k = len(s.data.classes)
-    if diverged(record, k):
-        line += (f"\nwarning: diverged: train loss {record['train_loss']:.2f} is far above ln({k}) = "
-                 f"{math.log(k):.2f}, what guessing scores; lower optim.lr (or add schedule.warmup_epochs)")
+    guess, formula = guessing_loss(k, s.multi_label)
+    if diverged(record, k, multi_label=s.multi_label):
+        line += (f"\nwarning: diverged: train loss {record['train_loss']:.2f} is far above {formula} = "
+                 f"{guess:.2f}, what guessing scores; lower optim.lr (or add schedule.warmup_epochs)")
     return line
 
 
-def diverged(record: dict, num_classes: int) -> bool:
-    """A mean training loss over twice that of uniform guessing (ln k) means the run blew up
-    rather than learned slowly: a model that predicts nothing scores ln k."""
-    return num_classes > 1 and not record["train_loss"] <= 2 * math.log(num_classes)
+def guessing_loss(num_classes: int, multi_label: bool = False) -> tuple[float, str]:
+    """The loss of a model that predicts nothing: ln k for softmax over k classes; k ln 2 for k
+    sigmoids at 1/2 (multi-label's loss is summed over the classes)."""
+    if multi_label:
+        return num_classes * math.log(2), f"{num_classes} ln 2"
+    return math.log(num_classes), f"ln({num_classes})"
+
+
+def diverged(record: dict, num_classes: int, *, multi_label: bool = False) -> bool:
+    """A mean training loss over twice that of guessing means the run blew up rather than learned
+    slowly."""
+    return (num_classes > 1 or multi_label) and not record["train_loss"] <= 2 * guessing_loss(num_classes, multi_label)[0]

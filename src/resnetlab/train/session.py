@@ -40,22 +40,28 @@ def no_sums() -> list[float]:
     return [0.0, 0.0, 0.0]
 
 
+def val_score(record: dict) -> float:
+    """What chooses best.pt and early stopping: val mAP (macro) for multi-label, else val top-1."""
+    return record.get("val_map", record.get("val_top1", math.nan))
+
+
 @dataclass
 class TrainState:
     """What changes while training, checkpointed as a whole: where training continues (an epoch, a
     step within it, and that epoch's running sums so far), every finished epoch's record, and the
-    best val top-1 (which best.pt holds). fit() is its only writer; restore() its only reader."""
+    best val score (top-1, or mAP for multi-label: ``val_score``), which best.pt holds. fit() is its
+    only writer; restore() its only reader."""
 
     epoch: int = 0
     step: int = 0  # within ``epoch``: a mid-epoch checkpoint continues there
     partial: list[float] = field(default_factory=no_sums)  # LOSS, CORRECT, SEEN of ``epoch`` so far
     history: list[dict] = field(default_factory=list)
-    best_top1: float = -1.0
+    best_top1: float = -1.0  # the best val_score (the checkpoint key predates multi-label's mAP)
 
     def end_epoch(self, record: dict) -> bool:
-        """Keep a finished epoch's record and point at the next epoch's start; True when its val top-1
+        """Keep a finished epoch's record and point at the next epoch's start; True when its val score
         beat the best (best.pt is chosen on validation only: without a val split nothing improves)."""
-        score = record.get("val_top1", math.nan)
+        score = val_score(record)
         improved = not math.isnan(score) and score > self.best_top1
         self.history.append(record)
         self.epoch, self.step, self.partial = record["epoch"], 0, no_sums()
@@ -89,7 +95,9 @@ class Session:
     dist: Dist = field(default_factory=Dist)
     ddp: nn.Module | None = None  # the DistributedDataParallel wrapper when there are 2+ ranks
     compiled: nn.Module | None = None  # torch.compile of the model (or its DDP wrapper), train.compile
-    class_weights: torch.Tensor | None = None  # (k,) loss weight per class, optim.class_weights=balanced
+    # (k,) optim.class_weights=balanced: the loss weight of each class; multi-label: of each class's
+    # positives (BCE's pos_weight), so a rare label's few positives weigh as much as its negatives
+    class_weights: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)  # what fit() should tell the user first (e.g. a resume fallback)
     ema: ModelEma | None = None  # the weights' moving average, train.ema_decay
     precomputed: Any = None  # train.precompute.HeadFeatures while a precompute stage trains the head
@@ -106,6 +114,10 @@ class Session:
     @property
     def steps_per_epoch(self) -> int:
         return len(self.loaders["train"])
+
+    @property
+    def multi_label(self) -> bool:
+        return self.data.multi_label
 
 
 def model_options(cfg: Config) -> dict[str, Any]:
@@ -175,7 +187,7 @@ def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.devic
     augment = BatchAugment(cfg.augment, num_classes=len(data.classes), fill=fill) if train else None
     if split.images is not None:
         return CachedLoader(split.images, split.labels, augment=augment, **common)
-    dataset = FileDataset(split.paths, split.labels.tolist(), size=data.image_size, resize=cfg.data.resize,
+    dataset = FileDataset(split.paths, split.labels, size=data.image_size, resize=cfg.data.resize,
                           channels=data.channels, boxes=split.boxes, margin=cfg.data.roi_margin)
     groups = shard_of(split.paths) if train and dist.world > 1 else None  # ranks read disjoint shards
     return StreamLoader(dataset, num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, augment=augment,
@@ -187,6 +199,13 @@ def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     a class with no images gets 0."""
     counts = torch.bincount(labels, minlength=num_classes).double()
     return torch.where(counts > 0, len(labels) / (num_classes * counts.clamp_min(1)), 0.0).float()
+
+
+def positive_weights(targets: torch.Tensor) -> torch.Tensor:
+    """(K,) negatives / positives of each class in (N, K) multi-hot targets: BCE's pos_weight, which
+    gives a class's positives the total weight of its negatives; 1 for a class without positives."""
+    positives = targets.sum(0).double()
+    return torch.where(positives > 0, (len(targets) - positives) / positives.clamp_min(1), 1.0).float()
 
 
 def build_session(cfg: Config, data: DataBundle, *, device: torch.device, precision: str, dist: Dist,
@@ -212,7 +231,9 @@ def build_session(cfg: Config, data: DataBundle, *, device: torch.device, precis
     if cfg.train.ema_decay:
         s.ema = ModelEma(model, cfg.train.ema_decay)
     if cfg.optim.class_weights == "balanced":
-        s.class_weights = balanced_weights(data.splits["train"].labels, len(data.classes)).to(device)
+        train = data.splits["train"].labels
+        weights = positive_weights(train) if data.multi_label else balanced_weights(train, len(data.classes))
+        s.class_weights = weights.to(device)
     if dist.enabled:  # gradients averaged across ranks; parameters broadcast from rank 0 once
         # stages freeze groups after DDP is built: let it skip parameters that get no gradient
         s.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -236,6 +257,7 @@ def checkpoint_state(s: Session, state: TrainState | None = None) -> dict[str, A
         "model_name": s.cfg.model.name,
         "model_options": model_options(s.cfg),
         "num_classes": len(s.data.classes),
+        "task": "multi_label" if s.data.multi_label else "single_label",  # sigmoid or softmax outputs
         "in_chans": s.data.channels,
         "classes": s.data.classes,
         "preprocess": s.data.preprocess(),

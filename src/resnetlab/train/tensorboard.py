@@ -18,9 +18,10 @@ import torch
 
 from resnetlab import run_folder as rf
 from resnetlab.io import write_failed
-from resnetlab.train.session import Session
+from resnetlab.train.session import Session, val_score
 
-EPOCH_TAGS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "images_per_s", "lr")
+EPOCH_TAGS = ("train_loss", "train_top1", "train_exact", "val_loss", "val_top1", "val_top5", "val_map", "val_map_micro",
+              "images_per_s", "lr")
 FIGURES = ("confusion_normalized.png", "top_losses.png")
 FLUSH_EVERY = 50  # steps whose losses are read back from the device together
 
@@ -84,11 +85,15 @@ class TensorBoardLogger:
 
     def on_train_end(self, s: Session, result: dict) -> None:
         test = result.get("test")
-        final = {"hparam/best_val_top1": max((h.get("val_top1", float("nan")) for h in s.state.history), default=float("nan"))}
+        headline = "map_macro" if s.multi_label else "top1"
+        best = "hparam/best_val_map" if s.multi_label else "hparam/best_val_top1"
+        final = {best: max((val_score(h) for h in s.state.history), default=float("nan"))}
         if test:
-            for key in ("top1", "top5", "loss", "balanced_accuracy", "macro_f1"):
+            keys = ("map_macro", "map_micro", "f1_micro", "f1_macro", "exact_match", "hamming_loss", "loss") \
+                if s.multi_label else ("top1", "top5", "loss", "balanced_accuracy", "macro_f1")
+            for key in keys:
                 self.writer.add_scalar(f"test/{key}", test[key], len(s.state.history))
-            final["hparam/test_top1"] = test["top1"]
+            final[f"hparam/test_{headline}"] = test[headline]
             for name in FIGURES:
                 path = rf.eval_figures(s.run_dir, "test") / name
                 if path.is_file():

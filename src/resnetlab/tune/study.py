@@ -33,6 +33,7 @@ from resnetlab.train.loop import fit
 from resnetlab.train.stopping import StopTraining
 from resnetlab.run_folder import read_run_config
 from resnetlab.train.prepare import prepare
+from resnetlab.train.session import val_score
 from resnetlab.tune.space import load_space, override, shown
 from resnetlab.tune.page import write_study_page
 
@@ -119,13 +120,13 @@ def run_study(recipe: str, overrides: list[str], *, trials: int, study_dir: Path
         trial.set_user_attr("run_dir", str(s.run_dir))
 
         def report(session, record: dict) -> None:
-            trial.report(record["val_top1"], record["epoch"])
+            trial.report(val_score(record), record["epoch"])
             if trial.should_prune():
                 raise Pruned(f"pruned by the {pruner} rule after epoch {record['epoch']}")
 
         started = time.perf_counter()
         fit(s, callbacks={"on_epoch_end": [report]}, console=Console(quiet=True))
-        console.print(f"trial {trial.number}: val top-1 {100 * s.state.best_top1:.2f}% in "
+        console.print(f"trial {trial.number}: val {'mAP' if s.multi_label else 'top-1'} {100 * s.state.best_top1:.2f}% in "
                       f"{time.perf_counter() - started:.0f} s  {' '.join(shown(k, v) for k, v in values.items())}")
         return s.state.best_top1
 

@@ -52,8 +52,15 @@ def resolve_root(dataset: str) -> Path:
     return root
 
 
-def read_catalog(dataset: str) -> tuple[Catalog, Path, dict[str, int]]:
-    """The catalog, the root its keys are relative to, and class-name aliases (GTSRB's)."""
+def read_catalog(dataset: str, *, multi_label: bool = False) -> tuple[Catalog, Path, dict[str, int]]:
+    """The catalog, the root its keys are relative to, and class-name aliases (GTSRB's). Label sets
+    (``multi_label``) come only from a CSV manifest: every other layout has one class an image."""
+    if multi_label:
+        root = resolve_root(dataset)
+        if not root.is_file():
+            raise UserError(f"data.multi_label=true needs label sets, and {dataset} has one class an image: give a "
+                            "CSV manifest with a header, e.g. image_name,tags with labels separated by spaces")
+        return read_manifest(root, multi_label=True), root.parent, {}
     if dataset not in builtin.BUILTIN and is_shards(dataset):
         catalog, root, aliases = read_shards(dataset)
         check_labels(catalog, dataset)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnetlab.data.catalog import SPLITS, Catalog, from_files
+from resnetlab.data.catalog import SPLITS, Catalog, from_files, strata
 from resnetlab.errors import UserError
 
 _SPLIT_ALIASES = {"": "train", "training": "train", "valid": "val", "validation": "val", "testing": "test"}
@@ -29,20 +29,49 @@ def is_manifest(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in (".csv", ".tsv")
 
 
-def read_manifest(path: Path) -> Catalog:
+_PATH_NAMES = ("path", "file", "filename", "image", "image_name", "image_id", "id")
+_LABEL_NAMES = ("label", "labels", "tags", "tag", "class", "classes")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+
+def _columns(rows: list[list[str]], path: Path) -> tuple[int, dict[str, int]]:
+    """Where the data starts and which column is which: a header names them (path, label and split,
+    or Planet Amazon's image_name,tags); without one they are path,label[,split] in that order."""
+    header = [c.strip().lower() for c in rows[0]] if rows else []
+    if not header or header[0] not in _PATH_NAMES:
+        return 0, {"path": 0, "label": 1, "split": 2}
+    label = next((header.index(n) for n in _LABEL_NAMES if n in header), None)
+    if label is None:
+        raise UserError(f"{path}: the header has no label column (expected path,label[,split] or image_name,tags)")
+    columns = {"path": 0, "label": label}
+    if "split" in header:
+        columns["split"] = header.index("split")
+    return 1, columns
+
+
+def _find_file(rel: str, base: Path, listed: dict[str, set[str]]) -> Path | None:
+    """The file a row names, relative to the CSV's folder; a name without a suffix (Planet's
+    'train_0') may match one image suffix. Folders are listed once (a stat a row is slow on NFS)."""
+    file = Path(rel) if os.path.isabs(rel) else base / rel
+    folder = str(file.parent)
+    if folder not in listed:
+        listed[folder] = set(os.listdir(folder)) if file.parent.is_dir() else set()
+    if file.name in listed[folder]:
+        return file
+    if not file.suffix:
+        return next((file.with_name(file.name + x) for x in _IMAGE_SUFFIXES if file.name + x in listed[folder]), None)
+    return None
+
+
+def read_manifest(path: Path, *, multi_label: bool = False) -> Catalog:
+    """A CSV's rows; with ``multi_label`` the label column holds space-separated names (or none)."""
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f, delimiter=delimiter))
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    start = 1 if rows and rows[0] and rows[0][0].strip().lower() in ("path", "file", "filename") else 0
-    columns = {"path": 0, "label": 1, "split": 2}
-    if start:
-        header = [c.strip().lower() for c in rows[0]]
-        if "label" not in header:
-            raise UserError(f"{path}: the header has no 'label' column (expected path,label[,split])")
-        columns = {k: header.index(k) for k in ("path", "label", "split") if k in header}
+    start, columns = _columns(rows, path)
     base = path.parent
     listed: dict[str, set[str]] = {}
     paths, keys, labels, splits = [], [], [], []
@@ -52,36 +81,74 @@ def read_manifest(path: Path) -> Catalog:
         if len(row) <= columns["label"]:
             raise UserError(f"{path} row {line}: expected path,label[,split], got {delimiter.join(row)!r}")
         rel = row[columns["path"]].strip()
-        file = Path(rel) if os.path.isabs(rel) else base / rel
-        folder = str(file.parent)
-        if folder not in listed:
-            listed[folder] = set(os.listdir(folder)) if file.parent.is_dir() else set()
-        if file.name not in listed[folder]:
+        file = _find_file(rel, base, listed)
+        if file is None:
             raise UserError(f"{path} row {line}: {rel} does not exist (paths are relative to {base})")
         split = row[columns["split"]].strip().lower() if "split" in columns and len(row) > columns["split"] else ""
         split = _SPLIT_ALIASES.get(split, split)
         if split not in SPLITS:
             raise UserError(f"{path} row {line}: split {split!r} should be train, val or test")
         label = row[columns["label"]].strip()
-        if not label:
-            raise UserError(f"{path} row {line}: the label is empty")
+        if multi_label:
+            label = _label_set(label, f"{path} row {line}")
+        elif not label:
+            raise UserError(f"{path} row {line}: the label is empty (with several labels or none an image, "
+                            "set data.multi_label=true)")
         paths.append(str(file))
         keys.append(rel)
         labels.append(label)
         splits.append(split)
     if not paths:
         raise UserError(f"{path} lists no images (expected rows of path,label[,split])")
-    names = sorted(set(labels), key=lambda s: (int(s), s) if s.lstrip("-").isdigit() else (float("inf"), s))
+    if multi_label:
+        return label_set_catalog(paths, keys, labels, splits)
+    names = _sorted_names(set(labels))
     index = {n: i for i, n in enumerate(names)}
-    return from_files(names, names, paths, keys, [index[n] for n in labels], splits)
+    catalog = from_files(names, names, paths, keys, [index[n] for n in labels], splits)
+    if any(" " in n for n in names):
+        catalog.notes.append(f"labels such as {next(n for n in names if ' ' in n)!r} are read as one class each; "
+                             "if they are sets of labels, set data.multi_label=true")
+    return catalog
+
+
+def _sorted_names(names: set[str]) -> list[str]:
+    """Class names in label order: all-integer names as numbers, the rest alphabetically."""
+    return sorted(names, key=lambda s: (int(s), s) if s.lstrip("-").isdigit() else (float("inf"), s))
+
+
+def _label_set(text: str, where: str) -> tuple[str, ...]:
+    """'agriculture clear primary' -> its names; '' is an image with none of the labels."""
+    names = tuple(text.split(" ")) if text else ()
+    if "" in names:
+        raise UserError(f"{where}: an empty class name in {text!r}: separate labels by one space")
+    return names
+
+
+def label_set_catalog(paths: list[str], keys: list[str], sets: list[tuple[str, ...]], splits: list[str]) -> Catalog:
+    """A multi-label catalog: multi-hot ``targets``, and each image's rarest label as the stratum the
+    val/test split is drawn by (so a rare label reaches val and test in proportion; images with no
+    label are a stratum of their own). This stratifies one label per image: iterative stratification
+    (Sechidis et al. 2011) would balance every label at once, at more code than it gains here."""
+    names = _sorted_names({n for labels in sets for n in labels})
+    index = {n: i for i, n in enumerate(names)}
+    targets = np.zeros((len(sets), len(names)), dtype=np.uint8)
+    for row, labels in enumerate(sets):
+        targets[row, [index[n] for n in labels]] = 1
+    catalog = from_files(names, names, paths, keys, strata(targets), splits)
+    catalog.targets = targets
+    return catalog
 
 
 def split_file_text(catalog: Catalog) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["key", "label", "split"])
-    for key, label, split in zip(catalog.keys, catalog.labels.tolist(), catalog.splits.tolist()):
-        writer.writerow([key, catalog.classes[label], split])
+    if catalog.targets is not None:  # multi-label: the names joined by spaces, '' for none
+        labels = [" ".join(catalog.classes[k] for k in np.flatnonzero(row)) for row in catalog.targets]
+    else:
+        labels = [catalog.classes[label] for label in catalog.labels.tolist()]
+    for key, label, split in zip(catalog.keys, labels, catalog.splits.tolist()):
+        writer.writerow([key, label, split])
     return buffer.getvalue()
 
 
@@ -113,17 +180,26 @@ def apply_split_file(catalog: Catalog, path: Path, classes: list[str]) -> Catalo
     rows = read_split_file(path)
     where = {k: i for i, k in enumerate(catalog.keys)}
     index = {c: i for i, c in enumerate(classes)}
+    multi = catalog.targets is not None
     take, labels, splits = [], [], []
     for line, (key, label, split) in enumerate(rows, start=2):
         if key not in where:
             raise UserError(f"{path} row {line}: {key} is not in the data set any more")
-        if label not in index:
-            raise UserError(f"{path} row {line}: class {label!r} is not among this data's classes")
+        names = _label_set(label, f"{path} row {line}") if multi else (label,)
+        for name in names:
+            if name not in index:
+                raise UserError(f"{path} row {line}: class {name!r} is not among this data's classes")
         take.append(where[key])
-        labels.append(index[label])
+        labels.append([index[n] for n in names])
         splits.append(split)
     out = catalog.take(np.array(take, dtype=np.int64))
     out.classes = list(classes)
-    out.labels = np.array(labels, dtype=np.int64)
     out.splits = np.array(splits, dtype="<U5")
+    if multi:
+        out.targets = np.zeros((len(take), len(classes)), dtype=np.uint8)
+        for row, ids in enumerate(labels):
+            out.targets[row, ids] = 1
+        out.labels = strata(out.targets)
+    else:
+        out.labels = np.array([ids[0] for ids in labels], dtype=np.int64)
     return out
