@@ -1,4 +1,7 @@
-"""`resnetlab evaluate RUN [--split test | --data FOLDER]`: metrics printed and saved as JSON."""
+"""`resnetlab evaluate RUN [--split test | --data FOLDER]`: metrics printed and saved as JSON.
+
+A multi-label run (data.multi_label) prints mAP, F1 and exact match at per-class thresholds instead
+of top-1, and refuses the single-label options (rejection, --data class folders) in one line."""
 
 from __future__ import annotations
 
@@ -18,11 +21,15 @@ def add_parser(sub) -> None:
     p.add_argument("--tta", type=int, default=1, metavar="N",
                    help="also score N views per image (the image, then training augmentations); 20 as in the GTSRB tutorial")
     p.add_argument("--tta-reduce", default="mean", choices=["mean", "max"], help="how TTA views combine")
-    p.add_argument("--reject-target", type=float, default=0.05,
-                   help="rejection thresholds reject at most this share of known-class val images")
+    p.add_argument("--reject-target", type=float, default=None,
+                   help="rejection thresholds reject at most this share of known-class val images (default 0.05; "
+                        "single-label runs)")
     p.add_argument("--no-figures", action="store_true", help="metrics only, no PNGs")
     p.add_argument("--snapshots", action="store_true",
                    help="also score the mean probability of the run's SGDR snapshots (snapshot-K.pt)")
+    p.add_argument("--default-thresholds", action="store_true",
+                   help="multi-label runs: where there is no val split to refit them and thresholds.json is "
+                        "missing or damaged, decide every class at probability 0.5 instead of stopping")
     p.set_defaults(func=run)
 
 
@@ -32,6 +39,7 @@ def run(args) -> int:
     from resnetlab.evaluate.evaluator import Options, evaluate_split, split_images, unseen_images
     from resnetlab import run_folder as rf
     from resnetlab.evaluate.metrics import format_table
+    from resnetlab.evaluate.multilabel import format_multilabel_table, per_class_csv
     from resnetlab.run_folder import check_run_dir, read_run_config, saved_split_file
 
     run_dir = check_run_dir(Path(args.run))
@@ -39,14 +47,21 @@ def run(args) -> int:
         raise UserError("--batch-size must be at least 1")
     if args.tta < 1:
         raise UserError(f"--tta {args.tta}: give the number of views, 1 (none) or more, e.g. --tta 20")
-    if not 0 < args.reject_target < 1:
+    if args.reject_target is not None and not 0 < args.reject_target < 1:
         raise UserError(f"--reject-target {args.reject_target:g} must be in (0, 1), e.g. 0.05 for at most 5%")
-    predictor = Predictor.load(run_dir, which=args.checkpoint, device=args.device)
+    cfg = read_run_config(run_dir)
+    multi = cfg.data.multi_label
+    if multi:
+        _refuse_single_label_options(args)
+    # multi-label: thresholds left unread by the loader; evaluation refits them on val or reads thresholds.json
+    # itself (so a damaged file is refitted rather than fatal when there is a val split)
+    predictor = Predictor.load(run_dir, which=args.checkpoint, device=args.device,
+                               **({"with_thresholds": False} if multi else {}))
+    predictor.multi_label = predictor.multi_label or multi  # stopgap for checkpoints that do not say their task
     val = unseen = None
     if args.data:
         images, labels, name = _folder_split(Path(args.data), predictor)
     else:
-        cfg = read_run_config(run_dir)
         data = build_data(cfg, split_file=saved_split_file(run_dir), progress=False)
         if args.split not in data.splits:
             raise UserError(f"the run's data has no '{args.split}' split (it has {', '.join(data.splits)}); use --data FOLDER")
@@ -54,20 +69,50 @@ def run(args) -> int:
         name = args.split
         if "val" in data.splits and args.split != "val":
             val = split_images(data.splits["val"], predictor)
-        unseen = unseen_images(cfg, run_dir, predictor)
-    opts = Options(tta=args.tta, reduce=args.tta_reduce, reject_target=args.reject_target,
-                   batch_size=args.batch_size, figures=not args.no_figures)
+        unseen = None if multi else unseen_images(cfg, run_dir, predictor)  # rejection is single-label only
+    opts = Options(tta=args.tta, reduce=args.tta_reduce, batch_size=args.batch_size, figures=not args.no_figures,
+                   reject_target=0.05 if args.reject_target is None else args.reject_target,
+                   default_thresholds=args.default_thresholds)
     result = evaluate_split(run_dir, predictor, name, images, labels, opts, val=val, unseen=unseen)
-    print(format_table(result, predictor.classes))
-    _print_extras(result)
+    if multi:
+        print(format_multilabel_table(result))
+        _print_multilabel_extras(result)
+    else:
+        print(format_table(result, predictor.classes))
+        _print_extras(result)
     if args.snapshots:
-        _snapshots(run_dir, result, images, labels, name, args)
-    print(f"{result['images_per_s']:.0f} img/s; wrote {run_dir / rf.eval_name(name)}, {rf.confusion_csv(name)}"
+        _snapshots(run_dir, result, images, labels, name, args, predictor)
+    tables = rf.confusion_csv(name)
+    if multi:
+        tables = per_class_csv(name) + (f", {rf.THRESHOLDS}" if val is not None and len(val[1]) else "")
+    print(f"{result['images_per_s']:.0f} img/s; wrote {run_dir / rf.eval_name(name)}, {tables}"
           + ("" if args.no_figures else f" and figures in {rf.eval_figures(run_dir, name)}"))
     return 0
 
 
-def _snapshots(run_dir: Path, result: dict, images, labels, name: str, args) -> None:
+def _refuse_single_label_options(args) -> None:
+    """One line for an option a multi-label run has no use for, saying what it has instead."""
+    if args.reject_target is not None:
+        raise UserError("--reject-target is for single-label runs: a multi-label run has no rejection by max softmax "
+                        "or energy; each class is decided by its own threshold (thresholds.json, fitted on val) "
+                        "and scored by mAP")
+    if args.data:
+        raise UserError(f"--data {args.data}: a folder of class folders holds one label an image; a multi-label run "
+                        "is evaluated on its own splits (--split) from its CSV of label sets")
+
+
+def _print_multilabel_extras(result: dict) -> None:
+    print(f"thresholds: {result['threshold_source']}")
+    for note in result.get("threshold_notes", [])[:10]:
+        print(f"  {note}")
+    if "tta" in result:
+        t = result["tta"]
+        print(f"TTA x{t['views']} ({t['reduce']} of sigmoids): mAP {100 * t['map_macro']:.2f}% vs "
+              f"{100 * result['map_macro']:.2f}% without; exact match {100 * t['exact_match']:.2f}% "
+              f"(n={t['n']}; {t['images_per_s']:.0f} image-views/s)")
+
+
+def _snapshots(run_dir: Path, result: dict, images, labels, name: str, args, predictor) -> None:
     """Score the mean probability of the run's snapshot-K.pt beside the single model."""
     from resnetlab import run_folder as rf
     from resnetlab.deploy.predictor import Predictor
@@ -75,10 +120,17 @@ def _snapshots(run_dir: Path, result: dict, images, labels, name: str, args) -> 
     from resnetlab.io import write_json
 
     paths = rf.snapshot_paths(run_dir)
-    members = [Predictor.load(p, device=args.device) for p in paths]
+    extra = {"with_thresholds": False} if predictor.multi_label else {}
+    members = [Predictor.load(p, device=args.device, **extra) for p in paths]
+    for m in members:  # scored at the thresholds the evaluation just used (fitted on val or read)
+        m.multi_label, m.thresholds = m.multi_label or predictor.multi_label, predictor.thresholds
     ens = result["snapshot_ensemble"] = snapshot_ensemble(members, images, labels, batch_size=args.batch_size)
-    print(f"snapshot ensemble of {ens['members']}: top-1 {100 * ens['top1']:.2f}%  top-5 {100 * ens['top5']:.2f}% "
-          f"(n={ens['n']}); {result['checkpoint']} alone {100 * result['top1']:.2f}%")
+    if predictor.multi_label:
+        print(f"snapshot ensemble of {ens['members']}: mAP {100 * ens['map_macro']:.2f}% (n={ens['n']}); "
+              f"{result['checkpoint']} alone {100 * result['map_macro']:.2f}%")
+    else:
+        print(f"snapshot ensemble of {ens['members']}: top-1 {100 * ens['top1']:.2f}%  top-5 {100 * ens['top5']:.2f}% "
+              f"(n={ens['n']}); {result['checkpoint']} alone {100 * result['top1']:.2f}%")
     write_json(run_dir / rf.eval_name(name), result)
 
 

@@ -11,6 +11,7 @@ images as a single-label set (path,label,split), for a single-label model on the
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def write_mosaics(source: str | Path, out: str | Path, *, train: int, test: int,
                                     empty=rng.random() < empty)
             image.save(out / name)
             rows.append([name, " ".join(sorted(catalog.classes[c] for c in chosen)), split])
-        tiles += [[catalog.paths[i], catalog.classes[catalog.labels[i]], split] for i in pool]
+        tiles += [[os.path.abspath(catalog.paths[i]), catalog.classes[catalog.labels[i]], split] for i in pool]
     _write_csv(out / "labels.csv", ["image_name", "tags", "split"], rows)
     _write_csv(out / "tiles.csv", ["path", "label", "split"], tiles)
     return out / "labels.csv"

@@ -3,7 +3,8 @@
 Training curves overlaid, the config keys that differ, the metrics with their n, per-class
 F1 against the first run, and which run is better on each metric, with a note when the gap
 is within binomial noise for that n (two standard errors of the difference of two
-proportions: 1.96 * sqrt(p1 (1 - p1) / n1 + p2 (1 - p2) / n2)). Built only from run folders.
+proportions: 1.96 * sqrt(p1 (1 - p1) / n1 + p2 (1 - p2) / n2)). Multi-label runs are compared on
+mAP, F1 and exact match instead of top-1 (and per-class AP). Built only from run folders.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from resnetlab.io import atomic_write_text, make_folder, read_yaml
 IGNORED_KEYS = ("train.name", "train.out_dir")  # differ between any two runs by construction
 METRICS = [("best val top-1", "val", "best_val_top1"), ("test top-1", "test", "top1"), ("test top-5", "test", "top5"),
            ("test balanced accuracy", "test", "balanced_accuracy"), ("test macro-F1", "test", "macro_f1")]
+# multi-label runs (evaluate/multilabel.py); a row no run has is left out, so either kind reads as before
+ML_METRICS = [("best val mAP (macro)", "val", "best_val_map"), ("test mAP (macro)", "test", "map_macro"),
+              ("test mAP (micro)", "test", "map_micro"), ("test F1 (micro)", "test", "f1_micro"),
+              ("test exact match", "test", "exact_match")]
+NOT_PROPORTIONS = {"best_val_map", "map_macro", "map_micro", "f1_micro"}  # no binomial noise estimate applies
+VAL_KEYS = {"best_val_top1": "val_top1", "best_val_map": "val_map"}  # the epoch record each best comes from
 
 
 @dataclass
@@ -40,7 +47,7 @@ class Run:
 
     def metric(self, split: str, key: str) -> tuple[float | None, int | None]:
         if split == "val":
-            values = [h["val_top1"] for h in self.history if h.get("val_top1") is not None]
+            values = [h[VAL_KEYS[key]] for h in self.history if h.get(VAL_KEYS[key]) is not None]
             return (max(values), self.val_n) if values else (None, None)
         return self.test.get(key), self.test.get("n")
 
@@ -83,6 +90,8 @@ def verdict(runs: list[Run], split: str, key: str) -> str:
     if len(scored) < 2:
         return "-"
     ((best, n_best), name), ((second, n_second), _) = scored[0], scored[1]
+    if key in NOT_PROPORTIONS:  # an average of per-class curves, not a share of images
+        return f"{name} (no noise estimate for this metric)"
     if n_best and n_second:
         noise, margin = within_noise(best, n_best, second, n_second)
         if noise:
@@ -100,13 +109,19 @@ def _curves(runs: list[Run]) -> str:
     from resnetlab.plotting import plt, png_bytes
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    shown = set()
     for r in runs:
         epochs = [h["epoch"] for h in r.history]
         axes[0].plot(epochs, [h["train_loss"] for h in r.history], "o-", ms=3, label=r.name)
-        if any("val_top1" in h for h in r.history):
-            axes[1].plot(epochs, [100 * h.get("val_top1", float("nan")) for h in r.history], "o-", ms=3, label=r.name)
+        key = "val_map" if any("val_map" in h for h in r.history) else "val_top1"  # multi-label: macro mAP
+        if any(key in h for h in r.history):
+            shown.add(key)
+            values = [100 * (h.get(key) if h.get(key) is not None else float("nan")) for h in r.history]
+            axes[1].plot(epochs, values, "o-", ms=3, label=r.name + (" (mAP)" if key == "val_map" else ""))
     axes[0].set(title="train loss", xlabel="epoch")
-    axes[1].set(title="val top-1 (%)", xlabel="epoch")
+    titles = {"val_top1": "val top-1", "val_map": "val mAP macro"}
+    axes[1].set(title=(" / ".join(t for k, t in titles.items() if k in shown) or titles["val_top1"]) + " (%)",
+                xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -115,7 +130,7 @@ def _curves(runs: list[Run]) -> str:
 
 def _metrics_table(runs: list[Run]) -> str:
     rows = []
-    for label, split, key in METRICS:
+    for label, split, key in METRICS + ML_METRICS:
         cells = []
         for r in runs:
             value, n = r.metric(split, key)
@@ -125,20 +140,28 @@ def _metrics_table(runs: list[Run]) -> str:
     return table(["metric", *(r.name for r in runs), "better"], rows)
 
 
+def _per_class_key(runs: list[Run]) -> tuple[str, str]:
+    """(per-class field, its name): AP when every run is multi-label, else F1."""
+    if runs and all(r.test.get("task") == "multi_label" for r in runs):
+        return "ap", "AP"
+    return "f1", "F1"
+
+
 def _f1_table(runs: list[Run]) -> str:
+    key, label = _per_class_key(runs)
     if not all(r.test for r in runs):
-        return '<p class="note">per-class F1 needs eval_test.json in every run</p>'
+        return f'<p class="note">per-class {label} needs eval_test.json in every run</p>'
     base = runs[0]
     names = list(dict.fromkeys(c for r in runs for c in r.test.get("per_class", {})))
     rows = []
     for c in names:
-        first = base.test["per_class"].get(c, {}).get("f1")
+        first = base.test["per_class"].get(c, {}).get(key)
         deltas = []
         for r in runs[1:]:
-            f1 = r.test["per_class"].get(c, {}).get("f1")
-            deltas.append("-" if f1 is None or first is None else f"{100 * (f1 - first):+.1f} pt")
+            value = r.test["per_class"].get(c, {}).get(key)
+            deltas.append("-" if value is None or first is None else f"{100 * (value - first):+.1f} pt")
         rows.append([c, pct(first), *deltas])
-    return table(["class", f"F1 {base.name}", *(f"Δ {r.name}" for r in runs[1:])], rows[:200])
+    return table(["class", f"{label} {base.name}", *(f"Δ {r.name}" for r in runs[1:])], rows[:200])
 
 
 def build_compare(paths: list[Path], out: Path) -> tuple[Path, list[str]]:
@@ -157,6 +180,7 @@ def build_compare(paths: list[Path], out: Path) -> tuple[Path, list[str]]:
     parts.append('<h2 id="config">Config keys that differ</h2>'
                  + (table(["key", *(r.name for r in runs)], [[k, *(str(r.config.get(k)) for r in runs)] for k in keys])
                     if keys else '<p class="note">the configs are the same (apart from name and folder)</p>'))
-    parts.append(f'<h2 id="classes">Per-class F1 against {html.escape(runs[0].name)}</h2>' + _f1_table(runs))
+    parts.append(f'<h2 id="classes">Per-class {_per_class_key(runs)[1]} against {html.escape(runs[0].name)}</h2>'
+                 + _f1_table(runs))
     atomic_write_text(make_folder(Path(out).parent) / Path(out).name, page("resnetlab compare", parts))
     return out, warnings

@@ -3,7 +3,8 @@
 Writes into the run folder: eval_<split>.json (every figure with its n), confusion_<split>.csv,
 calibration.json (temperature and rejection thresholds fitted on val, used by predict), and
 eval_<split>/ with confusion.png, confusion_normalized.png, top_losses.png, confused_pairs.csv,
-random_predictions.png, probabilities.png, gradcam.png and reliability.png.
+random_predictions.png, probabilities.png, gradcam.png and reliability.png. A multi-label run
+(``Classifier.multi_label``) is scored by evaluate/multilabel.py instead.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from resnetlab.evaluate import analysis, calibration
 from resnetlab.evaluate import figures as plots
 from resnetlab.evaluate.inference import Classifier, Inference, infer_images, infer_tta
 from resnetlab.evaluate.metrics import metrics, write_confusion_csv
+from resnetlab.evaluate.multilabel import evaluate_multilabel_split, multilabel_ensemble
 from resnetlab.io import atomic_write_text, csv_text, read_json, write_json
 
 
@@ -32,16 +34,17 @@ class Options:
     reject_target: float = 0.05  # share of known-class val images rejection may cost
     batch_size: int = 256
     figures: bool = True
+    default_thresholds: bool = False  # multi-label: a missing or damaged thresholds.json means 0.5, not an error
 
 
-def _hwc(images: torch.Tensor) -> np.ndarray:
-    x = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+_hwc = plots.hwc  # uint8 (N, C, H, W) torch -> (N, H, W, 3) numpy
 
 
 def evaluate_split(run_dir: Path, p: Classifier, name: str, images: torch.Tensor, labels: torch.Tensor,
                    opts: Options, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
                    unseen: torch.Tensor | None = None) -> dict:
+    if p.multi_label:  # (N, K) multi-hot labels, sigmoids, mAP; no rejection of unseen classes
+        return evaluate_multilabel_split(run_dir, p, name, images, labels, opts, val=val)
     classes = p.classes
     plain = infer_images(p, images, labels, opts.batch_size)
     result = metrics(plain.logits, plain.labels, classes)
@@ -69,6 +72,8 @@ def snapshot_ensemble(members: list[Classifier], images: torch.Tensor, labels: t
     M models for the cost of one run)."""
     if not members:
         raise UserError("no snapshot-K.pt to ensemble: train with a stage of schedule sgdr and snapshots: true")
+    if members[0].multi_label:
+        return multilabel_ensemble(members, images, labels, batch_size=batch_size)
     total = None
     for member in members:
         probs = infer_images(member, images, labels, batch_size).logits.float().softmax(1)

@@ -1,4 +1,5 @@
-"""Figures of an evaluation: confusion matrices, image grids, probability bars, reliability, Grad-CAM overlays."""
+"""Figures of an evaluation: confusion matrices, image grids, probability bars, reliability, Grad-CAM overlays,
+and per-class average precision (multi-label)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,32 @@ def confusion_figure(confusion, classes: list[str], path: Path, *, normalized: b
                             color="white" if shown[i, j] > 0.6 * shown.max() else "black")
     ax.set(xlabel="predicted", ylabel="true",
            title=f"confusion matrix{' (row-normalised)' if normalized else ''}, n={int(cm.sum()):,}")
+    save_figure(fig, path)
+
+
+def hwc(images):
+    """uint8 (N, C, H, W) torch images, grey repeated to 3 channels -> (N, H, W, 3) numpy, for imshow."""
+    x = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def ap_bars(classes: list[str], aps: list, chance: list[float], path: Path, *, title: str) -> None:
+    """Each class's average precision as a bar, best first, with its chance level (the class's prevalence,
+    the AP of uninformed scores) as a black tick; a class without a positive image has no bar."""
+    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
+
+    order = sorted(range(len(classes)), key=lambda i: -1.0 if aps[i] is None else -aps[i])[::-1]
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(7.5, min(max(2.5, 0.24 * k + 1.2), 40.0)))
+    ys = range(k)
+    ax.barh(ys, [100 * (aps[i] or 0.0) for i in order], color="tab:blue", label="AP")
+    ax.scatter([100 * chance[i] for i in order], ys, marker="|", s=120, color="black", label="chance (prevalence)")
+    labels = [classes[i] + (" (no positives)" if aps[i] is None else "") for i in order]
+    ax.set_yticks(ys, labels, fontsize=7 if k > 30 else 9)
+    ax.set(xlim=(0, 100), xlabel="average precision (%)", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
     save_figure(fig, path)
 
 

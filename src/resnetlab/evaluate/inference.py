@@ -34,6 +34,8 @@ class Classifier:
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # the training augmentation, for TTA
     temperature: float = 1.0  # fitted on val by evaluation; 1 = raw softmax
     calibration: dict | None = None  # temperature and rejection thresholds, once fitted
+    multi_label: bool = False  # sigmoid outputs: each class present or not (data.multi_label)
+    thresholds: torch.Tensor | None = None  # (K,) multi-label decision thresholds on probabilities; None: 0.5
     source: str = ""  # the checkpoint file it came from, for reports
 
     def load_images(self, paths: list[str]) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
@@ -52,7 +54,10 @@ class Classifier:
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
     def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """uint8 (N, C, S, S) -> (N, K) float32 class probabilities, temperature-scaled if calibrated."""
+        """uint8 (N, C, S, S) -> (N, K) float32 class probabilities, temperature-scaled if calibrated;
+        multi-label: each class's own sigmoid probability (the rows do not sum to 1)."""
+        if self.multi_label:
+            return self.logits(images, batch_size).sigmoid()
         return (self.logits(images, batch_size) / self.temperature).softmax(1)
 
 
@@ -122,10 +127,12 @@ def infer_tta(c: Classifier, images: torch.Tensor, labels: torch.Tensor, *, view
 
 
 def combine_views(probabilities, images: torch.Tensor, *, views: int, reduce: str, augment: AugmentConfig,
-                  batch_size: int = 256, seed: int = 0) -> torch.Tensor:
+                  batch_size: int = 256, seed: int = 0, normalise: bool = True) -> torch.Tensor:
     """Class probabilities over ``views`` versions of each image: the image itself, then views drawn
     with the training augmentation (so flips only where training flipped), one generator per view
-    and batch. ``probabilities`` maps uint8 (B, C, H, W) to (B, K); each view streams the images once."""
+    and batch. ``probabilities`` maps uint8 (B, C, H, W) to (B, K); each view streams the images once.
+    ``reduce="max"`` rescales rows to sum 1 (softmax); ``normalise=False`` keeps the max as it is
+    (multi-label sigmoids, one probability a class)."""
     total = None
     for v in range(views):
         parts = []
@@ -135,4 +142,6 @@ def combine_views(probabilities, images: torch.Tensor, *, views: int, reduce: st
             parts.append(probabilities(x))
         probs = torch.cat(parts)
         total = probs if total is None else (total + probs if reduce == "mean" else torch.maximum(total, probs))
-    return total / views if reduce == "mean" else total / total.sum(1, keepdim=True)
+    if reduce == "mean":
+        return total / views
+    return total / total.sum(1, keepdim=True) if normalise else total

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from resnetlab import run_folder as rf
 from resnetlab.evaluate.runs import read_history
-from resnetlab.io import atomic_write_text, read_json
+from resnetlab.io import atomic_write_text, read_json, read_yaml
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 0 16px 48px; color: #222; }
@@ -26,6 +26,8 @@ img { max-width: 100%; border: 1px solid #eee } pre { background: #f7f7f7; paddi
 SECTIONS = [("config", "Config"), ("data", "Data"), ("training", "Training"), ("metrics", "Metrics"),
             ("tta", "Test-time augmentation"), ("confusion", "Confusion matrix"), ("errors", "Error analysis"),
             ("calibration", "Calibration"), ("rejection", "Rejecting unknown inputs")]
+ML_SECTIONS = [("config", "Config"), ("data", "Data"), ("training", "Training"), ("metrics", "Metrics"),
+               ("thresholds", "Thresholds"), ("tta", "Test-time augmentation"), ("errors", "Error analysis")]
 
 
 def inline_png(data: bytes, alt: str) -> str:
@@ -56,11 +58,20 @@ def _latest_eval(run: Path) -> tuple[str, dict] | tuple[None, None]:
     return None, None
 
 
+def _multi_label(run: Path, ev: dict | None) -> bool:
+    if ev is not None:
+        return ev.get("task") == "multi_label"
+    config = read_yaml(run / rf.CONFIG)
+    return isinstance(config, dict) and bool((config.get("data") or {}).get("multi_label"))
+
+
 def build_report(run: Path) -> Path:
     run = Path(run)
+    name, ev = _latest_eval(run)
+    multi = _multi_label(run, ev)
     parts = [f"<h1>resnetlab run {html.escape(run.name)}</h1>",
              f'<p class="note">written {time.strftime("%Y-%m-%d %H:%M:%S")} from {html.escape(str(run))}</p>',
-             "<nav>" + "".join(f'<a href="#{k}">{t}</a>' for k, t in SECTIONS) + "</nav>"]
+             "<nav>" + "".join(f'<a href="#{k}">{t}</a>' for k, t in (ML_SECTIONS if multi else SECTIONS)) + "</nav>"]
     parts.append('<h2 id="config">Config</h2><details><summary>the resolved config (config.yaml)</summary><pre>'
                  + html.escape((run / rf.CONFIG).read_text()) + "</pre></details>")
 
@@ -80,19 +91,31 @@ def build_report(run: Path) -> Path:
     history = read_history(run)
     parts.append('<h2 id="training">Training</h2>' + _img(run / rf.CURVES, "training curves"))
     if history:
-        last = history[-1]
-        parts.append(f"<p>{len(history)} epochs; last: train loss {last['train_loss']:.4f}, "
-                     f"train top-1 {pct(last['train_top1'])}"
-                     + (f", val top-1 {pct(last.get('val_top1'))}" if "val_top1" in last else "") + "</p>")
+        parts.append(f"<p>{len(history)} epochs; last: {_last_epoch(history[-1])}</p>")
 
-    name, ev = _latest_eval(run)
     if ev is None:
         parts.append('<h2 id="metrics">Metrics</h2><p class="note">not evaluated yet: run resnetlab evaluate</p>')
     else:
-        parts += _evaluation(run, name, ev, classes)
+        parts += _multilabel_evaluation(run, name, ev) if multi else _evaluation(run, name, ev, classes)
     out = run / rf.REPORT
     atomic_write_text(out, page(f"resnetlab report: {run.name}", parts))
     return out
+
+
+def _last_epoch(last: dict) -> str:
+    """One epoch record in words: top-1 for single-label runs; exact match and mAP for multi-label ones."""
+    def loss(v) -> str:
+        return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+
+    text = f"train loss {loss(last.get('train_loss'))}"
+    if "train_exact" in last or "val_map" in last:  # multi-label epoch records
+        text += f", train exact match (at 0.5, augmented) {pct(last.get('train_exact'))}"
+        if "val_map" in last:
+            text += (f", val loss {loss(last.get('val_loss'))}, val mAP {pct(last.get('val_map'))} (macro), "
+                     f"{pct(last.get('val_map_micro'))} (micro)")
+        return text
+    text += f", train top-1 {pct(last.get('train_top1'))}"
+    return text + (f", val top-1 {pct(last.get('val_top1'))}" if "val_top1" in last else "")
 
 
 def page(title: str, parts: list[str]) -> str:
@@ -148,4 +171,48 @@ def _evaluation(run: Path, name: str, ev: dict, classes: list[str]) -> list[str]
                               pct(r.get("unknown_class_recall"))] for m, r in rej["methods"].items()]))
     else:
         parts.append(f'<p class="note">{html.escape(rej.get("note", "not evaluated"))}</p>')
+    return parts
+
+
+def _multilabel_evaluation(run: Path, name: str, ev: dict) -> list[str]:
+    """A multi-label eval JSON (evaluate/multilabel.py): mAP with chance, F1, exact match, per-class table,
+    where the thresholds came from, TTA and the highest-loss images with their label sets."""
+    figures = rf.eval_figures(run, name)
+    n = ev["n"]
+    parts = [f'<h2 id="metrics">Metrics ({html.escape(name)} split, {html.escape(ev.get("checkpoint", ""))})</h2>',
+             table(["n", "mAP (macro)", "chance mAP", "classes scored", "mAP (micro)", "F1 micro", "F1 macro",
+                    "exact match", "Hamming loss", "loss", "labels/image", "images/s"],
+                   [[n, pct(ev["map_macro"]), pct(ev["chance_map_macro"]), ev["classes_scored"], pct(ev["map_micro"]),
+                     pct(ev["f1_micro"]), pct(ev["f1_macro"]), pct(ev["exact_match"]), pct(ev["hamming_loss"]),
+                     f"{ev['loss']:.4f}", f"{ev['labels_per_image']:.2f}", ev.get("images_per_s", "")]]),
+             '<p class="note">mAP (macro): the mean over classes with a positive image of each class\'s average '
+             "precision; chance: the mAP of scores that know nothing (each class's prevalence). F1, exact match "
+             "(every label of an image right) and Hamming loss are at the per-class thresholds below.</p>",
+             _img(figures / "per_class_ap.png", "average precision per class")]
+    rows = [[c, "-" if r["ap"] is None else pct(r["ap"]), pct(r["n"] / n) if n else "-", pct(r["precision"]),
+             pct(r["recall"]), pct(r["f1"]), f"{r['threshold']:.3f}", r["n"], r["predicted"]]
+            for c, r in ev["per_class"].items()]
+    parts.append(table(["class", "AP", "chance (prevalence)", "precision", "recall", "F1", "threshold",
+                        "positives (n)", "predicted"], rows[:200]))
+    parts.append('<h2 id="thresholds">Thresholds</h2>'
+                 f"<p>{html.escape(ev.get('threshold_source', 'unknown'))}</p>"
+                 + "".join(f'<p class="note">{html.escape(note)}</p>' for note in ev.get("threshold_notes", [])))
+    parts.append('<h2 id="tta">Test-time augmentation</h2>')
+    if "tta" in ev:
+        t = ev["tta"]
+        parts.append(table(["", "views", "mAP (macro)", "mAP (micro)", "F1 micro", "exact match", "n"],
+                           [["without TTA", 1, pct(ev["map_macro"]), pct(ev["map_micro"]), pct(ev["f1_micro"]),
+                             pct(ev["exact_match"]), n],
+                            [f"TTA ({t['reduce']} of sigmoids)", t["views"], pct(t["map_macro"]), pct(t["map_micro"]),
+                             pct(t["f1_micro"]), pct(t["exact_match"]), t["n"]]]))
+    else:
+        parts.append('<p class="note">not run: resnetlab evaluate RUN --tta 20</p>')
+    worst = ev.get("top_losses", [])
+    parts.append('<h2 id="errors">Error analysis</h2><h3>Highest loss</h3>'
+                 + _img(figures / "top_losses.png", "top losses"))
+    if worst:
+        parts.append(table(["image", "loss", "true labels", "predicted labels", "probabilities"],
+                           [[w["index"], f"{w['loss']:.3f}", ", ".join(w["true"]) or "(none)",
+                             ", ".join(w["predicted"]) or "(none)",
+                             ", ".join(f"{c} {v:.2f}" for c, v in w["probabilities"].items())] for w in worst]))
     return parts

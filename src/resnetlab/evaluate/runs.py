@@ -18,7 +18,8 @@ from resnetlab import run_folder as rf
 from resnetlab.errors import UserError
 from resnetlab.io import read_json, read_yaml
 
-SORT_KEYS = ("name", "recipe", "model", "dataset", "epochs", "best_val_top1", "test_top1", "seconds", "status")
+SORT_KEYS = ("name", "recipe", "model", "dataset", "epochs", "best_val_top1", "test_top1", "best_val_map", "test_map",
+             "seconds", "status")
 
 
 @dataclass
@@ -36,6 +37,10 @@ class RunRow:
     seconds: float  # training time: the sum of the epochs' seconds
     status: str
     reason: str = ""
+    # multi-label runs (data.multi_label) score macro mAP instead of top-1: best epoch's val_map, test map_macro
+    multi_label: bool = False
+    best_val_map: float | None = None
+    test_map: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,15 +86,20 @@ def _alive(pid, host) -> bool:
 def read_run(run: Path) -> RunRow:
     cfg, env = read_yaml(run / rf.CONFIG) or {}, read_json(run / rf.ENV)
     history = read_history(run)
-    vals = [h["val_top1"] for h in history if h.get("val_top1") is not None]
+
+    def best(key: str) -> float | None:
+        values = [h[key] for h in history if h.get(key) is not None]
+        return max(values) if values else None
+
     test = rf.read_optional_json(run, rf.eval_name("test"), {})
     status, reason = run_status(run)
     return RunRow(
         name=run.name, path=str(run), recipe=env.get("command", ""), model=cfg.get("model", {}).get("name", ""),
         dataset=str(cfg.get("data", {}).get("dataset", "")), epochs_done=len(history),
-        epochs_planned=int(cfg.get("train", {}).get("epochs", 0)), best_val_top1=max(vals) if vals else None,
+        epochs_planned=int(cfg.get("train", {}).get("epochs", 0)), best_val_top1=best("val_top1"),
         test_top1=test.get("top1"), test_n=test.get("n"), seconds=round(sum(h.get("seconds", 0) for h in history), 1),
-        status=status, reason=reason,
+        status=status, reason=reason, multi_label=bool(cfg.get("data", {}).get("multi_label")),
+        best_val_map=best("val_map"), test_map=test.get("map_macro"),
     )
 
 

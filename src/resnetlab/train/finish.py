@@ -44,6 +44,7 @@ def final_model(s: Session) -> Classifier:
         model=s.model, classes=s.data.classes, image_size=s.data.image_size, channels=s.data.channels,
         resize=s.cfg.data.resize, mean=s.mean, std=s.std, device=s.device,
         precision=inference_precision(s.precision, s.device), augment=s.cfg.augment, source=source,
+        multi_label=s.multi_label,
     )
 
 
@@ -64,6 +65,10 @@ def finish_run(s: Session, console: Console) -> dict:
         opts = Options(batch_size=s.cfg.train.eval_batch_size, figures=s.cfg.train.report, tta=s.cfg.train.final_tta)
         result = evaluate_split(s.run_dir, model, "test", images, labels, opts, val=val)
         chosen = "chosen on val" if model.source.startswith(rf.BEST) else "no val split to choose on"
+        if model.multi_label:
+            _print_multilabel(console, result, model.source, chosen)
+            out["test"] = result
+            return _end(s, console, out)
         console.print(
             f"test top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  "
             f"(n={result['n']}, {model.source}: {chosen}; {result['images_per_s']:.0f} img/s)"
@@ -72,10 +77,25 @@ def finish_run(s: Session, console: Console) -> dict:
             console.print(f"test top-1 with TTA ({result['tta']['views']} views, {result['tta']['reduce']}) "
                           f"{100 * result['tta']['top1']:.2f}%  (n={result['n']})")
         out["test"] = result
+    return _end(s, console, out)
+
+
+def _end(s: Session, console: Console, out: dict) -> dict:
     if s.cfg.train.report and s.cfg.train.final_test:
         console.print(f"report: {build_report(s.run_dir)}")
     console.print(f"run folder: {s.run_dir}")
     return out
+
+
+def _print_multilabel(console: Console, result: dict, source: str, chosen: str) -> None:
+    console.print(
+        f"test mAP {100 * result['map_macro']:.2f}% (macro; chance {100 * result['chance_map_macro']:.2f}%), "
+        f"micro {100 * result['map_micro']:.2f}%  F1 micro {100 * result['f1_micro']:.2f}%  exact match "
+        f"{100 * result['exact_match']:.2f}%  (n={result['n']}, {source}: {chosen}; {result['images_per_s']:.0f} img/s)")
+    console.print(f"thresholds: {result.get('threshold_source', '')}")
+    if "tta" in result:
+        console.print(f"test mAP with TTA ({result['tta']['views']} views) {100 * result['tta']['map_macro']:.2f}% "
+                      f"(n={result['n']})")
 
 
 def retrain_config(run: Path) -> Config:
