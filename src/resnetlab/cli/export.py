@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 EXAMPLES = """examples:
@@ -23,11 +24,13 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--check-images", type=int, default=1000, help="validation images for the agreement check")
     p.add_argument("--int8", action="store_true", help="ONNX only: also a post-training static int8 model")
+    p.add_argument("--default-thresholds", action="store_true",
+                   help="multi-label runs: where thresholds.json is missing or damaged, export 0.5 for every class")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from resnetlab.deploy.export import FORMATS, OPSET, sample_run_images, sidecar, write_export
+    from resnetlab.deploy.export import FORMATS, OPSET, describe_agreement, sample_run_images, sidecar, write_export
     from resnetlab.deploy.predictor import Predictor
     from resnetlab.errors import UserError
     from resnetlab.run_folder import check_run_dir
@@ -39,7 +42,9 @@ def run(args) -> int:
         raise UserError("--int8 is made with onnxruntime's quantisation: use it with --format onnx")
     if args.check_images < 1:
         raise UserError(f"--check-images {args.check_images}: the agreement check needs at least 1 image (1000 is usual)")
-    predictor = Predictor.load(run_dir, which=args.checkpoint, device="cpu")
+    predictor = Predictor.load(run_dir, which=args.checkpoint, device="cpu", default_thresholds=args.default_thresholds)
+    if args.default_thresholds and predictor.multi_label:
+        print(predictor.threshold_source, file=sys.stderr)
     predictor.precision = "fp32"  # the reference for the check: the checkpoint in full precision
     # the run's val images (else test, else train): what the export must agree on
     images, labels, split = sample_run_images(run_dir, predictor, ("val", "test", "train"), args.check_images, seed=0)
@@ -48,12 +53,19 @@ def run(args) -> int:
                                 min_agreement=MIN_AGREEMENT, split=split)
     opset = f" (ONNX opset {OPSET}, dynamic batch, onnxruntime CPU)" if args.format == "onnx" else ""
     print(f"wrote {path} and {sidecar(path).name}{opset}; agreement with {predictor.checkpoint.name} on {result['n']} {split} "
-          f"images: top-1 {100 * result['top1_agreement']:.2f}%, largest probability difference "
+          f"images: {describe_agreement(result)}, largest probability difference "
           f"{result['max_probability_difference']:.2e}")
     if args.int8:
         from resnetlab.deploy.quantize import quantize_onnx
 
         report = quantize_onnx(path, run_dir, predictor, images, labels)
+        if predictor.multi_label:
+            print(f"wrote {report['file']}: mAP {100 * report['fp32_map']:.2f}% -> {100 * report['int8_map']:.2f}% "
+                  f"on {report['n']} {split} images; {report['int8_images_per_s']:.0f} img/s "
+                  f"({report['speedup']:.2f}x); "
+                  f"int8 gives fp32's label sets on {100 * report['label_set_agreement']:.2f}% (largest probability "
+                  f"difference {report['max_probability_difference']:.2e})")
+            return 0
         print(f"wrote {report['file']}: top-1 {100 * report['fp32_top1']:.2f}% -> {100 * report['int8_top1']:.2f}% "
               f"on {report['n']} {split} images; {report['fp32_images_per_s']:.0f} -> {report['int8_images_per_s']:.0f} "
               f"img/s ({report['speedup']:.2f}x, batch {report['batch']}, {report['threads']} threads); "

@@ -1,4 +1,10 @@
-"""`resnetlab predict RUN IMAGES...`: top-k classes for files, folders or globs."""
+"""`resnetlab predict RUN IMAGES...`: top-k classes for files, folders or globs.
+
+A multi-label model (data.multi_label) gives each image its label set instead: the classes whose
+sigmoid probability reaches that class's threshold (thresholds.json, fitted on val), and every
+class's probability. CSV: path, labels (space-separated, "" for none), prob_<class> per class,
+error; JSON: {"path", "labels": [...], "probabilities": {class: p}}.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +20,10 @@ CHUNK = 1024  # images decoded and classified at a time
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="top-k classes of images, as a table, CSV or JSON")
+    p = sub.add_parser("predict", help="top-k classes (multi-label: label sets) of images, as a table, CSV or JSON")
     p.add_argument("model", help="run folder, checkpoint (.pt), or an export (.onnx, .torchscript.pt, .safetensors + .json)")
     p.add_argument("images", nargs="+", help="image files, folders or globs")
-    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--topk", type=int, default=None, help="classes listed an image (default 3; single-label models)")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
     p.add_argument("--output", "-o", metavar="FILE", help="write here instead of standard output")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
@@ -26,24 +32,28 @@ def add_parser(sub) -> None:
     p.add_argument("--tta-reduce", default="mean", choices=["mean", "max"])
     p.add_argument("--no-reject", action="store_true",
                    help="always name a class, even where calibration.json says the image looks unknown")
+    p.add_argument("--default-thresholds", action="store_true",
+                   help="multi-label models: where thresholds.json is missing or damaged, decide every class at 0.5")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from resnetlab.io import atomic_write_text, make_folder
     from resnetlab.deploy.export import is_export, load_export
     from resnetlab.deploy.predictor import Predictor, expand_inputs
 
-    if args.topk < 1:
+    if args.topk is not None and args.topk < 1:
         raise UserError("--topk must be at least 1")
     if args.tta < 1:
         raise UserError(f"--tta {args.tta}: give the number of views, 1 (none) or more")
     path = Path(args.model)
     if not path.exists():
         raise UserError(f"model {args.model} does not exist: give a run folder, a checkpoint or an export")
-    predictor = load_export(path) if is_export(path) else Predictor.load(path, which=args.checkpoint, device=args.device)
+    predictor = load_export(path) if is_export(path) else Predictor.load(
+        path, which=args.checkpoint, device=args.device, default_thresholds=args.default_thresholds)
+    if predictor.multi_label:
+        return _run_multilabel(predictor, args)
     paths = expand_inputs(args.images)
-    k = min(args.topk, len(predictor.classes))
+    k = min(args.topk or 3, len(predictor.classes))
     rows, bad, any_kept = [], [], False
     for start in range(0, len(paths), CHUNK):  # a whole folder (Intel's 7,301 seg_pred photos) in bounded memory
         images, kept, chunk_bad = predictor.load_images(paths[start:start + CHUNK])
@@ -57,13 +67,78 @@ def run(args) -> int:
                                  for v, i in zip(top.values.tolist(), top.indices.tolist())]})
     for path, reason in bad:
         rows.append({"path": path, "error": reason})
-    text = _render(rows, args.format, k)
+    _write(_render(rows, args.format, k), len(rows), args)
+    return 0 if any_kept else 2
+
+
+def _write(text: str, n: int, args) -> None:
+    from resnetlab.io import atomic_write_text, make_folder
+
     if args.output:
         atomic_write_text(make_folder(Path(args.output).parent) / Path(args.output).name, text)
-        print(f"wrote {len(rows)} predictions to {args.output}")
+        print(f"wrote {n} predictions to {args.output}")
     else:
         sys.stdout.write(text)
+
+
+def _run_multilabel(model, args) -> int:
+    """Label sets: each class where its probability >= its threshold; probabilities unrounded (float32),
+    so a reader re-deciding from them at thresholds.json's (unrounded) values gets the same sets."""
+    import torch
+
+    from resnetlab.deploy.predictor import expand_inputs
+    from resnetlab.evaluate.inference import combine_views
+
+    if args.topk is not None or args.no_reject:
+        raise UserError(f"{'--topk' if args.topk is not None else '--no-reject'} is for single-label models: "
+                        "a multi-label model predicts a label set by per-class thresholds (thresholds.json), so "
+                        "top-k classes and rejection by max softmax do not apply; every class's probability is "
+                        "in the CSV and JSON output")
+    if args.default_thresholds:
+        print(model.threshold_source, file=sys.stderr)  # one line: fitted, or 0.5 and why
+    thresholds = model.thresholds if model.thresholds is not None else torch.full((len(model.classes),), 0.5)
+    paths = expand_inputs(args.images)
+    rows, bad = [], []
+    for start in range(0, len(paths), CHUNK):  # bounded memory, as single-label
+        images, kept, chunk_bad = model.load_images(paths[start:start + CHUNK])
+        bad += chunk_bad
+        probs = model.probabilities(images) if args.tta == 1 else combine_views(
+            model.probabilities, images, views=args.tta, reduce=args.tta_reduce, augment=model.augment,
+            normalise=False)  # mean (or max) of each class's sigmoid, never rescaled to sum 1
+        for path, p in zip(kept, probs):
+            rows.append({"path": path, "labels": [c for c, v, t in zip(model.classes, p.tolist(), thresholds.tolist())
+                                                  if v >= t],
+                         "probabilities": dict(zip(model.classes, p.tolist()))})
+    any_kept = bool(rows)
+    rows += [{"path": path, "error": reason} for path, reason in bad]
+    _write(_render_multilabel(rows, args.format, model.classes), len(rows), args)
     return 0 if any_kept else 2
+
+
+def _render_multilabel(rows: list[dict], fmt: str, classes: list[str]) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":  # one probability column a class: pandas reads them as floats, df["labels"].str.split()
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "labels", *[f"prob_{c}" for c in classes], "error"])
+        for r in rows:
+            probs = [r["probabilities"][c] for c in classes] if "probabilities" in r else [""] * len(classes)
+            writer.writerow([r["path"], " ".join(r.get("labels", [])), *probs, r.get("error", "")])
+        return buffer.getvalue()
+    width = max(len(r["path"]) for r in rows)
+    lines = []
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['path']:<{width}}  error: {r['error']}")
+            continue
+        p = r["probabilities"]
+        if r["labels"]:
+            lines.append(f"{r['path']:<{width}}  " + "  ".join(f"{c} {100 * p[c]:.1f}%" for c in r["labels"]))
+        else:
+            best = max(p, key=p.get)
+            lines.append(f"{r['path']:<{width}}  (no label; most probable {best} {100 * p[best]:.1f}%)")
+    return "\n".join(lines) + "\n"
 
 
 def _classify(model, images, args):

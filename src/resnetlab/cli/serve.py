@@ -9,6 +9,7 @@ EXAMPLES = """examples:
   resnetlab serve runs/<run>/export/model.int8.onnx --port 8080
   curl -F files=@photo.jpg http://127.0.0.1:8000/predict
   curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8000/predict?topk=3'
+  (a multi-label model answers {"labels": [...], "probabilities": {class: p}} an image; no topk)
 """
 
 
@@ -26,11 +27,14 @@ def add_parser(sub) -> None:
                    help="requests waiting for the model at most; more get 503 (busy) at once")
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive (408 after)")
     p.add_argument("--max-connections", type=int, default=128, help="open connections at most, a new one included: the one that reaches it gets 503")
+    p.add_argument("--default-thresholds", action="store_true",
+                   help="multi-label runs: where thresholds.json is missing or damaged, decide every class at 0.5")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import socket
+    import sys
     from pathlib import Path
 
     from resnetlab.errors import UserError
@@ -39,7 +43,9 @@ def run(args) -> int:
     for name in ("max_bytes", "max_images", "batch_size", "max_queue", "max_connections"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    model = load_model(Path(args.model))
+    model = load_model(Path(args.model), default_thresholds=args.default_thresholds)
+    if args.default_thresholds and getattr(model, "multi_label", False):
+        print(model.threshold_source, file=sys.stderr)
     with socket.socket() as probe:  # a clear line now, rather than uvicorn's traceback later
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -54,7 +60,8 @@ def run(args) -> int:
     limits = Limits(args.max_bytes, args.max_images, args.batch_size, args.batch_wait_ms, args.max_queue,
                     args.body_timeout, args.max_connections)
     app = create_app(model, limits, source=str(args.model))
-    print(f"serving {args.model} ({len(model.classes)} classes) at http://{args.host}:{args.port}/  "
+    kind = "multi-label, " if getattr(model, "multi_label", False) else ""
+    print(f"serving {args.model} ({kind}{len(model.classes)} classes) at http://{args.host}:{args.port}/  "
           f"(API docs at /docs; Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **uvicorn_options(limits))
     return 0

@@ -6,7 +6,10 @@ normalisation and the temperature are inside the exported graph (ONNX,
 TorchScript), or applied by resnetlab's own loader from the sidecar (safetensors),
 and every export is checked against the checkpoint on real images before it is
 kept. ``<file>.json`` beside the model says what it expects: classes, input
-layout and size, resize policy, mean/std, temperature, rejection threshold.
+layout and size, resize policy, mean/std, temperature, rejection threshold. A multi-label
+export outputs one sigmoid a class instead, and its sidecar carries ``task: multi_label`` and
+the per-class decision thresholds (the run's thresholds.json); its check compares those
+probabilities and the label sets they give, not the argmax.
 """
 
 from __future__ import annotations
@@ -33,15 +36,21 @@ from resnetlab.run_folder import read_run_config, saved_split_file
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 OPSET = 18
+# probability units: a multi-label decision this close to its threshold may flip between two exact runtimes
+# (a fitted threshold is one val image's probability, and the check runs on val), so it is not held against
+# an export; such flips are counted in the agreement figures as near_threshold_flips
+TIE = 1e-4
 
 
 class Deployable(nn.Module):
-    """uint8 (N, H, W, C) images (or (N, C, H, W) with layout nchw) -> (N, K) probabilities."""
+    """uint8 (N, H, W, C) images (or (N, C, H, W) with layout nchw) -> (N, K) probabilities:
+    softmax of logits / temperature, or with ``multi_label`` one sigmoid a class."""
 
-    def __init__(self, model: nn.Module, mean, std, temperature: float, layout: str):
+    def __init__(self, model: nn.Module, mean, std, temperature: float, layout: str, multi_label: bool = False):
         super().__init__()
         self.model = model
         self.nhwc = layout == "nhwc"
+        self.multi_label = multi_label
         # scale and shift folded: (x / 255 - mean) / std = x * scale - shift, in float32
         std_t, mean_t = torch.tensor(std, dtype=torch.float32), torch.tensor(mean, dtype=torch.float32)
         self.register_buffer("scale", (1.0 / (255.0 * std_t)).view(1, -1, 1, 1))
@@ -51,6 +60,8 @@ class Deployable(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2) if self.nhwc else images
         x = x.to(torch.float32) * self.scale - self.shift
+        if self.multi_label:  # a plain Python bool: tracing and export keep only the branch taken
+            return self.model(x).sigmoid()
         return (self.model(x) * self.inv_temperature).softmax(1)
 
 
@@ -83,6 +94,19 @@ class Exported:
         return self.meta.get("calibration")
 
     @property
+    def multi_label(self) -> bool:
+        return self.meta.get("task") == "multi_label"  # exports made before multi-label lack the key
+
+    @property
+    def thresholds(self) -> torch.Tensor | None:
+        """(K,) decision thresholds on probabilities, multi-label only."""
+        return torch.tensor(self.meta["thresholds"], dtype=torch.float32) if self.multi_label else None
+
+    @property
+    def threshold_source(self) -> str:
+        return f"thresholds from {sidecar(self.path).name} ({self.meta.get('threshold_source', '')})"
+
+    @property
     def augment(self) -> AugmentConfig:
         known = {f.name for f in fields(AugmentConfig)}
         return AugmentConfig(**{k: v for k, v in self.meta.get("augment", {}).items() if k in known})
@@ -113,6 +137,8 @@ def load_export(path: Path, *, threads: int = 0) -> Exported:
     try:
         meta = json.loads(meta_path.read_text())
         fmt = meta["format"]
+        if meta.get("task") == "multi_label" and len(meta["thresholds"]) != len(meta["classes"]):
+            raise ValueError("one threshold a class")
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{path} has no readable sidecar {meta_path.name}: export it again with resnetlab export") from None
     if fmt == "onnx":
@@ -146,7 +172,8 @@ def load_export(path: Path, *, threads: int = 0) -> Exported:
         except Exception as e:  # noqa: BLE001
             raise UserError(f"{path} does not hold the weights its sidecar describes ({str(e).splitlines()[0][:120]})") from None
         pre = meta["preprocess"]
-        wrapped = Deployable(model.eval(), pre["mean"], pre["std"], meta["temperature"], meta["input"]["layout"]).eval()
+        wrapped = Deployable(model.eval(), pre["mean"], pre["std"], meta["temperature"], meta["input"]["layout"],
+                             multi_label=meta.get("task") == "multi_label").eval()
         return Exported(path, meta, _torch_runner(wrapped))
     raise UserError(f"{meta_path}: unknown format {fmt!r}")
 
@@ -164,8 +191,9 @@ def write_export(predictor: Classifier, fmt: str, out: Path, *, images: torch.Te
     """Write ``predictor``'s model in ``fmt`` to ``out`` (+ sidecar), checked on ``images`` first.
 
     Model and sidecar are written under temporary names beside the target, loaded back and
-    compared with the checkpoint; only when top-1 agreement reaches ``min_agreement`` are both
-    renamed over any previous export. A failed check leaves the previous export as it was.
+    compared with the checkpoint; only when top-1 agreement (multi-label: label-set agreement)
+    reaches ``min_agreement`` are both renamed over any previous export. A failed check leaves the
+    previous export as it was.
     Returns the model file and the agreement figures (``split``: where ``images`` came from)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
@@ -179,10 +207,12 @@ def write_export(predictor: Classifier, fmt: str, out: Path, *, images: torch.Te
     try:
         _write_model(model, predictor, fmt, tmp, layout)
         atomic_write_text(sidecar(tmp), json.dumps(_sidecar(predictor, fmt, path.name, layout), indent=2) + "\n")
-        result = {**agreement(reference, load_export(tmp).probabilities(images)), "split": split}
-        if not result["top1_agreement"] >= min_agreement:
+        thresholds = _thresholds(predictor)
+        result = {**agreement(reference, load_export(tmp).probabilities(images), thresholds), "split": split}
+        key = "top1_agreement" if thresholds is None else "label_set_agreement"
+        if not result[key] >= min_agreement:
             raise UserError(
-                f"the {fmt} export disagrees with the checkpoint on {100 * (1 - result['top1_agreement']):.2f}% of "
+                f"the {fmt} export disagrees with the checkpoint on {100 * (1 - result[key]):.2f}% of "
                 f"{result['n']} images (largest probability difference {result['max_probability_difference']:.2e}); "
                 f"nothing was written{' and the previous export was kept' if path.exists() else ''}: report this as a bug")
         meta = read_json(sidecar(tmp))
@@ -195,8 +225,17 @@ def write_export(predictor: Classifier, fmt: str, out: Path, *, images: torch.Te
     return path, result
 
 
+def _thresholds(predictor: Classifier) -> torch.Tensor | None:
+    """(K,) thresholds of a multi-label predictor (0.5 where it has none), else None."""
+    if not predictor.multi_label:
+        return None
+    t = predictor.thresholds
+    return torch.full((len(predictor.classes),), 0.5) if t is None else t.float().cpu()
+
+
 def _write_model(model: nn.Module, predictor: Classifier, fmt: str, tmp: Path, layout: str) -> None:
-    wrapped = Deployable(model, predictor.mean.tolist(), predictor.std.tolist(), predictor.temperature, layout).eval()
+    wrapped = Deployable(model, predictor.mean.tolist(), predictor.std.tolist(), predictor.temperature, layout,
+                         multi_label=predictor.multi_label).eval()
     size, channels = predictor.image_size, predictor.channels
     example = torch.zeros((2, size, size, channels) if layout == "nhwc" else (2, channels, size, size), dtype=torch.uint8)
     if fmt == "onnx":
@@ -213,6 +252,12 @@ def _write_model(model: nn.Module, predictor: Classifier, fmt: str, tmp: Path, l
 
 def _sidecar(predictor: Classifier, fmt: str, name: str, layout: str) -> dict:
     size, channels = predictor.image_size, predictor.channels
+    thresholds = _thresholds(predictor)
+    task = {"task": "single_label"} if thresholds is None else {
+        "task": "multi_label", "thresholds": [float(v) for v in thresholds],  # unrounded: as thresholds.json
+        "threshold_source": getattr(predictor, "threshold_source", ""),
+        "output": "probabilities (N, classes), one sigmoid a class; a class is present where its probability "
+                  ">= its threshold (thresholds, in class order)"}
     return {
         "format": fmt, "file": name, "classes": predictor.classes, "opset": OPSET if fmt == "onnx" else None,
         "input": {"layout": layout, "dtype": "uint8", "size": size, "channels": channels,
@@ -227,6 +272,7 @@ def _sidecar(predictor: Classifier, fmt: str, name: str, layout: str) -> dict:
         "augment": {f.name: getattr(predictor.augment, f.name) for f in fields(AugmentConfig)},
         "source_checkpoint": str(getattr(predictor, "checkpoint", predictor.source)),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **task,
     }
 
 
@@ -265,17 +311,47 @@ def _last_line(e: Exception) -> str:
     return ([line for line in str(e).splitlines() if line.strip()] or [type(e).__name__])[-1][:160]
 
 
-def agreement(reference: torch.Tensor, exported: torch.Tensor) -> dict:
-    """Top-1 agreement and the largest absolute probability difference, with n."""
+def agreement(reference: torch.Tensor, exported: torch.Tensor, thresholds: torch.Tensor | None = None) -> dict:
+    """Top-1 agreement and the largest absolute probability difference, with n; given (K,) multi-label
+    ``thresholds``, label-set agreement (share of images with the same set) instead of top-1."""
+    if thresholds is not None:
+        return _label_set_agreement(reference, exported, thresholds)
     same = (reference.argmax(1) == exported.argmax(1)).double()
     return {"n": len(reference), "top1_agreement": float(same.mean()) if len(same) else float("nan"),
             "max_probability_difference": float((reference - exported).abs().max()) if len(same) else float("nan")}
 
 
+def _label_set_agreement(reference: torch.Tensor, exported: torch.Tensor, thresholds: torch.Tensor) -> dict:
+    """(N, K) sigmoid probabilities of both, decided at ``prob >= threshold``. A flipped decision within
+    TIE of its threshold is a tie between runtimes, counted apart and not as a disagreement."""
+    n = len(reference)
+    if not n:
+        return {"n": 0, "label_set_agreement": float("nan"), "decision_agreement": float("nan"),
+                "near_threshold_flips": 0, "max_probability_difference": float("nan")}
+    thr = thresholds[None, :]
+    flipped = (reference >= thr) != (exported >= thr)  # (N, K)
+    near = (reference - thr).abs() <= TIE
+    differ = flipped & ~near
+    return {"n": n, "label_set_agreement": float((~differ.any(1)).double().mean()),
+            "decision_agreement": float(1 - differ.double().mean()),
+            "near_threshold_flips": int((flipped & near).sum()),
+            "max_probability_difference": float((reference - exported).abs().max())}
+
+
+def describe_agreement(result: dict) -> str:
+    """'top-1 99.90%' or 'label sets 99.90%' (multi-label), for messages."""
+    if "label_set_agreement" in result:
+        flips = result["near_threshold_flips"]
+        return f"label sets {100 * result['label_set_agreement']:.2f}%" + (
+            f" ({flips} decisions within {TIE:g} of their threshold flipped)" if flips else "")
+    return f"top-1 {100 * result['top1_agreement']:.2f}%"
+
+
 def sample_run_images(run_dir: Path, predictor: Classifier, splits: tuple[str, ...], limit: int,
                       seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Up to ``limit`` seeded images of the first of ``splits`` the run has, at the model's size,
-    with their labels and the split's name (the export check and int8 calibration use this)."""
+    with their labels ((n,) int64, multi-label (n, K) float32 multi-hot) and the split's name (the
+    export check and int8 calibration use this)."""
     catalog, _, _ = plan_data(read_run_config(run_dir), split_file=saved_split_file(run_dir))
     for split in splits:
         rows = catalog.rows(split)
@@ -284,11 +360,17 @@ def sample_run_images(run_dir: Path, predictor: Classifier, splits: tuple[str, .
     else:
         raise UserError(f"{run_dir} has no {' or '.join(splits)} images to use here")
     pick = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:limit].numpy()]
+
+    def labels(at: np.ndarray) -> torch.Tensor:
+        if catalog.targets is not None:  # multi-label: labels are strata, the label sets are targets
+            return torch.from_numpy(catalog.targets[at]).float()
+        return torch.from_numpy(catalog.labels[at]).long()
+
     if catalog.arrays is not None:
         x = torch.from_numpy(catalog.arrays[pick])
         images = resize_tensor(set_channels(x, predictor.channels), predictor.image_size)
-        return images, torch.from_numpy(catalog.labels[pick]), split
+        return images, labels(pick), split
     paths = [catalog.paths[i] for i in pick]
     images, kept, _ = predictor.load_images(paths)
     where = {p: i for i, p in enumerate(paths)}
-    return images, torch.tensor([int(catalog.labels[pick[where[p]]]) for p in kept], dtype=torch.long), split
+    return images, labels(np.array([pick[where[p]] for p in kept], dtype=np.int64)), split

@@ -5,6 +5,9 @@ and mean/std, so prediction applies exactly the preprocessing training used.
 Inference precision follows the device it runs on: the training precision where
 that device runs it, else the device's default, so a model trained in fp16 on a
 GPU predicts and exports on a CPU.
+
+A multi-label run (checkpoint ``task: multi_label``) gives one sigmoid a class and decides each
+class at its own threshold, read from the run's thresholds.json beside the checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from resnetlab.data.images import is_image_file
 from resnetlab.device import inference_precision, select_device
 from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import Classifier
+from resnetlab.evaluate.multilabel import read_thresholds
 from resnetlab.io import read_json
 from resnetlab.models import get_model
 from resnetlab.train.checkpoint import load_checkpoint, load_model_state
@@ -32,9 +36,13 @@ class Predictor(Classifier):
     checkpoint: Path = Path()
     model_name: str = ""
     model_options: dict | None = None
+    threshold_source: str = ""  # multi-label: where the thresholds came from, one line
 
     @classmethod
-    def load(cls, path: str | Path, *, which: str = "best", device: str = "auto") -> "Predictor":
+    def load(cls, path: str | Path, *, which: str = "best", device: str = "auto", default_thresholds: bool = False,
+             with_thresholds: bool = True) -> "Predictor":
+        """``default_thresholds``: a multi-label run whose thresholds.json is missing or damaged decides at 0.5
+        rather than stopping. ``with_thresholds=False`` leaves them unread (None): evaluation fits its own."""
         path = Path(path)
         ckpt_path = find_checkpoint(path, which) if path.is_dir() else path
         state = load_checkpoint(ckpt_path)
@@ -48,7 +56,12 @@ class Predictor(Classifier):
         dev = select_device(device)
         cfg, pre = state["config"], state["preprocess"]
         cal_path = ckpt_path.parent / rf.CALIBRATION
-        calibration = read_json(cal_path) if cal_path.is_file() else None
+        multi = state.get("task", "single_label") == "multi_label"  # older checkpoints lack it: single-label
+        calibration = read_json(cal_path) if cal_path.is_file() and not multi else None  # softmax calibration only
+        thresholds, source = None, ""
+        if multi and with_thresholds:
+            thresholds, source = read_thresholds(ckpt_path.parent / rf.THRESHOLDS, list(state["classes"]),
+                                                 allow_default=default_thresholds)
         augment = AugmentConfig(**{k: v for k, v in cfg.get("augment", {}).items()
                                    if k in {f.name for f in fields(AugmentConfig)}})
         return cls(
@@ -64,6 +77,9 @@ class Predictor(Classifier):
             augment=augment,
             temperature=calibration["temperature"] if calibration else 1.0,
             calibration=calibration,
+            multi_label=multi,
+            thresholds=thresholds,
+            threshold_source=source,
             source=ckpt_path.name,
             checkpoint=ckpt_path,
             model_name=state["model_name"],

@@ -4,6 +4,9 @@ Requests are decoded in the request's own thread, then queued; one worker takes 
 to ``batch_size`` images (waiting at most ``batch_wait_ms`` for more) and runs them
 through the model together, so concurrent clients share forward passes. Every bad
 input is a 4xx with a one-line JSON reason, and the server keeps serving.
+
+A multi-label model answers each image's label set (the classes whose probability reaches their
+threshold, from thresholds.json or the export's sidecar) and every class's probability, not top-k.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class BadRequest(Exception):
         self.status, self.reason = status, reason
 
 
-def load_model(path: Path):
+def load_model(path: Path, *, default_thresholds: bool = False):
     from resnetlab.errors import UserError
     from resnetlab.deploy.export import is_export, load_export
     from resnetlab.deploy.predictor import Predictor
@@ -59,7 +62,7 @@ def load_model(path: Path):
         return load_export(path)
     if path.is_file() and path.suffix != ".pt":
         raise UserError(f"{path} is not a model: give a run folder, a .pt checkpoint, or an export with its .json")
-    return Predictor.load(path)
+    return Predictor.load(path, default_thresholds=default_thresholds)
 
 
 def decode(data: bytes, name: str, model, limits: Limits) -> torch.Tensor:
@@ -146,6 +149,8 @@ class Batcher:
 
 
 def answer(model, probs: torch.Tensor, names: list[str], topk: int) -> list[dict]:
+    if is_multi_label(model):
+        return multilabel_answer(model, probs, names)
     cal = model.calibration
     out = []
     for name, p in zip(names, probs):
@@ -156,6 +161,27 @@ def answer(model, probs: torch.Tensor, names: list[str], topk: int) -> list[dict
                     "top": [{"class": model.classes[i], "probability": round(float(v), 6)}
                             for v, i in zip(top.values.tolist(), top.indices.tolist())]})
     return out
+
+
+def multilabel_answer(model, probs: torch.Tensor, names: list[str]) -> list[dict]:
+    """{"filename", "labels": [classes whose probability >= threshold, in class order], "probabilities":
+    {class: p} for every class}; probabilities unrounded (float32), as predict writes them."""
+    thresholds = decision_thresholds(model)
+    out = []
+    for name, p in zip(names, probs.tolist()):
+        out.append({"filename": name, "labels": [c for c, v, t in zip(model.classes, p, thresholds) if v >= t],
+                    "probabilities": dict(zip(model.classes, p))})
+    return out
+
+
+def is_multi_label(model) -> bool:
+    return bool(getattr(model, "multi_label", False))  # any object with probabilities() and classes serves
+
+
+def decision_thresholds(model) -> list[float]:
+    """A multi-label model's (K,) thresholds in class order; 0.5 where it has none."""
+    t = getattr(model, "thresholds", None)
+    return [0.5] * len(model.classes) if t is None else t.tolist()
 
 
 def uvicorn_options(limits: Limits) -> dict:
@@ -208,15 +234,26 @@ def create_app(model, limits: Limits = Limits(), *, source: str = "") -> FastAPI
         alive = batcher.thread.is_alive()
         body = {"status": "ok" if alive else "model thread stopped", "model": source, "model_thread_alive": alive,
                 "queue": batcher.queue.qsize(), "max_queue": limits.max_queue, "model_file": str(weights or ""),
-                "model_sha256": checksum, "classes": len(model.classes), "image_size": model.image_size}
+                "model_sha256": checksum, "classes": len(model.classes), "image_size": model.image_size,
+                "task": "multi_label" if is_multi_label(model) else "single_label"}
         return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/classes")
     async def classes():
-        return {"classes": model.classes}
+        if not is_multi_label(model):
+            return {"classes": model.classes}
+        return {"classes": model.classes, "task": "multi_label",
+                "thresholds": dict(zip(model.classes, decision_thresholds(model))),
+                "threshold_source": getattr(model, "threshold_source", "")}
 
     @app.post("/predict")
-    async def predict(request: Request, topk: int = 5):
+    async def predict(request: Request, topk: int | None = None):
+        """Single-label: the top ``topk`` classes (default 5) and a verdict; multi-label: the label set
+        and every class's probability (``topk`` does not apply)."""
+        if is_multi_label(model) and topk is not None:
+            raise BadRequest(400, "topk is for single-label models: this multi-label model answers a label set "
+                                  "(per-class thresholds) and every class's probability")
+        topk = 5 if topk is None else topk
         if not 1 <= topk <= 100:
             raise BadRequest(400, f"topk={topk}: give 1..100")
         try:
