@@ -11,6 +11,7 @@ import torch
 from resnetlab.cli import main
 from resnetlab.deploy.export import TIE, load_export, sidecar
 from resnetlab.deploy.predictor import Predictor
+from tests.browser import page_after_upload
 from tests.conftest import tiny_overrides, write_mosaic_csv
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -192,78 +193,11 @@ def test_page_shows_label_chips_in_headless_chromium(run, tmp_path):
     counts = [len(labels) for labels in _expected(model.probabilities(model.load_images(list(map(str, images)))[0]),
                                                   model.thresholds.tolist())]
     image = next((p for p, n in zip(images, counts) if 1 <= n < 10), images[0])  # chips and bars both shown
-    page = _open_page(browser, create_app(model, source=str(run_dir)), image, tmp_path)
+    page = page_after_upload(browser, create_app(model, source=str(run_dir)), image, tmp_path, read={
+        "chips": "[...document.querySelectorAll('#verdict .chip .label')].map(e => e.textContent)",
+        "bars": "[...document.querySelectorAll('#bars .name')].map(e => e.textContent)"})
     probs = model.probabilities(model.load_images([str(image)])[0])[0]
     labels = _expected(probs[None], model.thresholds.tolist())[0]
     assert page["chips"] == labels
     others = sorted((c for c in CLASSES if c not in labels), key=lambda c: -float(probs[CLASSES.index(c)]))
     assert page["bars"] == others and page["errors"] == []
-
-
-def _open_page(browser: str, app, image: Path, tmp_path: Path) -> dict:
-    """Serve ``app``, open its page in headless Chromium, choose ``image``, read chips and bar names."""
-    import subprocess
-    import threading
-    import time
-    import urllib.request
-
-    import uvicorn
-    from websockets.sync.client import connect
-
-    from tests.test_serve import _free_port
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    profile = tmp_path / "profile"
-    chrome = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
-                               f"--user-data-dir={profile}", "about:blank"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(600):  # up to 30 s for a cold Chromium on a slow machine
-            if (profile / "DevToolsActivePort").is_file() and server.started:
-                break
-            time.sleep(0.05)
-        devtools = int((profile / "DevToolsActivePort").read_text().split()[0])
-        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{devtools}/json/list").read())
-        target = next(t for t in targets if t["type"] == "page")
-        with connect(target["webSocketDebuggerUrl"], max_size=None) as ws:
-            ids, errors = iter(range(1, 10**6)), []
-
-            def call(method, **params):
-                n = next(ids)
-                ws.send(json.dumps({"id": n, "method": method, "params": params}))
-                while True:
-                    message = json.loads(ws.recv(timeout=30))
-                    if message.get("method") == "Runtime.exceptionThrown" or (
-                            message.get("method") == "Runtime.consoleAPICalled"
-                            and message["params"]["type"] == "error"):
-                        errors.append(message)
-                    if message.get("id") == n:
-                        return message.get("result", {})
-
-            def evaluate(expression):
-                return call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
-
-            def wait_for(expression):
-                for _ in range(600):
-                    if evaluate(expression):
-                        return
-                    time.sleep(0.05)
-
-            call("Runtime.enable")
-            call("Page.navigate", url=f"http://127.0.0.1:{port}/")
-            wait_for("document.readyState === 'complete' && !!document.getElementById('file')")
-            root = call("DOM.getDocument")["root"]["nodeId"]
-            node = call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
-            call("DOM.setFileInputFiles", files=[str(image)], nodeId=node)
-            wait_for("document.body.dataset.done === 'yes'")
-            chips = evaluate("[...document.querySelectorAll('#verdict .chip .label')].map(e => e.textContent)")
-            bars = evaluate("[...document.querySelectorAll('#bars .name')].map(e => e.textContent)")
-            return {"chips": chips, "bars": bars, "errors": errors}
-    finally:
-        chrome.terminate()
-        chrome.wait(timeout=10)
-        server.should_exit = True
-        thread.join(timeout=10)

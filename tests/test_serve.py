@@ -17,6 +17,7 @@ from PIL import Image
 
 from resnetlab.cli import main
 from resnetlab.deploy.serve import Limits, create_app, load_model, uvicorn_options
+from tests.browser import free_port, page_after_upload
 from tests.conftest import REPO, SHARED_DATA, tiny_overrides, write_class_folders
 
 fastapi = pytest.importorskip("fastapi")
@@ -180,12 +181,6 @@ def test_serve_bad_input_one_line(served, tmp_path, capsys):
     assert err[1].startswith(f"resnetlab serve: error: cannot listen on 127.0.0.1:{port} (Address already in use)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_page_in_headless_chromium(served, tmp_path):
     """Open the page, choose a real image with DevTools' setFileInputFiles, read the verdict off the page."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -193,73 +188,17 @@ def test_page_in_headless_chromium(served, tmp_path):
         pytest.skip("chromium is not installed (make test installs Debian's chromium)")
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not beside this checkout")
-    import uvicorn
-    from websockets.sync.client import connect
-
     run, _, model, client = served
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(model, source=str(run)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    profile = tmp_path / "profile"
-    chrome = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
-                               f"--user-data-dir={profile}", "about:blank"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(600):  # up to 30 s for a cold Chromium on a slow machine
-            if (profile / "DevToolsActivePort").is_file() and server.started:
-                break
-            time.sleep(0.05)
-        devtools = int((profile / "DevToolsActivePort").read_text().split()[0])
-        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{devtools}/json/list").read())
-        page = next(t for t in targets if t["type"] == "page")
-        image = SHARED_DATA / "intel" / "seg_pred" / "seg_pred" / sorted(
-            p.name for p in (SHARED_DATA / "intel" / "seg_pred" / "seg_pred").iterdir())[0]
-        with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
-            counter, errors = iter(range(1, 10**6)), []
-
-            def call(method, **params):
-                n = next(counter)
-                ws.send(json.dumps({"id": n, "method": method, "params": params}))
-                while True:
-                    message = json.loads(ws.recv(timeout=30))
-                    if message.get("method") in ("Runtime.exceptionThrown",) or (
-                            message.get("method") == "Runtime.consoleAPICalled"
-                            and message["params"]["type"] == "error"):
-                        errors.append(message)
-                    if message.get("id") == n:
-                        return message.get("result", {})
-
-            def evaluate(expression):
-                return call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
-
-            call("Runtime.enable")
-            call("Page.enable")
-            call("Page.navigate", url=f"http://127.0.0.1:{port}/")
-            for _ in range(600):
-                if evaluate("document.readyState") == "complete" and evaluate("!!document.getElementById('file')"):
-                    break
-                time.sleep(0.05)
-            root = call("DOM.getDocument")["root"]["nodeId"]
-            node = call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
-            call("DOM.setFileInputFiles", files=[str(image)], nodeId=node)
-            for _ in range(600):
-                if evaluate("document.body.dataset.done") == "yes":
-                    break
-                time.sleep(0.05)
-            verdict = evaluate("document.getElementById('verdict').textContent")
-            first_bar = evaluate("document.querySelector('#bars .name').textContent")
-            assert errors == []
-    finally:
-        chrome.terminate()
-        chrome.wait(timeout=10)
-        server.should_exit = True
-        thread.join(timeout=10)
+    folder = SHARED_DATA / "intel" / "seg_pred" / "seg_pred"
+    image = folder / sorted(p.name for p in folder.iterdir())[0]
+    page = page_after_upload(browser, create_app(model, source=str(run)), image, tmp_path, read={
+        "verdict": "document.getElementById('verdict').textContent",
+        "first_bar": "document.querySelector('#bars .name').textContent"})
+    assert page["errors"] == []
     expected = client.post("/predict", content=image.read_bytes(), headers={"content-type": "image/jpeg"}).json()
     top = expected["predictions"][0]
-    assert first_bar == top["top"][0]["class"]
-    assert verdict == (top["verdict"] if not top["rejected"] else "unknown (no class is likely enough)")
+    assert page["first_bar"] == top["top"][0]["class"]
+    assert page["verdict"] == (top["verdict"] if not top["rejected"] else "unknown (no class is likely enough)")
 
 
 def test_health_reports_the_thread_the_queue_and_the_weights_checksum(served):
@@ -276,7 +215,7 @@ def test_health_reports_the_thread_the_queue_and_the_weights_checksum(served):
 def _live(app, **config):
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -126,19 +126,14 @@ def _render_multilabel(rows: list[dict], fmt: str, classes: list[str]) -> str:
             probs = [r["probabilities"][c] for c in classes] if "probabilities" in r else [""] * len(classes)
             writer.writerow([r["path"], " ".join(r.get("labels", [])), *probs, r.get("error", "")])
         return buffer.getvalue()
-    width = max(len(r["path"]) for r in rows)
-    lines = []
-    for r in rows:
-        if "error" in r:
-            lines.append(f"{r['path']:<{width}}  error: {r['error']}")
-            continue
+    def describe(r: dict) -> str:
         p = r["probabilities"]
         if r["labels"]:
-            lines.append(f"{r['path']:<{width}}  " + "  ".join(f"{c} {100 * p[c]:.1f}%" for c in r["labels"]))
-        else:
-            best = max(p, key=p.get)
-            lines.append(f"{r['path']:<{width}}  (no label; most probable {best} {100 * p[best]:.1f}%)")
-    return "\n".join(lines) + "\n"
+            return "  ".join(f"{c} {100 * p[c]:.1f}%" for c in r["labels"])
+        best = max(p, key=p.get)
+        return f"(no label; most probable {best} {100 * p[best]:.1f}%)"
+
+    return _table(rows, describe)
 
 
 def _classify(model, images, args):
@@ -171,13 +166,15 @@ def _render(rows: list[dict], fmt: str, k: int) -> str:
             cells = [x for t in r.get("top", []) for x in (t["class"], f"{t['probability']:.6f}")]
             writer.writerow([r["path"], r.get("verdict", ""), *cells, *[""] * (2 * k - len(cells)), r.get("error", "")])
         return buffer.getvalue()
+    def describe(r: dict) -> str:
+        verdict = "UNKNOWN (rejected)  " if r["verdict"] == "unknown" and r["top"][0]["class"] != "unknown" else ""
+        return verdict + "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"])
+
+    return _table(rows, describe)
+
+
+def _table(rows: list[dict], describe) -> str:
+    """One line an image: its path, padded, then ``describe(row)`` or why it could not be read."""
     width = max(len(r["path"]) for r in rows)
-    lines = []
-    for r in rows:
-        if "error" in r:
-            lines.append(f"{r['path']:<{width}}  error: {r['error']}")
-        else:
-            verdict = "UNKNOWN (rejected)  " if r["verdict"] == "unknown" and r["top"][0]["class"] != "unknown" else ""
-            lines.append(f"{r['path']:<{width}}  {verdict}"
-                         + "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"]))
-    return "\n".join(lines) + "\n"
+    return "".join(f"{r['path']:<{width}}  " + (f"error: {r['error']}" if "error" in r else describe(r)) + "\n"
+                   for r in rows)
