@@ -52,7 +52,10 @@ def test_bad_label_sets_and_settings_give_one_line(tmp_path, class_folders):
     empty_name = _csv(tmp_path / "bad.csv", ["image_name", "tags"], [["a.png", "cat  dog"], ["b.png", "cat"]])
     with pytest.raises(UserError, match=r"row 2: an empty class name in 'cat  dog': separate labels by one space"):
         read_manifest(empty_name, multi_label=True)
-    with pytest.raises(UserError, match="the label is empty .*set data.multi_label=true"):
+    no_labels = _csv(tmp_path / "nolabels.csv", ["image_name", "tags"], [["a.png", ""], ["b.png", ""]])
+    with pytest.raises(UserError, match="no image has a label, so there is nothing to learn"):
+        read_manifest(no_labels, multi_label=True)
+    with pytest.raises(UserError, match="the label is empty .*data.multi_label=true"):
         read_manifest(_csv(tmp_path / "none.csv", ["path", "label"], [["a.png", ""]]))
     with pytest.raises(UserError, match="data.multi_label=true needs label sets.*CSV manifest"):
         plan_data(load_config(None, [f"data.dataset={class_folders}", "data.multi_label=true"]))
@@ -151,7 +154,28 @@ def test_a_model_learns_mosaics_of_real_photos_well_above_chance(mosaic_run):
 
 
 def test_a_multi_label_run_resumes_where_it_stopped(mosaic_run, capsys):
+    assert main(["train", "--resume", str(mosaic_run), "train.epochs=9", "data.multi_label=false"]) == 2
+    assert "was trained multi-label: a resume cannot change data.multi_label" in capsys.readouterr().err
+    (mosaic_run / "thresholds.json").unlink()
     assert main(["train", "--resume", str(mosaic_run), "train.epochs=9", "train.final_test=false"]) == 0
     history = [json.loads(line) for line in (mosaic_run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(1, 10))
-    assert "mAP" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mAP" in out and "thresholds: fitted on val" in out  # no test scored, yet predict gets its thresholds
+    assert json.loads((mosaic_run / "thresholds.json").read_text())["checkpoint"].startswith("best.pt")
+
+
+def test_retrain_on_all_takes_the_thresholds_its_parent_fitted_on_the_val_images_it_trains_on(mosaic_run):
+    from resnetlab.train.finish import retrain_config
+    from resnetlab.train.loop import fit
+    from resnetlab.train.prepare import prepare
+
+    cfg = retrain_config(mosaic_run)
+    cfg.train.epochs, cfg.train.final_test = 1, True  # the resume above left final_test off
+    s = prepare(cfg, run_name="")
+    fit(s)
+    assert "val" not in s.data.splits
+    parent = json.loads((mosaic_run / "thresholds.json").read_text())
+    child = json.loads((s.run_dir / "thresholds.json").read_text())
+    assert child["thresholds"] == parent["thresholds"] and "--retrain-on-all" in child["notes"][0]
+    assert "inherited from" in json.loads((s.run_dir / "eval_test.json").read_text())["threshold_source"]

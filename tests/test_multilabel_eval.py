@@ -173,7 +173,8 @@ def test_without_val_thresholds_come_from_the_run_or_are_half(tmp_path):
     images, targets = tiny_split(20)
     opts = Options(figures=False, batch_size=8)
     result = evaluate_split(tmp_path, p, "test", images, targets, opts)
-    assert result["threshold_source"] == "no validation split: thresholds are 0.5" and result["thresholds"] == [0.5] * 4
+    assert result["threshold_source"] == "no validation split: every threshold is 0.5; saved to thresholds.json"
+    assert result["thresholds"] == [0.5] * 4 and json.loads((tmp_path / "thresholds.json").read_text())["fitted_on"] is None
     write_thresholds(tmp_path / "thresholds.json", {**default_thresholds(CLASSES[:4], "test"), "fitted_on": "val",
                                                     "thresholds": [0.1, 0.2, 0.3, 0.4]})
     result = evaluate_split(tmp_path, p, "test", images, targets, opts)
@@ -213,7 +214,7 @@ def test_report_compare_and_runs_read_multi_label_runs(tmp_path, capsys):
     b = fake_run(tmp_path / "runs" / "b", history[:1], {**ev, "map_macro": 0.5})
     page = build_report(a).read_text()
     assert "mAP (macro)" in page and "val mAP 60.00% (macro)" in page and "train exact match" in page
-    assert "no validation split: thresholds are 0.5" in page and "TTA (mean of sigmoids)" in page
+    assert "no validation split: every threshold is 0.5" in page and "TTA (mean of sigmoids)" in page
     assert "top-1" not in page and 'id="thresholds"' in page
     out, _ = build_compare([a, b], tmp_path / "compare.html")
     text = out.read_text()

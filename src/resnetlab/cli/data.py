@@ -109,4 +109,6 @@ def run_shards(args) -> int:
         by_split.setdefault(shard["split"], []).append(shard["images"])
     parts = ", ".join(f"{split} {sum(n):,} images in {len(n)} shards" for split, n in by_split.items())
     print(f"wrote {parts} ({len(manifest['classes'])} classes) to {args.out}; train with data.dataset={args.out}")
+    for note in manifest["notes"]:
+        print(f"note: {note}")
     return 0

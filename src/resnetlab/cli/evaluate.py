@@ -57,17 +57,18 @@ def run(args) -> int:
     # itself (so a damaged file is refitted rather than fatal when there is a val split)
     predictor = Predictor.load(run_dir, which=args.checkpoint, device=args.device,
                                **({"with_thresholds": False} if multi else {}))
-    predictor.multi_label = predictor.multi_label or multi  # stopgap for checkpoints that do not say their task
     val = unseen = None
     if args.data:
         images, labels, name = _folder_split(Path(args.data), predictor)
     else:
         data = build_data(cfg, split_file=saved_split_file(run_dir), progress=False)
         if args.split not in data.splits:
-            raise UserError(f"the run's data has no '{args.split}' split (it has {', '.join(data.splits)}); use --data FOLDER")
+            other = "--split " + next(iter(data.splits)) if multi else "--data FOLDER"
+            raise UserError(f"the run's data has no '{args.split}' split (it has {', '.join(data.splits)}); use {other}")
         images, labels = split_images(data.splits[args.split], predictor)
         name = args.split
-        if "val" in data.splits and args.split != "val":
+        # multi-label thresholds are fitted on val even when val is the split scored: predict needs them
+        if "val" in data.splits and (args.split != "val" or multi):
             val = split_images(data.splits["val"], predictor)
         unseen = None if multi else unseen_images(cfg, run_dir, predictor)  # rejection is single-label only
     opts = Options(tta=args.tta, reduce=args.tta_reduce, batch_size=args.batch_size, figures=not args.no_figures,

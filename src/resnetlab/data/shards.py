@@ -73,7 +73,7 @@ def write_shards(dataset: str, out: Path, *, shard_size: str = DEFAULT_SHARD_SIZ
     manifest = {"format": "webdataset", "source": str(Path(root).resolve()), "classes": catalog.classes,
                 "class_ids": catalog.class_ids, "aliases": aliases, "images": len(catalog), "shards": shards}
     write_json(out / "dataset.json", manifest)
-    return manifest
+    return {**manifest, "notes": catalog.notes}  # e.g. a CSV label with spaces, read as one class
 
 
 def _members(catalog: Catalog, row: int) -> tuple[list[tuple[str, bytes]], dict]:

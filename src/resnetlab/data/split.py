@@ -173,6 +173,9 @@ def drop_unseen_labels(catalog: Catalog) -> tuple[Catalog, list[str]]:
     seen = catalog.targets[catalog.splits == "train"].any(0)
     if seen.all():
         return catalog, []
+    if not seen.any():
+        raise UserError("no training image carries a label (every label is in val/test only): nothing to learn; "
+                        "put labelled images in train")
     gone = [c for c, s in zip(catalog.classes, seen) if not s]
     shown = ", ".join(gone[:5]) + (f" and {len(gone) - 5} more" if len(gone) > 5 else "")
     out = catalog.take(np.arange(len(catalog)))

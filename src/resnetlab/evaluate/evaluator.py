@@ -35,6 +35,8 @@ class Options:
     batch_size: int = 256
     figures: bool = True
     default_thresholds: bool = False  # multi-label: a missing or damaged thresholds.json means 0.5, not an error
+    # multi-label, no val split: the thresholds.json to take (a --retrain-on-all run: its parent run's)
+    thresholds_from: Path | None = None
 
 
 _hwc = plots.hwc  # uint8 (N, C, H, W) torch -> (N, H, W, 3) numpy

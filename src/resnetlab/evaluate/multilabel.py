@@ -199,7 +199,7 @@ def evaluate_multilabel_split(run_dir: Path, p: Classifier, name: str, images: t
     """evaluator.evaluate_split for a multi-label Classifier: (N, K) multi-hot targets."""
     classes, targets = p.classes, targets.float()
     plain = infer_images(p, images, targets, opts.batch_size)
-    thresholds, source, notes = _thresholds(run_dir, p, val, opts)
+    thresholds, source, notes = settle_thresholds(run_dir, p, val, opts)
     result = multilabel_metrics(plain.logits, plain.labels, classes, thresholds)
     result.update(split=name, checkpoint=p.source, images_per_s=round(plain.images_per_second, 1),
                   threshold_source=source, threshold_notes=notes)
@@ -216,22 +216,36 @@ def evaluate_multilabel_split(run_dir: Path, p: Classifier, name: str, images: t
     return result
 
 
-def _thresholds(run_dir: Path, p: Classifier, val, opts: Options) -> tuple[torch.Tensor, str, list[str]]:
-    """Fit on val (written to thresholds.json and set on ``p``), else the run's thresholds.json, else 0.5."""
-    path = run_dir / rf.THRESHOLDS
-    if val is not None and len(val[1]):
+def settle_thresholds(run_dir: Path, p: Classifier, val, opts: Options) -> tuple[torch.Tensor, str, list[str]]:
+    """The thresholds to decide with (set on ``p``), where they came from, and notes. Fitted on val when
+    there is one; else the run's thresholds.json; else ``opts.thresholds_from`` (the thresholds.json of
+    the run whose val images a --retrain-on-all run trained on); else 0.5. Fitted or defaulted thresholds are
+    saved only for the checkpoint predict uses by default (best.pt, else last.pt), and say which."""
+    path, inherited = run_dir / rf.THRESHOLDS, opts.thresholds_from
+    if val is None or not len(val[1]):
+        if path.is_file():
+            p.thresholds, source = read_thresholds(path, p.classes, allow_default=opts.default_thresholds)
+            return p.thresholds, source, []
+        if inherited is not None and inherited.is_file():
+            p.thresholds, _ = read_thresholds(inherited, p.classes)
+            fitted = {**json.loads(inherited.read_text()), "notes": [
+                f"fitted on the val split of {inherited.parent} before those images joined training (--retrain-on-all)"]}
+            source = f"inherited from {inherited}: this run trained on its val split, so it has none to fit on"
+        else:
+            fitted = default_thresholds(p.classes, f"no validation split: every threshold is {DEFAULT}")
+            p.thresholds, source = torch.full((len(p.classes),), DEFAULT), fitted["notes"][0]
+    else:
         v = infer_images(p, val[0], val[1].float(), opts.batch_size)
         fitted = fit_thresholds(v.logits.sigmoid(), v.labels, p.classes)
-        write_thresholds(path, fitted)
         p.thresholds = torch.tensor(fitted["thresholds"], dtype=torch.float32)
-        return p.thresholds, f"fitted on val (n={fitted['n']}) to maximise each class's F1; saved to {rf.THRESHOLDS}", \
-            fitted["notes"]
-    if path.is_file():
-        p.thresholds, source = read_thresholds(path, p.classes, allow_default=opts.default_thresholds)
-        return p.thresholds, source, []
-    if p.thresholds is not None:  # set by whoever built the Classifier (e.g. read from a checkpoint)
-        return p.thresholds.float().cpu(), "the classifier's own (no validation split, no thresholds.json)", []
-    return torch.full((len(p.classes),), DEFAULT), f"no validation split: thresholds are {DEFAULT}", []
+        source = f"fitted on val (n={fitted['n']}) to maximise each class's F1"
+    default = next((name for name in (rf.BEST, rf.LAST) if (run_dir / name).is_file()), None)
+    if default is None or p.source.split(" ")[0] == default:  # None: a folder without checkpoints (a library call)
+        write_thresholds(path, {**fitted, "checkpoint": p.source})
+        source += f"; saved to {rf.THRESHOLDS}"
+    else:  # predict reads thresholds.json with the default checkpoint: another's would mislabel its images
+        source += f"; for {p.source} only, not saved ({rf.THRESHOLDS} is {default}'s)"
+    return p.thresholds, source, fitted.get("notes", [])
 
 
 def _tta(p: Classifier, images, targets, thresholds, opts: Options) -> dict:

@@ -22,6 +22,7 @@ from resnetlab.device import inference_precision
 from resnetlab.errors import UserError
 from resnetlab.evaluate.evaluator import Options, evaluate_split, split_images
 from resnetlab.evaluate.inference import Classifier
+from resnetlab.evaluate.multilabel import settle_thresholds
 from resnetlab.evaluate.report import build_report
 from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.run_folder import read_run_config
@@ -55,6 +56,12 @@ def finish_run(s: Session, console: Console) -> dict:
         return out
     model = final_model(s)
     splits = s.data.splits
+    opts = Options(batch_size=s.cfg.train.eval_batch_size, figures=s.cfg.train.report, tta=s.cfg.train.final_tta,
+                   thresholds_from=_parent_thresholds(s.cfg))
+    if model.multi_label and not (s.cfg.train.final_test and "test" in splits):
+        # predict, export and serve decide with thresholds.json: fitted on val even with no test to score
+        val = split_images(splits["val"], model) if "val" in splits else None
+        console.print(f"thresholds: {settle_thresholds(s.run_dir, model, val, opts)[1]}")
     if not s.cfg.train.final_test:
         console.print(f"done; the test split was not looked at (train.final_test=false); model {model.source}")
     elif "test" not in splits:
@@ -62,7 +69,6 @@ def finish_run(s: Session, console: Console) -> dict:
     else:
         val = split_images(splits["val"], model) if "val" in splits else None
         images, labels = split_images(splits["test"], model)
-        opts = Options(batch_size=s.cfg.train.eval_batch_size, figures=s.cfg.train.report, tta=s.cfg.train.final_tta)
         result = evaluate_split(s.run_dir, model, "test", images, labels, opts, val=val)
         chosen = "chosen on val" if model.source.startswith(rf.BEST) else "no val split to choose on"
         if model.multi_label:
@@ -78,6 +84,11 @@ def finish_run(s: Session, console: Console) -> dict:
                           f"{100 * result['tta']['top1']:.2f}%  (n={result['n']})")
         out["test"] = result
     return _end(s, console, out)
+
+
+def _parent_thresholds(cfg: Config) -> Path | None:
+    """A --retrain-on-all run's parent's thresholds.json (fitted on the val images this run trains on)."""
+    return Path(cfg.data.split_file).parent / rf.THRESHOLDS if cfg.data.merge_val and cfg.data.split_file else None
 
 
 def _end(s: Session, console: Console, out: dict) -> dict:

@@ -47,7 +47,11 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     if resume is not None:
         resume = check_run_dir(resume)
         cfg = read_run_config(resume)
+        trained_multi = cfg.data.multi_label
         apply_overrides(cfg, overrides)
+        if cfg.data.multi_label != trained_multi:  # the head, the loss and every record would change meaning
+            kind = "multi-label" if trained_multi else "single-label"
+            raise UserError(f"{resume} was trained {kind}: a resume cannot change data.multi_label; start a new run")
         validate(cfg)
     d = distributed.from_environment()
     if d.world > cfg.train.batch_size:

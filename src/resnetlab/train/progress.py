@@ -94,23 +94,28 @@ def epoch_line(s: Session, record: dict, improved: bool) -> str:
     if s.cfg.train.size_start or s.cfg.train.size_end:
         line += f"  {record['size']} px"
     line += "  *" if improved else ""
-    k = len(s.data.classes)
-    guess, formula = guessing_loss(k, s.multi_label)
-    if diverged(record, k, multi_label=s.multi_label):
+    guess, formula = guessing_loss(s)
+    if diverged(record, len(s.data.classes), guess=guess):
         line += (f"\nwarning: diverged: train loss {record['train_loss']:.2f} is far above {formula} = "
                  f"{guess:.2f}, what guessing scores; lower optim.lr (or add schedule.warmup_epochs)")
     return line
 
 
-def guessing_loss(num_classes: int, multi_label: bool = False) -> tuple[float, str]:
-    """The loss of a model that predicts nothing: ln k for softmax over k classes; k ln 2 for k
-    sigmoids at 1/2 (multi-label's loss is summed over the classes)."""
-    if multi_label:
-        return num_classes * math.log(2), f"{num_classes} ln 2"
-    return math.log(num_classes), f"ln({num_classes})"
+def guessing_loss(s: Session) -> tuple[float, str]:
+    """The loss of a model that predicts nothing: ln k for softmax over k classes. Multi-label, k
+    sigmoids at 1/2 (the loss is summed over classes): k ln 2, or with positive weights w_i on
+    classes of prevalence p_i, ln 2 * sum(p_i w_i + 1 - p_i) (balanced weights nearly double it)."""
+    k = len(s.data.classes)
+    if not s.multi_label:
+        return math.log(k), f"ln({k})"
+    if s.class_weights is None:
+        return k * math.log(2), f"{k} ln 2"
+    p = s.data.splits["train"].labels.mean(0)
+    return math.log(2) * float((p * s.class_weights.cpu() + 1 - p).sum()), "ln 2 x sum(p w + 1 - p)"
 
 
-def diverged(record: dict, num_classes: int, *, multi_label: bool = False) -> bool:
-    """A mean training loss over twice that of guessing means the run blew up rather than learned
-    slowly."""
-    return (num_classes > 1 or multi_label) and not record["train_loss"] <= 2 * guessing_loss(num_classes, multi_label)[0]
+def diverged(record: dict, num_classes: int, *, guess: float | None = None) -> bool:
+    """A mean training loss over twice that of guessing (``guess``; ln k by default) means the run blew
+    up rather than learned slowly."""
+    guess = math.log(num_classes) if guess is None else guess
+    return guess > 0 and not record["train_loss"] <= 2 * guess

@@ -31,7 +31,7 @@ def _figure(plot, study: optuna.Study, alt: str) -> str:
     return inline_png(png_bytes(fig, dpi=100), alt)
 
 
-def write_study_page(study: optuna.Study, study_dir: Path, compare: Path | None) -> Path:
+def write_study_page(study: optuna.Study, study_dir: Path, compare: Path | None, metric: str = "val top-1") -> Path:
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
     best = study.best_trial
@@ -45,10 +45,10 @@ def write_study_page(study: optuna.Study, study_dir: Path, compare: Path | None)
               for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     parts = [f"<h1>resnetlab study {html.escape(study_dir.name)}</h1>",
              f'<p class="note">written {time.strftime("%Y-%m-%d %H:%M:%S")}; objective: the best epoch\'s '
-             "validation top-1 (the test split is never looked at); "
+             f"{metric} (the test split is never looked at); "
              + ", ".join(f"{n} {k}" for k, n in counts.items()) + "</p>",
              '<h2 id="best">Best trial</h2>',
-             f"<p>trial {best.number}: val top-1 {pct(best.value)}; recipe <code>best.yaml</code> "
+             f"<p>trial {best.number}: {metric} {pct(best.value)}; recipe <code>best.yaml</code> "
              f"(<code>resnetlab train {html.escape(str(study_dir / 'best.yaml'))}</code>)</p>",
              table(["parameter", "value"], [[k, v] for k, v in best.params.items()]),
              '<h2 id="history">Optimisation history</h2>' + _figure(plot_optimization_history, study,
@@ -56,7 +56,7 @@ def write_study_page(study: optuna.Study, study_dir: Path, compare: Path | None)
              '<h2 id="importance">Parameter importances</h2>'
              + f'<p class="note">Optuna\'s fANOVA over the {counts["complete"]} completed trials: with few trials '
              "these are rough</p>" + _figure(plot_param_importances, study, "parameter importances"),
-             '<h2 id="trials">Trials</h2>' + table(["trial", "state", "val top-1", "epochs", "parameters", ""], rows)]
+             '<h2 id="trials">Trials</h2>' + table(["trial", "state", metric, "epochs", "parameters", ""], rows)]
     if compare is not None:
         parts.append(f'<h2 id="compare">Top trials side by side</h2><p><a href="{compare.name}">{compare.name}</a></p>')
     out = study_dir / "study.html"

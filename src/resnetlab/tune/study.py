@@ -151,8 +151,9 @@ def finish_study(study: optuna.Study, study_dir: Path, console: Console) -> dict
     save_config(cfg, study_dir / "best.yaml")
     top = [Path(t.user_attrs["run_dir"]) for t in complete[:3]]
     compare = build_compare(top, study_dir / "compare.html")[0] if len(top) > 1 else None
-    page = write_study_page(study, study_dir, compare)
-    console.print(f"best: trial {best.number}, val top-1 {100 * best.value:.2f}%: "
+    metric = "val mAP" if cfg.data.multi_label else "val top-1"  # what every trial reported (val_score)
+    page = write_study_page(study, study_dir, compare, metric)
+    console.print(f"best: trial {best.number}, {metric} {100 * best.value:.2f}%: "
                   + " ".join(shown(k, v) for k, v in best.params.items()))
     console.print(f"wrote {study_dir / 'best.yaml'} (train it: resnetlab train {study_dir / 'best.yaml'}) and {page}")
     return {"best_trial": best.number, "best_value": best.value, "best_params": best.params,

@@ -90,10 +90,10 @@ def read_manifest(path: Path, *, multi_label: bool = False) -> Catalog:
             raise UserError(f"{path} row {line}: split {split!r} should be train, val or test")
         label = row[columns["label"]].strip()
         if multi_label:
-            label = _label_set(label, f"{path} row {line}")
+            label = _label_set(label, f"{path} row {line}")  # () for none
         elif not label:
-            raise UserError(f"{path} row {line}: the label is empty (with several labels or none an image, "
-                            "set data.multi_label=true)")
+            raise UserError(f"{path} row {line}: the label is empty (an image with several labels or none is "
+                            "multi-label data: train from this CSV with data.multi_label=true)")
         paths.append(str(file))
         keys.append(rel)
         labels.append(label)
@@ -101,6 +101,9 @@ def read_manifest(path: Path, *, multi_label: bool = False) -> Catalog:
     if not paths:
         raise UserError(f"{path} lists no images (expected rows of path,label[,split])")
     if multi_label:
+        if not any(labels):
+            raise UserError(f"{path}: no image has a label, so there is nothing to learn (labels go in the "
+                            f"'{rows[0][columns['label']] if start else 'label'}' column, separated by spaces)")
         return label_set_catalog(paths, keys, labels, splits)
     names = _sorted_names(set(labels))
     index = {n: i for i, n in enumerate(names)}
