@@ -98,6 +98,22 @@ def test_held_out_split_keeps_rare_labels_in_val_and_the_split_file_round_trips(
     assert (again.targets == catalog.targets).all() and (again.splits == catalog.splits).all()
 
 
+def test_iterative_stratification_gives_every_label_its_share_where_a_random_draw_does_not():
+    from resnetlab.data.split import iterative_take
+
+    rng = np.random.default_rng(0)
+    prevalence = np.array([0.5, 0.2, 0.05, 0.02, 0.01])  # 1% of 1,000 images: 10 carry the rarest label
+    targets = (rng.random((1000, 5)) < prevalence).astype(np.uint8)
+    pool = np.arange(1000)
+    for seed in range(10):  # each label's share of the held-out 20% stays within rounding of 0.2: 2 of 9 is 0.222
+        held = iterative_take(targets, pool, 200, np.random.default_rng(seed))
+        assert abs(len(held) - 200) <= 2 and len(set(held)) == len(held)
+        assert np.abs(targets[held].sum(0) / targets.sum(0) - 0.2).max() < 0.03
+    random = [np.abs(targets[np.random.default_rng(s).permutation(1000)[:200]].sum(0) / targets.sum(0) - 0.2).max()
+              for s in range(20)]
+    assert np.median(random) > 0.05  # what one label's share drifts to when drawn at random
+
+
 def test_multi_label_loss_is_bce_summed_over_classes_with_positive_weights_and_smoothing():
     from types import SimpleNamespace
 

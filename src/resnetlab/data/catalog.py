@@ -23,8 +23,8 @@ class Catalog:
     classes: list[str]  # readable names, in label order
     class_ids: list[str]  # on-disk ids (folder name, wnid, GTSRB ClassId): what a user may also type
     keys: list[str]  # one per row: relative path, or '<split>/<index>' for arrays
-    # (N,) int64: the class; multi-label: the stratum the split is drawn by (each image's rarest
-    # label, len(classes) for an image with none), the labels themselves being ``targets``
+    # (N,) int64: the class; multi-label: a one-class summary, each image's rarest label
+    # (len(classes) for an image with none), the labels themselves being ``targets``
     labels: np.ndarray
     splits: np.ndarray  # (N,) str, one of SPLITS
     paths: list[str] | None = None  # absolute files, for file layouts

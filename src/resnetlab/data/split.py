@@ -1,6 +1,7 @@
 """Choosing classes, the "unknown" class, and holding out val/test splits from a Catalog.
 
-All draws are seeded by ``seed`` and stratified by class. Where rows carry groups
+All draws are seeded by ``seed`` and stratified by class (multi-label data: by every label at
+once, iterative stratification). Where rows carry groups
 (GTSRB's tracks of one physical sign), whole groups move together, so no sign
 is seen in training and again in validation.
 """
@@ -154,9 +155,16 @@ def hold_out(catalog: Catalog, d: DataConfig, seed: int) -> tuple[Catalog, list[
                          f"{name} is held out of train instead (data.{name}_{'count' if count else 'fraction'})")
             drop |= own
         pool = np.flatnonzero(train & (splits == "train"))
+        rng = _rng(seed, purpose)
+        if catalog.targets is not None:  # label sets: every label's share at once, not one class's
+            take = count or int(round(fraction * train.sum()))
+            if take >= len(pool):
+                key = f"data.{name}_count={count}" if count else f"data.{name}_fraction={fraction}"
+                raise UserError(f"{key} asks for {take} of the {len(pool)} training images: lower it")
+            splits[iterative_take(catalog.targets, pool, take, rng)] = name
+            continue
         targets = _per_class_targets(catalog, np.flatnonzero(train), fraction, 0) if fraction else \
             _per_class_targets(catalog, pool, 0, count)
-        rng = _rng(seed, purpose)
         for c, target in sorted(targets.items()):
             rows = pool[catalog.labels[pool] == c]
             splits[_take_units(rows, catalog.groups, target, rng)] = name
@@ -165,6 +173,38 @@ def hold_out(catalog: Catalog, d: DataConfig, seed: int) -> tuple[Catalog, list[
     if not (out.splits == "train").any():
         raise UserError("no training images are left after holding out val/test: lower the fractions")
     return out, notes
+
+
+def iterative_take(targets: np.ndarray, pool: np.ndarray, take: int, rng: np.random.Generator) -> np.ndarray:
+    """About ``take`` rows of ``pool`` for a held-out split of multi-label data, by iterative
+    stratification (Sechidis, Tsoumakas and Vlahavas 2011): the label with the fewest rows left goes
+    first, each of its rows to the side (held out or kept) that still wants most of that label, ties
+    to the side that wants most rows, then at random; rows with no label fill the sides last. Each
+    label, rare ones included, then lands in the held-out split in about the share asked for."""
+    y = targets[pool] > 0  # (P, K)
+    ratio = take / len(pool)
+    wants = np.array([take, len(pool) - take], dtype=np.float64)  # rows each side still wants
+    label_wants = np.outer([ratio, 1 - ratio], y.sum(0))  # (2, K) rows with each label each side wants
+    side = np.full(len(pool), -1)
+    while (left := y[side < 0].sum(0)).any():
+        label = int(np.argmin(np.where(left > 0, left, np.iinfo(np.int64).max)))
+        for i in rng.permutation(np.flatnonzero((side < 0) & y[:, label])):
+            s = _side(label_wants[:, label], wants, rng)
+            side[i] = s
+            label_wants[s] -= y[i]
+            wants[s] -= 1
+    for i in rng.permutation(np.flatnonzero(side < 0)):
+        side[i] = s = _side(wants, wants, rng)
+        wants[s] -= 1
+    return pool[side == 0]
+
+
+def _side(label_wants: np.ndarray, wants: np.ndarray, rng: np.random.Generator) -> int:
+    """0 (held out) or 1 (kept): the side that wants the label most, then the one that wants most rows."""
+    best = np.flatnonzero(label_wants == label_wants.max())
+    if len(best) > 1:
+        best = best[wants[best] == wants[best].max()]
+    return int(rng.choice(best)) if len(best) > 1 else int(best[0])
 
 
 def drop_unseen_labels(catalog: Catalog) -> tuple[Catalog, list[str]]:

@@ -128,10 +128,8 @@ def _label_set(text: str, where: str) -> tuple[str, ...]:
 
 
 def label_set_catalog(paths: list[str], keys: list[str], sets: list[tuple[str, ...]], splits: list[str]) -> Catalog:
-    """A multi-label catalog: multi-hot ``targets``, and each image's rarest label as the stratum the
-    val/test split is drawn by (so a rare label reaches val and test in proportion; images with no
-    label are a stratum of their own). This stratifies one label per image: iterative stratification
-    (Sechidis et al. 2011) would balance every label at once, at more code than it gains here."""
+    """A multi-label catalog: multi-hot ``targets`` ((N, K) uint8), and each image's rarest label as its
+    one-class summary in ``labels`` (held-out splits are drawn from the targets: data/split.py)."""
     names = _sorted_names({n for labels in sets for n in labels})
     index = {n: i for i, n in enumerate(names)}
     targets = np.zeros((len(sets), len(names)), dtype=np.uint8)
