@@ -124,7 +124,7 @@ def _snapshots(run_dir: Path, result: dict, images, labels, name: str, args, pre
     extra = {"with_thresholds": False} if predictor.multi_label else {}
     members = [Predictor.load(p, device=args.device, **extra) for p in paths]
     for m in members:  # scored at the thresholds the evaluation just used (fitted on val or read)
-        m.multi_label, m.thresholds = m.multi_label or predictor.multi_label, predictor.thresholds
+        m.thresholds = predictor.thresholds
     ens = result["snapshot_ensemble"] = snapshot_ensemble(members, images, labels, batch_size=args.batch_size)
     if predictor.multi_label:
         print(f"snapshot ensemble of {ens['members']}: mAP {100 * ens['map_macro']:.2f}% (n={ens['n']}); "

@@ -84,10 +84,9 @@ def _write(text: str, n: int, args) -> None:
 def _run_multilabel(model, args) -> int:
     """Label sets: each class where its probability >= its threshold; probabilities unrounded (float32),
     so a reader re-deciding from them at thresholds.json's (unrounded) values gets the same sets."""
-    import torch
-
     from resnetlab.deploy.predictor import expand_inputs
     from resnetlab.evaluate.inference import combine_views
+    from resnetlab.evaluate.multilabel import decision_thresholds
 
     if args.topk is not None or args.no_reject:
         raise UserError(f"{'--topk' if args.topk is not None else '--no-reject'} is for single-label models: "
@@ -96,7 +95,7 @@ def _run_multilabel(model, args) -> int:
                         "in the CSV and JSON output")
     if args.default_thresholds:
         print(model.threshold_source, file=sys.stderr)  # one line: fitted, or 0.5 and why
-    thresholds = model.thresholds if model.thresholds is not None else torch.full((len(model.classes),), 0.5)
+    thresholds = decision_thresholds(model)
     paths = expand_inputs(args.images)
     rows, bad = [], []
     for start in range(0, len(paths), CHUNK):  # bounded memory, as single-label

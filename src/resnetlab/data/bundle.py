@@ -66,10 +66,9 @@ class DataBundle:
         """One line on class sizes in train, so a user sees when weighting or a balanced sampler fits."""
         counts = self.counts()["train"]
         lo, hi = min(counts), max(counts)
-        if self.multi_label:
-            return (f"train images a label: {lo} ({self.classes[counts.index(lo)]}) to {hi} "
-                    f"({self.classes[counts.index(hi)]}); per-label counts in the run's data.json")
         least, most = self.classes[counts.index(lo)], self.classes[counts.index(hi)]
+        if self.multi_label:
+            return f"train images a label: {lo} ({least}) to {hi} ({most}); per-label counts in the run's data.json"
         ratio = f"{hi / lo:.1f}x" if lo else "a class has none"
         return (f"train images a class: {lo} ({least}) to {hi} ({most}), {ratio}; "
                 "per-class counts in the run's data.json")

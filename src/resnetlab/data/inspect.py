@@ -10,10 +10,8 @@ accuracy a measure of memory.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import os
 import time
 from collections import defaultdict
@@ -24,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnetlab.io import atomic_write_text
+from resnetlab.io import atomic_write_text, csv_text
 from resnetlab.config import Config
 from resnetlab.data.augment import BatchAugment, make_generator
 from resnetlab.data.bundle import plan_data
@@ -89,12 +87,6 @@ def duplicates(catalog: Catalog, result: Scan) -> list[list[int]]:
     return sorted((rows for rows in by_hash.values() if len(rows) > 1), key=lambda r: (-len(r), r[0]))
 
 
-def _csv(rows: list[list]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
-
-
 def _tiles(catalog: Catalog, rows: list[int], size: int, cfg: Config) -> np.ndarray:
     """(len(rows), size, size, 3) uint8 thumbnails; grey where a file is unreadable."""
     out = np.full((len(rows), size, size, 3), 128, dtype=np.uint8)
@@ -136,12 +128,12 @@ def inspect(cfg: Config, out_dir: Path, *, samples: int = 8, progress: bool = Tr
     counts = catalog.counts()
     splits = list(counts)
 
-    atomic_write_text(out_dir / "counts.csv", _csv(
+    atomic_write_text(out_dir / "counts.csv", csv_text(
         [["class_id", "class", *splits, "total"]]
         + [[cid, name, *(counts[s][k] for s in splits), sum(counts[s][k] for s in splits)]
            for k, (cid, name) in enumerate(zip(catalog.class_ids, catalog.classes))]))
     bad = sorted(result.errors.items())
-    atomic_write_text(out_dir / "bad_files.csv", _csv(
+    atomic_write_text(out_dir / "bad_files.csv", csv_text(
         [["path", "split", "class", "reason"]]
         + [[catalog.paths[i], catalog.splits[i], catalog.label_text(i), why] for i, why in bad]))
     groups = duplicates(catalog, result)
@@ -155,7 +147,7 @@ def inspect(cfg: Config, out_dir: Path, *, samples: int = 8, progress: bool = Tr
                 leaks[f"{in_splits[a]}-{in_splits[b]}"] += 1
         within += len(rows) - len(set(catalog.splits[rows].tolist()))
         conflicts += len({catalog.label_text(i) for i in rows}) > 1
-    atomic_write_text(out_dir / "duplicates.csv", _csv(dup_rows))
+    atomic_write_text(out_dir / "duplicates.csv", csv_text(dup_rows))
 
     ok = result.widths > 0
     sizes = {}
@@ -203,7 +195,7 @@ def label_sets(catalog: Catalog, out_dir: Path) -> dict:
     t = catalog.targets.astype(np.int64)
     together = t.T @ t  # (K, K)
     names = catalog.classes
-    atomic_write_text(out_dir / "cooccurrence.csv", _csv([["", *names]] + [[n, *row] for n, row in
+    atomic_write_text(out_dir / "cooccurrence.csv", csv_text([["", *names]] + [[n, *row] for n, row in
                                                                           zip(names, together.tolist())]))
     per_image = np.bincount(t.sum(1), minlength=1)
     pairs = [(int(together[a, b]), names[a], names[b]) for a in range(len(names)) for b in range(a + 1, len(names))]

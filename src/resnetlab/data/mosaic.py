@@ -10,7 +10,6 @@ images as a single-label set (path,label,split), for a single-label model on the
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from resnetlab.errors import UserError
+from resnetlab.io import atomic_write_text, csv_text
 
 SUFFIX = ".png"  # lossless: the tiles are already JPEGs, a second lossy pass would blur their edges
 
@@ -52,8 +52,8 @@ def write_mosaics(source: str | Path, out: str | Path, *, train: int, test: int,
             image.save(out / name)
             rows.append([name, " ".join(sorted(catalog.classes[c] for c in chosen)), split])
         tiles += [[os.path.abspath(catalog.paths[i]), catalog.classes[catalog.labels[i]], split] for i in pool]
-    _write_csv(out / "labels.csv", ["image_name", "tags", "split"], rows)
-    _write_csv(out / "tiles.csv", ["path", "label", "split"], tiles)
+    atomic_write_text(out / "labels.csv", csv_text([["image_name", "tags", "split"], *rows]))
+    atomic_write_text(out / "tiles.csv", csv_text([["path", "label", "split"], *tiles]))
     return out / "labels.csv"
 
 
@@ -77,10 +77,3 @@ def _mosaic(catalog, by_class: dict, rng: np.random.Generator, *, tile: int, gri
         with Image.open(path) as im:
             canvas.paste(im.convert("RGB").resize((tile, tile), Image.BILINEAR), ((k % grid) * tile, (k // grid) * tile))
     return chosen, canvas
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)

@@ -28,8 +28,10 @@ from torch import nn
 from resnetlab.io import atomic_write_bytes, atomic_write_text, make_folder, read_json, temporary_path
 from resnetlab.config import AugmentConfig
 from resnetlab.data import plan_data
+from resnetlab.data.bundle import split_labels
 from resnetlab.data.decode import decode_for_model, resize_tensor, set_channels
 from resnetlab.evaluate.inference import Classifier
+from resnetlab.evaluate.multilabel import decision_thresholds
 from resnetlab.errors import UserError
 from resnetlab.models import get_model
 from resnetlab.run_folder import read_run_config, saved_split_file
@@ -226,11 +228,8 @@ def write_export(predictor: Classifier, fmt: str, out: Path, *, images: torch.Te
 
 
 def _thresholds(predictor: Classifier) -> torch.Tensor | None:
-    """(K,) thresholds of a multi-label predictor (0.5 where it has none), else None."""
-    if not predictor.multi_label:
-        return None
-    t = predictor.thresholds
-    return torch.full((len(predictor.classes),), 0.5) if t is None else t.float().cpu()
+    """(K,) thresholds of a multi-label predictor, else None."""
+    return decision_thresholds(predictor) if predictor.multi_label else None
 
 
 def _write_model(model: nn.Module, predictor: Classifier, fmt: str, tmp: Path, layout: str) -> None:
@@ -361,16 +360,11 @@ def sample_run_images(run_dir: Path, predictor: Classifier, splits: tuple[str, .
         raise UserError(f"{run_dir} has no {' or '.join(splits)} images to use here")
     pick = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:limit].numpy()]
 
-    def labels(at: np.ndarray) -> torch.Tensor:
-        if catalog.targets is not None:  # multi-label: labels are strata, the label sets are targets
-            return torch.from_numpy(catalog.targets[at]).float()
-        return torch.from_numpy(catalog.labels[at]).long()
-
     if catalog.arrays is not None:
         x = torch.from_numpy(catalog.arrays[pick])
         images = resize_tensor(set_channels(x, predictor.channels), predictor.image_size)
-        return images, labels(pick), split
+        return images, split_labels(catalog, pick), split
     paths = [catalog.paths[i] for i in pick]
     images, kept, _ = predictor.load_images(paths)
     where = {p: i for i, p in enumerate(paths)}
-    return images, labels(np.array([pick[where[p]] for p in kept], dtype=np.int64)), split
+    return images, split_labels(catalog, np.array([pick[where[p]] for p in kept], dtype=np.int64)), split

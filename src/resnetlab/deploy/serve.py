@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect
 
 from resnetlab.data.decode import set_channels
 from resnetlab.data.images import BadImage, NotAnImage, load_array
+from resnetlab.evaluate.multilabel import decision_thresholds
 
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/bmp", "image/gif", "image/webp", "image/tiff",
                "image/x-portable-pixmap", "application/octet-stream"}
@@ -166,7 +167,7 @@ def answer(model, probs: torch.Tensor, names: list[str], topk: int) -> list[dict
 def multilabel_answer(model, probs: torch.Tensor, names: list[str]) -> list[dict]:
     """{"filename", "labels": [classes whose probability >= threshold, in class order], "probabilities":
     {class: p} for every class}; probabilities unrounded (float32), as predict writes them."""
-    thresholds = decision_thresholds(model)
+    thresholds = decision_thresholds(model).tolist()
     out = []
     for name, p in zip(names, probs.tolist()):
         out.append({"filename": name, "labels": [c for c, v, t in zip(model.classes, p, thresholds) if v >= t],
@@ -176,12 +177,6 @@ def multilabel_answer(model, probs: torch.Tensor, names: list[str]) -> list[dict
 
 def is_multi_label(model) -> bool:
     return bool(getattr(model, "multi_label", False))  # any object with probabilities() and classes serves
-
-
-def decision_thresholds(model) -> list[float]:
-    """A multi-label model's (K,) thresholds in class order; 0.5 where it has none."""
-    t = getattr(model, "thresholds", None)
-    return [0.5] * len(model.classes) if t is None else t.tolist()
 
 
 def uvicorn_options(limits: Limits) -> dict:
@@ -243,7 +238,7 @@ def create_app(model, limits: Limits = Limits(), *, source: str = "") -> FastAPI
         if not is_multi_label(model):
             return {"classes": model.classes}
         return {"classes": model.classes, "task": "multi_label",
-                "thresholds": dict(zip(model.classes, decision_thresholds(model))),
+                "thresholds": dict(zip(model.classes, decision_thresholds(model).tolist())),
                 "threshold_source": getattr(model, "threshold_source", "")}
 
     @app.post("/predict")

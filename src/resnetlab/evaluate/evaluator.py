@@ -23,7 +23,7 @@ from resnetlab.evaluate import analysis, calibration
 from resnetlab.evaluate import figures as plots
 from resnetlab.evaluate.inference import Classifier, Inference, infer_images, infer_tta
 from resnetlab.evaluate.metrics import metrics, write_confusion_csv
-from resnetlab.evaluate.multilabel import evaluate_multilabel_split, multilabel_ensemble
+from resnetlab.evaluate.multilabel import evaluate_multilabel_split, multilabel_metrics
 from resnetlab.io import atomic_write_text, csv_text, read_json, write_json
 
 
@@ -39,7 +39,6 @@ class Options:
     thresholds_from: Path | None = None
 
 
-_hwc = plots.hwc  # uint8 (N, C, H, W) torch -> (N, H, W, 3) numpy
 
 
 def evaluate_split(run_dir: Path, p: Classifier, name: str, images: torch.Tensor, labels: torch.Tensor,
@@ -74,14 +73,18 @@ def snapshot_ensemble(members: list[Classifier], images: torch.Tensor, labels: t
     M models for the cost of one run)."""
     if not members:
         raise UserError("no snapshot-K.pt to ensemble: train with a stage of schedule sgdr and snapshots: true")
-    if members[0].multi_label:
-        return multilabel_ensemble(members, images, labels, batch_size=batch_size)
+    multi = members[0].multi_label  # mean of each class's sigmoid, scored at the first member's thresholds
     total = None
     for member in members:
-        probs = infer_images(member, images, labels, batch_size).logits.float().softmax(1)
+        logits = infer_images(member, images, labels.float() if multi else labels, batch_size).logits.float()
+        probs = logits.sigmoid() if multi else logits.softmax(1)
         total = probs if total is None else total + probs
-    # log of the mean probability: softmax gives the mean back, so metrics() scores the ensemble
-    result = metrics((total / len(members)).clamp_min(1e-12).log(), labels.cpu(), members[0].classes)
+    mean = total / len(members)
+    if multi:  # logit of the mean: sigmoid gives it back to the metrics
+        result = multilabel_metrics(torch.logit(mean, eps=1e-7), labels.float().cpu(), members[0].classes,
+                                    members[0].thresholds)
+    else:  # log of the mean probability: softmax gives the mean back, so metrics() scores the ensemble
+        result = metrics(mean.clamp_min(1e-12).log(), labels.cpu(), members[0].classes)
     result["members"] = [m.source for m in members]
     return result
 
@@ -189,7 +192,7 @@ def _figures(folder: Path, p: Classifier, images, labels: torch.Tensor, probs: t
     rows = sorted(set(worst) | set(pick))  # only the images shown are read: a split may be on disk or in files
     pixels = images[torch.tensor(rows)]
     at = {r: j for j, r in enumerate(rows)}
-    shown = _hwc(pixels)
+    shown = plots.hwc(pixels)
 
     def grid(chosen: list[int], path: Path, suptitle: str) -> None:
         plots.image_grid(shown[[at[i] for i in chosen]], [title(i) for i in chosen],

@@ -131,6 +131,13 @@ def default_thresholds(classes: list[str], why: str) -> dict:
             "f1_at_fit": [None] * len(classes), "notes": [why]}
 
 
+def decision_thresholds(model) -> torch.Tensor:
+    """(K,) the thresholds a multi-label model (Classifier, Predictor or export) decides with: its own,
+    else DEFAULT for every class."""
+    t = getattr(model, "thresholds", None)
+    return torch.full((len(model.classes),), DEFAULT) if t is None else t.float().cpu()
+
+
 def write_thresholds(path: Path, fitted: dict) -> None:
     # never rounded: a threshold is one val image's probability, and rounding would move that image's side
     write_json(path, fitted)
@@ -251,7 +258,7 @@ def settle_thresholds(run_dir: Path, p: Classifier, val, opts: Options) -> tuple
 def _tta(p: Classifier, images, targets, thresholds, opts: Options) -> dict:
     """Scores of the mean (or max) of each class's sigmoid over ``opts.tta`` views; never renormalised."""
     start = time.perf_counter()
-    probs = combine_views(lambda x: p.logits(x, opts.batch_size).sigmoid(), images, views=opts.tta,
+    probs = combine_views(lambda x: p.probabilities(x, opts.batch_size), images, views=opts.tta,
                           reduce=opts.reduce, augment=p.augment, batch_size=opts.batch_size, normalise=False)
     seconds = time.perf_counter() - start
     m = multilabel_metrics(torch.logit(probs, eps=1e-7), targets, p.classes, thresholds)  # sigmoid gives probs back
@@ -276,19 +283,6 @@ def _figures(folder: Path, p: Classifier, images: torch.Tensor, result: dict) ->
     plots.image_grid(shown, [f"true {names(w['true'])}\npred {names(w['predicted'])}" for w in worst],
                      ["tab:green" if set(w["true"]) == set(w["predicted"]) else "tab:red" for w in worst],
                      folder / "top_losses.png", suptitle="highest loss: true label set, predicted label set")
-
-
-def multilabel_ensemble(members: list[Classifier], images: torch.Tensor, targets: torch.Tensor, *,
-                        batch_size: int) -> dict:
-    """Mean sigmoid probability over the members (snapshot-K.pt), scored at the first member's thresholds."""
-    total = None
-    for member in members:
-        probs = infer_images(member, images, targets.float(), batch_size).logits.float().sigmoid()
-        total = probs if total is None else total + probs
-    result = multilabel_metrics(torch.logit(total / len(members), eps=1e-7), targets.float().cpu(),
-                                members[0].classes, members[0].thresholds)
-    result["members"] = [m.source for m in members]
-    return result
 
 
 def format_multilabel_table(result: dict, *, limit: int = 50) -> str:

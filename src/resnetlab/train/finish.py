@@ -58,32 +58,25 @@ def finish_run(s: Session, console: Console) -> dict:
     splits = s.data.splits
     opts = Options(batch_size=s.cfg.train.eval_batch_size, figures=s.cfg.train.report, tta=s.cfg.train.final_tta,
                    thresholds_from=_parent_thresholds(s.cfg))
-    if model.multi_label and not (s.cfg.train.final_test and "test" in splits):
+    scored = s.cfg.train.final_test and "test" in splits
+    val = split_images(splits["val"], model) if "val" in splits and (scored or model.multi_label) else None
+    if model.multi_label and not scored:
         # predict, export and serve decide with thresholds.json: fitted on val even with no test to score
-        val = split_images(splits["val"], model) if "val" in splits else None
         console.print(f"thresholds: {settle_thresholds(s.run_dir, model, val, opts)[1]}")
     if not s.cfg.train.final_test:
         console.print(f"done; the test split was not looked at (train.final_test=false); model {model.source}")
     elif "test" not in splits:
         console.print(f"done; no test split in this data set, so nothing was scored on test; model {model.source}")
     else:
-        val = split_images(splits["val"], model) if "val" in splits else None
         images, labels = split_images(splits["test"], model)
         result = evaluate_split(s.run_dir, model, "test", images, labels, opts, val=val)
         chosen = "chosen on val" if model.source.startswith(rf.BEST) else "no val split to choose on"
-        if model.multi_label:
-            _print_multilabel(console, result, model.source, chosen)
-            out["test"] = result
-            return _end(s, console, out)
-        console.print(
-            f"test top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  "
-            f"(n={result['n']}, {model.source}: {chosen}; {result['images_per_s']:.0f} img/s)"
-        )
-        if "tta" in result:  # the same images, scored once more with views of the training augmentation
-            console.print(f"test top-1 with TTA ({result['tta']['views']} views, {result['tta']['reduce']}) "
-                          f"{100 * result['tta']['top1']:.2f}%  (n={result['n']})")
+        (_print_multilabel if model.multi_label else _print_single_label)(console, result, model.source, chosen)
         out["test"] = result
-    return _end(s, console, out)
+    if s.cfg.train.report and s.cfg.train.final_test:
+        console.print(f"report: {build_report(s.run_dir)}")
+    console.print(f"run folder: {s.run_dir}")
+    return out
 
 
 def _parent_thresholds(cfg: Config) -> Path | None:
@@ -91,11 +84,14 @@ def _parent_thresholds(cfg: Config) -> Path | None:
     return Path(cfg.data.split_file).parent / rf.THRESHOLDS if cfg.data.merge_val and cfg.data.split_file else None
 
 
-def _end(s: Session, console: Console, out: dict) -> dict:
-    if s.cfg.train.report and s.cfg.train.final_test:
-        console.print(f"report: {build_report(s.run_dir)}")
-    console.print(f"run folder: {s.run_dir}")
-    return out
+def _print_single_label(console: Console, result: dict, source: str, chosen: str) -> None:
+    console.print(
+        f"test top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  "
+        f"(n={result['n']}, {source}: {chosen}; {result['images_per_s']:.0f} img/s)"
+    )
+    if "tta" in result:  # the same images, scored once more with views of the training augmentation
+        console.print(f"test top-1 with TTA ({result['tta']['views']} views, {result['tta']['reduce']}) "
+                      f"{100 * result['tta']['top1']:.2f}%  (n={result['n']})")
 
 
 def _print_multilabel(console: Console, result: dict, source: str, chosen: str) -> None:

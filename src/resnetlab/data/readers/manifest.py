@@ -13,7 +13,6 @@ rather than drawing them again.
 from __future__ import annotations
 
 import csv
-import io
 import os
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from resnetlab.data.catalog import SPLITS, Catalog, from_files, strata
 from resnetlab.errors import UserError
+from resnetlab.io import csv_text
 
 _SPLIT_ALIASES = {"": "train", "training": "train", "valid": "val", "validation": "val", "testing": "test"}
 
@@ -132,25 +132,25 @@ def label_set_catalog(paths: list[str], keys: list[str], sets: list[tuple[str, .
     one-class summary in ``labels`` (held-out splits are drawn from the targets: data/split.py)."""
     names = _sorted_names({n for labels in sets for n in labels})
     index = {n: i for i, n in enumerate(names)}
-    targets = np.zeros((len(sets), len(names)), dtype=np.uint8)
-    for row, labels in enumerate(sets):
-        targets[row, [index[n] for n in labels]] = 1
+    targets = _multi_hot([[index[n] for n in labels] for labels in sets], len(names))
     catalog = from_files(names, names, paths, keys, strata(targets), splits)
     catalog.targets = targets
     return catalog
 
 
+def _multi_hot(ids: list[list[int]], k: int) -> np.ndarray:
+    """(N, k) uint8: row i is 1 at the class indices ids[i]."""
+    out = np.zeros((len(ids), k), dtype=np.uint8)
+    for row, classes in enumerate(ids):
+        out[row, classes] = 1
+    return out
+
+
 def split_file_text(catalog: Catalog) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["key", "label", "split"])
-    if catalog.targets is not None:  # multi-label: the names joined by spaces, '' for none
-        labels = [" ".join(catalog.classes[k] for k in np.flatnonzero(row)) for row in catalog.targets]
-    else:
-        labels = [catalog.classes[label] for label in catalog.labels.tolist()]
-    for key, label, split in zip(catalog.keys, labels, catalog.splits.tolist()):
-        writer.writerow([key, label, split])
-    return buffer.getvalue()
+    """key,label,split a row; a multi-label row's label is its names joined by spaces ('' for none)."""
+    return csv_text([["key", "label", "split"],
+                     *([key, catalog.label_text(i), split] for i, (key, split) in
+                       enumerate(zip(catalog.keys, catalog.splits.tolist())))])
 
 
 def read_split_file(path: Path) -> list[tuple[str, str, str]]:
@@ -197,9 +197,7 @@ def apply_split_file(catalog: Catalog, path: Path, classes: list[str]) -> Catalo
     out.classes = list(classes)
     out.splits = np.array(splits, dtype="<U5")
     if multi:
-        out.targets = np.zeros((len(take), len(classes)), dtype=np.uint8)
-        for row, ids in enumerate(labels):
-            out.targets[row, ids] = 1
+        out.targets = _multi_hot(labels, len(classes))
         out.labels = strata(out.targets)
     else:
         out.labels = np.array([ids[0] for ids in labels], dtype=np.int64)
