@@ -73,3 +73,19 @@ def test_sgdr_restarts_at_cycle_ends():
     for restart in (0, 10, 30):
         assert v[restart] == pytest.approx(BASE)
     assert v[9] < 0.01 and v[29] < 0.01
+
+
+def test_onecycle_rise_in_epochs_is_pct_start_at_the_planned_length_and_free_of_the_length_before_its_end():
+    from resnetlab.train.schedules import length_free_steps
+
+    pinned = ScheduleConfig(name="onecycle", pct_start=0.25, warmup_epochs=0.25 * EPOCHS)  # what a time budget writes
+    assert ours(pinned) == pytest.approx(ours(ScheduleConfig(name="onecycle", pct_start=0.25)), rel=1e-12, abs=0)
+    free = length_free_steps(pinned, SPE)
+    assert free == 15  # the rise: steps 0..14 of 1.5 epochs of 10 steps
+    for total in (20, 37, 200):  # a corrected length keeps the rates of the rise, and only those
+        values = ours(pinned, total)
+        assert values[:free] == ours(pinned)[:free] and values[free + 1] != ours(pinned)[free + 1]
+    assert length_free_steps(ScheduleConfig(name="onecycle", pct_start=0.25), SPE) == 0  # the rise is a share of the length
+    assert length_free_steps(ScheduleConfig(name="cosine", warmup_epochs=2), SPE) == 20
+    assert length_free_steps(ScheduleConfig(name="cosine"), SPE) == 0
+    assert length_free_steps(ScheduleConfig(name="step", milestones=[2]), SPE) == math.inf

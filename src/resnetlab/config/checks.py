@@ -15,7 +15,8 @@ from resnetlab.errors import UserError
 # and the run's name and folder are one for all rungs
 PLAN_KEYS = {"train.time_budget": "the budget is the whole run's", "train.ladder": "rungs do not nest",
              "train.ladder_min_epochs": "the rule is the whole ladder's", "train.epochs": "the plan sets it",
-             "train.steps_per_epoch": "the plan sets it", "train.device": "the hardware is the run's",
+             "train.steps_per_epoch": "the plan sets it", "train.max_steps": "the plan sets it",
+             "train.device": "the hardware is the run's",
              "train.precision": "the hardware chooses it", "train.out_dir": "the run has one folder",
              "train.name": "the run has one folder", "seed": "every rung trains from the run's seed",
              "train.compile": "the run decides it before timing", "train.dist_timeout": "the processes share one"}
@@ -45,6 +46,7 @@ def validate(cfg: Config) -> None:
          "in the CSV is a class (drop labels from its label column to leave them out)"),
         (not (t.time_budget and cfg.stages),
          "train.time_budget sets the epochs of one schedule; with stages, give each stage its epochs instead"),
+        (not (t.max_steps and cfg.stages), "train.max_steps ends one schedule; with stages, give each stage its epochs"),
     ]
     for ok, message in across:
         if not ok:

@@ -113,7 +113,8 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     name: str = _choice("cosine", "constant", "step", "cosine", "onecycle", "poly", "sgdr")
-    # linear warm-up from 0 before the schedule (not for onecycle)
+    # linear warm-up from 0 before the schedule; onecycle: the rise, in epochs, in place of pct_start (a time
+    # budget sets it, so the rise does not move when the run's length is corrected)
     warmup_epochs: float = _ranged(0.0, lambda v: v >= 0, "must be 0 or more")
     # floor, as a fraction of lr (cosine, poly, sgdr)
     min_lr_ratio: float = _ranged(0.0, lambda v: 0 <= v <= 1, "must be in [0, 1]")
@@ -169,6 +170,9 @@ class TrainConfig:
     # that gets the most). budget.json keeps the table it chose from
     ladder: list[dict] = field(default_factory=list)
     ladder_min_epochs: int = _ranged(1, lambda v: v >= 1, "must be at least 1")
+    # the run's last optimiser step, inside its last epoch (0: every step of train.epochs); the schedule ends
+    # there. A time budget sets it when the run corrects its length from its own clock
+    max_steps: int = _ranged(0, lambda v: v >= 0, "must be 0 (every step of train.epochs) or more")
     # batches an epoch (0: the whole training split); a time budget sets it
     steps_per_epoch: int = _ranged(0, lambda v: v >= 0, "must be 0 (all) or more")
     # progressive resizing: px at the start, up to size_end (0 = off)

@@ -42,6 +42,7 @@ from resnetlab.train.checkpoint import save_checkpoint
 from resnetlab.train.distributed import Dist
 from resnetlab.train.sizes import training_size
 from resnetlab.train.session import Session, build_session, checkpoint_state
+from resnetlab.train.schedules import length_free_steps
 from resnetlab.train.stages import lr_for_step
 from resnetlab.train.step import train_step
 
@@ -78,12 +79,18 @@ class Plan:
     rung: int | None = None  # the chosen index of train.ladder; None: no ladder
     rungs: list[dict] = field(default_factory=list)  # the table the rung was chosen from (_decide)
     rule: str = ""
+    # after this many steps the run corrects its length once from its own clock (train/correction.py):
+    # the steps before it have the same rates whatever the length; 0: the schedule allows no correction
+    correct_at: int = 0
+    correction: dict = field(default_factory=dict)  # what the correction measured and chose
 
     def line(self) -> str:
         steps = f"{self.steps} steps" if self.steps == self.full_steps else f"{self.steps} of {self.full_steps} steps"
-        return (f"time budget {_clock(self.budget_s)}: {_rates(self.step_s)}; {self.epoch_overhead_s:.1f} s to "
+        return (f"time budget {clock(self.budget_s)}: {_rates(self.step_s)}; {self.epoch_overhead_s:.1f} s to "
                 f"validate and save an epoch, ~{self.finish_s:.0f} s for the test and report, {self.used_s:.0f} s "
-                f"used so far: {self.epochs} epochs of {steps}, ending at ~{_clock(self.predicted_s)}")
+                f"used so far: {self.epochs} epochs of {steps}, ending at ~{clock(self.predicted_s)}; "
+                + (f"the length is corrected from the run's own clock after step {self.correct_at}"
+                   if self.correct_at else "no correction (the schedule's rates depend on the length from step 1)"))
 
     def table(self) -> list[str]:
         """The ladder's rungs as timed here, the chosen one marked '>'."""
@@ -108,7 +115,7 @@ def _rates(step_s: dict[int, float]) -> str:
     return ", ".join(f"{1000 * v:.0f} ms a step at {k} px" for k, v in sorted(step_s.items()))
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     m, sec = divmod(round(seconds), 60)
     return f"{m}m{sec:02d}s" if m else f"{sec}s"
 
@@ -147,7 +154,21 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
     plan.rule = (f"the first rung that gets {need} epochs, else the one that gets the most" if ladder
                  else "no ladder: the config as it is")
     rcfg.train.epochs, rcfg.train.steps_per_epoch = plan.epochs, (0 if plan.steps == plan.full_steps else plan.steps)
+    plan.correct_at = _pin_rise(rcfg, plan)
     return rcfg, rdata, plan
+
+
+def _pin_rise(cfg: Config, plan: Plan) -> int:
+    """The step after which the run may correct its length (0: never). A one-cycle rise of pct_start of
+    the planned steps becomes schedule.warmup_epochs, the same rates, so it stays put when the length
+    changes; the correction waits for the rise to end (at most half the run), so it is measured on
+    steps of the run itself."""
+    sched = cfg.schedule
+    if sched.name == "onecycle" and not sched.warmup_epochs:
+        sched.warmup_epochs = sched.pct_start * plan.epochs
+    total = plan.epochs * plan.steps
+    at = min(length_free_steps(sched, plan.steps), total // 2)
+    return int(at) if at >= 1 else 0
 
 
 def _measure_rung(cfg: Config, data: DataBundle, hw: Hardware, started: float) -> dict | None:
@@ -165,7 +186,7 @@ def _measure_rung(cfg: Config, data: DataBundle, hw: Hardware, started: float) -
 
 def _epochs(budget: float, used: float, cfg: Config, data: DataBundle, measured: dict) -> int:
     try:
-        return choose(budget, used, **measured, sizes=lambda e: _sizes(cfg, data, e)).epochs
+        return choose(budget, used, **measured, sizes=lambda e: epoch_sizes(cfg, data, e)).epochs
     except UserError:
         return 0
 
@@ -179,7 +200,7 @@ def _decide(budget: float, used: float, ladder: list[dict], need: int, rungs: li
         if measured is None:
             row["note"] = "out of memory"
         else:
-            sizes = lambda e, c=rcfg, d=rdata: _sizes(c, d, e)  # noqa: E731
+            sizes = lambda e, c=rcfg, d=rdata: epoch_sizes(c, d, e)  # noqa: E731
             step = measured["step_s"].get(sizes(1)[0]) or measured["step_s"][max(measured["step_s"])]
             row.update(step_s=measured["step_s"], epoch_s=measured["full_steps"] * step + measured["epoch_overhead_s"])
             try:
@@ -212,7 +233,7 @@ def _refusal(budget: float, ladder: list[dict], rows: list[dict]) -> str:
     if not timed:
         return "no rung of train.ladder fits in the accelerator's memory: add a smaller rung or lower train.batch_size"
     fastest = min(timed, key=lambda r: r["epoch_s"])
-    return (f"time budget {_clock(budget)} is too small for one epoch of any rung of train.ladder: the fastest, "
+    return (f"time budget {clock(budget)} is too small for one epoch of any rung of train.ladder: the fastest, "
             f"rung {fastest['rung']} ({_rung_text(fastest['set'])}), takes ~{fastest['epoch_s']:.0f} s an epoch "
             "here before the test and report; give a longer train.time_budget or add a smaller rung")
 
@@ -222,10 +243,9 @@ def choose(budget: float, used: float, *, step_s: dict[int, float], epoch_overhe
     """The most steps that fit: E epochs of k steps, E - 1 full ones at least. ``sizes(E)`` gives
     each epoch's training side in px for an E-epoch run; ``step_s`` is keyed by px."""
     available = MARGIN * (budget - used) - finish_s
-    lo, hi = min(step_s), max(step_s)
 
-    def cost(size: int) -> float:  # s a step at ``size`` px, linear in pixels between the measured sizes
-        return step_s[hi] if hi == lo else step_s[lo] + (step_s[hi] - step_s[lo]) * (size**2 - lo**2) / (hi**2 - lo**2)
+    def cost(size: int) -> float:
+        return step_cost(step_s, size)
 
     best = None
     for epochs in range(1, 100_000):
@@ -235,10 +255,10 @@ def choose(budget: float, used: float, *, step_s: dict[int, float], epoch_overhe
             if best is None:
                 need = used + (full_steps * per_step + epoch_overhead_s + finish_s) / MARGIN
                 raise UserError(
-                    f"time budget {_clock(budget)} is too small for one epoch here: {full_steps} steps take "
+                    f"time budget {clock(budget)} is too small for one epoch here: {full_steps} steps take "
                     f"~{full_steps * per_step:.0f} s, validating ~{epoch_overhead_s:.0f} s, the test and report "
                     f"~{finish_s:.0f} s, and {used:.0f} s went to loading and timing; give train.time_budget="
-                    f"{_clock(math.ceil(need))} or more, or lower data.image_size or model size")
+                    f"{clock(math.ceil(need))} or more, or lower data.image_size or model size")
             if epochs * k > best[0] * best[1]:
                 best = (epochs, k)
             break
@@ -248,7 +268,13 @@ def choose(budget: float, used: float, *, step_s: dict[int, float], epoch_overhe
     return Plan(budget, used, step_s, epoch_overhead_s, finish_s, epochs, k, full_steps, predicted)
 
 
-def _sizes(cfg: Config, data: DataBundle, epochs: int) -> list[int]:
+def step_cost(step_s: dict[int, float], size: int) -> float:
+    """s a step at ``size`` px, linear in pixels between the measured sizes (keys: px)."""
+    lo, hi = min(step_s), max(step_s)
+    return step_s[hi] if hi == lo else step_s[lo] + (step_s[hi] - step_s[lo]) * (size**2 - lo**2) / (hi**2 - lo**2)
+
+
+def epoch_sizes(cfg: Config, data: DataBundle, epochs: int) -> list[int]:
     """Each epoch's training side in px for an ``epochs``-epoch run."""
     return [training_size(e, epochs=epochs, cfg=cfg.train, image_size=data.image_size) or data.image_size
             for e in range(epochs)]
@@ -259,7 +285,7 @@ def _measure(s: Session) -> dict:
     and for the test split and report, on a probe session (thrown away afterwards)."""
     image = s.data.image_size
     # at the first and last epochs' sizes (they differ with progressive resizing)
-    step_s = {px: _time_steps(s, 0 if px == image else px) for px in {*_sizes(s.cfg, s.data, 2)}}
+    step_s = {px: _time_steps(s, 0 if px == image else px) for px in {*epoch_sizes(s.cfg, s.data, 2)}}
     eval_s = _time_eval(s)  # s an image
     with tempfile.TemporaryDirectory(prefix="resnetlab-budget-") as tmp:
         start = time.perf_counter()
@@ -341,8 +367,17 @@ def report_budget(s: Session, console: Console, *, trained_at: float) -> None:
               "actual_finish_s": round(now - trained_at, 2)}
     if s.dist.main:
         atomic_write_text(s.run_dir / rf.BUDGET, json.dumps({**asdict(plan), **actual}, indent=2) + "\n")
-    console.print(f"time budget {_clock(plan.budget_s)}: the run took {_clock(took)} ({100 * took / plan.budget_s:.0f}%): "
+    console.print(f"time budget {clock(plan.budget_s)}: the run took {clock(took)} ({100 * took / plan.budget_s:.0f}%): "
                   f"steps {actual['actual_steps_s']:.0f} s (planned {actual['planned_steps_s']:.0f}), "
                   f"validating and saving {actual['actual_epoch_overhead_s']:.1f} s an epoch (planned "
                   f"{plan.epoch_overhead_s:.1f}), test and report {actual['actual_finish_s']:.0f} s (planned "
-                  f"{plan.finish_s:.0f})")
+                  f"{plan.finish_s:.0f})" + _corrected_text(plan.correction))
+
+
+def _corrected_text(correction: dict) -> str:
+    if not correction:
+        return ""
+    if correction["max_steps"] is None:
+        return f"; length kept after step {correction['after_step']} ({correction['pace']:.2f}x the timed pace)"
+    return (f"; length corrected after step {correction['after_step']} ({correction['pace']:.2f}x the timed pace): "
+            f"{correction['planned_steps']} -> {correction['max_steps']} steps")

@@ -10,6 +10,7 @@ figures and report.html.
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import time
 from collections import defaultdict
@@ -24,6 +25,7 @@ from resnetlab.evaluate.inference import infer
 from resnetlab.evaluate.metrics import metrics
 from resnetlab.train import distributed
 from resnetlab.train.budget import report_budget
+from resnetlab.train.correction import correct_length
 from resnetlab.train.figures import Curves
 from resnetlab.train.finish import finish_run
 from resnetlab.train.precompute import HeadFeatures
@@ -33,7 +35,7 @@ from resnetlab.train.session import CORRECT, LOSS, SEEN, Session, no_sums, val_s
 from resnetlab.train.sizes import training_size
 from resnetlab.train.stopping import (NonFiniteLoss, Preempted, StopTraining, run_status, signal_name, stop_agreed,
                                      stop_on_signals)
-from resnetlab.train.stages import apply_stage, freeze_bn_statistics, lr_for_step, stage_at
+from resnetlab.train.stages import apply_stage, freeze_bn_statistics, lr_for_step, run_steps, stage_at
 from resnetlab.train.step import train_step
 from resnetlab.train.tensorboard import TensorBoardLogger
 
@@ -45,9 +47,9 @@ FINITE_CHECK_EVERY = 50  # steps between NaN checks: each is a host sync (and a 
 def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console: Console | None = None) -> dict:
     console = console or Console(soft_wrap=True, quiet=not s.dist.main)  # rank 0 speaks for all ranks
     hooks = check_callbacks(callbacks)
-    first, epochs = s.state.epoch, s.cfg.train.epochs  # a resume continues at the epoch its checkpoint names
-    if first >= epochs:
-        raise UserError(f"nothing to train: {s.run_dir} has finished {first} of train.epochs={epochs}; "
+    first = s.state.epoch  # a resume continues at the epoch its checkpoint names
+    if first >= s.cfg.train.epochs:
+        raise UserError(f"nothing to train: {s.run_dir} has finished {first} of train.epochs={s.cfg.train.epochs}; "
                         f"resume with train.epochs={first + 1} or more, or score it with resnetlab evaluate")
     if s.cfg.train.early_stop_patience and "val" not in s.loaders:
         raise UserError("train.early_stop_patience needs a validation split to watch: set data.val_fraction=0.1")
@@ -58,7 +60,8 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         announce(s, console)
         curves = Curves(s.run_dir / rf.CURVES)
         try:
-            for epoch in range(first, epochs):
+            # a time budget may correct train.epochs once, mid-run (train/correction.py): read at each epoch
+            for epoch in itertools.takewhile(lambda e: e < s.cfg.train.epochs, itertools.count(first)):
                 if stop_agreed(s, stop):  # came in the previous epoch's last step
                     raise Preempted(signal_name(stop), s.run_dir, epoch, 0)
                 _enter_stage(s, epoch, console, resumed=epoch == first)
@@ -102,6 +105,7 @@ def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str]
     size = train_size(s, epoch) if s.precomputed is None else 0
     loader = s.loaders["train"] if s.precomputed is None else s.precomputed.loader(epoch)
     progress.start(epoch, completed=first)
+    i = first - 1  # the last step done (a resume at the epoch's end has none left)
     for i, (x, y) in enumerate(loader.epoch(epoch, start=first, size=size), start=first):
         step = epoch * spe + i
         lr = lr_for_step(cfg, step, spe)
@@ -115,19 +119,24 @@ def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str]
                 fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum.detach() / len(y)})
         if i % FINITE_CHECK_EVERY == FINITE_CHECK_EVERY - 1:  # the same steps on every rank: a collective
             check_finite(s, finite, epoch, i)
+        if s.plan is not None and step + 1 == s.plan.correct_at:  # the budget's one look at its own clock
+            progress.say(correct_length(s))
+        last = min(spe, run_steps(cfg, spe) - epoch * spe) - 1  # train.max_steps may end the run inside this epoch
         stop_now = stop_agreed(s, stop, i)
         periodic = cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0
-        if (periodic or stop_now) and i < spe - 1:  # at the epoch's last step, the epoch end saves
+        if (periodic or stop_now) and i < last:  # at the epoch's last step, the epoch end saves
             check_finite(s, finite, epoch, i)
             save_partial(s, epoch, i + 1, sums)
             if stop_now:
                 raise Preempted(signal_name(stop), s.run_dir, epoch, i + 1)
+        if i >= last:
+            break
     seconds = time.perf_counter() - start
-    check_finite(s, finite, epoch, spe - 1)
+    check_finite(s, finite, epoch, i)
     progress.stop()
     loss_sum, correct, seen = distributed.all_sum(sums, d).tolist()
     seen_max = max(seen, 1.0)
-    return {"epoch": epoch + 1, "step": (epoch + 1) * spe, "lr": lr, "train_loss": loss_sum / seen_max,
+    return {"epoch": epoch + 1, "step": epoch * spe + i + 1, "lr": lr, "train_loss": loss_sum / seen_max,
             "train_exact" if s.multi_label else "train_top1": correct / seen_max,
             "train_images": int(seen),  # summed over ranks, bad images left out
             "images_per_s": (seen - seen0) / max(seconds, 1e-9),

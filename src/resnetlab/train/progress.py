@@ -53,6 +53,11 @@ class EpochProgress:
     def stop(self) -> None:
         self.bar.remove_task(self.task)
 
+    def say(self, line: str) -> None:
+        """A line above the live bar (rank 0 only)."""
+        if self.s.dist.main:
+            self.bar.console.print(line)
+
 
 def announce(s: Session, console: Console) -> None:
     """What the run starts with: skipped files, notes, class balance, what trains where, and why this precision."""

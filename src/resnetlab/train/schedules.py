@@ -18,7 +18,7 @@ def lr_at(
     step: int, *, base_lr: float, total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig
 ) -> float:
     if cfg.name == "onecycle":  # has its own warm-up phase
-        return _onecycle(step, base_lr, total_steps, cfg)
+        return _onecycle(step, base_lr, total_steps, steps_per_epoch, cfg)
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
         # (step + 1) so the first step already moves; reaches base_lr at the last warm-up step
@@ -65,10 +65,24 @@ def sgdr_cycle_ends(total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig)
     return ends
 
 
-def _onecycle(step: int, base_lr: float, total_steps: int, cfg: ScheduleConfig) -> float:
+def length_free_steps(cfg: ScheduleConfig, steps_per_epoch: int) -> float:
+    """Steps at the start whose rates do not depend on the run's total steps (math.inf: none do): a run
+    can change its length after them and still be the fixed run of its new length. The warm-up (onecycle:
+    its rise when given in epochs); schedules that count in epochs only (constant, step, sgdr), all."""
+    if cfg.name in ("constant", "step", "sgdr"):
+        return math.inf
+    if cfg.name != "onecycle":
+        return round(cfg.warmup_epochs * steps_per_epoch)  # as lr_at counts them
+    # the rising steps 0 .. rise - 1; without warmup_epochs the rise is pct_start of the total
+    return math.floor(cfg.warmup_epochs * steps_per_epoch)
+
+
+def _onecycle(step: int, base_lr: float, total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig) -> float:
     initial = base_lr / cfg.div_factor
     final = initial / cfg.final_div_factor
-    peak_step = float(cfg.pct_start * total_steps) - 1
+    # the rise: schedule.warmup_epochs when given (a time budget pins it), else pct_start of the run
+    rise = cfg.warmup_epochs * steps_per_epoch if cfg.warmup_epochs else cfg.pct_start * total_steps
+    peak_step = float(rise) - 1
     last_step = total_steps - 1
     if peak_step <= 0 and step == 0:
         # pct_start * total_steps <= 1: a rise of one step or none (torch's OneCycleLR divides by

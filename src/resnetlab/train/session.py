@@ -69,7 +69,9 @@ class TrainState:
         return improved
 
     def checkpoint(self, steps_per_epoch: int) -> dict[str, Any]:
-        return {"epoch": self.epoch, "step_in_epoch": self.step, "global_step": self.epoch * steps_per_epoch + self.step,
+        # at an epoch's start, the steps the finished epochs took (train.max_steps may have ended the last one early)
+        done = self.history[-1]["step"] if self.history and not self.step else self.epoch * steps_per_epoch + self.step
+        return {"epoch": self.epoch, "step_in_epoch": self.step, "global_step": done,
                 "partial": list(self.partial), "history": self.history, "best_top1": self.best_top1}
 
     @classmethod

@@ -38,10 +38,17 @@ def top_lr(cfg: Config, st: StageConfig) -> float:
     return st.lr[-1] if st.lr else cfg.optim.lr
 
 
+def run_steps(cfg: Config, steps_per_epoch: int) -> int:
+    """The run's optimiser steps: every step of train.epochs, or train.max_steps when that ends it sooner
+    (inside the last epoch); the schedule spans them."""
+    every = steps_per_epoch * cfg.train.epochs
+    return min(every, cfg.train.max_steps) if cfg.train.max_steps else every
+
+
 def lr_for_step(cfg: Config, step: int, steps_per_epoch: int) -> float:
     """The head's learning rate at global step ``step`` (other groups get their multiple of it)."""
     if not cfg.stages:
-        return lr_at(step, base_lr=cfg.optim.lr, total_steps=steps_per_epoch * cfg.train.epochs,
+        return lr_at(step, base_lr=cfg.optim.lr, total_steps=run_steps(cfg, steps_per_epoch),
                      steps_per_epoch=steps_per_epoch, cfg=cfg.schedule)
     index, start = stage_at(cfg, step // steps_per_epoch)
     st = cfg.stages[index]

@@ -1,0 +1,90 @@
+"""The time budget's one correction: once the schedule's length-free steps are done (a one-cycle rise,
+a warm-up), the run compares its own clock with the plan and sets the step it ends at.
+
+A plan is timed on a few seconds of steps before the run; on a shared CPU the run's own steps then ran
+5-10% slower or faster for minutes at a time (9-minute demos ended at 92-107% of their budget). The
+steps before ``Plan.correct_at`` have the same rates whatever the run's length, so after them the run
+may end at any step and still be exactly the fixed run of that length: config.yaml gets
+``train.max_steps`` (and ``train.epochs`` to hold it), and a resume or a fixed run replays it.
+
+    pace = (now - plan's start) / (what the plan expected by now)     # one factor, steps and validation
+    end  = now + pace x (steps left x step time + epoch ends left x validation) + test and report
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+
+from resnetlab import run_folder as rf
+from resnetlab.config import save_config
+from resnetlab.io import atomic_write_text
+from resnetlab.train import distributed
+from resnetlab.train.budget import MARGIN, Plan, clock, epoch_sizes, step_cost
+from resnetlab.train.session import Session
+
+
+def correct_length(s: Session) -> str:
+    """Set the run's last step from its pace so far (rank 0 decides for all ranks); config.yaml and
+    budget.json record it. Called once, after ``s.plan.correct_at`` steps. Returns the line to print."""
+    plan, k = s.plan, s.steps_per_epoch
+    done = plan.correct_at
+    if s.dist.main:
+        elapsed = time.monotonic() - s.started
+        decision = corrected_steps(plan, elapsed=elapsed, done=done, k=k,
+                                   sizes=lambda e: epoch_sizes(s.cfg, s.data, e))
+    decision = distributed.broadcast_object(decision if s.dist.main else None, s.dist)
+    plan.correction = decision
+    if decision["max_steps"] is None:
+        return decision["line"]
+    s.cfg.train.max_steps = decision["max_steps"]
+    s.cfg.train.epochs = math.ceil(decision["max_steps"] / k)
+    plan.epochs, plan.predicted_s = s.cfg.train.epochs, decision["predicted_s"]
+    if s.dist.main:
+        save_config(s.cfg, s.run_dir / rf.CONFIG)
+        atomic_write_text(s.run_dir / rf.BUDGET, json.dumps(asdict(plan), indent=2) + "\n")
+    return decision["line"]
+
+
+def corrected_steps(plan: Plan, *, elapsed: float, done: int, k: int, sizes) -> dict:
+    """The step the run should end at (``max_steps``; None: keep the plan) with what it was chosen from.
+    ``elapsed``: s since the run began, after ``done`` steps of ``k`` an epoch; ``sizes(E)``: each
+    epoch's training side in px for an E-epoch run."""
+    epoch = (done - 1) // k  # the epoch of the last step done; its end (validation, saving) is still to come
+    old_sizes, planned = sizes(plan.epochs), plan.epochs * k
+    expected = _steps_s(plan.step_s, old_sizes, k, 0, done) + epoch * plan.epoch_overhead_s
+    pace = (elapsed - plan.used_s) / max(expected, 1e-9)
+    room = (MARGIN * (plan.budget_s - elapsed) - plan.finish_s) / pace  # s left for steps and epoch ends, as planned
+    best = done + 1  # at least one step more: the schedule's last step
+    for epochs in range(epoch + 1, 100_000):
+        new = sizes(epochs)
+        left = room - (epochs - epoch) * plan.epoch_overhead_s - _steps_s(plan.step_s, new, k, done, (epochs - 1) * k)
+        last = min(k, math.floor(left / step_cost(plan.step_s, new[-1]))) if left > 0 else 0
+        if (epochs - 1) * k + last > done:
+            best = (epochs - 1) * k + last
+        if last < k:
+            break
+    epochs = math.ceil(best / k)
+    new = sizes(epochs)
+    if new[:epoch + 1] != old_sizes[:epoch + 1]:  # progressive resizing would change an epoch already begun
+        return {"after_step": done, "pace": round(pace, 4), "planned_steps": planned, "max_steps": None,
+                "line": f"time budget: after {done} steps the run is at {pace:.2f}x the pace it timed; its length "
+                        f"stays at {planned} steps (a new length would resize epochs already trained)"}
+    left = _steps_s(plan.step_s, new, k, done, best) + (epochs - epoch) * plan.epoch_overhead_s
+    predicted = elapsed + pace * left + plan.finish_s
+    return {"after_step": done, "pace": round(pace, 4), "planned_steps": planned, "max_steps": best,
+            "predicted_s": round(predicted, 2),
+            "line": f"time budget: after {done} steps the run is at {pace:.2f}x the pace it timed: {planned} -> "
+                    f"{best} steps ({best / k:.2f} epochs), ending at ~{clock(predicted)}"}
+
+
+def _steps_s(step_s: dict[int, float], sizes: list[int], k: int, start: int, end: int) -> float:
+    """Planned s of steps [start, end), epoch e's steps at ``sizes[e]`` px."""
+    total = 0.0
+    while start < end:
+        stop = min(end, (start // k + 1) * k)
+        total += (stop - start) * step_cost(step_s, sizes[start // k])
+        start = stop
+    return total

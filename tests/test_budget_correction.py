@@ -1,0 +1,88 @@
+"""The time budget corrects the run's length once, from its own clock, and stays the fixed run of the
+length it chose."""
+
+import json
+import math
+
+import torch
+import yaml
+
+from resnetlab.train import budget
+from resnetlab.train.budget import MARGIN, Plan
+from resnetlab.train.checkpoint import load_checkpoint
+from resnetlab.train.correction import corrected_steps
+from resnetlab.train.loop import fit
+from resnetlab.train.prepare import prepare
+
+from tests.conftest import tiny_config
+
+K = 100  # steps an epoch
+
+
+def plan(**changes) -> Plan:
+    # 10 epochs of 100 steps at 0.1 s, 1 s to validate and save each, 5 s for the test and report
+    values = dict(budget_s=300.0, used_s=10.0, step_s={28: 0.1}, epoch_overhead_s=1.0, finish_s=5.0, epochs=10,
+                  steps=K, full_steps=K, predicted_s=125.0)
+    return Plan(**{**values, **changes})
+
+
+def test_the_corrected_end_is_the_last_step_that_fits_at_the_pace_measured():
+    p = plan()
+    done, pace = 250, 1.25  # 2.5 epochs in, 25% slower than timed
+    elapsed = p.used_s + pace * (done * 0.1 + 2 * 1.0)  # 250 steps and 2 epoch ends at 1.25x
+    got = corrected_steps(p, elapsed=elapsed, done=done, k=K, sizes=lambda e: [28] * e)
+    assert got["pace"] == pace
+
+    def end_at(t):  # an independent count: steps and epoch ends still to come, at the measured pace
+        return elapsed + pace * ((t - done) * 0.1 + (math.ceil(t / K) - 2) * 1.0) + p.finish_s
+
+    fits = [t for t in range(done + 1, 20_000) if end_at(t) - elapsed <= MARGIN * (p.budget_s - elapsed)]
+    assert got["max_steps"] == max(fits) and got["predicted_s"] == round(end_at(max(fits)), 2)
+    assert f"after 250 steps the run is at 1.25x the pace it timed: 1000 -> {max(fits)} steps" in got["line"]
+    slow = corrected_steps(p, elapsed=290.0, done=done, k=K, sizes=lambda e: [28] * e)
+    assert slow["max_steps"] == done + 1  # out of time: the schedule still gets its last step
+
+
+def test_a_length_that_would_resize_epochs_already_trained_is_kept():
+    def sizes(epochs):  # progressive resizing: 16 px for the first half of the run, then 28
+        return [16 if e < epochs // 2 else 28 for e in range(epochs)]
+
+    p = plan(step_s={16: 0.05, 28: 0.1})
+    got = corrected_steps(p, elapsed=200.0, done=450, k=K, sizes=sizes)  # 7x slower: ~5.6 epochs, 28 px from epoch 4
+    assert got["max_steps"] is None and "stays at 1000 steps (a new length would resize epochs already trained)" in got["line"]
+
+
+def test_a_budget_run_corrects_its_length_and_equals_the_fixed_run_of_that_length(class_folders, tmp_path, monkeypatch,
+                                                                                  capsys):
+    timed = budget._time_steps
+    monkeypatch.setattr(budget, "_time_steps", lambda s, size: timed(s, size) / 3)  # steps timed 3x too fast
+    extra = ("data.val_fraction=0.25", "schedule.name=onecycle", "augment.hflip=true")
+    s = prepare(tiny_config(class_folders, tmp_path / "budget", *extra, "train.time_budget=12s"), run_name="t")
+    assert s.cfg.schedule.warmup_epochs == 0.25 * s.plan.epochs and s.plan.correct_at > 0  # the rise, pinned
+    planned = s.plan.epochs * s.plan.steps
+    fit(s)
+    out = capsys.readouterr().out
+    saved = yaml.safe_load((s.run_dir / "config.yaml").read_text())
+    record = json.loads((s.run_dir / "budget.json").read_text())
+    corrected = record["correction"]
+    assert corrected["pace"] > 1.5 and corrected["max_steps"] < planned  # it found itself slow and ended sooner
+    assert saved["train"]["max_steps"] == corrected["max_steps"] == s.state.history[-1]["step"]
+    assert saved["train"]["epochs"] == len(s.state.history) == math.ceil(corrected["max_steps"] / s.plan.steps)
+    assert f"after {s.plan.correct_at} steps the run is at" in out and "length corrected after step" in out
+    fixed_keys = [f"train.{k}={saved['train'][k]}" for k in ("epochs", "steps_per_epoch", "max_steps")]
+    fixed = prepare(tiny_config(class_folders, tmp_path / "fixed", *extra, *fixed_keys,
+                                f"schedule.warmup_epochs={saved['schedule']['warmup_epochs']}"), run_name="t")
+    fit(fixed)
+    a, b = load_checkpoint(s.run_dir / "last.pt")["model"], load_checkpoint(fixed.run_dir / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_max_steps_ends_the_run_inside_its_last_epoch_where_the_schedule_ends(class_folders, tmp_path):
+    s = prepare(tiny_config(class_folders, tmp_path, "train.epochs=3", "train.max_steps=9", "schedule.name=onecycle",
+                            "train.batch_size=4", "train.steps_per_epoch=4"), run_name="t")
+    assert s.steps_per_epoch == 4
+    fit(s)
+    assert [h["step"] for h in s.state.history] == [4, 8, 9]
+    final = s.cfg.optim.lr / s.cfg.schedule.div_factor / s.cfg.schedule.final_div_factor
+    assert s.state.history[-1]["lr"] == final  # the one-cycle's last rate, at step 9 of 12
+    assert load_checkpoint(s.run_dir / "last.pt")["global_step"] == 9
