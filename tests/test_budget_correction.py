@@ -4,13 +4,15 @@ length it chose."""
 import json
 import math
 
+import pytest
 import torch
 import yaml
 
+from resnetlab.errors import UserError
 from resnetlab.train import budget
-from resnetlab.train.budget import MARGIN, Plan
+from resnetlab.train.budget import Plan
 from resnetlab.train.checkpoint import load_checkpoint
-from resnetlab.train.correction import corrected_steps
+from resnetlab.train.correction import MARGIN, corrected_steps
 from resnetlab.train.loop import fit
 from resnetlab.train.prepare import prepare
 
@@ -86,3 +88,7 @@ def test_max_steps_ends_the_run_inside_its_last_epoch_where_the_schedule_ends(cl
     final = s.cfg.optim.lr / s.cfg.schedule.div_factor / s.cfg.schedule.final_div_factor
     assert s.state.history[-1]["lr"] == final  # the one-cycle's last rate, at step 9 of 12
     assert load_checkpoint(s.run_dir / "last.pt")["global_step"] == 9
+    more = prepare(None, run_name="t", resume=s.run_dir, overrides=["train.epochs=5"])
+    with pytest.raises(UserError, match=r"finished 3 of train.epochs=5 and reached train.max_steps=9; resume with "
+                                        r"train.max_steps=0 and train.epochs=4 or more"):
+        fit(more)  # more epochs alone would train past the step the run ended at
