@@ -31,8 +31,9 @@ def plan(**changes) -> Plan:
 def test_the_corrected_end_is_the_last_step_that_fits_at_the_pace_measured():
     p = plan()
     done, pace = 250, 1.25  # 2.5 epochs in, 25% slower than timed
-    elapsed = p.used_s + pace * (done * 0.1 + 2 * 1.0)  # 250 steps and 2 epoch ends at 1.25x
-    got = corrected_steps(p, elapsed=elapsed, done=done, k=K, sizes=lambda e: [28] * e)
+    trained = pace * (done * 0.1 + 2 * 1.0)  # 250 steps and 2 epoch ends at 1.25x
+    elapsed = p.used_s + 3.0 + trained  # 3 s to build the run after the plan: not a step, not scaled
+    got = corrected_steps(p, elapsed=elapsed, trained=trained, done=done, k=K, sizes=lambda e: [28] * e)
     assert got["pace"] == pace
 
     def end_at(t):  # an independent count: steps and epoch ends still to come, at the measured pace
@@ -41,7 +42,7 @@ def test_the_corrected_end_is_the_last_step_that_fits_at_the_pace_measured():
     fits = [t for t in range(done + 1, 20_000) if end_at(t) - elapsed <= MARGIN * (p.budget_s - elapsed)]
     assert got["max_steps"] == max(fits) and got["predicted_s"] == round(end_at(max(fits)), 2)
     assert f"after 250 steps the run is at 1.25x the pace it timed: 1000 -> {max(fits)} steps" in got["line"]
-    slow = corrected_steps(p, elapsed=290.0, done=done, k=K, sizes=lambda e: [28] * e)
+    slow = corrected_steps(p, elapsed=290.0, trained=270.0, done=done, k=K, sizes=lambda e: [28] * e)
     assert slow["max_steps"] == done + 1  # out of time: the schedule still gets its last step
 
 
@@ -50,7 +51,7 @@ def test_a_length_that_would_resize_epochs_already_trained_is_kept():
         return [16 if e < epochs // 2 else 28 for e in range(epochs)]
 
     p = plan(step_s={16: 0.05, 28: 0.1})
-    got = corrected_steps(p, elapsed=200.0, done=450, k=K, sizes=sizes)  # 7x slower: ~5.6 epochs, 28 px from epoch 4
+    got = corrected_steps(p, elapsed=200.0, trained=190.0, done=450, k=K, sizes=sizes)  # 7x slower: ~5.6 epochs, 28 px from epoch 4
     assert got["max_steps"] is None and "stays at 1000 steps (a new length would resize epochs already trained)" in got["line"]
 
 

@@ -25,7 +25,7 @@ from resnetlab.evaluate.inference import infer
 from resnetlab.evaluate.metrics import metrics
 from resnetlab.train import distributed
 from resnetlab.train.budget import report_budget
-from resnetlab.train.correction import correct_length
+from resnetlab.train.correction import LengthCorrection
 from resnetlab.train.figures import Curves
 from resnetlab.train.finish import finish_run
 from resnetlab.train.precompute import HeadFeatures
@@ -62,12 +62,13 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         announce(s, console)
         curves = Curves(s.run_dir / rf.CURVES)
         try:
+            correction = LengthCorrection(s) if s.plan is not None and s.plan.correct_at else None
             # a time budget may correct train.epochs once, mid-run (train/correction.py): read at each epoch
             for epoch in itertools.takewhile(lambda e: e < s.cfg.train.epochs, itertools.count(first)):
                 if stop_agreed(s, stop):  # came in the previous epoch's last step
                     raise Preempted(signal_name(stop), s.run_dir, epoch, 0)
                 _enter_stage(s, epoch, console, resumed=epoch == first)
-                record = train_epoch(s, epoch, progress, stop, hooks)
+                record = train_epoch(s, epoch, progress, stop, hooks, correction)
                 if "val" in s.loaders:
                     record.update(val_metrics(s))
                 improved = s.state.end_epoch(record)  # the state now points at the next epoch's start
@@ -93,7 +94,8 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
     return result
 
 
-def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str], hooks) -> dict:
+def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str], hooks,
+                correction: LengthCorrection | None = None) -> dict:
     """One pass over the training split from the state's step (0 unless resumed mid-epoch); returns the
     epoch's record."""
     cfg, d, spe = s.cfg, s.dist, s.steps_per_epoch
@@ -121,8 +123,8 @@ def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str]
                 fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum.detach() / len(y)})
         if i % FINITE_CHECK_EVERY == FINITE_CHECK_EVERY - 1:  # the same steps on every rank: a collective
             check_finite(s, finite, epoch, i)
-        if s.plan is not None and step + 1 == s.plan.correct_at:  # the budget's one look at its own clock
-            progress.say(correct_length(s))
+        if correction is not None and step + 1 == correction.at:  # the budget's one look at its own clock
+            progress.say(correction())
         last = min(spe, run_steps(cfg, spe) - epoch * spe) - 1  # train.max_steps may end the run inside this epoch
         stop_now = stop_agreed(s, stop, i)
         periodic = cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0
