@@ -1,6 +1,7 @@
 """Evaluation: metrics, calibration, rejection, TTA, Grad-CAM, figures and the HTML report in a real browser."""
 
 import csv
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -85,6 +86,15 @@ def test_tta_views_and_grad_cam():
     four = infer_tta(model, images, labels, views=4, reduce="mean")
     again = infer_tta(model, images, labels, views=4, reduce="mean")
     assert torch.equal(four.logits, again.logits) and not torch.allclose(four.logits, one.logits)
+    # where training flipped, the second view is the mirror (a linear model: an untrained ResNet barely
+    # tells one view from another)
+    linear = dataclasses.replace(model, model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3)))
+    mirror = infer_tta(linear, images, labels, views=2, reduce="mean")
+    with torch.no_grad():
+        both = [linear.model(x.float() / 255).softmax(1) for x in (images, images.flip(-1))]
+    assert torch.allclose(mirror.logits.exp(), (both[0] + both[1]) / 2, atol=1e-6)
+    unflipped = dataclasses.replace(linear, augment=AugmentConfig(crop_padding=2, hflip=False))
+    assert not torch.allclose(infer_tta(unflipped, images, labels, views=2, reduce="mean").logits, mirror.logits, atol=1e-3)
     most = infer_tta(model, images, labels, views=4, reduce="max")
     assert torch.allclose(most.logits.exp().sum(1), torch.ones(6), atol=1e-5)
     resnet = get_model("resnet18", num_classes=3).eval()

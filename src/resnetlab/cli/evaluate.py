@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", type=int, default=1, metavar="N",
-                   help="also score N views per image (the image, then training augmentations); 20 as in the GTSRB tutorial")
+                   help="also score N views per image (the image, its mirror where training flipped, then training "
+                        "augmentations); 20 as in the GTSRB tutorial")
     p.add_argument("--tta-reduce", default="mean", choices=["mean", "max"], help="how TTA views combine")
     p.add_argument("--reject-target", type=float, default=None,
                    help="rejection thresholds reject at most this share of known-class val images (default 0.05; "

@@ -128,7 +128,8 @@ def infer_tta(c: Classifier, images: torch.Tensor, labels: torch.Tensor, *, view
 
 def combine_views(probabilities, images: torch.Tensor, *, views: int, reduce: str, augment: AugmentConfig,
                   batch_size: int = 256, seed: int = 0, normalise: bool = True) -> torch.Tensor:
-    """Class probabilities over ``views`` versions of each image: the image itself, then views drawn
+    """Class probabilities over ``views`` versions of each image: the image itself, its mirror where
+    training flipped (the one view every image gets; airbench's TTA starts there too), then views drawn
     with the training augmentation (so flips only where training flipped), one generator per view
     and batch. ``probabilities`` maps uint8 (B, C, H, W) to (B, K); each view streams the images once.
     ``reduce="max"`` rescales rows to sum 1 (softmax); ``normalise=False`` keeps the max as it is
@@ -137,7 +138,9 @@ def combine_views(probabilities, images: torch.Tensor, *, views: int, reduce: st
     for v in range(views):
         parts = []
         for i, x in enumerate(images.split(batch_size)):
-            if v:
+            if v == 1 and augment.hflip:
+                x = x.flip(-1)
+            elif v:
                 x = augment_batch(x, augment, make_generator(seed, 0x77A, v, i))
             parts.append(probabilities(x))
         probs = torch.cat(parts)
