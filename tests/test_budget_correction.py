@@ -8,11 +8,13 @@ import pytest
 import torch
 import yaml
 
+from resnetlab.config import load_config
 from resnetlab.errors import UserError
 from resnetlab.train import budget
 from resnetlab.train.budget import Plan
 from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.train.correction import MARGIN, corrected_steps
+from resnetlab.train.finish import retrain_config
 from resnetlab.train.loop import fit
 from resnetlab.train.prepare import prepare
 
@@ -28,21 +30,27 @@ def plan(**changes) -> Plan:
     return Plan(**{**values, **changes})
 
 
-def test_the_corrected_end_is_the_last_step_that_fits_at_the_pace_measured():
-    p = plan()
-    done, pace = 250, 1.25  # 2.5 epochs in, 25% slower than timed
-    trained = pace * (done * 0.1 + 2 * 1.0)  # 250 steps and 2 epoch ends at 1.25x
-    elapsed = p.used_s + 3.0 + trained  # 3 s to build the run after the plan: not a step, not scaled
-    got = corrected_steps(p, elapsed=elapsed, trained=trained, done=done, k=K, sizes=lambda e: [28] * e)
+@pytest.mark.parametrize("epochs, budget_s, done, pace", [
+    (10, 300.0, 250, 1.25),  # 2.5 epochs in, 25% slower than timed: ends in a later epoch
+    (1, 22.0, 25, 1.0),  # a one-epoch run at its timed pace, little time left: ends in the epoch under way
+    (1, 35.0, 25, 1.0),  # ... with time to spare: into a second epoch
+])
+def test_the_corrected_end_is_the_last_step_that_fits_at_the_pace_measured(epochs, budget_s, done, pace):
+    p = plan(epochs=epochs, budget_s=budget_s)
+    ends_done = (done - 1) // K  # epoch ends already behind the run
+    trained = pace * ((done - 3) * 0.1 + ends_done * 1.0)  # the clock starts after 3 steps
+    elapsed = p.used_s + 0.3 + 2.0 + trained  # 3 steps and 2 s to build the run after the plan: not scaled
+    got = corrected_steps(p, elapsed=elapsed, trained=trained, done=done, k=K, sizes=lambda e: [28] * e, clock_from=3)
     assert got["pace"] == pace
 
     def end_at(t):  # an independent count: steps and epoch ends still to come, at the measured pace
-        return elapsed + pace * ((t - done) * 0.1 + (math.ceil(t / K) - 2) * 1.0) + p.finish_s
+        return elapsed + pace * ((t - done) * 0.1 + (math.ceil(t / K) - ends_done) * 1.0) + p.finish_s
 
     fits = [t for t in range(done + 1, 20_000) if end_at(t) - elapsed <= MARGIN * (p.budget_s - elapsed)]
-    assert got["max_steps"] == max(fits) and got["predicted_s"] == round(end_at(max(fits)), 2)
-    assert f"after 250 steps the run is at 1.25x the pace it timed: 1000 -> {max(fits)} steps" in got["line"]
-    slow = corrected_steps(p, elapsed=290.0, trained=270.0, done=done, k=K, sizes=lambda e: [28] * e)
+    assert got["max_steps"] == max(fits) and got["predicted_s"] == pytest.approx(end_at(max(fits)), abs=0.01)
+    said = f"after {done} steps the run is at {pace:.2f}x the pace it timed: {epochs * K} -> {max(fits)} steps"
+    assert said in got["line"]
+    slow = corrected_steps(p, elapsed=budget_s - 1, trained=budget_s - 12, done=done, k=K, sizes=lambda e: [28] * e)
     assert slow["max_steps"] == done + 1  # out of time: the schedule still gets its last step
 
 
@@ -51,8 +59,10 @@ def test_a_length_that_would_resize_epochs_already_trained_is_kept():
         return [16 if e < epochs // 2 else 28 for e in range(epochs)]
 
     p = plan(step_s={16: 0.05, 28: 0.1})
-    got = corrected_steps(p, elapsed=200.0, trained=190.0, done=450, k=K, sizes=sizes)  # 7x slower: ~5.6 epochs, 28 px from epoch 4
-    assert got["max_steps"] is None and "stays at 1000 steps (a new length would resize epochs already trained)" in got["line"]
+    # 7x slower: ~5.6 epochs, 28 px from epoch 4
+    got = corrected_steps(p, elapsed=200.0, trained=190.0, done=450, k=K, sizes=sizes)
+    assert got["max_steps"] is None
+    assert "stays at 1000 steps (a new length would resize epochs already trained)" in got["line"]
 
 
 def test_a_budget_run_corrects_its_length_and_equals_the_fixed_run_of_that_length(class_folders, tmp_path, monkeypatch,
@@ -72,16 +82,21 @@ def test_a_budget_run_corrects_its_length_and_equals_the_fixed_run_of_that_lengt
     assert saved["train"]["max_steps"] == corrected["max_steps"] == s.state.history[-1]["step"]
     assert saved["train"]["epochs"] == len(s.state.history) == math.ceil(corrected["max_steps"] / s.plan.steps)
     assert f"after {s.plan.correct_at} steps the run is at" in out and "length corrected after step" in out
-    fixed_keys = [f"train.{k}={saved['train'][k]}" for k in ("epochs", "steps_per_epoch", "max_steps")]
-    fixed = prepare(tiny_config(class_folders, tmp_path / "fixed", *extra, *fixed_keys,
-                                f"schedule.warmup_epochs={saved['schedule']['warmup_epochs']}"), run_name="t")
+    # --retrain-on-all plans anew, the rise from pct_start again
+    assert record["pinned_rise"] and retrain_config(s.run_dir).schedule.warmup_epochs == 0
+    # the fixed run is the run's own config.yaml replayed, without the budget
+    replay = load_config(str(s.run_dir / "config.yaml"), ["train.time_budget=", f"train.out_dir={tmp_path / 'fixed'}"])
+    assert replay.train.max_steps == corrected["max_steps"]
+    assert replay.schedule.warmup_epochs == s.cfg.schedule.warmup_epochs
+    fixed = prepare(replay, run_name="t")
     fit(fixed)
     a, b = load_checkpoint(s.run_dir / "last.pt")["model"], load_checkpoint(fixed.run_dir / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_max_steps_ends_the_run_inside_its_last_epoch_where_the_schedule_ends(class_folders, tmp_path):
-    s = prepare(tiny_config(class_folders, tmp_path, "train.epochs=3", "train.max_steps=9", "schedule.name=onecycle",
+    # 5 epochs of 4 steps, ended at step 9: the epochs after it do not train a step each
+    s = prepare(tiny_config(class_folders, tmp_path, "train.epochs=5", "train.max_steps=9", "schedule.name=onecycle",
                             "train.batch_size=4", "train.steps_per_epoch=4"), run_name="t")
     assert s.steps_per_epoch == 4
     fit(s)
@@ -89,7 +104,7 @@ def test_max_steps_ends_the_run_inside_its_last_epoch_where_the_schedule_ends(cl
     final = s.cfg.optim.lr / s.cfg.schedule.div_factor / s.cfg.schedule.final_div_factor
     assert s.state.history[-1]["lr"] == final  # the one-cycle's last rate, at step 9 of 12
     assert load_checkpoint(s.run_dir / "last.pt")["global_step"] == 9
-    more = prepare(None, run_name="t", resume=s.run_dir, overrides=["train.epochs=5"])
-    with pytest.raises(UserError, match=r"finished 3 of train.epochs=5 and reached train.max_steps=9; resume with "
+    more = prepare(None, run_name="t", resume=s.run_dir, overrides=["train.epochs=6"])
+    with pytest.raises(UserError, match=r"finished 3 of train.epochs=6 and reached train.max_steps=9; resume with "
                                         r"train.max_steps=0 and train.epochs=4 or more"):
         fit(more)  # more epochs alone would train past the step the run ended at

@@ -85,6 +85,7 @@ class Plan:
     # the steps before it have the same rates whatever the length; 0: the schedule allows no correction
     correct_at: int = 0
     correction: dict = field(default_factory=dict)  # what the correction measured and chose
+    pinned_rise: bool = False  # schedule.warmup_epochs was set by this plan (pct_start x epochs), not given
 
     def line(self) -> str:
         steps = f"{self.steps} steps" if self.steps == self.full_steps else f"{self.steps} of {self.full_steps} steps"
@@ -92,7 +93,7 @@ class Plan:
                 f"validate and save an epoch, ~{self.finish_s:.0f} s for the test and report, {self.used_s:.0f} s "
                 f"used so far: {self.epochs} epochs of {steps}, ending at ~{clock(self.predicted_s)}; "
                 + (f"the length is corrected from the run's own clock after step {self.correct_at}"
-                   if self.correct_at else "no correction (the schedule's rates depend on the length from step 1)"))
+                   if self.correct_at else "no correction (no early steps whose rates are free of the run's length)"))
 
     def table(self) -> list[str]:
         """The ladder's rungs as timed here, the chosen one marked '>'."""
@@ -156,6 +157,7 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
     plan.rule = (f"the first rung that gets {need} epochs, else the one that gets the most" if ladder
                  else "no ladder: the config as it is")
     rcfg.train.epochs, rcfg.train.steps_per_epoch = plan.epochs, (0 if plan.steps == plan.full_steps else plan.steps)
+    rcfg.train.max_steps = 0  # a correction sets it, during the run
     plan.correct_at = _pin_rise(rcfg, plan)
     return rcfg, rdata, plan
 
@@ -167,7 +169,7 @@ def _pin_rise(cfg: Config, plan: Plan) -> int:
     steps of the run itself."""
     sched = cfg.schedule
     if sched.name == "onecycle" and not sched.warmup_epochs:
-        sched.warmup_epochs = sched.pct_start * plan.epochs
+        sched.warmup_epochs, plan.pinned_rise = sched.pct_start * plan.epochs, True
     total = plan.epochs * plan.steps
     at = min(length_free_steps(sched, plan.steps), total // 2)
     return int(at) if at >= 1 else 0

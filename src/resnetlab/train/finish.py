@@ -20,6 +20,7 @@ from resnetlab.config import Config
 from resnetlab.data.readers.manifest import read_split_file
 from resnetlab.device import inference_precision
 from resnetlab.errors import UserError
+from resnetlab.io import read_json
 from resnetlab.evaluate.evaluator import Options, evaluate_split, split_images
 from resnetlab.evaluate.inference import Classifier
 from resnetlab.evaluate.multilabel import settle_thresholds
@@ -113,4 +114,7 @@ def retrain_config(run: Path) -> Config:
         raise UserError(f"{run} has no validation split to add to training: --retrain-on-all needs one")
     cfg.data.split_file, cfg.data.merge_val = str(run / rf.SPLIT), True
     cfg.train.name = f"{run.name}-all"
+    # a time budget plans the retrain anew (train.max_steps too): the rise goes back to the recipe's pct_start
+    if cfg.train.time_budget and (run / rf.BUDGET).exists() and read_json(run / rf.BUDGET).get("pinned_rise"):
+        cfg.schedule.warmup_epochs = 0.0
     return cfg

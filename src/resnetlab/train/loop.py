@@ -63,8 +63,7 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         curves = Curves(s.run_dir / rf.CURVES)
         try:
             correction = LengthCorrection(s) if s.plan is not None and s.plan.correct_at else None
-            # a time budget may correct train.epochs once, mid-run (train/correction.py): read at each epoch
-            for epoch in itertools.takewhile(lambda e: e < s.cfg.train.epochs, itertools.count(first)):
+            for epoch in itertools.takewhile(lambda e: epoch_runs(s, e), itertools.count(first)):
                 if stop_agreed(s, stop):  # came in the previous epoch's last step
                     raise Preempted(signal_name(stop), s.run_dir, epoch, 0)
                 _enter_stage(s, epoch, console, resumed=epoch == first)
@@ -123,8 +122,8 @@ def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str]
                 fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum.detach() / len(y)})
         if i % FINITE_CHECK_EVERY == FINITE_CHECK_EVERY - 1:  # the same steps on every rank: a collective
             check_finite(s, finite, epoch, i)
-        if correction is not None and step + 1 == correction.at:  # the budget's one look at its own clock
-            progress.say(correction())
+        if correction is not None and (line := correction.step_done(step)):  # the budget's one look at its clock
+            progress.say(line)
         last = min(spe, run_steps(cfg, spe) - epoch * spe) - 1  # train.max_steps may end the run inside this epoch
         stop_now = stop_agreed(s, stop, i)
         periodic = cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0
@@ -145,6 +144,12 @@ def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str]
             "train_images": int(seen),  # summed over ranks, bad images left out
             "images_per_s": (seen - seen0) / max(seconds, 1e-9),
             "seconds": round(seconds, 2), "size": size or s.data.image_size}
+
+
+def epoch_runs(s: Session, epoch: int) -> bool:
+    """``epoch`` is within train.epochs and begins before the run's last step (train.max_steps). Read
+    at each epoch: a time budget may correct both once, mid-run (train/correction.py)."""
+    return epoch < s.cfg.train.epochs and epoch * s.steps_per_epoch < run_steps(s.cfg, s.steps_per_epoch)
 
 
 def train_size(s: Session, epoch: int) -> int:
