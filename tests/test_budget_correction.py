@@ -3,17 +3,18 @@ length it chose."""
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
-from resnetlab.config import load_config
+from resnetlab.config import Config, load_config
 from resnetlab.errors import UserError
 from resnetlab.train import budget
 from resnetlab.train.budget import Plan
 from resnetlab.train.checkpoint import load_checkpoint
-from resnetlab.train.correction import MARGIN, corrected_steps
+from resnetlab.train.correction import MARGIN, LengthCorrection, corrected_steps
 from resnetlab.train.finish import retrain_config
 from resnetlab.train.loop import fit
 from resnetlab.train.prepare import prepare
@@ -37,21 +38,34 @@ def plan(**changes) -> Plan:
 ])
 def test_the_corrected_end_is_the_last_step_that_fits_at_the_pace_measured(epochs, budget_s, done, pace):
     p = plan(epochs=epochs, budget_s=budget_s)
-    ends_done = (done - 1) // K  # epoch ends already behind the run
-    trained = pace * ((done - 3) * 0.1 + ends_done * 1.0)  # the clock starts after 3 steps
-    elapsed = p.used_s + 0.3 + 2.0 + trained  # 3 steps and 2 s to build the run after the plan: not scaled
-    got = corrected_steps(p, elapsed=elapsed, trained=trained, done=done, k=K, sizes=lambda e: [28] * e, clock_from=3)
-    assert got["pace"] == pace
+    ends_done, end_s = (done - 1) // K, 1.5  # epoch ends behind the run; each took 1.5 s (1 s planned)
+    elapsed = p.used_s + 2.0 + pace * done * 0.1 + ends_done * end_s  # 2 s to build the run after the plan
+    got = corrected_steps(p, elapsed=elapsed, done=done, k=K, pace=pace, end_s=end_s, sizes=lambda e: [28] * e)
 
     def end_at(t):  # an independent count: steps and epoch ends still to come, at the measured pace
-        return elapsed + pace * ((t - done) * 0.1 + (math.ceil(t / K) - ends_done) * 1.0) + p.finish_s
+        return elapsed + pace * (t - done) * 0.1 + (math.ceil(t / K) - ends_done) * end_s + p.finish_s
 
     fits = [t for t in range(done + 1, 20_000) if end_at(t) - elapsed <= MARGIN * (p.budget_s - elapsed)]
     assert got["max_steps"] == max(fits) and got["predicted_s"] == pytest.approx(end_at(max(fits)), abs=0.01)
-    said = f"after {done} steps the run is at {pace:.2f}x the pace it timed: {epochs * K} -> {max(fits)} steps"
+    said = f"after {done} steps the run's steps are at {pace:.2f}x the pace it timed, an epoch end 1.5 s: " \
+           f"{epochs * K} -> {max(fits)} steps"
     assert said in got["line"]
-    slow = corrected_steps(p, elapsed=budget_s - 1, trained=budget_s - 12, done=done, k=K, sizes=lambda e: [28] * e)
+    slow = corrected_steps(p, elapsed=budget_s - 1, done=done, k=K, pace=pace, end_s=end_s, sizes=lambda e: [28] * e)
     assert slow["max_steps"] == done + 1  # out of time: the schedule still gets its last step
+
+
+def test_the_pace_is_timed_on_steps_inside_epochs_and_epoch_ends_apart():
+    p = plan(epochs=4, steps=10, full_steps=10, correct_at=35)
+    correction = LengthCorrection(SimpleNamespace(plan=p, steps_per_epoch=10, cfg=Config(),
+                                                  data=SimpleNamespace(image_size=28)))
+    now = 0.0
+    # 0.11 s a step (0.1 planned); 5 s before the first 3 and 3 s for the first epoch end (one-off costs,
+    # off the clock), then 1.5 s an epoch end
+    for step in range(30):
+        now += 0.11 + {0: 5.0, 10: 3.0, 20: 1.5}.get(step, 0.0)
+        assert correction.step_done(step, now) is None
+    pace, end_s = correction.measured()
+    assert pace == pytest.approx(1.1) and end_s == pytest.approx(1.5)
 
 
 def test_a_length_that_would_resize_epochs_already_trained_is_kept():
@@ -60,7 +74,7 @@ def test_a_length_that_would_resize_epochs_already_trained_is_kept():
 
     p = plan(step_s={16: 0.05, 28: 0.1})
     # 7x slower: ~5.6 epochs, 28 px from epoch 4
-    got = corrected_steps(p, elapsed=200.0, trained=190.0, done=450, k=K, sizes=sizes)
+    got = corrected_steps(p, elapsed=200.0, done=450, k=K, pace=7.0, end_s=1.0, sizes=sizes)
     assert got["max_steps"] is None
     assert "stays at 1000 steps (a new length would resize epochs already trained)" in got["line"]
 
@@ -81,7 +95,7 @@ def test_a_budget_run_corrects_its_length_and_equals_the_fixed_run_of_that_lengt
     assert corrected["pace"] > 1.5 and corrected["max_steps"] < planned  # it found itself slow and ended sooner
     assert saved["train"]["max_steps"] == corrected["max_steps"] == s.state.history[-1]["step"]
     assert saved["train"]["epochs"] == len(s.state.history) == math.ceil(corrected["max_steps"] / s.plan.steps)
-    assert f"after {s.plan.correct_at} steps the run is at" in out and "length corrected after step" in out
+    assert f"after {s.plan.correct_at} steps the run's steps are at" in out and "length corrected after step" in out
     # --retrain-on-all plans anew, the rise from pct_start again
     assert record["pinned_rise"] and retrain_config(s.run_dir).schedule.warmup_epochs == 0
     # the fixed run is the run's own config.yaml replayed, without the budget

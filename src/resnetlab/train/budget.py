@@ -381,7 +381,8 @@ def report_budget(s: Session, console: Console, *, trained_at: float) -> None:
 def _corrected_text(correction: dict) -> str:
     if not correction:
         return ""
+    measured = f"steps at {correction['pace']:.2f}x the timed pace, epoch ends {correction['end_s']:.1f} s"
     if correction["max_steps"] is None:
-        return f"; length kept after step {correction['after_step']} ({correction['pace']:.2f}x the timed pace)"
-    return (f"; length corrected after step {correction['after_step']} ({correction['pace']:.2f}x the timed pace): "
+        return f"; length kept after step {correction['after_step']} ({measured})"
+    return (f"; length corrected after step {correction['after_step']} ({measured}): "
             f"{correction['planned_steps']} -> {correction['max_steps']} steps")

@@ -7,11 +7,15 @@ steps before ``Plan.correct_at`` have the same rates whatever the run's length, 
 may end at any step and still be exactly the fixed run of that length: config.yaml gets
 ``train.max_steps`` (and ``train.epochs`` to hold it), and a resume or a fixed run replays it.
 
-    pace = (s since the first few steps) / (what the plan expected for them)   # one factor, steps and validation
-    end  = now + pace x (steps left x step time + epoch ends left x validation) + test and report
+    pace  = s the run's steps took / s the plan gave them               # steps inside epochs
+    end_s = s an epoch end took (validation, saving, the next epoch's start)
+    end   = now + pace x planned s of the steps left + epoch ends left x end_s + test and report
 
-The pace is counted from the first step, not from the plan: building the run's model and folder
-after the plan took 1-2 s, which in a 3-minute run read as a 5% slower pace and ended it at 94%.
+Both are measured on the run's own steps after its first few, as the planner's timing is (one-off
+costs: allocations, workers, compilation). Counted from the plan instead, building the run's model and
+folder (1-2 s) read as a 5% slower pace and a 3-minute run ended at 94%; with one factor for steps and
+epoch ends together, a 90-second run's first epoch end (the first curves drawn) read as 10% and it
+ended at 93%; with that end timed as the others, at 94%.
 """
 
 from __future__ import annotations
@@ -35,30 +39,45 @@ MARGIN = 0.99
 
 class LengthCorrection:
     """Made by fit() just before the first step of a run with a plan; ``step_done`` is called after
-    every step and acts once, after ``at`` = ``Plan.correct_at`` steps: it sets the run's last step from
-    the pace so far (rank 0 decides for all ranks); config.yaml and budget.json record it. The clock
-    starts after the first WARMUP_STEPS steps, as the planner's timing does: a run's first steps carry
-    one-off costs (allocations, worker start-up, torch.compile, cuDNN's algorithm search) that the rest
-    of the run does not repeat."""
+    every step, times it, and acts once, after ``at`` = ``Plan.correct_at`` steps: it sets the run's last
+    step from the pace so far (rank 0 decides for all ranks); config.yaml and budget.json record it."""
 
     def __init__(self, s: Session):
-        self.s, self.at = s, s.plan.correct_at
-        self.clock_from = WARMUP_STEPS if self.at > 2 * WARMUP_STEPS else 0  # steps left off the clock
-        self.began = time.monotonic()
+        self.s, self.at, self.k = s, s.plan.correct_at, s.steps_per_epoch
+        self.clock_from = WARMUP_STEPS if self.at > 2 * WARMUP_STEPS else 1  # steps left off the clock
+        self.sizes = epoch_sizes(s.cfg, s.data, s.plan.epochs)
+        self.last = time.monotonic()
+        # s taken and s planned: steps inside an epoch; gaps that hold an epoch end (and the next step)
+        self.steps_s = self.steps_planned = self.ends_s = self.ends_planned = 0.0
+        self.ends = 0
 
-    def step_done(self, step: int) -> str | None:
+    def step_done(self, step: int, now: float | None = None) -> str | None:
         """After global step ``step`` (0-based): the correction's line at ``at``, else None."""
-        if step + 1 == self.clock_from:
-            self.began = time.monotonic()
+        now = time.monotonic() if now is None else now
+        if step >= self.clock_from:
+            planned = step_cost(self.s.plan.step_s, self.sizes[step // self.k])
+            if step % self.k:
+                self.steps_s, self.steps_planned = self.steps_s + now - self.last, self.steps_planned + planned
+            elif step >= 2 * self.k:  # the gap holds the previous epoch's end; the first (off the clock) draws
+                # the first curves, matplotlib's import included: 1.8 s where the later ones took 0.9
+                self.ends, self.ends_s, self.ends_planned = self.ends + 1, self.ends_s + now - self.last, \
+                    self.ends_planned + planned
+        self.last = now
         if step + 1 != self.at:
             return None
         s = self.s
         if s.dist.main:
-            now = time.monotonic()
-            decision = corrected_steps(s.plan, elapsed=now - s.started, trained=now - self.began, done=self.at,
-                                       k=s.steps_per_epoch, sizes=lambda e: epoch_sizes(s.cfg, s.data, e),
-                                       clock_from=self.clock_from)
+            pace, end_s = self.measured()
+            decision = corrected_steps(s.plan, elapsed=now - s.started, done=self.at, k=self.k, pace=pace,
+                                       end_s=end_s, sizes=lambda e: epoch_sizes(s.cfg, s.data, e))
         return apply_correction(s, distributed.broadcast_object(decision if s.dist.main else None, s.dist))
+
+    def measured(self) -> tuple[float, float]:
+        """(the steps' pace against the plan, s an epoch end): without a timed epoch end, the plan's at that pace."""
+        pace = self.steps_s / max(self.steps_planned, 1e-9)
+        if not self.ends:
+            return pace, pace * self.s.plan.epoch_overhead_s
+        return pace, max(self.ends_s - pace * self.ends_planned, 0.0) / self.ends
 
 
 def apply_correction(s: Session, decision: dict) -> str:
@@ -76,40 +95,38 @@ def apply_correction(s: Session, decision: dict) -> str:
     return decision["line"]
 
 
-def corrected_steps(plan: Plan, *, elapsed: float, trained: float, done: int, k: int, sizes,
-                    clock_from: int = 0) -> dict:
+def corrected_steps(plan: Plan, *, elapsed: float, done: int, k: int, pace: float, end_s: float, sizes) -> dict:
     """The step the run should end at (``max_steps``; None: keep the plan) with what it was chosen from.
-    ``elapsed``: s since the run began (prepare); ``trained``: s of steps ``clock_from`` .. ``done`` - 1
-    and the epoch ends among them, ``k`` steps an epoch; ``sizes(E)``: each epoch's training side in px
-    for an E-epoch run."""
+    ``elapsed``: s since the run began (prepare), after ``done`` steps of ``k`` an epoch; ``pace``: the
+    steps' s over the plan's; ``end_s``: s an epoch end takes; ``sizes(E)``: each epoch's training side
+    in px for an E-epoch run."""
     epoch = (done - 1) // k  # the epoch of the last step done; its end (validation, saving) is still to come
     old_sizes, planned = sizes(plan.epochs), plan.epochs * k
-    ends = epoch - ((clock_from - 1) // k if clock_from else 0)  # epoch ends on the clock
-    expected = _steps_s(plan.step_s, old_sizes, k, clock_from, done) + ends * plan.epoch_overhead_s
-    pace = trained / max(expected, 1e-9)
-    room = (MARGIN * (plan.budget_s - elapsed) - plan.finish_s) / pace  # s left for steps and epoch ends, as planned
+    room = MARGIN * (plan.budget_s - elapsed) - plan.finish_s  # s left for steps and epoch ends
     best = done + 1  # at least one step more: the schedule's last step
     for epochs in range(epoch + 1, 100_000):
         new = sizes(epochs)
         first = max(done, (epochs - 1) * k)  # where the last epoch's steps still to come begin
-        left = room - (epochs - epoch) * plan.epoch_overhead_s - _steps_s(plan.step_s, new, k, done, first)
+        left = room - (epochs - epoch) * end_s - pace * _steps_s(plan.step_s, new, k, done, first)
         # (+1e-9: 3 s of 0.1 s steps is 30 steps, not 29.999...)
-        end = min(epochs * k, first + math.floor(left / step_cost(plan.step_s, new[-1]) + 1e-9)) if left > 0 else first
+        step = pace * step_cost(plan.step_s, new[-1])
+        end = min(epochs * k, first + math.floor(left / step + 1e-9)) if left > 0 else first
         best = max(best, end)
         if end < epochs * k:
             break
     epochs = math.ceil(best / k)
     new = sizes(epochs)
+    said = (f"time budget: after {done} steps the run's steps are at {pace:.2f}x the pace it timed, an epoch end "
+            f"{end_s:.1f} s")
     if new[:epoch + 1] != old_sizes[:epoch + 1]:  # progressive resizing would change an epoch already begun
-        return {"after_step": done, "pace": round(pace, 4), "planned_steps": planned, "max_steps": None,
-                "line": f"time budget: after {done} steps the run is at {pace:.2f}x the pace it timed; its length "
-                        f"stays at {planned} steps (a new length would resize epochs already trained)"}
-    left = _steps_s(plan.step_s, new, k, done, best) + (epochs - epoch) * plan.epoch_overhead_s
-    predicted = elapsed + pace * left + plan.finish_s
-    return {"after_step": done, "pace": round(pace, 4), "planned_steps": planned, "max_steps": best,
-            "predicted_s": round(predicted, 2),
-            "line": f"time budget: after {done} steps the run is at {pace:.2f}x the pace it timed: {planned} -> "
-                    f"{best} steps ({best / k:.2f} epochs), ending at ~{clock(predicted)}"}
+        return {"after_step": done, "pace": round(pace, 4), "end_s": round(end_s, 3), "planned_steps": planned,
+                "max_steps": None,
+                "line": f"{said}; its length stays at {planned} steps (a new length would resize epochs already "
+                        "trained)"}
+    predicted = elapsed + pace * _steps_s(plan.step_s, new, k, done, best) + (epochs - epoch) * end_s + plan.finish_s
+    return {"after_step": done, "pace": round(pace, 4), "end_s": round(end_s, 3), "planned_steps": planned,
+            "max_steps": best, "predicted_s": round(predicted, 2),
+            "line": f"{said}: {planned} -> {best} steps ({best / k:.2f} epochs), ending at ~{clock(predicted)}"}
 
 
 def _steps_s(step_s: dict[int, float], sizes: list[int], k: int, start: int, end: int) -> float:
