@@ -66,6 +66,11 @@ def test_the_pace_is_timed_on_steps_inside_epochs_and_epoch_ends_apart():
         assert correction.step_done(step, now) is None
     pace, end_s = correction.measured()
     assert pace == pytest.approx(1.1) and end_s == pytest.approx(1.5)
+    one = LengthCorrection(SimpleNamespace(plan=plan(epochs=40, steps=1, full_steps=1, correct_at=20),
+                                           steps_per_epoch=1, cfg=Config(), data=SimpleNamespace(image_size=28)))
+    for step in range(19):  # epochs of one step: every gap holds an epoch end (0.1 s planned + 1 s): one factor
+        one.step_done(step, 1.21 * (step + 1))
+    assert one.measured() == pytest.approx((1.1, 1.1))
 
 
 def test_a_length_that_would_resize_epochs_already_trained_is_kept():
@@ -79,20 +84,24 @@ def test_a_length_that_would_resize_epochs_already_trained_is_kept():
     assert "stays at 1000 steps (a new length would resize epochs already trained)" in got["line"]
 
 
+@pytest.mark.parametrize("skew", [1 / 3, 3.0])  # steps timed 3x too fast, then 3x too slow
 def test_a_budget_run_corrects_its_length_and_equals_the_fixed_run_of_that_length(class_folders, tmp_path, monkeypatch,
-                                                                                  capsys):
+                                                                                  capsys, skew):
     timed = budget._time_steps
-    monkeypatch.setattr(budget, "_time_steps", lambda s, size: timed(s, size) / 3)  # steps timed 3x too fast
+    monkeypatch.setattr(budget, "_time_steps", lambda s, size: timed(s, size) * skew)
     extra = ("data.val_fraction=0.25", "schedule.name=onecycle", "augment.hflip=true")
     s = prepare(tiny_config(class_folders, tmp_path / "budget", *extra, "train.time_budget=12s"), run_name="t")
     assert s.cfg.schedule.warmup_epochs == 0.25 * s.plan.epochs and s.plan.correct_at > 0  # the rise, pinned
-    planned = s.plan.epochs * s.plan.steps
+    planned, planned_epochs = s.plan.epochs * s.plan.steps, s.plan.epochs
     fit(s)
     out = capsys.readouterr().out
     saved = yaml.safe_load((s.run_dir / "config.yaml").read_text())
     record = json.loads((s.run_dir / "budget.json").read_text())
     corrected = record["correction"]
-    assert corrected["pace"] > 1.5 and corrected["max_steps"] < planned  # it found itself slow and ended sooner
+    if skew < 1:  # it found itself slow and ended sooner
+        assert corrected["pace"] > 1.5 and corrected["max_steps"] < planned
+    else:  # fast: it trained on past the epochs it planned
+        assert corrected["pace"] < 0.7 and corrected["max_steps"] > planned and saved["train"]["epochs"] > planned_epochs
     assert saved["train"]["max_steps"] == corrected["max_steps"] == s.state.history[-1]["step"]
     assert saved["train"]["epochs"] == len(s.state.history) == math.ceil(corrected["max_steps"] / s.plan.steps)
     assert f"after {s.plan.correct_at} steps the run's steps are at" in out and "length corrected after step" in out
