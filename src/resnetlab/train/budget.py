@@ -247,13 +247,9 @@ def choose(budget: float, used: float, *, step_s: dict[int, float], epoch_overhe
     """The most steps that fit: E epochs of k steps, E - 1 full ones at least. ``sizes(E)`` gives
     each epoch's training side in px for an E-epoch run; ``step_s`` is keyed by px."""
     available = MARGIN * (budget - used) - finish_s
-
-    def cost(size: int) -> float:
-        return step_cost(step_s, size)
-
     best = None
     for epochs in range(1, 100_000):
-        per_step = sum(cost(z) for z in sizes(epochs))
+        per_step = sum(step_cost(step_s, z) for z in sizes(epochs))
         k = min(full_steps, math.floor((available - epochs * epoch_overhead_s) / per_step))
         if k < full_steps:
             if best is None:
@@ -268,7 +264,7 @@ def choose(budget: float, used: float, *, step_s: dict[int, float], epoch_overhe
             break
         best = (epochs, k)
     epochs, k = best
-    predicted = used + sum(cost(z) for z in sizes(epochs)) * k + epochs * epoch_overhead_s + finish_s
+    predicted = used + sum(step_cost(step_s, z) for z in sizes(epochs)) * k + epochs * epoch_overhead_s + finish_s
     return Plan(budget, used, step_s, epoch_overhead_s, finish_s, epochs, k, full_steps, predicted)
 
 

@@ -49,10 +49,10 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
     hooks = check_callbacks(callbacks)
     first, t = s.state.epoch, s.cfg.train  # a resume continues at the epoch its checkpoint names
     if first >= t.epochs or first * s.steps_per_epoch + s.state.step >= run_steps(s.cfg, s.steps_per_epoch):
-        ends = f"train.max_steps={t.max_steps}; resume with train.max_steps=0 and" if t.max_steps else "; resume with"
-        raise UserError(f"nothing to train: {s.run_dir} has finished {first} of train.epochs={t.epochs}"
-                        f"{' and reached ' + ends if t.max_steps else ends} train.epochs={first + 1} or more, "
-                        "or score it with resnetlab evaluate")
+        resume = (f" and reached train.max_steps={t.max_steps}; resume with train.max_steps=0 and" if t.max_steps
+                  else "; resume with")
+        raise UserError(f"nothing to train: {s.run_dir} has finished {first} of train.epochs={t.epochs}{resume} "
+                        f"train.epochs={first + 1} or more, or score it with resnetlab evaluate")
     if s.cfg.train.early_stop_patience and "val" not in s.loaders:
         raise UserError("train.early_stop_patience needs a validation split to watch: set data.val_fraction=0.1")
     if s.dist.main and s.cfg.train.tensorboard:  # first, so an epoch is logged even if a later callback stops the run
