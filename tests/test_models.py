@@ -134,3 +134,34 @@ def test_resnet9_at_default_settings_does_not_blow_up():
         opt.step()
         losses.append(loss.item())
     assert max(losses) <= losses[0] and losses[-1] < 0.5 * losses[0], losses
+
+
+def _bn_input_sizes(model, x):
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, inp, out: sizes.append(inp[0].shape[-1]))
+             for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    model(x)
+    for h in hooks:
+        h.remove()
+    return sizes
+
+
+def test_resnet9_pool_first_normalises_pooled_maps_and_agrees_in_eval():
+    """resnet9_pool_first's 3 downsampling layers run BN on the pooled map (a quarter of the pixels).
+    With the same weights, in eval mode, and BN weights >= 0, its logits equal resnet9's: BN+ReLU is a
+    non-decreasing map per channel, so it commutes with the max."""
+    torch.manual_seed(0)
+    kw = dict(num_classes=5, in_chans=1, filters=[8, 16, 16, 32])
+    plain, pool_first = get_model("resnet9", **kw), get_model("resnet9_pool_first", **kw)
+    x = torch.randn(3, 1, 16, 16)
+    assert _bn_input_sizes(plain, x) == [16, 16, 8, 8, 8, 4, 2, 2]
+    assert _bn_input_sizes(pool_first, x) == [16, 8, 8, 8, 4, 2, 2, 2]
+    with torch.no_grad():
+        for m in plain.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
+    # the same tensors in the same order: only the pool's place differs
+    pool_first.load_state_dict(dict(zip(pool_first.state_dict(), plain.state_dict().values())))
+    plain.eval(), pool_first.eval()
+    assert torch.allclose(pool_first(x), plain(x), atol=1e-5)

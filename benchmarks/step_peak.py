@@ -1,0 +1,126 @@
+"""What fraction of this machine's 3x3 convolution peak a recipe's training step reaches, and where the rest goes.
+
+    .venv/bin/python benchmarks/step_peak.py RECIPE [key=value ...] [--size PX] [--chans C] [--steps N]
+
+- peak: the best TFLOP/s of a 3x3, stride-1 convolution's forward and backward over a few shapes
+  (channels-last, the run's batch), in the precision the run would train in;
+- the step: one SGD step of the recipe's model on random images of the recipe's batch, FLOPs counted
+  by ``torch.utils.flop_counter`` (forward and backward), the median of N timed steps;
+- where the time goes: ``torch.profiler``'s self time per op, grouped (convolution, BatchNorm,
+  max-pool, ReLU, the rest).
+
+No data is read: --size and --chans give the images (defaults: 28 px and 1 channel for
+fashion-mnist, else 32 px and 3). Set RESNETLAB_CPU_BF16=0 to see the fp32 path on a CPU with bf16.
+Prints one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from resnetlab.config import load_config
+from resnetlab.device import autocast, hardware_class, resolve_precision
+from resnetlab.models import get_model
+from resnetlab.train.session import build_optimizer, model_options
+
+GROUPS = {"convolution": "conv", "batch_norm": "batchnorm", "max_pool": "max-pool", "threshold": "relu",
+          "relu": "relu", "clamp_min": "relu", "fill_": "zero-fill", "zero_": "zero-fill"}
+
+
+def conv_peak(batch: int, precision: str, device: torch.device) -> float:
+    """TFLOP/s of the fastest 3x3 convolution (forward + both gradients) among shapes a ResNet-9 has."""
+    best = 0.0
+    for channels, px in ((64, 16), (128, 16), (256, 8)):
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+        x = torch.randn(batch, channels, px, px).to(memory_format=torch.channels_last).requires_grad_(True)
+        flop = 3 * 2 * batch * channels * channels * 9 * px * px  # forward, grad input, grad weight
+        best = max(best, flop / _median_s(lambda: _conv_step(conv, x, device, precision), 8) / 1e12)
+    return best
+
+
+def _conv_step(conv, x, device, precision) -> None:
+    with autocast(device, precision):
+        y = conv(x)
+    y.backward(torch.ones_like(y))
+
+
+def _median_s(fn, n: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--size", type=int)
+    parser.add_argument("--chans", type=int)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    cfg = load_config(args.recipe, args.overrides)
+    gray = cfg.data.dataset == "fashion-mnist"
+    size, chans = args.size or (28 if gray else 32), args.chans or (1 if gray else 3)
+    device = torch.device("cpu")
+    precision = resolve_precision(cfg.train.precision, device)
+    batch = cfg.train.batch_size
+    torch.manual_seed(0)
+    model = get_model(cfg.model.name, num_classes=10, in_chans=chans, **model_options(cfg))
+    model = model.to(memory_format=torch.channels_last).train()
+    opt = build_optimizer(model, cfg.optim)
+    x = torch.randn(batch, chans, size, size).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.optim.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flop = counter.get_total_flops()
+    step_s = _median_s(step, args.steps)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            step()
+    shares = _shares(prof)
+    peak = conv_peak(batch, precision, device)
+    achieved = flop / step_s / 1e12
+    print(f"{hardware_class(device, precision)}; {cfg.model.name} {cfg.model.filters}, batch {batch} of "
+          f"{chans}x{size}x{size}")
+    print(f"step: {flop / 1e9:.1f} GFLOP in {step_s * 1e3:.0f} ms (median of {args.steps}) = {achieved:.3f} TFLOP/s; "
+          f"3x3 conv peak {peak:.3f} TFLOP/s: {100 * achieved / peak:.0f}% of peak")
+    print("self time: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()))
+    print(json.dumps({"model": cfg.model.name, "filters": cfg.model.filters, "precision": precision,
+                      "batch": batch, "size": size, "gflop": round(flop / 1e9, 2), "step_ms": round(step_s * 1e3, 1),
+                      "tflops": round(achieved, 4), "peak_tflops": round(peak, 4),
+                      "shares": {k: round(v, 3) for k, v in shares.items()}}))
+
+
+def _shares(prof) -> dict[str, float]:
+    """Self CPU time per group of ops, as fractions of the whole."""
+    by_group: dict[str, float] = {}
+    for event in prof.key_averages():
+        group = next((g for key, g in GROUPS.items() if key in event.key), "other")
+        by_group[group] = by_group.get(group, 0.0) + event.self_cpu_time_total
+    total = sum(by_group.values())
+    return dict(sorted(((k, v / total) for k, v in by_group.items()), key=lambda kv: -kv[1]))
+
+
+if __name__ == "__main__":
+    main()
