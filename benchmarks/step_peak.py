@@ -2,15 +2,18 @@
 
     .venv/bin/python benchmarks/step_peak.py RECIPE [key=value ...] [--size PX] [--chans C] [--steps N]
 
+On the CPU, in the precision a run there would train in.
 - peak: the best TFLOP/s of a 3x3, stride-1 convolution's forward and backward over a few shapes
   (channels-last, the run's batch), in the precision the run would train in;
-- the step: one SGD step of the recipe's model on random images of the recipe's batch, FLOPs counted
-  by ``torch.utils.flop_counter`` (forward and backward), the median of N timed steps;
-- where the time goes: ``torch.profiler``'s self time per op, grouped (convolution, BatchNorm,
-  max-pool, ReLU, the rest).
+- the step: forward, backward and optimiser step of the recipe's model on random images of the
+  recipe's batch (no EMA update, no data loading), FLOPs counted by ``torch.utils.flop_counter``,
+  the median of N timed steps;
+- where the time goes: ``torch.profiler``'s self time per op, grouped: conv, batchnorm, max-pool,
+  relu, zero-fill (max-pool's backward zeroes its whole input gradient first: ``fill_``) and other
+  (the global max, the loss, the optimiser).
 
-No data is read: --size and --chans give the images (defaults: 28 px and 1 channel for
-fashion-mnist, else 32 px and 3). Set RESNETLAB_CPU_BF16=0 to see the fp32 path on a CPU with bf16.
+No data is read: --size and --chans give the images (defaults: data.image_size, else 28 px for
+fashion-mnist and 32 px for the rest; 1 channel for fashion-mnist, else 3). Set RESNETLAB_CPU_BF16=0 to see the fp32 path on a CPU with bf16.
 Prints one JSON line last.
 """
 
@@ -38,18 +41,22 @@ GROUPS = {"convolution": "conv", "batch_norm": "batchnorm", "max_pool": "max-poo
 def conv_peak(batch: int, precision: str, device: torch.device) -> float:
     """TFLOP/s of the fastest 3x3 convolution (forward + both gradients) among shapes a ResNet-9 has."""
     best = 0.0
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # what autocast feeds the conv
     for channels, px in ((64, 16), (128, 16), (256, 8)):
         conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
-        x = torch.randn(batch, channels, px, px).to(memory_format=torch.channels_last).requires_grad_(True)
+        x = torch.randn(batch, channels, px, px, dtype=dtype).to(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        with autocast(device, precision):
+            grad_out = torch.ones_like(conv(x))
+
+        def fwd_bwd() -> None:
+            with autocast(device, precision):
+                y = conv(x)
+            torch.autograd.grad(y, (x, conv.weight), grad_out)  # nothing accumulates between calls
+
         flop = 3 * 2 * batch * channels * channels * 9 * px * px  # forward, grad input, grad weight
-        best = max(best, flop / _median_s(lambda: _conv_step(conv, x, device, precision), 8) / 1e12)
+        best = max(best, flop / _median_s(fwd_bwd, 8) / 1e12)
     return best
-
-
-def _conv_step(conv, x, device, precision) -> None:
-    with autocast(device, precision):
-        y = conv(x)
-    y.backward(torch.ones_like(y))
 
 
 def _median_s(fn, n: int, warmup: int = 3) -> float:
@@ -73,16 +80,18 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.recipe, args.overrides)
     gray = cfg.data.dataset == "fashion-mnist"
-    size, chans = args.size or (28 if gray else 32), args.chans or (1 if gray else 3)
+    size = args.size or cfg.data.image_size or (28 if gray else 32)
+    chans = args.chans or (1 if gray else 3)
     device = torch.device("cpu")
     precision = resolve_precision(cfg.train.precision, device)
     batch = cfg.train.batch_size
     torch.manual_seed(0)
-    model = get_model(cfg.model.name, num_classes=10, in_chans=chans, **model_options(cfg))
+    classes = cfg.model.num_classes or 10  # the head is a sliver of the FLOPs either way
+    model = get_model(cfg.model.name, num_classes=classes, in_chans=chans, **model_options(cfg))
     model = model.to(memory_format=torch.channels_last).train()
     opt = build_optimizer(model, cfg.optim)
     x = torch.randn(batch, chans, size, size).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
+    y = torch.randint(0, classes, (batch,))
 
     def step() -> None:
         with autocast(device, precision):

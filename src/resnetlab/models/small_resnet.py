@@ -62,10 +62,10 @@ def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
 
 def _conv_pool_bn(c_in: int, c_out: int) -> nn.Sequential:
     # BN and ReLU after the 2x2 pool touch 4x fewer values. They are memory-bound: on a 2-core CPU
-    # they were 30% of a fp32 ResNet-9 step, and this order makes the step 1.2-1.4x faster. In eval
-    # mode, with BN's weight >= 0, BN+ReLU is a non-decreasing map per channel and commutes with the
-    # max: the output equals resnet9's for the same weights. Training differs only in BN's batch
-    # statistics, taken over the pooled maxima.
+    # BN, ReLU and max-pool were 34-40% of a fp32 ResNet-9 step (53-57% in bf16), and this order makes
+    # the step 1.1-1.3x faster (benchmarks/step_peak.py). In eval mode, with BN's weight >= 0, BN+ReLU
+    # is a non-decreasing map per channel and commutes with the max: the output equals resnet9's for
+    # the same weights. Training differs only in BN's batch statistics, taken over the pooled maxima.
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
@@ -144,12 +144,13 @@ def resnet9_pool_first(
     filters: list[int] | None = None,
     zero_init_residual: bool = False,
 ) -> nn.Module:
-    """resnet9 pooling before BN and ReLU in its 3 downsampling layers: 1.2-1.4x faster steps on a CPU"""
-    return ResNet9(num_classes, in_chans, _resnet9_filters(filters), zero_init_residual, pool_first=True)
+    """resnet9 pooling before BN and ReLU in its 3 downsampling layers: 1.1-1.3x faster steps on a CPU"""
+    return ResNet9(num_classes, in_chans, _resnet9_filters(filters, "resnet9_pool_first"), zero_init_residual,
+                   pool_first=True)
 
 
-def _resnet9_filters(filters: list[int] | None) -> list[int]:
+def _resnet9_filters(filters: list[int] | None, name: str = "resnet9") -> list[int]:
     filters = list(filters or [64, 128, 256, 512])
     if len(filters) != 4:
-        raise UserError(f"resnet9 needs 4 filters (prep, layer1, layer2, layer3), got {filters}")
+        raise UserError(f"{name} needs 4 filters (prep, layer1, layer2, layer3), got {filters}")
     return filters
