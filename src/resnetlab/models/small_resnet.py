@@ -93,7 +93,8 @@ class GlobalMaxPool(nn.Module):
 
 
 class ResNet9(nn.Module):
-    """prep -> (conv, pool, residual) -> (conv, pool) -> (conv, pool, residual) -> max-pool -> fc."""
+    """prep -> (conv, pool, residual) -> (conv, pool) -> (conv, pool, residual) -> max-pool -> fc.
+    ``pool_first``: each (conv, pool) pools before its BN and ReLU (``_conv_pool_bn``)."""
 
     def __init__(self, num_classes: int, in_chans: int, filters: list[int], zero_init_residual: bool,
                  pool_first: bool = False):
