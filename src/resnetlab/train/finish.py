@@ -20,13 +20,13 @@ from resnetlab.config import Config
 from resnetlab.data.readers.manifest import read_split_file
 from resnetlab.device import inference_precision
 from resnetlab.errors import UserError
-from resnetlab.io import read_json
 from resnetlab.evaluate.evaluator import Options, evaluate_split, split_images
 from resnetlab.evaluate.inference import Classifier
 from resnetlab.evaluate.multilabel import settle_thresholds
 from resnetlab.evaluate.report import build_report
-from resnetlab.train.checkpoint import load_checkpoint
+from resnetlab.io import read_json
 from resnetlab.run_folder import read_run_config
+from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.train.session import Session
 
 
