@@ -52,6 +52,11 @@ def cpu_has_fast_bf16() -> bool:
     forced = _forced_cpu_bf16()
     if forced is not None:
         return forced == "1"
+    return _cpu_flags_bf16()
+
+
+def _cpu_flags_bf16() -> bool:
+    """What /proc/cpuinfo says: AMX or AVX-512 BF16 (False where there is no /proc, e.g. macOS)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -100,8 +105,18 @@ def hardware_class(device: torch.device, precision: str) -> str:
         return f"GPU {torch.cuda.get_device_name(device)}, {precision}"
     if device.type != "cpu":
         return f"{device.type}, {precision}"
-    kind = "with AVX-512 BF16/AMX" if cpu_has_fast_bf16() else "without AVX-512 BF16/AMX"
-    return f"CPU {kind} ({platform.machine()}, {torch.get_num_threads()} threads), {precision}"
+    has = _cpu_flags_bf16()
+    kind = "with AVX-512 BF16/AMX" if has else "without AVX-512 BF16/AMX"
+    forced = _forced_cpu_bf16()
+    if forced is not None and (forced == "1") != has:
+        kind += f", {CPU_BF16_ENV}={forced}"
+    # the vector width sets a fp32 step's speed as much as bf16 does: ATen's kernels (AVX512, AVX2, ...;
+    # ATEN_CPU_CAPABILITY lowers it) and oneDNN's convolutions (ONEDNN_MAX_CPU_ISA lowers those)
+    isa = torch.backends.cpu.get_cpu_capability()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip()
+    if onednn:
+        isa += f", ONEDNN_MAX_CPU_ISA={onednn}"
+    return f"CPU {kind} ({platform.machine()} {isa}, {torch.get_num_threads()} threads), {precision}"
 
 
 def gemm_tflops(device: torch.device, precision: str, *, size: int = 512, seconds: float = 0.3) -> float:
