@@ -46,12 +46,25 @@ def test_the_corrected_end_is_the_last_step_that_fits_at_the_pace_measured(epoch
         return elapsed + pace * (t - done) * 0.1 + (math.ceil(t / K) - ends_done) * end_s + p.finish_s
 
     fits = [t for t in range(done + 1, 20_000) if end_at(t) - elapsed <= MARGIN * (p.budget_s - elapsed)]
+    assert max(fits) % K == 0 or max(fits) % K * pace * 0.1 >= end_s  # no last epoch shorter than its end (below)
     assert got["max_steps"] == max(fits) and got["predicted_s"] == pytest.approx(end_at(max(fits)), abs=0.01)
     said = f"after {done} steps the run's steps are at {pace:.2f}x the pace it timed, an epoch end 1.5 s: " \
            f"{epochs * K} -> {max(fits)} steps"
     assert said in got["line"]
     slow = corrected_steps(p, elapsed=budget_s - 1, done=done, k=K, pace=pace, end_s=end_s, sizes=lambda e: [28] * e)
     assert slow["max_steps"] == done + 1  # out of time: the schedule still gets its last step
+
+
+@pytest.mark.parametrize("budget_s, fits, kept", [(135.0, 1005, 1000), (136.5, 1020, 1020)])
+def test_a_last_epoch_shorter_than_its_own_end_is_left_off(budget_s, fits, kept):
+    """10 whole epochs and ``fits`` - 1000 steps fit; 5 steps (0.5 s) train for less than an epoch end
+    (1.5 s) takes, so the run ends after epoch 10; 20 steps (2 s) are kept."""
+    p, done, end_s = plan(budget_s=budget_s), 250, 1.5
+    elapsed = p.used_s + 2.0 + done * 0.1 + 2 * end_s
+    end_at = elapsed + (fits - done) * 0.1 + (math.ceil(fits / K) - 2) * end_s + p.finish_s
+    assert end_at - elapsed <= MARGIN * (budget_s - elapsed) < end_at - elapsed + 0.1  # the budget's arithmetic
+    got = corrected_steps(p, elapsed=elapsed, done=done, k=K, pace=1.0, end_s=end_s, sizes=lambda e: [28] * e)
+    assert got["max_steps"] == kept
 
 
 def test_the_pace_is_timed_on_steps_inside_epochs_and_epoch_ends_apart():

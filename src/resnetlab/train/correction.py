@@ -120,6 +120,12 @@ def corrected_steps(plan: Plan, *, elapsed: float, done: int, k: int, pace: floa
         best = max(best, end)
         if end < epochs * k:
             break
+    # a last epoch whose steps take less time than its own end (validation, saving) buys nothing: its few
+    # steps run at the schedule's ~0 lr (8-13-epoch runs added 2-7 steps so, and a 1.5-2 s epoch end)
+    tail = best % k
+    tail_s = pace * tail * step_cost(plan.step_s, sizes(math.ceil(best / k))[-1])
+    if tail and best - tail > done and tail_s < end_s:
+        best -= tail
     epochs = math.ceil(best / k)
     new = sizes(epochs)
     said = (f"time budget: after {done} steps the run's steps are at {pace:.2f}x the pace it timed, an epoch end "
