@@ -121,7 +121,7 @@ def corrected_steps(plan: Plan, *, elapsed: float, done: int, k: int, pace: floa
         if end < epochs * k:
             break
     # a last epoch whose steps take less time than its own end (validation, saving) buys nothing: its few
-    # steps run at the schedule's ~0 lr (8-13-epoch runs added 2-7 steps so, and a 1.5-2 s epoch end)
+    # steps run at the schedule's ~0 lr (two 12-epoch runs added 7 and 2 steps so, each with a 1.5-2 s epoch end)
     tail = best % k
     tail_s = pace * tail * step_cost(plan.step_s, sizes(math.ceil(best / k))[-1])
     if tail and best - tail > done and tail_s < end_s:
