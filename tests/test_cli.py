@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from resnetlab.cli import main
 from tests.conftest import REPO, tiny_overrides
 
 
@@ -57,10 +58,11 @@ def test_models_recipes_env():
         (["train.epochs=0"], "train.epochs must be at least 1"),
     ],
 )
-def test_train_user_errors_leave_no_run_folder(class_folders, tmp_path, args, pattern):
-    overrides = tiny_overrides(class_folders, tmp_path / "runs") + args
-    proc = cli("train", *overrides)
-    assert_one_line_error(proc, pattern)
+def test_train_user_errors_leave_no_run_folder(class_folders, tmp_path, capsys, args, pattern):
+    # main() in this process, as the console script calls it (a process each cost ~4 s of imports);
+    # test_empty_class_folder and test_unknown_recipe check the same through a real process
+    code = main(["train", *tiny_overrides(class_folders, tmp_path / "runs"), *args])
+    assert_one_line_error(subprocess.CompletedProcess([], code, "", capsys.readouterr().err), pattern)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
