@@ -11,7 +11,7 @@ import yaml
 
 from resnetlab.config import Config, load_config
 from resnetlab.errors import UserError
-from resnetlab.train import budget
+from resnetlab.train import probe
 from resnetlab.train.budget import Plan
 from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.train.correction import MARGIN, LengthCorrection, corrected_steps
@@ -100,8 +100,8 @@ def test_a_length_that_would_resize_epochs_already_trained_is_kept():
 @pytest.mark.parametrize("skew", [1 / 3, 3.0])  # steps timed 3x too fast, then 3x too slow
 def test_a_budget_run_corrects_its_length_and_equals_the_fixed_run_of_that_length(class_folders, tmp_path, monkeypatch,
                                                                                   capsys, skew):
-    timed = budget._time_steps
-    monkeypatch.setattr(budget, "_time_steps", lambda s, size: timed(s, size) * skew)
+    timed = probe._mean
+    monkeypatch.setattr(probe, "_mean", lambda times: timed(times) * skew)
     extra = ("data.val_fraction=0.25", "schedule.name=onecycle", "augment.hflip=true")
     s = prepare(tiny_config(class_folders, tmp_path / "budget", *extra, "train.time_budget=12s"), run_name="t")
     assert s.cfg.schedule.warmup_epochs == 0.25 * s.plan.epochs and s.plan.correct_at > 0  # the rise, pinned

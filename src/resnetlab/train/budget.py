@@ -22,10 +22,8 @@ import copy
 import gc
 import json
 import math
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -35,23 +33,17 @@ from resnetlab.config import Config, parse_duration, rung_config
 from resnetlab.data import DataBundle, build_data
 from resnetlab.device import hardware_class
 from resnetlab.errors import UserError
-from resnetlab.evaluate.inference import infer
 from resnetlab.io import atomic_write_text
 from resnetlab.train import distributed
-from resnetlab.train.checkpoint import save_checkpoint
 from resnetlab.train.distributed import Dist
-from resnetlab.train.sizes import training_size
-from resnetlab.train.session import Session, build_session, checkpoint_state
+from resnetlab.train.probe import Probe, epoch_sizes
+from resnetlab.train.session import Session, build_session
 from resnetlab.train.schedules import length_free_steps
-from resnetlab.train.stages import lr_for_step
-from resnetlab.train.step import train_step
 
-# s: figures, calibration and report.html after the test split. At 4 s, seven runs of 3-9 min (10 classes)
-# all took 2.0-2.5 s less for the test and report than planned
-REPORT_S = 2.0
 MARGIN = 0.98  # plan to 98% of what is left: timing noise on a shared CPU is a few percent
-WARMUP_STEPS = 3  # untimed steps before timing
-DIST_TIMED_STEPS = 8  # timed steps under torchrun, the same on every rank
+# a rung read briefly at under this share of the epochs it needs is passed over untimed further: a
+# 5-step reading is within ~10-15% of the full one, so such a rung would not get its epochs
+BRIEF_CUT = 0.75
 
 
 @dataclass(frozen=True)
@@ -105,6 +97,7 @@ class Plan:
                 lines.append(f" {mark} {row['rung']}: {what}: {row['note']}")
                 continue
             fit = f"{row['epochs']} epochs" if row["epochs"] else "not one epoch fits"
+            fit += f" (timed briefly: {min(row['timed_steps'].values())} steps)" if row.get("brief") else ""
             lines.append(f" {mark} {row['rung']}: {what}: {_rates(row['step_s'])}, {row['epoch_s']:.0f} s an "
                          f"epoch: {fit}")
         return lines
@@ -139,7 +132,11 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
         key = repr((rcfg.data, rcfg.model.weights))
         if key not in datas:
             datas[key] = build_data(rcfg, progress=cfg.train.progress, builder=hw.dist.local_rank == 0)
-        measured = _measure_rung(rcfg, datas[key], hw, started)
+        # a rung that a later one may replace is timed briefly first, and on only if it may be chosen
+        brief = i < len(ladder) - 1 and not hw.dist.enabled
+        worth_more = (lambda m, c=rcfg, d=datas[key]: _epochs(budget, time.monotonic() - started, c, d, m)
+                      >= BRIEF_CUT * need) if brief else None
+        measured = _measure_rung(rcfg, datas[key], hw, started, worth_more)
         rungs.append((rcfg, datas[key], measured))
         # every rank steps together (collectives); rank 0's clock decides for all
         fits = distributed.broadcast_object(
@@ -175,22 +172,35 @@ def _pin_rise(cfg: Config, plan: Plan) -> int:
     return int(at) if at >= 1 else 0
 
 
-def _measure_rung(cfg: Config, data: DataBundle, hw: Hardware, started: float) -> dict | None:
-    """A probe session's timings (None when the rung runs out of accelerator memory: the next rung may fit)."""
+def _measure_rung(cfg: Config, data: DataBundle, hw: Hardware, started: float, worth_more) -> dict | None:
+    """A probe session's timings (None when the rung runs out of accelerator memory: the next rung may
+    fit). With ``worth_more`` (a brief reading -> bool), a brief reading first, then the full one only
+    where it says so."""
+    probe = None
     try:
-        return _measure(build_session(cfg, data, device=hw.device, precision=hw.precision, dist=hw.dist,
-                                      compile_wanted=hw.compile_wanted, started=started))
+        probe = Probe(build_session(cfg, data, device=hw.device, precision=hw.precision, dist=hw.dist,
+                                    compile_wanted=hw.compile_wanted, started=started))
+        measured = probe.measure(brief=worth_more is not None)
+        if worth_more is not None and worth_more(measured):
+            measured = probe.measure()
+        return measured
     except torch.OutOfMemoryError:
         return None
     finally:  # the probe's model, optimiser and activations go before the next rung is built
+        probe = None
         gc.collect()
         if hw.device.type == "cuda":
             torch.cuda.empty_cache()
 
 
+def _costs(measured: dict) -> dict:
+    """What choose() plans from: a rung's timings without the record of how they were taken."""
+    return {k: measured[k] for k in ("step_s", "epoch_overhead_s", "finish_s", "full_steps")}
+
+
 def _epochs(budget: float, used: float, cfg: Config, data: DataBundle, measured: dict) -> int:
     try:
-        return choose(budget, used, **measured, sizes=lambda e: epoch_sizes(cfg, data, e)).epochs
+        return choose(budget, used, **_costs(measured), sizes=lambda e: epoch_sizes(cfg, data, e)).epochs
     except UserError:
         return 0
 
@@ -206,9 +216,10 @@ def _decide(budget: float, used: float, ladder: list[dict], need: int, rungs: li
         else:
             sizes = lambda e, c=rcfg, d=rdata: epoch_sizes(c, d, e)  # noqa: E731
             step = measured["step_s"].get(sizes(1)[0]) or measured["step_s"][max(measured["step_s"])]
-            row.update(step_s=measured["step_s"], epoch_s=measured["full_steps"] * step + measured["epoch_overhead_s"])
+            row.update(step_s=measured["step_s"], epoch_s=measured["full_steps"] * step + measured["epoch_overhead_s"],
+                       timed_steps=measured["timed_steps"], brief=measured["brief"])
             try:
-                plans[i] = choose(budget, used, **measured, sizes=sizes)
+                plans[i] = choose(budget, used, **_costs(measured), sizes=sizes)
                 row.update(epochs=plans[i].epochs, steps=plans[i].steps)
             except UserError as e:
                 row["too_small"] = str(e)
@@ -272,86 +283,6 @@ def step_cost(step_s: dict[int, float], size: int) -> float:
     """s a step at ``size`` px, linear in pixels between the measured sizes (keys: px)."""
     lo, hi = min(step_s), max(step_s)
     return step_s[hi] if hi == lo else step_s[lo] + (step_s[hi] - step_s[lo]) * (size**2 - lo**2) / (hi**2 - lo**2)
-
-
-def epoch_sizes(cfg: Config, data: DataBundle, epochs: int) -> list[int]:
-    """Each epoch's training side in px for an ``epochs``-epoch run."""
-    return [training_size(e, epochs=epochs, cfg=cfg.train, image_size=data.image_size) or data.image_size
-            for e in range(epochs)]
-
-
-def _measure(s: Session) -> dict:
-    """Seconds a training step (at the start and full sizes), per epoch of validation and saving,
-    and for the test split and report, on a probe session (thrown away afterwards)."""
-    image = s.data.image_size
-    # at the first and last epochs' sizes (they differ with progressive resizing)
-    step_s = {px: _time_steps(s, 0 if px == image else px) for px in {*epoch_sizes(s.cfg, s.data, 2)}}
-    eval_s = _time_eval(s)  # s an image
-    with tempfile.TemporaryDirectory(prefix="resnetlab-budget-") as tmp:
-        start = time.perf_counter()
-        save_checkpoint(Path(tmp) / "probe.pt", checkpoint_state(s))
-        save_s = 2 * (time.perf_counter() - start)  # last.pt and best.pt (one serialisation, two writes)
-    n = {name: len(split) for name, split in s.data.splits.items()}
-    models = 2 if s.ema is not None and s.cfg.train.eval_raw else 1  # train.eval_raw: val scored twice
-    views = s.cfg.train.final_tta
-    passes = 1 + (views if views > 1 else 0)  # the plain test pass, then the TTA views (the image is one)
-    test = n.get("test", 0) * passes if s.cfg.train.final_test else 0
-    return {"step_s": step_s, "epoch_overhead_s": n.get("val", 0) * eval_s * models + save_s,
-            # the final curves.png (~0.5 s; while training they are redrawn at most once a minute)
-            "finish_s": (test + n.get("val", 0)) * eval_s + (REPORT_S if test and s.cfg.train.report else 0.0) + 0.5,
-            "full_steps": s.loaders["train"].full_steps if not s.cfg.train.limit_batches else len(s.loaders["train"])}
-
-
-def _time_steps(s: Session, size: int) -> float:
-    """Mean seconds of a training step (the slowest left out) after WARMUP_STEPS untimed ones: at
-    least 5 steps and 3 s, at most 30. The first steps after building a model run slow (allocations,
-    convolution algorithm choice): timed with one warm-up step, a GTSRB run's steps read 25% slower
-    than the run's own and it planned 22% short of its budget. The mean, not the median: the run's
-    length is a sum of steps, slow ones included (with the median, a 9-minute demo's steps read
-    152 ms, took ~158 ms in its epochs, and the run ended at 103%)."""
-    s.model.train()
-    times, lr = [], lr_for_step(s.cfg, 0, s.steps_per_epoch)
-    start = time.perf_counter()
-    for i, (x, y) in enumerate(_endless(s, size)):
-        train_step(s, x, y, lr, len(y) * s.dist.world)
-        if s.ema is not None:
-            s.ema.update(s.model)
-        _sync(s)
-        now = time.perf_counter()
-        if i >= WARMUP_STEPS:
-            times.append(now - start)
-        start = now
-        if s.dist.enabled:  # each step is a collective: every rank takes the same count, not its own clock's
-            if len(times) >= DIST_TIMED_STEPS:
-                break
-        elif len(times) >= 30 or (len(times) >= 5 and sum(times) >= 3):
-            break
-    kept = sorted(times)[:-1]  # the slowest one left out: one stall in a 3 s sample would move the mean by tens of %
-    return sum(kept) / len(kept)
-
-
-def _endless(s: Session, size: int):
-    """Training batches at ``size``, epoch after epoch (a split may have fewer batches than the timing needs)."""
-    epoch = 0
-    while True:
-        yield from s.loaders["train"].epoch(epoch, size=size)
-        epoch += 1
-
-
-def _time_eval(s: Session) -> float:
-    """Seconds an image of inference, from one batch of val (or test); 0 when there is neither."""
-    name = next((n for n in ("val", "test") if n in s.loaders), None)
-    if name is None:
-        return 0.0
-    batch = next(iter(s.loaders[name].epoch(0)))
-    out = infer(s.model, iter([batch]), mean=s.mean, std=s.std, device=s.device, precision=s.precision,
-                channels_last=s.cfg.train.channels_last, num_classes=len(s.data.classes))
-    return out.seconds / max(len(out.labels), 1)
-
-
-def _sync(s: Session) -> None:
-    if s.device.type == "cuda":
-        torch.cuda.synchronize(s.device)
 
 
 def report_budget(s: Session, console: Console, *, trained_at: float) -> None:

@@ -29,7 +29,8 @@ from resnetlab import run_folder as rf
 from resnetlab.config import save_config
 from resnetlab.io import atomic_write_text
 from resnetlab.train import distributed
-from resnetlab.train.budget import WARMUP_STEPS, Plan, clock, epoch_sizes, step_cost
+from resnetlab.train.budget import Plan, clock, step_cost
+from resnetlab.train.probe import WARMUP_STEPS, epoch_sizes
 from resnetlab.train.session import Session
 
 # plan to 99% of what is left: the pace is now measured on the run's own steps (a 3-minute run corrected

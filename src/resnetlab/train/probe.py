@@ -1,0 +1,140 @@
+"""Timing a rung on this machine: a throwaway session's training steps, an inference batch and a
+checkpoint save, from which train.time_budget plans (train/budget.py).
+
+A rung that a later rung may replace is first timed briefly (BRIEF_STEPS steps a size); only if
+that reading leaves it a chance of being chosen are its steps timed on to the full rule. On a slow
+machine the full rule costs ~4 s a size: a 3-minute Fashion-MNIST run with AVX2 emulated at an
+AVX2-only EPYC's speed spent ~10 s of its 124 timing two rungs it then rejected.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from resnetlab.evaluate.inference import infer
+from resnetlab.train.checkpoint import save_checkpoint
+from resnetlab.train.session import Session, checkpoint_state
+from resnetlab.train.sizes import training_size
+from resnetlab.train.stages import lr_for_step
+from resnetlab.train.step import train_step
+
+WARMUP_STEPS = 3  # untimed steps before timing
+BRIEF_STEPS = 5  # timed steps a size in a brief reading
+FULL_MIN_S, FULL_MAX_STEPS = 3.0, 30  # the full rule: at least BRIEF_STEPS steps and 3 s, at most 30 steps
+DIST_TIMED_STEPS = 8  # timed steps under torchrun, the same on every rank
+# s: figures, calibration and report.html after the test split. At 4 s, seven runs of 3-9 min (10 classes)
+# all took 2.0-2.5 s less for the test and report than planned
+REPORT_S = 2.0
+
+
+def epoch_sizes(cfg, data, epochs: int) -> list[int]:
+    """Each epoch's training side in px for an ``epochs``-epoch run."""
+    return [training_size(e, epochs=epochs, cfg=cfg.train, image_size=data.image_size) or data.image_size
+            for e in range(epochs)]
+
+
+class Probe:
+    """A probe session's timings so far. ``measure(brief=True)`` then ``measure()`` continue the same
+    steps: the brief reading's steps count towards the full one."""
+
+    def __init__(self, s: Session):
+        self.s = s
+        image = s.data.image_size
+        # at the first and last epochs' sizes (they differ with progressive resizing); 0: the cached size
+        self.sizes = {px: 0 if px == image else px for px in sorted({*epoch_sizes(s.cfg, s.data, 2)})}
+        self.times: dict[int, list[float]] = {px: [] for px in self.sizes}
+        self.batches = {px: _endless(s, size) for px, size in self.sizes.items()}
+        self.fixed: dict | None = None  # inference, saving and step counts: timed once
+
+    def measure(self, *, brief: bool = False) -> dict:
+        """Seconds a training step (by px), per epoch of validation and saving, and for the test split
+        and report; ``timed_steps`` says how many steps each step time is the mean of, ``brief`` whether
+        the reading stopped at BRIEF_STEPS."""
+        for px in self.sizes:
+            self._time_steps(px, brief)
+        if self.fixed is None:
+            self.fixed = _fixed_costs(self.s)
+        return {"step_s": {px: _mean(t) for px, t in self.times.items()}, **self.fixed,
+                "timed_steps": {px: len(t) for px, t in self.times.items()}, "brief": brief}
+
+    def _time_steps(self, px: int, brief: bool) -> None:
+        """Steps at ``px`` timed until the rule is met: WARMUP_STEPS untimed ones first (one when it
+        goes on after a brief reading). The first steps after building a model run slow (allocations,
+        convolution algorithm choice): timed with one warm-up step, a GTSRB run's steps read 25% slower
+        than the run's own and it planned 22% short of its budget."""
+        s, times = self.s, self.times[px]
+        s.model.train()
+        lr = lr_for_step(s.cfg, 0, s.steps_per_epoch)
+        untimed = WARMUP_STEPS if not times else 1
+        start = time.perf_counter()
+        while not self._enough(times, brief):
+            x, y = next(self.batches[px])
+            train_step(s, x, y, lr, len(y) * s.dist.world)
+            if s.ema is not None:
+                s.ema.update(s.model)
+            if s.device.type == "cuda":
+                torch.cuda.synchronize(s.device)
+            now = time.perf_counter()
+            if untimed:
+                untimed -= 1
+            else:
+                times.append(now - start)
+            start = now
+
+    def _enough(self, times: list[float], brief: bool) -> bool:
+        if self.s.dist.enabled:  # each step is a collective: every rank takes the same count, not its own clock's
+            return len(times) >= DIST_TIMED_STEPS
+        if brief:
+            return len(times) >= BRIEF_STEPS
+        return len(times) >= FULL_MAX_STEPS or (len(times) >= BRIEF_STEPS and sum(times) >= FULL_MIN_S)
+
+
+def _mean(times: list[float]) -> float:
+    """The mean with the slowest step left out: one stall in a 3 s sample would move the mean by tens of
+    %. The mean, not the median: the run's length is a sum of steps, slow ones included (with the
+    median, a 9-minute demo's steps read 152 ms, took ~158 ms in its epochs, and the run ended at 103%)."""
+    kept = sorted(times)[:-1]
+    return sum(kept) / len(kept)
+
+
+def _fixed_costs(s: Session) -> dict:
+    """Seconds per epoch of validation and saving, and for the test split and report."""
+    eval_s = _time_eval(s)  # s an image
+    with tempfile.TemporaryDirectory(prefix="resnetlab-budget-") as tmp:
+        start = time.perf_counter()
+        save_checkpoint(Path(tmp) / "probe.pt", checkpoint_state(s))
+        save_s = 2 * (time.perf_counter() - start)  # last.pt and best.pt (one serialisation, two writes)
+    n = {name: len(split) for name, split in s.data.splits.items()}
+    models = 2 if s.ema is not None and s.cfg.train.eval_raw else 1  # train.eval_raw: val scored twice
+    views = s.cfg.train.final_tta
+    passes = 1 + (views if views > 1 else 0)  # the plain test pass, then the TTA views (the image is one)
+    test = n.get("test", 0) * passes if s.cfg.train.final_test else 0
+    report_s = REPORT_S if test and s.cfg.train.report else 0.0
+    return {"epoch_overhead_s": n.get("val", 0) * eval_s * models + save_s,
+            # the final curves.png (~0.5 s; while training they are redrawn at most once a minute)
+            "finish_s": (test + n.get("val", 0)) * eval_s + report_s + 0.5,
+            "full_steps": s.loaders["train"].full_steps if not s.cfg.train.limit_batches else len(s.loaders["train"])}
+
+
+
+def _endless(s: Session, size: int):
+    """Training batches at ``size``, epoch after epoch (a split may have fewer batches than the timing needs)."""
+    epoch = 0
+    while True:
+        yield from s.loaders["train"].epoch(epoch, size=size)
+        epoch += 1
+
+
+def _time_eval(s: Session) -> float:
+    """Seconds an image of inference, from one batch of val (or test); 0 when there is neither."""
+    name = next((n for n in ("val", "test") if n in s.loaders), None)
+    if name is None:
+        return 0.0
+    batch = next(iter(s.loaders[name].epoch(0)))
+    out = infer(s.model, iter([batch]), mean=s.mean, std=s.std, device=s.device, precision=s.precision,
+                channels_last=s.cfg.train.channels_last, num_classes=len(s.data.classes))
+    return out.seconds / max(len(out.labels), 1)
