@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/ladder_table.py RECIPE [key=value ...] [--all]
 
 Prepares the run (data, then the timing of the rungs) without training, prints the hardware class,
-the table and the plan, and deletes the run folder. ``--all`` times every rung (the run would stop
-at the first that gets train.ladder_min_epochs) and says which rung the recipe's rule picks from the
-full table. Set RESNETLAB_CPU_BF16=0 to see the fp32 path on a CPU that has bf16.
+the table and the plan, and deletes the run folder. ``--all`` times every rung in full, each alone
+with its own clock (the run would stop at the first that gets train.ladder_min_epochs, and reads the
+rungs before it briefly), and says which rung the recipe's rule picks from the full table. Set RESNETLAB_CPU_BF16=0 to see the fp32 path on a CPU that has bf16.
 """
 
 from __future__ import annotations
@@ -25,24 +25,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--all", action="store_true", help="time every rung, not only up to the chosen one")
-    args = parser.parse_args()
-    out = Path(tempfile.mkdtemp(prefix="ladder-"))
-    extra = [f"train.out_dir={out}", "train.progress=false"]
-    need = load_config(args.recipe, args.overrides).train.ladder_min_epochs
-    if args.all:
-        extra.append("train.ladder_min_epochs=1000000")
-    s = prepare(load_config(args.recipe, [*args.overrides, *extra]), run_name=Path(args.recipe).stem)
-    plan = s.plan
+    parser.add_argument("--all", action="store_true", help="time every rung in full, not only up to the chosen one")
+    args = parser.parse_intermixed_args()
+    cfg = load_config(args.recipe, args.overrides)
+    need, ladder = cfg.train.ladder_min_epochs, cfg.train.ladder
+    if not args.all:
+        plan = _plan(args.recipe, args.overrides)
+        rows = plan.rungs
+    else:  # each rung alone: a one-rung ladder times its rung in full (a run reads all but the last briefly)
+        plans = [_plan(args.recipe, [*args.overrides, f"train.ladder=[{json.dumps(r)}]"]) for r in ladder]
+        rows = [{**p.rungs[0], "rung": i, "set": ladder[i]} for i, p in enumerate(plans)]
+        plan = plans[0]
+        plan.rungs, plan.rung = rows, None
     for line in plan.table():
         print(line)
-    picks = pick_rung({r["rung"]: r["epochs"] for r in plan.rungs if r.get("epochs")}, need)
+    picks = pick_rung({r["rung"]: r["epochs"] for r in rows if r.get("epochs")}, need)
     print(f"the recipe's rule (first rung with >= {need} epochs, else the most) picks rung {picks}")
-    print(plan.line())
+    if not args.all:
+        print(plan.line())
     print(json.dumps({"hardware": plan.hardware, "rule_picks": picks,
-                      "rungs": [{k: r.get(k) for k in ("rung", "set", "step_s", "epoch_s", "epochs", "steps")}
-                                for r in plan.rungs]}))
-    shutil.rmtree(out, ignore_errors=True)
+                      "rungs": [{k: r.get(k) for k in ("rung", "set", "step_s", "epoch_s", "epochs", "steps", "brief")}
+                                for r in rows]}))
+
+
+def _plan(recipe: str, overrides: list[str]):
+    """The plan the run would make, its data loaded and its rungs timed, without training."""
+    out = Path(tempfile.mkdtemp(prefix="ladder-"))
+    try:
+        return prepare(load_config(recipe, [*overrides, f"train.out_dir={out}", "train.progress=false"]),
+                       run_name=Path(recipe).stem).plan
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":
