@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from resnetlab.data.augment import BatchAugment
-from resnetlab.config import AugmentConfig
+from resnetlab.config import AugmentConfig, load_config
 from resnetlab.data import build_data
-from resnetlab.data.augment import crop_flip, make_generator
+from resnetlab.data.augment import crop_flip, flip_sides, make_generator
 from resnetlab.data.images import load_array
 from resnetlab.data.loader import CachedLoader
 from resnetlab.errors import UserError
@@ -183,6 +183,37 @@ def test_crop_flip_matches_reflect_pad_reference():
         ref = ref.flip(-1) if flip[i] else ref
         assert torch.equal(out[i].float(), ref)
     assert torch.equal(crop_flip(x, AugmentConfig(crop_padding=0, hflip=False), g), x)
+
+
+def _sides_shown(loader, images, epoch):
+    """{image: mirrored?} over one epoch of a loader whose labels are the images' positions."""
+    shown = {}
+    for x, y in loader.epoch(epoch):
+        for xi, i in zip(x, y.tolist()):
+            assert torch.equal(xi, images[i]) or torch.equal(xi, images[i].flip(-1))
+            shown[i] = torch.equal(xi, images[i].flip(-1))
+    return shown
+
+
+def test_alternating_flip_shows_each_image_the_other_side_each_epoch():
+    n = 40
+    # each row a left-to-right ramp, offset by the image's position: mirrored and not are told apart
+    images = (torch.arange(4).view(1, 1, 1, 4) + 5 * torch.arange(n).view(n, 1, 1, 1)).expand(n, 1, 3, 4)
+    images, labels = images.to(torch.uint8).contiguous(), torch.arange(n)
+
+    def loader(alternate):
+        cfg = AugmentConfig(crop_padding=0, hflip=True, hflip_alternate=alternate)
+        augment = BatchAugment(cfg, num_classes=n, sides=flip_sides(n, seed=5) if alternate else None)
+        return CachedLoader(images, labels, batch_size=6, device=torch.device("cpu"), seed=5, shuffle=True,
+                            augment=augment, merge_tail=True)
+
+    shown = [_sides_shown(loader(True), images, e) for e in range(4)]
+    assert all(shown[e][i] != shown[e + 1][i] for e in range(3) for i in range(n))
+    assert 10 < sum(shown[0].values()) < 30  # a random half mirrored first
+    coin = [_sides_shown(loader(False), images, e) for e in range(2)]
+    assert any(coin[0][i] == coin[1][i] for i in range(n))  # coin flips repeat a side: the random path kept
+    with pytest.raises(UserError, match="augment.hflip_alternate alternates the flips augment.hflip makes"):
+        load_config(None, ["augment.hflip=false", "augment.hflip_alternate=true"])
 
 
 def test_loader_is_a_function_of_seed_and_epoch():

@@ -15,7 +15,8 @@ from tests.conftest import tiny_config, write_class_folders
 
 
 @pytest.mark.parametrize("extra", [(), ("augment.rotation=20", "augment.zoom=1.2", "augment.lighting=0.2",
-                                    "augment.policy=trivialaugment", "augment.erasing=0.5", "augment.mixup_alpha=0.4")])
+                                    "augment.policy=trivialaugment", "augment.erasing=0.5", "augment.mixup_alpha=0.4",
+                                    "augment.hflip_alternate=true")])
 def test_streaming_trains_exactly_as_the_cache_does(class_folders, tmp_path, extra):
     """One augmentation path: streamed batches go through the cached path's BatchAugment with the
     same (seed, epoch, step) draws, so the weights are the same, bit for bit, with 2 workers."""

@@ -47,6 +47,8 @@ def validate(cfg: Config) -> None:
         (not (t.time_budget and cfg.stages),
          "train.time_budget sets the epochs of one schedule; with stages, give each stage its epochs instead"),
         (not (t.max_steps and cfg.stages), "train.max_steps ends one schedule; with stages, give each stage its epochs"),
+        (a.hflip or not a.hflip_alternate, "augment.hflip_alternate alternates the flips augment.hflip makes: set "
+         "augment.hflip=true too, or leave hflip_alternate off"),
     ]
     for ok, message in across:
         if not ok:

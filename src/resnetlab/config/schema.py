@@ -59,6 +59,9 @@ class AugmentConfig:
     # px of reflect padding for the random crop; 0 turns it off
     crop_padding: int = _ranged(4, lambda v: v >= 0, "must be 0 or more px")
     hflip: bool = True  # random horizontal flip (off for digits and signs with text)
+    # with hflip: each training image mirrored in every other epoch, a random half in the first (airbench's
+    # alternating flip), instead of a coin flip each epoch
+    hflip_alternate: bool = False
     # degrees: uniform in [-rotation, rotation]
     rotation: float = _ranged(0.0, lambda v: 0 <= v <= 180, "must be in [0, 180] degrees")
     # largest zoom-in: scale uniform in [1, zoom] (fastai's max_zoom)

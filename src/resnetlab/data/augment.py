@@ -37,8 +37,10 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
-def crop_flip(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random crop from a reflect-padded image and random horizontal flip, per image.
+def crop_flip(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+              flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Random crop from a reflect-padded image and random horizontal flip, per image (``flip``, a (N,)
+    bool mask on the CPU, decides the flips instead: the generator's draws stay the same).
 
     images: (N, C, H, W) uint8 on any device. Padding is never materialised: the
     crop offsets and the flip become row and column index maps, one gather does all.
@@ -52,19 +54,31 @@ def crop_flip(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generat
     rows = _reflect(dy + torch.arange(h), h)  # (N, H)
     cols = _reflect(dx + torch.arange(w), w)  # (N, W)
     if cfg.hflip:
-        flip = torch.rand(n, generator=generator) < 0.5
-        cols = torch.where(flip[:, None], cols.flip(1), cols)
+        drawn = torch.rand(n, generator=generator) < 0.5
+        cols = torch.where((drawn if flip is None else flip)[:, None], cols.flip(1), cols)
     dev = images.device
     batch = torch.arange(n, device=dev)[:, None, None, None]
     chan = torch.arange(c, device=dev)[None, :, None, None]
     return images[batch, chan, to_device(rows, dev)[:, None, :, None], to_device(cols, dev)[:, None, None, :]]
 
 
-def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+                  flip: torch.Tensor | None = None) -> torch.Tensor:
     """All training augmentation of a uint8 (N, C, H, W) batch: geometry, crop/flip, lighting."""
     images = affine(images, cfg, generator)
-    images = crop_flip(images, cfg, generator)
+    images = crop_flip(images, cfg, generator, flip)
     return lighting(images, cfg, generator)
+
+
+def flip_sides(count: int, seed: int) -> torch.Tensor:
+    """augment.hflip_alternate: each of ``count`` images' flip in even epochs, a random half (bool
+    (count,)); odd epochs show each the other side. Random flips show an image the same side in
+    consecutive epochs half the time; alternating never does, which airbench (Jordan 2024) found
+    trains as if on more distinct images, most in short runs."""
+    return torch.randint(0, 2, (count,), generator=make_generator(seed, FLIP_KEY)).bool()
+
+
+FLIP_KEY = 0xF11B  # flip_sides' stream: apart from the (seed, epoch) orders and (seed, epoch, step) draws
 
 
 def affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -166,15 +180,21 @@ class BatchAugment:
     soft targets (N, k) float32 when mixup or CutMix is on (every batch then, mixed or not);
     multi-label targets (N, k) stay (N, k)."""
 
-    def __init__(self, cfg: AugmentConfig, *, num_classes: int, fill: tuple[int, ...] = ()):
+    def __init__(self, cfg: AugmentConfig, *, num_classes: int, fill: tuple[int, ...] = (),
+                 sides: torch.Tensor | None = None):
         self.cfg, self.num_classes = cfg, num_classes
         self.fill = torch.tensor(fill or (0,), dtype=torch.uint8)
         self.mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
+        self.sides = sides  # flip_sides() of the split's images: flips alternate by epoch; None: random
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, *,
+                 index: torch.Tensor | None = None, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``index``: the images' positions in the split, which with ``sides`` pick this epoch's flips."""
         cfg = self.cfg
-        images = augment_batch(images, cfg, generator)
+        flip = None
+        if self.sides is not None and index is not None:
+            flip = self.sides[index.cpu()] ^ bool(epoch % 2)
+        images = augment_batch(images, cfg, generator, flip)
         if cfg.policy != "none":
             images = apply_policy(images, cfg.policy, cfg.policy_ops, cfg.policy_magnitude, generator)
         if cfg.erasing:

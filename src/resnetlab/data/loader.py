@@ -122,7 +122,7 @@ class CachedLoader(_Batches):
             x, y = self.images[idx].to(self.labels.device, non_blocking=True), self.labels[idx]
             if self.augment is not None:
                 # drawn for the whole global batch, then sharded: any rank count sees the same images
-                x, y = self.augment(x, y, make_generator(self.seed, epoch, step))
+                x, y = self.augment(x, y, make_generator(self.seed, epoch, step), index=idx, epoch=epoch)
             yield shard(resize_tensor(x, size), self.rank, self.world), shard(y, self.rank, self.world)
 
 
@@ -213,12 +213,12 @@ class StreamLoader(_Batches):
                     if self.on_bad_image == "fail":
                         raise UserError(f"bad image {path}: {err[i]} (set data.on_bad_image=skip to leave it out)")
                     self.skipped[path] = err[i]
-                x, y = x[~bad], y[~bad]  # may leave none: the step is then empty, not skipped
+                x, y, index = x[~bad], y[~bad], index[~bad]  # may leave none: the step is then empty, not skipped
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.augment is not None and len(y):
                 # a rank holds only its own images: its own draws (one process: the cached path's)
                 key = (self.seed, epoch, step) if self.world == 1 else (self.seed, epoch, step, self.rank)
-                x, y = self.augment(x, y, make_generator(*key))
+                x, y = self.augment(x, y, make_generator(*key), index=index, epoch=epoch)
             yield resize_tensor(x, size), y
 
     def _own_shards(self, epoch: int) -> list[torch.Tensor]:

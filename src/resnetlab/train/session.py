@@ -22,7 +22,7 @@ from resnetlab.train.checkpoint import (DamagedCheckpoint, describe_model, load_
 from resnetlab.config import Config, OptimConfig
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader
 from resnetlab.data.archive import shard_of
-from resnetlab.data.augment import BatchAugment
+from resnetlab.data.augment import BatchAugment, flip_sides
 from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
 from resnetlab.train.ema import ModelEma
@@ -186,7 +186,8 @@ def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.devic
     if train and cfg.data.sampler == "balanced":
         common["sample_weights"] = balanced_weights(split.labels, len(data.classes))[split.labels]
     fill = tuple(round(255 * m) for m in data.mean)  # erased pixels: what normalises to 0
-    augment = BatchAugment(cfg.augment, num_classes=len(data.classes), fill=fill) if train else None
+    sides = flip_sides(len(split.labels), cfg.seed) if cfg.augment.hflip and cfg.augment.hflip_alternate else None
+    augment = BatchAugment(cfg.augment, num_classes=len(data.classes), fill=fill, sides=sides) if train else None
     if split.images is not None:
         return CachedLoader(split.images, split.labels, augment=augment, **common)
     dataset = FileDataset(split.paths, split.labels, size=data.image_size, resize=cfg.data.resize,
