@@ -5,7 +5,8 @@
 Prepares the run (data, then the timing of the rungs) without training, prints the hardware class,
 the table and the plan, and deletes the run folder. ``--all`` times every rung in full, each alone
 with its own clock (the run would stop at the first that gets train.ladder_min_epochs, and reads the
-rungs before it briefly), and says which rung the recipe's rule picks from the full table. Set RESNETLAB_CPU_BF16=0 to see the fp32 path on a CPU that has bf16.
+rungs before it briefly), and says which rung the recipe's rule picks from the full table. Set
+RESNETLAB_CPU_BF16=0 to see the fp32 path on a CPU that has bf16.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from resnetlab.config import load_config
+from resnetlab.errors import UserError
 from resnetlab.train.budget import pick_rung
 from resnetlab.train.prepare import prepare
 
@@ -33,13 +35,22 @@ def main() -> None:
         plan = _plan(args.recipe, args.overrides)
         rows = plan.rungs
     else:  # each rung alone: a one-rung ladder times its rung in full (a run reads all but the last briefly)
-        plans = [_plan(args.recipe, [*args.overrides, f"train.ladder=[{json.dumps(r)}]"]) for r in ladder]
-        rows = [{**p.rungs[0], "rung": i, "set": ladder[i]} for i, p in enumerate(plans)]
-        plan = plans[0]
+        plan, rows = None, []
+        for i, rung in enumerate(ladder or [{}]):
+            try:
+                alone = _plan(args.recipe, [*args.overrides, f"train.ladder=[{json.dumps(rung)}]"])
+            except UserError as e:  # too slow for one epoch, or out of memory: the row says so
+                rows.append({"rung": i, "set": rung, "step_s": None, "note": str(e)})
+                continue
+            plan = plan or alone
+            rows.append({**alone.rungs[0], "rung": i, "set": rung})
+        if plan is None:
+            raise SystemExit(f"no rung could be planned: {rows[0]['note']}")
         plan.rungs, plan.rung = rows, None
     for line in plan.table():
         print(line)
-    picks = pick_rung({r["rung"]: r["epochs"] for r in rows if r.get("epochs")}, need)
+    fitting = {r["rung"]: r["epochs"] for r in rows if r.get("epochs")}
+    picks = pick_rung(fitting, need) if fitting else None
     print(f"the recipe's rule (first rung with >= {need} epochs, else the most) picks rung {picks}")
     if not args.all:
         print(plan.line())

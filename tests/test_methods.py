@@ -181,6 +181,11 @@ def test_ladder_takes_the_first_rung_that_gets_its_epochs_and_times_no_further(c
     assert s.plan.rung == 0 and s.cfg.model.filters == [8, 8, 16, 16] and s.plan.epochs >= 2
     # read briefly first (a later rung might have replaced it), then timed on: it may be chosen
     assert not s.plan.rungs[0]["brief"] and s.plan.rungs[0]["timed_steps"][16] > BRIEF_STEPS
+    # no rung gets 100,000 epochs: the narrow one, passed over on its brief reading, has the most, and is
+    # timed in full before it is chosen
+    most = prepare(tiny_config(class_folders, tmp_path / "most", "train.time_budget=1m", "train.ladder_min_epochs=100000",
+                               f"train.ladder=[{{model.filters: {NARROW}}}, {{model.filters: {WIDE}}}]"), run_name="t")
+    assert most.plan.rung == 0 and not most.plan.rungs[0]["brief"] and most.plan.rungs[0]["timed_steps"][16] > BRIEF_STEPS
     assert s.plan.rungs[1]["step_s"] is None and s.plan.table()[-1].endswith("not timed (an earlier rung fits)")
     assert s.plan.table()[0].startswith("ladder on CPU") and "the first rung that gets 2 epochs" in s.plan.table()[0]
     with pytest.raises(UserError, match=r"too small for one epoch of any rung of train.ladder: the fastest, rung 1 "

@@ -116,13 +116,14 @@ class CachedLoader(_Batches):
         """The batches of ``epoch`` from step ``start``; ``size`` > 0 resizes them (progressive resizing)."""
         order = epoch_order(len(self.labels), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                             weights=self.sample_weights)
-        order = order.to(self.labels.device)
+        on_device = order.to(self.labels.device)
         for step in range(start, len(self.slices)):
-            idx = order[self.slices[step]]
+            idx = on_device[self.slices[step]]
             x, y = self.images[idx].to(self.labels.device, non_blocking=True), self.labels[idx]
             if self.augment is not None:
                 # drawn for the whole global batch, then sharded: any rank count sees the same images
-                x, y = self.augment(x, y, make_generator(self.seed, epoch, step), index=idx, epoch=epoch)
+                x, y = self.augment(x, y, make_generator(self.seed, epoch, step),
+                                    index=order[self.slices[step]], epoch=epoch)  # on the CPU: no GPU sync
             yield shard(resize_tensor(x, size), self.rank, self.world), shard(y, self.rank, self.world)
 
 

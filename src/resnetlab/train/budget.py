@@ -147,6 +147,13 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
             break
     decision = distributed.broadcast_object(
         _decide(budget, time.monotonic() - started, ladder, need, rungs) if hw.dist.main else None, hw.dist)
+    # a rung passed over on its brief reading can still have the most epochs (no rung got `need`, or a
+    # later one ran out of memory): it is timed in full and the table scored again (never under torchrun,
+    # which reads no rung briefly)
+    while not isinstance(decision, str) and rungs[decision[0]][2]["brief"]:
+        rcfg, rdata, _ = rungs[decision[0]]
+        rungs[decision[0]] = (rcfg, rdata, _measure_rung(rcfg, rdata, hw, started, None))
+        decision = _decide(budget, time.monotonic() - started, ladder, need, rungs)
     if isinstance(decision, str):
         raise UserError(decision)
     chosen, plan = decision

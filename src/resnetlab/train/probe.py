@@ -47,7 +47,6 @@ class Probe:
         # at the first and last epochs' sizes (they differ with progressive resizing); 0: the cached size
         self.sizes = {px: 0 if px == image else px for px in sorted({*epoch_sizes(s.cfg, s.data, 2)})}
         self.times: dict[int, list[float]] = {px: [] for px in self.sizes}
-        self.batches = {px: _endless(s, size) for px, size in self.sizes.items()}
         self.fixed: dict | None = None  # inference, saving and step counts: timed once
 
     def measure(self, *, brief: bool = False) -> dict:
@@ -70,9 +69,12 @@ class Probe:
         s.model.train()
         lr = lr_for_step(s.cfg, 0, s.steps_per_epoch)
         untimed = WARMUP_STEPS if not times else 1
+        # batches from the start of the split each time: a streamed split's one DataLoader is reset by
+        # every new pass, so two sizes' passes cannot be left open and taken up again
+        batches = _endless(s, self.sizes[px])
         start = time.perf_counter()
         while not self._enough(times, brief):
-            x, y = next(self.batches[px])
+            x, y = next(batches)
             train_step(s, x, y, lr, len(y) * s.dist.world)
             if s.ema is not None:
                 s.ema.update(s.model)
@@ -118,7 +120,6 @@ def _fixed_costs(s: Session) -> dict:
             # the final curves.png (~0.5 s; while training they are redrawn at most once a minute)
             "finish_s": (test + n.get("val", 0)) * eval_s + report_s + 0.5,
             "full_steps": s.loaders["train"].full_steps if not s.cfg.train.limit_batches else len(s.loaders["train"])}
-
 
 
 def _endless(s: Session, size: int):
