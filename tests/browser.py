@@ -19,6 +19,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _devtools_port(profile: Path) -> int | None:
+    """Chromium's DevTools port, once DevToolsActivePort holds it: the file can exist before its text
+    is written (a CI run read it empty)."""
+    words = (profile / "DevToolsActivePort").read_text().split() if (profile / "DevToolsActivePort").is_file() else []
+    return int(words[0]) if words and words[0].isdigit() else None
+
+
 def page_after_upload(browser: str, app, image: Path, tmp_path: Path, read: dict[str, str]) -> dict:
     """{name: the value of each JavaScript expression in ``read`` once the page has answered for
     ``image``}, plus "errors": the page's console errors and uncaught exceptions (none expected)."""
@@ -34,11 +41,13 @@ def page_after_upload(browser: str, app, image: Path, tmp_path: Path, read: dict
                                f"--user-data-dir={profile}", "about:blank"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        devtools = None
         for _ in range(600):  # up to 30 s for a cold Chromium on a slow machine
-            if (profile / "DevToolsActivePort").is_file() and server.started:
+            devtools = devtools or _devtools_port(profile)
+            if devtools and server.started:
                 break
             time.sleep(0.05)
-        devtools = int((profile / "DevToolsActivePort").read_text().split()[0])
+        assert devtools and server.started, "Chromium or the server did not start in 30 s"
         targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{devtools}/json/list").read())
         target = next(t for t in targets if t["type"] == "page")
         with connect(target["webSocketDebuggerUrl"], max_size=None) as ws:
