@@ -5,16 +5,16 @@ The whole run, from prepare() to the report, should end at the budget:
     budget = so far (data, timing) + E x (k steps x step time + validation + checkpoint)
              + the test split and report
 
-Each rung of train.ladder (or the config itself, without one) is built as a throwaway probe
-session whose steps are timed on this machine (train/probe.py: a rung a later one may replace is
-read briefly first, and timed on only if it may be chosen); the first rung that gets
+Each rung of train.ladder (or the config itself, without one) is built as a throwaway probe session
+whose steps are timed on this machine (train/probe.py: a rung a later one may replace is read
+briefly first, and timed on only if it may be chosen); the first rung that gets
 train.ladder_min_epochs epochs wins (else the one that gets the most). The rung's config, with
-``train.epochs=E train.steps_per_epoch=k`` set, is then built from the seed as any fixed run is, so the run is
-exactly the fixed run it planned. Progressive resizing is timed at both the start and the full
-size, interpolated by pixel count. E - 1 full epochs and a last stretch would need a partial epoch
-the schedules cannot express, so all E epochs take the same k <= full steps (each a random k-batch
-share of the images). The plan and its table are written to budget.json, and the rung and length to
-config.yaml, so a resume follows the same plan.
+``train.epochs=E train.steps_per_epoch=k`` set, is then built from the seed as any fixed run is, so
+the run is exactly the fixed run it planned. Progressive resizing is timed at both the start and the
+full size, interpolated by pixel count. E - 1 full epochs and a last stretch would need a partial
+epoch the schedules cannot express, so all E epochs take the same k <= full steps (each a random
+k-batch share of the images). The plan and its table are written to budget.json, and the rung and
+length to config.yaml, so a resume follows the same plan.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.config import Config
+from resnetlab.data import DataBundle
 from resnetlab.evaluate.inference import infer
 from resnetlab.train.checkpoint import save_checkpoint
 from resnetlab.train.session import Session, checkpoint_state
@@ -31,7 +33,7 @@ DIST_TIMED_STEPS = 8  # timed steps under torchrun, the same on every rank
 REPORT_S = 2.0
 
 
-def epoch_sizes(cfg, data, epochs: int) -> list[int]:
+def epoch_sizes(cfg: Config, data: DataBundle, epochs: int) -> list[int]:
     """Each epoch's training side in px for an ``epochs``-epoch run."""
     return [training_size(e, epochs=epochs, cfg=cfg.train, image_size=data.image_size) or data.image_size
             for e in range(epochs)]

@@ -186,8 +186,8 @@ def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.devic
     if train and cfg.data.sampler == "balanced":
         common["sample_weights"] = balanced_weights(split.labels, len(data.classes))[split.labels]
     fill = tuple(round(255 * m) for m in data.mean)  # erased pixels: what normalises to 0
-    alternate = train and cfg.augment.hflip and cfg.augment.hflip_alternate
-    sides = flip_sides(len(split.labels), cfg.seed) if alternate else None
+    # validate() refuses hflip_alternate without hflip
+    sides = flip_sides(len(split.labels), cfg.seed) if train and cfg.augment.hflip_alternate else None
     augment = BatchAugment(cfg.augment, num_classes=len(data.classes), fill=fill, sides=sides) if train else None
     if split.images is not None:
         return CachedLoader(split.images, split.labels, augment=augment, **common)
