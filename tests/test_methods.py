@@ -223,6 +223,26 @@ def test_ladder_rule_scores_every_timed_rung_alike_and_steps_past_one_out_of_mem
                               "fastest, rung 1 (model.filters=[16]), takes ~301 s an epoch here")
 
 
+def test_inference_timing_ignores_a_first_batch_that_stalls(monkeypatch):
+    from types import SimpleNamespace
+
+    from resnetlab.config import Config
+    from resnetlab.train import probe
+
+    def timed(*seconds):  # each infer call takes the next of these for a batch of 1,000 images
+        calls = iter(seconds)
+        monkeypatch.setattr(probe, "infer", lambda *a, **k: SimpleNamespace(seconds=next(calls), labels=[0] * 1000))
+        loader = SimpleNamespace(epoch=lambda epoch: iter([("images", "labels")]))
+        s = SimpleNamespace(loaders={"val": loader}, model=None, mean=None, std=None, device=None, precision=None,
+                            cfg=Config(), data=SimpleNamespace(classes=["a", "b"]))
+        return probe._time_eval(s), len(list(calls))  # s an image, readings left untaken
+
+    # a new model's first batches stalled (AVX2 emulation, quarter width): the third, agreeing reading counts
+    assert timed(2.19, 1.14, 0.21, 9.0) == (pytest.approx(0.21e-3), 1)
+    assert timed(0.26, 0.24, 9.0) == (pytest.approx(0.24e-3), 1)  # two that agree: no third batch
+    assert timed(0.24, 1.4, 0.25, 9.0) == (pytest.approx(0.24e-3), 1)
+
+
 def test_bad_ladders_are_one_line_each():
     budget = "train.time_budget=5m"
     with pytest.raises(UserError, match=r"train.ladder\[1\]: unknown config key 'model.filter'; did you mean "
