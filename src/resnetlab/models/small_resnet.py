@@ -54,9 +54,23 @@ cifar_resnet101 = _make(101)
 cifar_resnet152 = _make(152)
 
 
+class NarrowBatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d that, training on a CPU, normalises a channels-last input under 16 channels as an
+    NCHW copy. PyTorch's channels-last BatchNorm backward on a CPU is ~10 ns an element at 8 channels
+    against ~1.5 at 16 and in NCHW, on AVX2 and AVX-512 alike (benchmarks/batchnorm_widths.py): an 8-wide
+    stem's BatchNorm at 28 px took 18 ms of a 66 ms fp32 step. The two copies cost less than that saves.
+    The same parameters, buffers and eval path as nn.BatchNorm2d, so checkpoints and exports are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and x.device.type == "cpu" and x.dim() == 4 and x.shape[1] < 16
+                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
+            return super().forward(x)
+        return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+
+
 def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), NarrowBatchNorm2d(c_out), nn.ReLU(inplace=True)
     )
 
 
@@ -67,7 +81,7 @@ def _conv_pool_bn(c_in: int, c_out: int) -> nn.Sequential:
     # is a non-decreasing map per channel and commutes with the max: the output equals resnet9's for
     # the same weights. Training differs only in BN's batch statistics, taken over the pooled maxima.
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out),
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), NarrowBatchNorm2d(c_out),
         nn.ReLU(inplace=True),
     )
 
