@@ -215,7 +215,7 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
-        if type(child) is nn.BatchNorm2d:
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, CpuSyncBatchNorm):  # resnet9's narrow ones too
             sync = CpuSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                     child.track_running_stats)
             sync.load_state_dict(child.state_dict())
