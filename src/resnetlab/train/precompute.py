@@ -21,10 +21,10 @@ import torch
 from rich.console import Console
 
 from resnetlab.data import CachedLoader
-from resnetlab.data.augment import BatchAugment, make_generator, normalize
+from resnetlab.data.augment import make_generator, normalize
 from resnetlab.device import autocast
 from resnetlab.models.groups import head_module
-from resnetlab.train.session import Session, make_loader
+from resnetlab.train.session import Session, make_loader, train_augment
 
 
 class HeadFeatures:
@@ -36,7 +36,8 @@ class HeadFeatures:
         split = s.data.splits["train"]
         plain = make_loader(split, s.data, s.cfg, s.device, train=False)  # in order, no augmentation
         no_mixing = dataclasses.replace(s.cfg.augment, mixup_alpha=0.0, cutmix_alpha=0.0)
-        unmixed = BatchAugment(no_mixing, num_classes=len(s.data.classes))
+        # the views flip and erase as the plain stage's epochs do (alternating sides from one view to the next)
+        unmixed = train_augment(s.cfg, s.data, len(split.labels), no_mixing)
         self.labels = split.labels.to(s.device)
         self.features = torch.stack([_pooled(s, plain, None if v == 0 else (unmixed, v)) for v in range(views + 1)])
         self.train_loader, self.batch_size = s.loaders["train"], s.cfg.train.batch_size
@@ -65,12 +66,15 @@ def _pooled(s: Session, loader, augment) -> torch.Tensor:
     hook = head_module(s.model).register_forward_pre_hook(lambda module, args: captured.append(args[0].float()))
     was_training = s.model.training
     s.model.eval()
+    start = 0  # the loader is in order: batch i holds images start .. start + len(x) - 1
     try:
         for i, (x, _) in enumerate(loader.epoch(0)):
             if augment is not None:
                 batch_augment, view = augment
                 x, _ = batch_augment(x, torch.zeros(len(x), dtype=torch.long, device=x.device),
-                                     make_generator(s.cfg.seed, 0x9E, view, i))
+                                     make_generator(s.cfg.seed, 0x9E, view, i),
+                                     index=torch.arange(start, start + len(x)), epoch=view)
+            start += len(x)
             with autocast(s.device, s.precision):
                 s.model(normalize(x, s.mean, s.std, channels_last=s.cfg.train.channels_last))
     finally:

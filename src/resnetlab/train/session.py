@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from resnetlab import run_folder as rf
 from resnetlab.train.checkpoint import (DamagedCheckpoint, describe_model, load_checkpoint, load_model_state,
                                         rng_state, set_rng_state)
-from resnetlab.config import Config, OptimConfig
+from resnetlab.config import AugmentConfig, Config, OptimConfig
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader
 from resnetlab.data.archive import shard_of
 from resnetlab.data.augment import BatchAugment, flip_sides
@@ -185,10 +185,7 @@ def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.devic
                   world=dist.world, limit=limit)
     if train and cfg.data.sampler == "balanced":
         common["sample_weights"] = balanced_weights(split.labels, len(data.classes))[split.labels]
-    fill = tuple(round(255 * m) for m in data.mean)  # erased pixels: what normalises to 0
-    # validate() refuses hflip_alternate without hflip
-    sides = flip_sides(len(split.labels), cfg.seed) if train and cfg.augment.hflip_alternate else None
-    augment = BatchAugment(cfg.augment, num_classes=len(data.classes), fill=fill, sides=sides) if train else None
+    augment = train_augment(cfg, data, len(split.labels)) if train else None
     if split.images is not None:
         return CachedLoader(split.images, split.labels, augment=augment, **common)
     dataset = FileDataset(split.paths, split.labels, size=data.image_size, resize=cfg.data.resize,
@@ -196,6 +193,16 @@ def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.devic
     groups = shard_of(split.paths) if train and dist.world > 1 else None  # ranks read disjoint shards
     return StreamLoader(dataset, num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, augment=augment,
                         groups=None if groups is None else torch.from_numpy(groups), **common)
+
+
+def train_augment(cfg: Config, data: DataBundle, count: int, augment: AugmentConfig | None = None) -> BatchAugment:
+    """The training split's augmentation (``augment``, else cfg.augment) for its ``count`` images:
+    erased pixels in what normalises to 0, alternating flips with hflip_alternate (validate()
+    refuses that without hflip)."""
+    augment = augment or cfg.augment
+    fill = tuple(round(255 * m) for m in data.mean)
+    sides = flip_sides(count, cfg.seed) if augment.hflip_alternate else None
+    return BatchAugment(augment, num_classes=len(data.classes), fill=fill, sides=sides)
 
 
 def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
