@@ -139,13 +139,15 @@ def write_mosaic_csv(root: Path, *, train: int = 240, test: int = 60, tile: int 
 
 
 def tiny_overrides(dataset: Path | str, out_dir: Path, *extra: str) -> list[str]:
-    """Overrides that train in about a second: a narrow ResNet-9 on tiny images."""
+    """Overrides that train in about a second: a narrow ResNet-9 on tiny images (2 epochs, unless a time
+    budget or stages in ``extra`` give the length: train.epochs beside either is refused)."""
+    planned = any(e.startswith(("train.time_budget=", "stages=")) and not e.endswith("=") for e in extra)
     return [
         f"data.dataset={dataset}",
         f"train.out_dir={out_dir}",
         "model.name=resnet9",
         "model.filters=[8,8,16,16]",
-        "train.epochs=2",
+        *([] if planned else ["train.epochs=2"]),
         "train.batch_size=8",
         "train.eval_batch_size=16",
         "train.progress=false",

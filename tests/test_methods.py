@@ -148,7 +148,7 @@ def test_time_budget_run_equals_the_fixed_run_of_the_rung_it_chose(class_folders
     # no rung gets 100,000 epochs in 15 s: the rule falls back to the rung that gets the most, the narrow one
     s = prepare(tiny_config(class_folders, tmp_path / "budget", "data.val_fraction=0.25", "train.time_budget=15s",
                             f"train.ladder=[{{model.filters: {WIDE}}}, {{model.filters: {NARROW}}}]",
-                            "train.ladder_min_epochs=100000", "train.epochs=1"), run_name="t")
+                            "train.ladder_min_epochs=100000"), run_name="t")
     fit(s)
     out = capsys.readouterr().out
     plan = json.loads((s.run_dir / "budget.json").read_text())
@@ -281,7 +281,7 @@ def test_bad_method_settings_are_one_line_each(class_folders, tmp_path):
 def test_precomputed_head_stage_trains_the_head_as_the_plain_stage_does(class_folders, tmp_path, capsys):
     """With the backbone frozen (BatchNorm too) and no augmentation, training the head on
     precomputed features is the plain head stage, step for step; the backbone is untouched."""
-    common = ("train.precision=fp32", "augment.crop_padding=0", "augment.hflip=false", "train.epochs=1")
+    common = ("train.precision=fp32", "augment.crop_padding=0", "augment.hflip=false")
 
     def head_stage(name: str, precompute: str) -> dict:
         stages = f"stages=[{{epochs: 2, train: head, train_bn: false{precompute}}}]"
@@ -298,7 +298,7 @@ def test_precomputed_head_stage_trains_the_head_as_the_plain_stage_does(class_fo
             assert not torch.equal(plain[k], start[k]) and torch.allclose(fast[k], plain[k], atol=1e-5), k
         else:
             assert torch.equal(fast[k], start[k]), k  # weights and BatchNorm statistics
-    views = prepare(tiny_config(class_folders, tmp_path / "views", "train.epochs=1",
+    views = prepare(tiny_config(class_folders, tmp_path / "views",
                                 "stages=[{epochs: 2, train: head, precompute: true, precompute_views: 2}, "
                                 "{epochs: 1, train: all}]"), run_name="t")
     fit(views)
@@ -316,7 +316,7 @@ def test_precomputed_views_alternate_flips_as_the_plain_epochs_do(class_folders,
 
     from resnetlab.train.precompute import HeadFeatures
     s = prepare(tiny_config(class_folders, tmp_path, "train.precision=fp32", "augment.crop_padding=0",
-                            "augment.hflip_alternate=true", "train.epochs=1",
+                            "augment.hflip_alternate=true",
                             "stages=[{epochs: 2, train: head, precompute: true, precompute_views: 2}]"), run_name="t")
     plain, one, two = HeadFeatures(s, 0, Console(quiet=True)).features
     unflipped = [(view - plain).abs().amax(1) < 1e-5 for view in (one, two)]

@@ -9,7 +9,11 @@ from pathlib import Path
 from resnetlab.config import all_keys, load_config
 from resnetlab.errors import UserError
 
+PHOTOS_RECIPE = "photos"  # what `resnetlab train path/to/photos` trains: a pretrained ResNet fine-tuned
+
 EXAMPLES = """examples:
+  resnetlab train path/to/photos                  # class folders or a CSV: fine-tunes a pretrained ResNet-50
+  resnetlab train path/to/photos model.name=resnet18 model.weights=IMAGENET1K_V1
   resnetlab train fashion-mnist-fast
   resnetlab train fashion-mnist-fast train.epochs=3 optim.lr=0.1
   resnetlab train data.dataset=path/to/folders model.name=cifar_resnet18 data.image_size=32
@@ -20,8 +24,9 @@ EXAMPLES = """examples:
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model from a recipe and key=value overrides", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("items", nargs="*", metavar="RECIPE|key=value",
-                   help="a recipe name or YAML file (first), then overrides like optim.lr=0.05")
+    p.add_argument("items", nargs="*", metavar="RECIPE|PHOTOS|key=value",
+                   help="a recipe name or YAML file, or a folder or CSV of your photos (first), then overrides "
+                        "like optim.lr=0.05")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder where it stopped")
     p.add_argument("--retrain-on-all", action="store_true",
                    help="then train again, same settings, on train + val (as the fastai GTSRB tutorial does "
@@ -52,8 +57,12 @@ def run(args) -> int:
             raise UserError("--resume takes its recipe from the run folder; give only key=value overrides")
         session = prepare(None, run_name="", resume=Path(args.resume), overrides=overrides)
     else:
-        cfg = load_config(recipe, overrides)
-        session = prepare(cfg, run_name=Path(recipe).stem if recipe else "run")
+        recipe, overrides, run_name = recipe_or_photos(recipe, overrides)
+        notes: list[str] = []
+        cfg = load_config(recipe, overrides, notes=notes)
+        for note in notes:
+            print(f"note: {note}")
+        session = prepare(cfg, run_name=run_name)
     try:
         fit(session)
         if args.retrain_on_all:
@@ -65,3 +74,19 @@ def run(args) -> int:
             print(f"resnetlab train: {e}", file=sys.stderr)
         return Preempted.exit_code
     return 0
+
+
+def recipe_or_photos(first: str | None, overrides: list[str]) -> tuple[str | None, list[str], str]:
+    """(recipe, overrides, run name) for `train FIRST ...`: a folder or CSV of photos trains the photos
+    recipe on it (data.dataset=FIRST), named after the folder; anything else is a recipe name or file."""
+    if first is None:
+        return None, overrides, "run"
+    path = Path(first)
+    if path.suffix in (".yaml", ".yml") or not (path.is_dir() or (path.suffix.lower() == ".csv" and path.is_file())):
+        if ("/" in first or path.suffix.lower() == ".csv") and path.suffix not in (".yaml", ".yml"):
+            raise UserError(f"{first}: no such folder or CSV file (train takes a recipe name or .yaml file, or "
+                            "a folder or CSV of photos)")
+        return first, overrides, path.stem
+    if any(o.split("=", 1)[0].strip() in ("data.dataset", "dataset") for o in overrides):
+        raise UserError(f"{first} is the data set already: leave out data.dataset, or give a recipe name first")
+    return PHOTOS_RECIPE, [f"data.dataset={first}", *overrides], path.resolve().name

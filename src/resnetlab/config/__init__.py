@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from resnetlab.config.checks import parse_duration, resolve_stages, rung_config, validate
+from resnetlab.config.checks import parse_duration, resolve_stages, rung_config, validate, yield_to_command_line
 from resnetlab.config.keys import all_keys, key_type, resolve_key, section_items, set_value
 from resnetlab.config.schema import (AugmentConfig, Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig,
                                      StageConfig, TrainConfig)
@@ -28,7 +28,7 @@ from resnetlab.io import atomic_write_text, read_yaml
 __all__ = ["AugmentConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "StageConfig",
            "TrainConfig", "all_keys", "apply_overrides", "config_from_dict", "key_type", "list_recipes",
            "load_config", "parse_duration", "recipe_path", "resolve_key", "resolve_stages", "rung_config", "save_config",
-           "set_value", "update_config", "validate"]
+           "set_value", "update_config", "validate", "yield_to_command_line"]
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -50,8 +50,11 @@ def recipe_path(name_or_path: str) -> Path:
     raise UserError(f"unknown recipe '{name_or_path}': {hint}`resnetlab recipes` lists them")
 
 
-def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the recipe (a shipped name or a YAML path), then ``key=value`` overrides."""
+def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                notes: list[str] | None = None) -> Config:
+    """Defaults, then the recipe (a shipped name or a YAML path), then ``key=value`` overrides, which
+    the recipe's planning never replaces (yield_to_command_line: what stepped aside for them is
+    appended to ``notes``, one line each)."""
     cfg = Config()
     if recipe:
         path = recipe_path(recipe)
@@ -59,7 +62,9 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
         if not isinstance(raw, dict):
             raise UserError(f"{path} must hold a mapping of sections (data:, model:, ...)")
         update_config(cfg, raw, source=str(path))
-    apply_overrides(cfg, overrides)
+    said = yield_to_command_line(cfg, set(apply_overrides(cfg, overrides)))
+    if notes is not None:
+        notes.extend(said)
     validate(cfg)
     return cfg
 

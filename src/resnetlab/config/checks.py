@@ -22,6 +22,55 @@ PLAN_KEYS = {"train.time_budget": "the budget is the whole run's", "train.ladder
              "train.compile": "the run decides it before timing", "train.dist_timeout": "the processes share one"}
 
 
+# the keys a time budget plans: a run's length
+BUDGET_KEYS = ("train.epochs", "train.steps_per_epoch", "train.max_steps")
+
+
+def yield_to_command_line(cfg: Config, keys: set[str]) -> list[str]:
+    """A key set on the command line (``keys``, full names) is never replaced by what the recipe plans:
+    the time budget steps aside for a length the user gives (both on the command line: refused), the
+    recipe's ladder for a key one of its rungs sets, and in a staged recipe train.epochs is the last stage's epochs plus the earlier stages'. Returns one
+    line for each thing that stepped aside; a combination that cannot hold is refused in one line.
+    Called before validate(): the validated config is the one that trains."""
+    notes, t = [], cfg.train
+    length = [k for k in BUDGET_KEYS if k in keys]
+    if t.time_budget and length:
+        given = ", ".join(f"{k}={_get(cfg, k)}" for k in length)
+        if "train.time_budget" in keys:
+            raise UserError(f"{given} and train.time_budget are both set: the budget plans the run's length, "
+                            "so give one or the other")
+        notes.append(f"{given} from the command line: the recipe's time budget ({t.time_budget}) is off "
+                     "for this run")
+        t.time_budget = ""
+    if t.time_budget and t.ladder and "train.ladder" not in keys:  # a ladder the user gives is theirs to rule
+        ruled = sorted({resolve_key(k) for rung in t.ladder for k, _ in section_items(rung)} & keys)
+        if ruled:
+            notes.append(f"{ruled[0]} from the command line: the recipe's ladder, whose rungs set it, is off; "
+                         f"the time budget plans the length of this config as it is")
+            t.ladder = []
+    if cfg.stages and "train.epochs" in keys:
+        if "stages" in keys:
+            raise UserError("stages and train.epochs are both set: train.epochs is the stages' sum, so give the "
+                            "epochs in the stages")
+        if any(st.cycles for st in cfg.stages):
+            raise UserError("train.epochs cannot be set on a recipe whose stages count SGDR cycles: copy the "
+                            "recipe (resnetlab recipes NAME > mine.yaml) and give each stage its epochs or cycles")
+        before = sum(st.epochs for st in cfg.stages[:-1])
+        if t.epochs <= before:
+            raise UserError(f"train.epochs={t.epochs} leaves nothing for the last stage: the earlier stages take "
+                            f"{before} epochs; give more than {before}")
+        cfg.stages[-1].epochs = t.epochs - before
+        if before:
+            notes.append(f"train.epochs={t.epochs}: the last stage trains {t.epochs - before} epochs after the "
+                         f"earlier stages' {before}")
+    return notes
+
+
+def _get(cfg: Config, full: str):
+    section, _, name = full.partition(".")
+    return getattr(getattr(cfg, section), name) if name else getattr(cfg, section)
+
+
 def validate(cfg: Config) -> None:
     """Every field's range rule (beside the field in schema.py), then the rules that join fields;
     each failure is one line naming the key."""
@@ -33,7 +82,10 @@ def validate(cfg: Config) -> None:
                 raise UserError(f"{name}.{f.name} {f.metadata['must']}")
     d, a, t = cfg.data, cfg.augment, cfg.train
     across = [
+        (d.dataset.strip() != "", "data.dataset is empty: give a folder or CSV of photos (resnetlab train "
+         "path/to/photos) or a built-in data set such as fashion-mnist or cifar10"),
         (d.val_fraction + d.test_fraction < 1, "data.val_fraction + data.test_fraction must be below 1"),
+        (d.auto_val_fraction + d.test_fraction < 1, "data.auto_val_fraction + data.test_fraction must be below 1"),
         (not (d.val_count and d.val_fraction), "set data.val_count or data.val_fraction, not both"),
         (not (d.unknown_count and d.unknown_fraction), "set data.unknown_count or data.unknown_fraction, not both"),
         (not (a.mixup_alpha or a.cutmix_alpha) or t.batch_size >= 2,

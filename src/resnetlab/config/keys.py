@@ -81,7 +81,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        # 'none' as well as YAML's null: model.weights=none reads as no weights, not a weight name
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key, source)

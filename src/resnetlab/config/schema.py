@@ -36,6 +36,9 @@ class DataConfig:
     # share of train held out for validation (stratified, seeded)
     val_fraction: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1)")
     val_count: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or more")  # ... or exactly this many images
+    # share of train held out for validation only when the data set has no val split of its own and
+    # neither key above is set (stratified, seeded; the photos recipe: 0.2); 0 = off
+    auto_val_fraction: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1)")
     # share of train held out as the test split (replaces the layout's)
     test_fraction: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1)")
     split_file: str = ""  # a run's split.csv: reuse its images and splits instead of drawing them

@@ -140,12 +140,18 @@ def _per_class_targets(catalog: Catalog, pool: np.ndarray, fraction: float, coun
 
 
 def hold_out(catalog: Catalog, d: DataConfig, seed: int) -> tuple[Catalog, list[str]]:
-    """Move test (``test_fraction``) then val (``val_fraction`` or ``val_count``) rows out of train."""
+    """Move test (``test_fraction``) then val (``val_fraction`` or ``val_count``; else ``auto_val_fraction``
+    when the layout has no val split) rows out of train."""
     notes = []
     splits = catalog.splits.copy()
     drop = np.zeros(len(catalog), dtype=bool)
     train = catalog.splits == "train"
-    plan = [("test", d.test_fraction, 0, _TEST_DRAW), ("val", d.val_fraction, d.val_count, _VAL_DRAW)]
+    val_fraction = d.val_fraction
+    if d.auto_val_fraction and not (d.val_fraction or d.val_count) and not (catalog.splits == "val").any():
+        val_fraction = d.auto_val_fraction
+        notes.append(f"the data has no validation split: {val_fraction:.0%} of train is held out to choose the "
+                     f"checkpoint (stratified by class, seed {seed}; data.auto_val_fraction)")
+    plan = [("test", d.test_fraction, 0, _TEST_DRAW), ("val", val_fraction, d.val_count, _VAL_DRAW)]
     for name, fraction, count, purpose in plan:
         if not fraction and not count:
             continue

@@ -42,7 +42,7 @@ def weights_state_dict(arch: str, weights: str) -> dict[str, torch.Tensor]:
     except (urllib.error.URLError, OSError, ConnectionError) as e:
         raise UserError(
             f"cannot download {enum} ({type(e).__name__}); with no internet, put {Path(enum.url).name} "
-            f"from {enum.url} at {cache}"
+            f"from {enum.url} at {cache}, or pass model.weights=none to train from scratch"
         ) from None
     except RuntimeError as e:  # hash mismatch or a truncated file in the cache
         raise UserError(f"{cache} is not a valid {enum} file ({e}); delete it and retry") from None
