@@ -28,6 +28,7 @@ print(after_import, after_parser)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--record", action="store_true", help="also write the figure to benchmarks/results/")
     args = parser.parse_args()
     times = []
     for _ in range(args.runs):
@@ -38,6 +39,16 @@ def main() -> None:
     print(f"resnetlab --help: {', '.join(f'{t:.3f}' for t in times)} s "
           f"(median {statistics.median(times):.3f} s, n={args.runs})")
     print(f"heavy modules after `import resnetlab`, after building the parser: {heavy}")
+    if args.record:
+        import torch
+        from results import hardware_name, record  # benchmarks/ is on sys.path when this script runs
+
+        from resnetlab.device import resolve_precision
+
+        figure = {"metric": "resnetlab --help", "value": round(statistics.median(times), 3), "unit": "s",
+                  "n": args.runs, "how": f"median of {args.runs} fresh interpreters; heavy modules: {heavy}"}
+        cpu = torch.device("cpu")  # start-up is CPU work, on any machine
+        print(f"recorded: {record(__file__, 'help', [figure], hardware=hardware_name(cpu, resolve_precision('auto', cpu)))}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ streaming; images/s of epoch 2 (epoch 1 carries the warm-up and, for disk, the b
 big: writes a data set from the real CIFAR-10 photos upscaled to --size px JPEGs (several GiB
 decoded), trains with data.cache=auto and data.cache_max_gb=1 (so it does not fit the memory
 cache) at batch 32, and reports the choice, the build time, images/s and this process's peak RSS
-(at batch 128 the model's own activations at 160 px took the peak to 4.5 GiB).
+(at batch 128 the model's own activations at 160 px take the peak to ~4.5 GiB).
 """
 
 from __future__ import annotations

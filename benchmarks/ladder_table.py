@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("recipe")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--all", action="store_true", help="time every rung in full, not only up to the chosen one")
+    parser.add_argument("--record", action="store_true", help="also write the figures to benchmarks/results/")
     args = parser.parse_intermixed_args()
     cfg = load_config(args.recipe, args.overrides)
     need, ladder = cfg.train.ladder_min_epochs, cfg.train.ladder
@@ -57,6 +58,30 @@ def main() -> None:
     print(json.dumps({"hardware": plan.hardware, "rule_picks": picks,
                       "rungs": [{k: r.get(k) for k in ("rung", "set", "step_s", "epoch_s", "epochs", "steps", "brief")}
                                 for r in rows]}))
+    if args.record:
+        _record(args, cfg, rows, picks)
+
+
+def _record(args, cfg, rows: list[dict], picks: int | None) -> None:
+    """--record: each timed rung's step time by size and the epochs it gets, in benchmarks/results/."""
+    from results import hardware_name, record  # benchmarks/ is on sys.path when this script runs
+    from resnetlab.device import resolve_precision, select_device
+
+    figures = []
+    for r in rows:
+        if r.get("step_s") is None:
+            continue
+        rung = ", ".join(f"{k}={v}" for k, v in r["set"].items()) or "the config as it is"
+        how = ("timed briefly" if r.get("brief") else "timed in full") + (", alone" if args.all else "")
+        figures += [{"metric": f"rung {r['rung']} step at {px} px", "value": round(1e3 * s, 1), "unit": "ms",
+                     "n": r["timed_steps"][px], "rung": rung, "how": f"mean of the steps, the slowest left out; {how}"}
+                    for px, s in sorted(r["step_s"].items())]
+        figures.append({"metric": f"rung {r['rung']} epochs in the budget", "value": r["epochs"], "unit": "epochs",
+                        "n": 1, "rung": rung, "how": f"the plan; the rule picks rung {picks}"})
+    device = select_device(cfg.train.device)
+    hardware = hardware_name(device, resolve_precision(cfg.train.precision, device))
+    name = Path(args.recipe).stem + ("-all" if args.all else "")
+    print(f"recorded: {record(__file__, name, figures, hardware=hardware)}")
 
 
 def _plan(recipe: str, overrides: list[str]):

@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
     parser.add_argument("overrides", nargs="*", help="key=value for the resnetlab run")
+    parser.add_argument("--record", action="store_true", help="also write the figures to benchmarks/results/")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; data {args.data}")
     plain = plain_loop(args.data, args.epochs, args.batch_size, args.workers)
@@ -102,6 +103,18 @@ def main() -> None:
     print(f"resnetlab (uint8 cache, batch augmentation, {precision}, channels_last"
           f"{', ' + ' '.join(args.overrides) if args.overrides else ''}): {ours:7.1f} img/s")
     print(f"speed-up: {ours / plain:.2f}x")
+    if args.record:
+        from results import record  # benchmarks/ is on sys.path when this script runs
+
+        how = f"epochs 2-{args.epochs} of cifar_resnet18 at batch {args.batch_size} (epoch 1 is warm-up)"
+        figures = [{"metric": "plain PyTorch loop", "value": round(plain, 1), "unit": "img/s", "n": args.epochs - 1,
+                    "how": f"{how}; fp32, per-image transforms, {args.workers} workers"},
+                   {"metric": "resnetlab", "value": round(ours, 1), "unit": "img/s", "n": args.epochs - 1,
+                    "how": f"{how}; {precision}, uint8 cache, batch augmentation, channels_last"},
+                   {"metric": "speed-up over the plain loop", "value": round(ours / plain, 2), "unit": "x", "n": 1,
+                    "how": "the two rates' ratio, one sitting"}]
+        name = "cifar-resnet18" + "".join(f"-{o}" for o in args.overrides)
+        print(f"recorded: {record(__file__, name, figures)}")
 
 
 if __name__ == "__main__":

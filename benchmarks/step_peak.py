@@ -23,6 +23,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--size", type=int)
     parser.add_argument("--chans", type=int)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--record", action="store_true", help="also write the figures to benchmarks/results/")
     args = parser.parse_args()
     cfg = load_config(args.recipe, args.overrides)
     gray = cfg.data.dataset == "fashion-mnist"
@@ -119,6 +121,18 @@ def main() -> None:
                       "batch": batch, "size": size, "gflop": round(flop / 1e9, 2), "step_ms": round(step_s * 1e3, 1),
                       "tflops": round(achieved, 4), "peak_tflops": round(peak, 4),
                       "shares": {k: round(v, 3) for k, v in shares.items()}}))
+    if args.record:
+        from results import hardware_name, record  # benchmarks/ is on sys.path when this script runs
+
+        what = f"{cfg.model.name} {cfg.model.filters}, batch {batch} of {chans}x{size}x{size}"
+        figures = [{"metric": "training step", "value": round(step_s * 1e3, 1), "unit": "ms", "n": args.steps,
+                    "how": f"median of {args.steps} steps, {what}, {flop / 1e9:.1f} GFLOP"},
+                   {"metric": "share of the 3x3 conv peak", "value": round(100 * achieved / peak, 1), "unit": "%",
+                    "n": args.steps, "how": f"{achieved:.3f} of {peak:.3f} TFLOP/s"}]
+        figures += [{"metric": f"self time: {k}", "value": round(100 * v, 1), "unit": "%", "n": 3,
+                     "how": "torch.profiler over 3 steps"} for k, v in shares.items()]
+        name = Path(args.recipe).stem + "".join(f"-{o}" for o in args.overrides)
+        print(f"recorded: {record(__file__, name, figures, hardware=hardware_name(device, precision))}")
 
 
 def _shares(prof) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Accuracy against wall-clock time: trains a recipe once, scoring the test split after each epoch.
 
-    .venv/bin/python benchmarks/time_to_accuracy.py fashion-mnist-3min [key=value ...] [--out DIR]
+    .venv/bin/python benchmarks/time_to_accuracy.py fashion-mnist-3min [key=value ...] [--out DIR] [--record]
 
 The clock starts when prepare() begins (data loading counts) and stops after the run's own
 end (final test and report). Scoring the test split after every epoch is the benchmark's, not
@@ -8,7 +8,8 @@ the recipe's: it runs outside the clock (its seconds are taken off, and off a ti
 clock too, so the plan is the one a plain run makes). Those per-epoch points use the weights
 of that moment (EMA weights when on); the final point is the recipe's own result, the
 checkpoint chosen on validation, scored once. Writes DIR/<recipe>.json and DIR/time_to_accuracy.png
-with every JSON in DIR on one plot.
+with every JSON in DIR on one plot (DIR: runs/time_to_accuracy, with the run folders); --record also
+writes the figures to benchmarks/results/ (benchmarks/results.py).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def run(recipe: str, overrides: list[str], out: Path) -> dict:
         clock = start - session.started - outside[0]
         if "test" in session.loaders:
             model = session.ema.module if session.ema is not None else None
-            top1 = score_split(session, "test", model=model)["top1"]
-            points.append({"epoch": record["epoch"], "seconds": round(clock, 2), "test_top1": top1})
+            scored = score_split(session, "test", model=model)
+            top1 = scored["top1"]
+            points.append({"epoch": record["epoch"], "seconds": round(clock, 2), "test_top1": top1, "n": scored["n"]})
             print(f"  [benchmark] epoch {record['epoch']}: {clock:.0f} s, test top-1 {100 * top1:.2f}%", flush=True)
         spent = time.monotonic() - start
         outside[0] += spent
@@ -48,8 +50,24 @@ def run(recipe: str, overrides: list[str], out: Path) -> dict:
     record = {"recipe": recipe, "overrides": overrides, "epochs": s.cfg.train.epochs,
               "steps_per_epoch": len(s.loaders["train"]), "time_budget": s.cfg.train.time_budget,
               "seconds": round(seconds, 2), "final_test_top1": test.get("top1"), "final_n": test.get("n"),
-              "final_checkpoint": test.get("checkpoint"), "points": points, "run_dir": str(s.run_dir)}
+              "final_checkpoint": test.get("checkpoint"), "points": points, "run_dir": str(s.run_dir),
+              "device": str(s.device), "precision": s.precision}
     return record
+
+
+def record_figures(record: dict, name: str) -> Path:
+    """--record: the final test top-1 and the run's seconds, and each epoch's point, in benchmarks/results/."""
+    from results import hardware_name, record as write  # benchmarks/ is on sys.path when this script runs
+
+    figures = [{"metric": "wall time, prepare() to report", "value": record["seconds"], "unit": "s", "n": 1,
+                "how": "the benchmark's per-epoch test scoring taken off the clock"}]
+    if record["final_test_top1"] is not None:
+        figures.insert(0, {"metric": "test top-1", "value": round(100 * record["final_test_top1"], 2), "unit": "%",
+                           "n": record["final_n"], "how": f"{record['final_checkpoint']}, scored once"})
+    figures += [{"metric": f"test top-1 after epoch {p['epoch']}", "value": round(100 * p["test_top1"], 2),
+                 "unit": "%", "n": p["n"], "seconds": p["seconds"],
+                 "how": "the weights of that moment (EMA weights when on), outside the clock"} for p in record["points"]]
+    return write(__file__, name, figures, hardware=hardware_name(record["device"], record["precision"]))
 
 
 def plot(out: Path) -> Path:
@@ -76,8 +94,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe")
     parser.add_argument("overrides", nargs="*", help="key=value")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/time_to_accuracy"))
+    parser.add_argument("--out", type=Path, default=Path("runs/time_to_accuracy"))
     parser.add_argument("--name", help="the JSON's name (default: the recipe's)")
+    parser.add_argument("--record", action="store_true", help="also write the figures to benchmarks/results/")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     record = run(args.recipe, args.overrides, args.out)
@@ -86,6 +105,8 @@ def main() -> None:
     final = record["final_test_top1"]
     print(f"{args.recipe}: {record['seconds']:.0f} s in all, final test top-1 "
           f"{'-' if final is None else f'{100 * final:.2f}%'} (n={record['final_n']}); {path}; {plot(args.out)}")
+    if args.record:
+        print(f"recorded: {record_figures(record, args.name or Path(args.recipe).stem)}")
 
 
 if __name__ == "__main__":

@@ -57,8 +57,8 @@ cifar_resnet152 = _make(152)
 class NarrowBatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d that, training on a CPU, normalises a channels-last input under 16 channels as an
     NCHW copy. PyTorch's channels-last BatchNorm backward on a CPU is ~10 ns an element at 8 channels
-    against ~1.5 at 16 and in NCHW, on AVX2 and AVX-512 alike (benchmarks/batchnorm_widths.py): an 8-wide
-    stem's BatchNorm at 28 px took 18 ms of a 66 ms fp32 step. The two copies cost less than that saves.
+    against ~1.5 at 16 and in NCHW, on AVX2 and AVX-512 alike (benchmarks/batchnorm_widths.py), so an
+    8-wide stem's BatchNorm at 28 px is over a quarter of a small fp32 step. The two copies cost less.
     The same parameters, buffers and eval path as nn.BatchNorm2d, so checkpoints and exports are unchanged."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,11 +75,12 @@ def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
 
 
 def _conv_pool_bn(c_in: int, c_out: int) -> nn.Sequential:
-    # BN and ReLU after the 2x2 pool touch 4x fewer values. They are memory-bound: on a 2-core CPU
-    # BN, ReLU and max-pool were 34-40% of a fp32 ResNet-9 step (53-57% in bf16), and this order makes
-    # the step 1.1-1.3x faster (benchmarks/step_peak.py). In eval mode, with BN's weight >= 0, BN+ReLU
-    # is a non-decreasing map per channel and commutes with the max: the output equals resnet9's for
-    # the same weights. Training differs only in BN's batch statistics, taken over the pooled maxima.
+    # BN and ReLU after the 2x2 pool touch 4x fewer values. They are memory-bound: on a CPU BN, ReLU
+    # and max-pool are a third or more of a ResNet-9 step (more in bf16, where the convolutions are
+    # faster), so this order makes the step faster (benchmarks/step_peak.py). In eval mode, with BN's
+    # weight >= 0, BN+ReLU is a non-decreasing map per channel and commutes with the max: the output
+    # equals resnet9's for the same weights. Training differs only in BN's batch statistics, taken over
+    # the pooled maxima.
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), NarrowBatchNorm2d(c_out),
         nn.ReLU(inplace=True),
@@ -159,7 +160,8 @@ def resnet9_pool_first(
     filters: list[int] | None = None,
     zero_init_residual: bool = False,
 ) -> nn.Module:
-    """resnet9 pooling before BN and ReLU in its 3 downsampling layers: 1.1-1.3x faster steps on a CPU"""
+    """resnet9 pooling before BN and ReLU in its 3 downsampling layers: faster steps on a CPU (BN and ReLU
+    touch a quarter of the values)"""
     return ResNet9(num_classes, in_chans, _resnet9_filters(filters, "resnet9_pool_first"), zero_init_residual,
                    pool_first=True)
 

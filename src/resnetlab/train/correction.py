@@ -1,21 +1,21 @@
 """The time budget's one correction: once the schedule's length-free steps are done (a one-cycle rise,
 a warm-up), the run compares its own clock with the plan and sets the step it ends at.
 
-A plan is timed on a few seconds of steps before the run; on a shared CPU the run's own steps then ran
-5-10% slower or faster for minutes at a time (9-minute demos ended at 92-107% of their budget). The
-steps before ``Plan.correct_at`` have the same rates whatever the run's length, so after them the run
-may end at any step and still be exactly the fixed run of that length: config.yaml gets
-``train.max_steps`` (and ``train.epochs`` to hold it), and a resume or a fixed run replays it.
+A plan is timed on a few seconds of steps before the run, but on a shared CPU the run's own steps can
+run 5-10% slower or faster than that for minutes at a time. The steps before ``Plan.correct_at`` have
+the same rates whatever the run's length, so after them the run may end at any step and still be
+exactly the fixed run of that length: config.yaml gets ``train.max_steps`` (and ``train.epochs`` to
+hold it), and a resume or a fixed run replays it.
 
     pace  = s the run's steps took / s the plan gave them               # steps inside epochs
     end_s = s an epoch end took (validation, saving, the next epoch's start)
     end   = now + pace x planned s of the steps left + epoch ends left x end_s + test and report
 
 Both are measured on the run's own steps after its first few, as the planner's timing is (one-off
-costs: allocations, workers, compilation). Counted from the plan instead, building the run's model and
-folder (1-2 s) read as a 5% slower pace and a 3-minute run ended at 94%; with one factor for steps and
-epoch ends together, a 90-second run's first epoch end (the first curves drawn) read as 10% and it
-ended at 93%; with the two timed apart, at 94%; with that first end left off the clock too, at 99%.
+costs: allocations, workers, compilation), not counted from the plan: building the run's model and
+folder (1-2 s) would read as a slower pace. Steps and epoch ends are timed apart, because an epoch end
+(validation, saving, curves) does not scale with the steps' pace; the first epoch end is left off the
+clock, because it draws the first curves (matplotlib's import included) at about twice a later one's cost.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from resnetlab.train.budget import Plan, clock, step_cost
 from resnetlab.train.probe import WARMUP_STEPS, epoch_sizes
 from resnetlab.train.session import Session
 
-# plan to 99% of what is left: the pace is now measured on the run's own steps (a 3-minute run corrected
-# at 0.98 ended at 96%, 3 s of it a test-and-report estimate since lowered)
+# plan to 99% of what is left: the pace is measured on the run's own steps, so less margin is needed
+# than the planner's budget.MARGIN (0.98), which is timed on a probe
 MARGIN = 0.99
 
 
@@ -62,7 +62,7 @@ class LengthCorrection:
             if step % self.k:
                 self.steps_s, self.steps_planned = self.steps_s + now - self.last, self.steps_planned + planned
             elif step >= 2 * self.k:  # the gap holds the previous epoch's end; the first (off the clock) draws
-                # the first curves, matplotlib's import included: 1.8 s where the later ones took 0.9
+                # the first curves, matplotlib's import included: about twice the s of a later end
                 self.ends, self.ends_s, self.ends_planned = self.ends + 1, self.ends_s + now - self.last, \
                     self.ends_planned + planned
         self.last = now
@@ -122,7 +122,7 @@ def corrected_steps(plan: Plan, *, elapsed: float, done: int, k: int, pace: floa
         if end < epochs * k:
             break
     # a last epoch whose steps take less time than its own end (validation, saving) buys nothing: its few
-    # steps run at the schedule's ~0 lr (two 12-epoch runs added 7 and 2 steps so, each with a 1.5-2 s epoch end)
+    # steps run at the schedule's ~0 lr, while the epoch end they add (validation, saving) costs its full s
     tail = best % k
     tail_s = pace * tail * step_cost(plan.step_s, sizes(math.ceil(best / k))[-1])
     if tail and best - tail > done and tail_s < end_s:

@@ -155,7 +155,7 @@ class _SyncBatchNormFn(torch.autograd.Function):
         xhat, weight, invstd = ctx.saved_tensors
         c = dy.shape[1]
         # float64 sums, as PyTorch's CPU BatchNorm accumulates: dy is often nearly affine in xhat,
-        # so dx is a small difference of these means and fp32 sums lose it (seen: 4% error)
+        # so dx is a small difference of these means and fp32 sums lose it (up to ~4% error in dx)
         dy64 = dy.double()
         local = torch.cat([dy64.sum((0, 2, 3)), (dy64 * xhat.double()).sum((0, 2, 3))])  # (2C,)
         total = local.clone()

@@ -2,9 +2,8 @@
 checkpoint save, from which train.time_budget plans (train/budget.py).
 
 A rung that a later rung may replace is first timed briefly (BRIEF_STEPS steps a size); only if
-that reading leaves it a chance of being chosen are its steps timed on to the full rule. On a slow
-machine the full rule costs ~4 s a size: a 3-minute Fashion-MNIST run with AVX2 emulated at an
-AVX2-only EPYC's speed spent ~10 s of its 124 timing two rungs it then rejected.
+that reading leaves it a chance of being chosen are its steps timed on to the full rule. The full
+rule costs ~4 s a size on a slow machine, which a short budget cannot spend on rungs it will reject.
 """
 
 from __future__ import annotations
@@ -29,8 +28,7 @@ BRIEF_STEPS = 5  # timed steps a size in a brief reading
 FULL_MIN_S, FULL_MAX_STEPS = 3.0, 30  # the full rule: at least BRIEF_STEPS steps and 3 s, at most 30 steps
 DIST_TIMED_STEPS = 8  # timed steps under torchrun, the same on every rank
 EVAL_READINGS, EVAL_AGREE = 3, 1.25  # inference batches: a third only when the first two differ by over 1.25x
-# s: figures, calibration and report.html after the test split. At 4 s, seven runs of 3-9 min (10 classes)
-# all took 2.0-2.5 s less for the test and report than planned
+# s: figures, calibration and report.html after the test split (what they take for 10 classes)
 REPORT_S = 2.0
 
 
@@ -66,8 +64,7 @@ class Probe:
     def _time_steps(self, px: int, brief: bool) -> None:
         """Steps at ``px`` timed until the rule is met: WARMUP_STEPS untimed ones first (one when it
         goes on after a brief reading). The first steps after building a model run slow (allocations,
-        convolution algorithm choice): timed with one warm-up step, a GTSRB run's steps read 25% slower
-        than the run's own and it planned 22% short of its budget."""
+        convolution algorithm choice), so counting them would plan a run too short."""
         s, times = self.s, self.times[px]
         s.model.train()
         lr = lr_for_step(s.cfg, 0, s.steps_per_epoch)
@@ -100,8 +97,8 @@ class Probe:
 
 def _mean(times: list[float]) -> float:
     """The mean with the slowest step left out: one stall in a 3 s sample would move the mean by tens of
-    %. The mean, not the median: the run's length is a sum of steps, slow ones included (with the
-    median, a 9-minute demo's steps read 152 ms, took ~158 ms in its epochs, and the run ended at 103%)."""
+    %. The mean, not the median: the run's length is a sum of steps, slow ones included, and the median
+    reads a few % faster than the steps an epoch takes."""
     kept = sorted(times)[:-1]
     return sum(kept) / len(kept)
 
@@ -135,9 +132,8 @@ def _endless(s: Session, size: int):
 
 def _time_eval(s: Session) -> float:
     """Seconds an image of inference, from batches of val (or test); 0 when there is neither. The fastest of
-    2-3 readings: a new model's first batches at the eval batch size can stall on fresh memory. Under the
-    AVX2 emulation a quarter-width Fashion-MNIST model's first three batches of 1,000 took 2.19, 1.14 and
-    0.21 s; one reading put its test and report at ~79 s where they take ~9."""
+    2-3 readings: a new model's first batches at the eval batch size can stall on fresh memory (up to
+    ~10x a later batch's s), and one stalled reading would plan the test and report many times too long."""
     name = next((n for n in ("val", "test") if n in s.loaders), None)
     if name is None:
         return 0.0

@@ -35,7 +35,7 @@ class FileList:
 def _images_in(folder: Path) -> tuple[list[str], list[str]]:
     """Image files under ``folder``, and image-named symlinks that point nowhere, sorted as paths
     (part by part). os.scandir reads each folder's names and types in one call: no stat a file
-    (rglob + is_file was ~10 s for 60,000 CIFAR files). Symlinked folders are not entered, as rglob."""
+    (rglob + is_file costs ~10 s for 60,000 CIFAR files). Symlinked folders are not entered, as rglob."""
     files, dangling, stack = [], [], [str(folder)]
     while stack:
         with os.scandir(stack.pop()) as entries:
@@ -111,7 +111,7 @@ def list_class_folder(root: Path) -> tuple[list[str], dict[str, FileList]]:
 
 def relative_key(path: str, root: Path) -> str:
     """``path`` relative to ``root``, '/'-separated: a string cut where the path is under root
-    (60,000 Path.relative_to calls took seconds), else pathlib's answer."""
+    (60,000 Path.relative_to calls take seconds), else pathlib's answer."""
     prefix = str(root) + os.sep
     if path.startswith(prefix):
         return path[len(prefix):].replace(os.sep, "/")
