@@ -3,15 +3,21 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+BASE := $(VENV)/.installed-base
 STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test install data browser clean
 
 # constraints.txt pins the exact versions (torch 2.14.1, torchvision 0.29.1, ...) inside
-# pyproject's ranges, so every machine installs the same set
-$(STAMP): pyproject.toml constraints.txt
+# pyproject's ranges, so every machine installs the same set. The demo needs the package alone;
+# the suite adds the test extras (export, serve, docs, pytest)
+$(BASE): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e .
+	touch $(BASE)
+
+$(STAMP): $(BASE)
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
@@ -34,7 +40,7 @@ browser:
 		echo "note: could not install chromium; the browser test will be skipped"; \
 	fi
 
-demo: install data
+demo: $(BASE) data
 	$(PY) -m resnetlab train fashion-mnist-fast
 
 test: install data browser
