@@ -189,3 +189,22 @@ def test_readme_is_short_and_its_links_resolve():
     for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
         if not target.startswith(("http://", "https://")):
             assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+
+
+def test_every_figure_in_the_readme_results_table_is_in_a_results_file():
+    """The README's one table quotes benchmarks/results/*.json, written by the script that measured it: each
+    figure with a unit (%, s) and each n in a row is a figure of a results file whose command the row gives."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text.split("## Results", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("|") and not set(line) <= set("|-: ")][1:]
+    results = [json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks" / "results").glob("*.json"))]
+    for row in rows:
+        command = re.findall(r"`([^`]+)`", row.rsplit("|", 2)[-2])
+        matching = [r for r in results if command and command[0] in r["command"]]
+        assert matching, f"no results file has the command of README row {row!r}"
+        figures = [f for r in matching for f in r["figures"]]
+        for value, unit in re.findall(r"(\d[\d,]*(?:\.\d+)?) ?(%|s)\b", row):
+            assert any(f["unit"] == unit and f["value"] == float(value.replace(",", "")) for f in figures), \
+                f"README row {row!r}: {value}{unit} is in no results file of its command"
+        for n in re.findall(r"n=(\d[\d,]*)", row):
+            assert any(f["n"] == int(n.replace(",", "")) for f in figures), f"README row {row!r}: n={n} unrecorded"

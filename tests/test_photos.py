@@ -70,10 +70,14 @@ def test_a_folder_of_photos_fine_tunes_the_pretrained_resnet50_with_a_validation
     conv1 = torch.load(run / "last.pt", weights_only=True)["model"]["conv1.weight"]
     assert (conv1 - 0.01).abs().max() < 1e-3  # the stem moved only by stage 2's lowest rate
     # then the run is a run like any other
-    proc = cli("predict", run, photos / "rose" / "0.jpg", photos / "rose" / "4.png", "--format", "json")
+    proc = cli("predict", run, photos / "rose" / "0.jpg", photos / "rose" / "4.png", "--format", "json",
+               "--plot", tmp_path / "plots")
     assert proc.returncode == 0, proc.stderr
     answers = json.loads(proc.stdout)
     assert len(answers) == 2 and all(a["top"][0]["class"] in ("daisy", "rose", "tulip") for a in answers)
+    # --plot: each photo beside the bar chart of its class probabilities (the torchvision tutorial's figure)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["1-0.png", "2-4.png"]
+    assert Image.open(tmp_path / "plots" / "1-0.png").size[0] > 300
 
 
 def test_offline_without_the_weights_file_is_one_line_naming_where_it_goes(photos, tmp_path, torch_home,

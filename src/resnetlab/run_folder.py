@@ -7,6 +7,7 @@ runs/<name>/
   data.json       size, channels, mean/std the model expects; data set root
   split.csv       every image used (key,label,split), reused on resume and by evaluate
   metrics.jsonl   one line an epoch (metrics.csv: the same table)
+  untrained.json  the val scores of the model before its first step (train.eval_untrained)
   status.json     running (pid, host), stopped, failed (why) or finished
   budget.json     train.time_budget's plan, and how the run kept to it
   calibration.json   temperature and rejection thresholds fitted on val
@@ -17,6 +18,8 @@ runs/<name>/
   curves.png      loss, accuracy and learning rate against epoch
   last.pt         the latest checkpoint (previous.pt: the one before); best.pt: the best epoch on val
   snapshot-K.pt   the end of the K-th SGDR cycle (stages with snapshots: true)
+  epoch_NNN.pt    the checkpoint of epoch NNN, every train.keep_every epochs (--from-epoch rolls back to it)
+  rolled_back/    what a --from-epoch resume moved aside: the later epochs' checkpoints and metrics
   skipped_images.csv   files left out by on_bad_image=skip
 
 This module sits at the bottom of the package (it imports only config, io and errors), so training,
@@ -39,10 +42,15 @@ from resnetlab.errors import UserError
 CONFIG, ENV, CLASSES, DATA, SPLIT = "config.yaml", "env.json", "classes.json", "data.json", "split.csv"
 METRICS, METRICS_CSV, STATUS, BUDGET = "metrics.jsonl", "metrics.csv", "status.json", "budget.json"
 CALIBRATION, REPORT, CURVES, TENSORBOARD = "calibration.json", "report.html", "curves.png", "tensorboard"
-SKIPPED, THRESHOLDS = "skipped_images.csv", "thresholds.json"
+SKIPPED, THRESHOLDS, UNTRAINED = "skipped_images.csv", "thresholds.json", "untrained.json"
 LAST, BEST, PREVIOUS = "last.pt", "best.pt", "previous.pt"
 SNAPSHOTS = "snapshot-*.pt"
 STATUSES = ("running", "stopped", "failed", "finished")
+
+
+def epoch_name(epoch: int) -> str:
+    """The checkpoint train.keep_every keeps at the end of ``epoch`` (1-based)."""
+    return f"epoch_{epoch:03d}.pt"
 
 
 def snapshot_name(k: int) -> str:

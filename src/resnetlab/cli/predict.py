@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--tta-reduce", default="mean", choices=["mean", "max"])
     p.add_argument("--no-reject", action="store_true",
                    help="always name a class, even where calibration.json says the image looks unknown")
+    p.add_argument("--plot", metavar="DIR",
+                   help="also draw each image beside a bar chart of its class probabilities, as DIR/<n>-<name>.png")
     p.add_argument("--default-thresholds", action="store_true",
                    help="multi-label models: where thresholds.json is missing or damaged, decide every class at 0.5")
     p.set_defaults(func=run)
@@ -60,6 +62,8 @@ def run(args) -> int:
         bad += chunk_bad
         any_kept = any_kept or bool(kept)
         probs, verdicts = _classify(predictor, images, args)
+        if args.plot:
+            _plot(Path(args.plot), start, images, kept, probs, verdicts, predictor.classes)
         for path, p, verdict in zip(kept, probs, verdicts):
             top = p.topk(k)
             rows.append({"path": path, "verdict": verdict,
@@ -69,6 +73,17 @@ def run(args) -> int:
         rows.append({"path": path, "error": reason})
     _write(_render(rows, args.format, k), len(rows), args)
     return 0 if any_kept else 2
+
+
+def _plot(folder: Path, start: int, images, paths: list[str], probs, verdicts: list[str], classes: list[str]) -> None:
+    """Each image beside its classes' probabilities (the torchvision tutorial's bar chart of one photo)."""
+    from resnetlab.evaluate.figures import hwc, probability_bars
+    from resnetlab.io import make_folder
+
+    make_folder(folder)
+    for i, (image, path, p, verdict) in enumerate(zip(hwc(images), paths, probs, verdicts), start=start + 1):
+        probability_bars(p, classes, image, f"{Path(path).name}: {verdict}", folder / f"{i}-{Path(path).stem}.png",
+                         top=len(classes))
 
 
 def _write(text: str, n: int, args) -> None:
@@ -104,10 +119,12 @@ def _run_multilabel(model, args) -> int:
         probs = model.probabilities(images) if args.tta == 1 else combine_views(
             model.probabilities, images, views=args.tta, reduce=args.tta_reduce, augment=model.augment,
             normalise=False)  # mean (or max) of each class's sigmoid, never rescaled to sum 1
-        for path, p in zip(kept, probs):
-            rows.append({"path": path, "labels": [c for c, v, t in zip(model.classes, p.tolist(), thresholds.tolist())
-                                                  if v >= t],
-                         "probabilities": dict(zip(model.classes, p.tolist()))})
+        labels = [[c for c, v, t in zip(model.classes, p.tolist(), thresholds.tolist()) if v >= t] for p in probs]
+        if args.plot:
+            _plot(Path(args.plot), start, images, kept, probs, [" ".join(x) or "(no label)" for x in labels],
+                  model.classes)
+        for path, p, chosen in zip(kept, probs, labels):
+            rows.append({"path": path, "labels": chosen, "probabilities": dict(zip(model.classes, p.tolist()))})
     any_kept = bool(rows)
     rows += [{"path": path, "error": reason} for path, reason in bad]
     _write(_render_multilabel(rows, args.format, model.classes), len(rows), args)

@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   resnetlab train fashion-mnist-fast train.epochs=3 optim.lr=0.1
   resnetlab train data.dataset=path/to/folders model.name=cifar_resnet18 data.image_size=32
   resnetlab train --resume runs/fashion-mnist-fast-20261122-101500 optim.lr=0.01
+  resnetlab train --resume runs/cifar10-preact-ctrlc-exp1-20261122-101500 --from-epoch 50 optim.lr=0.01
 """
 
 
@@ -28,6 +29,9 @@ def add_parser(sub) -> None:
                    help="a recipe name or YAML file, or a folder or CSV of your photos (first), then overrides "
                         "like optim.lr=0.05")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder where it stopped")
+    p.add_argument("--from-epoch", type=int, metavar="N",
+                   help="with --resume: continue from the run's epoch_NNN.pt (train.keep_every) instead, the later "
+                        "epochs cut off and their checkpoints moved to RUN/rolled_back/ (the ctrl+c method)")
     p.add_argument("--retrain-on-all", action="store_true",
                    help="then train again, same settings, on train + val (as the fastai GTSRB tutorial does "
                         "before testing); written to <run>-all")
@@ -55,7 +59,10 @@ def run(args) -> int:
     if args.resume:
         if recipe:
             raise UserError("--resume takes its recipe from the run folder; give only key=value overrides")
-        session = prepare(None, run_name="", resume=Path(args.resume), overrides=overrides)
+        session = prepare(None, run_name="", resume=Path(args.resume), overrides=overrides,
+                          from_epoch=args.from_epoch)
+    elif args.from_epoch is not None:
+        raise UserError("--from-epoch N rolls a run back: give it with --resume RUN")
     else:
         recipe, overrides, run_name = recipe_or_photos(recipe, overrides)
         notes: list[str] = []
@@ -82,8 +89,8 @@ def recipe_or_photos(first: str | None, overrides: list[str]) -> tuple[str | Non
     if first is None:
         return None, overrides, "run"
     path = Path(first)
-    if path.suffix in (".yaml", ".yml") or not (path.is_dir() or (path.suffix.lower() == ".csv" and path.is_file())):
-        if ("/" in first or path.suffix.lower() == ".csv") and path.suffix not in (".yaml", ".yml"):
+    if not (path.is_dir() or (path.suffix.lower() == ".csv" and path.is_file())):
+        if path.suffix.lower() == ".csv" or ("/" in first and path.suffix not in (".yaml", ".yml")):
             raise UserError(f"{first}: no such folder or CSV file (train takes a recipe name or .yaml file, or "
                             "a folder or CSV of photos)")
         return first, overrides, path.stem

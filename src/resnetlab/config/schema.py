@@ -62,6 +62,7 @@ class AugmentConfig:
     # px of reflect padding for the random crop; 0 turns it off
     crop_padding: int = _ranged(4, lambda v: v >= 0, "must be 0 or more px")
     hflip: bool = True  # random horizontal flip (off for digits and signs with text)
+    vflip: bool = False  # random vertical flip (the CIFAR-10 ResNet-50 tutorial's RandomVerticalFlip)
     # with hflip: each training image mirrored in every other epoch, a random half in the first (airbench's
     # alternating flip), instead of a coin flip each epoch
     hflip_alternate: bool = False
@@ -69,6 +70,16 @@ class AugmentConfig:
     rotation: float = _ranged(0.0, lambda v: 0 <= v <= 180, "must be in [0, 180] degrees")
     # largest zoom-in: scale uniform in [1, zoom] (fastai's max_zoom)
     zoom: float = _ranged(1.0, lambda v: v >= 1, "must be 1 (off) or more")
+    # largest zoom-out, as the window's side over the image's: with it, the window side is uniform in
+    # [1 / zoom, zoom_out] (Keras' zoom_range=0.15: zoom 1.15, zoom_out 1.15); 1 = zoom in only
+    zoom_out: float = _ranged(1.0, lambda v: v >= 1, "must be 1 (off) or more")
+    # random shift of up to this share of the width and of the height each way (Keras' width/height_shift_range)
+    shift: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1) (a share of the size)")
+    # degrees: shear angle uniform in [-shear, shear] (Keras' shear_range)
+    shear: float = _ranged(0.0, lambda v: 0 <= v < 90, "must be in [0, 90) degrees")
+    # what rotation, zoom-out, shift and shear show beyond the edge: reflect the image, or repeat its
+    # edge pixels (nearest: Keras' fill_mode)
+    fill: str = _choice("reflect", "reflect", "nearest")
     # brightness and contrast each times 1 +- up to this (fastai's max_lighting)
     lighting: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1)")
     resized_crop: list[float] = _ranged(  # [min, max] area share: RandomResizedCrop
@@ -98,6 +109,12 @@ class ModelConfig:
     filters: list[int] | None = None  # stem width, then each stage's output width
     # last BN of each block starts at 0 (Goyal et al. 2017: +0.2-0.3%); null = the family's default
     zero_init_residual: bool | None = None
+    # pre-activation family: BatchNorm on the raw input before the stem (the Keras tutorial's first layer);
+    # null = the family's default (off)
+    input_bn: bool | None = None
+    # pre-activation family: the first block of every stage takes the 1x1 conv shortcut from its
+    # pre-activation, also where the shape stays (Keras' red=True); null = only where the shape changes
+    stage_shortcut: bool | None = None
 
 
 @dataclass
@@ -112,6 +129,9 @@ class OptimConfig:
     decay_norm_and_bias: bool = False  # False: BN weights and biases get no weight decay
     # max global L2 norm of the gradients; 0 = no clipping
     grad_clip_norm: float = _ranged(0.0, lambda v: v >= 0, "must be 0 (off) or more")
+    # clip every gradient element to [-v, v] (Keras' clipvalue, PyTorch's clip_grad_value_), before the
+    # norm clip; 0 = off
+    grad_clip_value: float = _ranged(0.0, lambda v: v >= 0, "must be 0 (off) or more")
     label_smoothing: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1)")
     class_weights: str = _choice("none", "none", "balanced")  # balanced: loss weight n / (k * n_class)
 
@@ -149,6 +169,9 @@ class TrainConfig:
     out_dir: str = "runs"
     name: str = ""  # run folder name under out_dir; default: recipe name and time
     progress: bool = True  # live progress bar; off gives only the per-epoch lines
+    # also keep epoch_NNN.pt every N epochs, to roll back to with `train --resume RUN --from-epoch NNN` (the
+    # Keras tutorials' ctrl+c method); 0 = off
+    keep_every: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or more epochs")
     # also save 'last' every N steps (0: at epoch ends only)
     checkpoint_every: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or more steps")
     # smoke tests: at most N batches an epoch in every split (0: all)
@@ -164,6 +187,12 @@ class TrainConfig:
     early_stop_patience: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or more epochs")
     # EMA of the weights, per step (0.999 is usual); 0 = off; best.pt, predict, export use it
     ema_decay: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in (0, 1) (0.999 is usual), or 0 for no EMA")
+    # also score this split every epoch, for the curves, the epoch line and TensorBoard only (the tutorials
+    # watch test so); it never chooses a checkpoint or stops a run; "" = off
+    monitor: str = _choice("", "", "test")
+    # score val with the model as built, before its first step (the Intel tutorial's first look: about 1 /
+    # classes for a new head), printed and kept in untrained.json
+    eval_untrained: bool = False
     eval_raw: bool = False  # with EMA, also score the raw weights on val each epoch (val_top1_raw): a second pass
     # a gain counts when above this (top-1 share: 0.001 = 0.1 point)
     early_stop_min_delta: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1) (a top-1 share)")

@@ -39,15 +39,16 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
 
 def crop_flip(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
               flip: torch.Tensor | None = None) -> torch.Tensor:
-    """Random crop from a reflect-padded image and random horizontal flip, per image (``flip``, a (N,)
-    bool mask on the CPU, decides the flips instead: the generator's draws stay the same).
+    """Random crop from a reflect-padded image, random horizontal flip and, with ``vflip``, random
+    vertical flip, per image (``flip``, a (N,) bool mask on the CPU, decides the horizontal flips
+    instead: the generator's draws stay the same).
 
     images: (N, C, H, W) uint8 on any device. Padding is never materialised: the
     crop offsets and the flip become row and column index maps, one gather does all.
     """
     n, c, h, w = images.shape
     pad = cfg.crop_padding
-    if pad == 0 and not cfg.hflip:
+    if pad == 0 and not cfg.hflip and not cfg.vflip:
         return images
     dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator) - pad  # offsets in px
     dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator) - pad
@@ -56,6 +57,8 @@ def crop_flip(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generat
     if cfg.hflip:
         drawn = torch.rand(n, generator=generator) < 0.5
         cols = torch.where((drawn if flip is None else flip)[:, None], cols.flip(1), cols)
+    if cfg.vflip:  # drawn after the others, so runs without it draw as before
+        rows = torch.where((torch.rand(n, generator=generator) < 0.5)[:, None], rows.flip(1), rows)
     dev = images.device
     batch = torch.arange(n, device=dev)[:, None, None, None]
     chan = torch.arange(c, device=dev)[None, :, None, None]
@@ -82,13 +85,15 @@ FLIP_KEY = 0xF11B  # flip_sides' stream: apart from the (seed, epoch) orders and
 
 
 def affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation, zoom-in and resized crop as one affine map per image (reflection padding).
+    """Random rotation, zoom, resized crop, shift and shear as one affine map per image, filled beyond
+    the edge by reflection or by the nearest edge pixel (``fill``).
 
     theta maps output to input coordinates in [-1, 1] units, as F.affine_grid wants:
-    a zoom of s samples a window 1/s wide; a resized crop samples a (w, h) window.
+    a zoom of s samples a window 1/s wide; a resized crop samples a (w, h) window. The Keras keys
+    (zoom_out, shift, shear) draw after the others, so a config without them draws as it always did.
     """
     rrc = cfg.resized_crop
-    if not cfg.rotation and cfg.zoom == 1 and not rrc:
+    if not cfg.rotation and cfg.zoom == 1 and not rrc and cfg.zoom_out == 1 and not cfg.shift and not cfg.shear:
         return images
     n, _, h, w = images.shape
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(cfg.rotation)
@@ -101,11 +106,23 @@ def affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator)
         sx, sy = sx * (area * ratio).sqrt().clamp(max=1), sy * (area / ratio).sqrt().clamp(max=1)
     cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sx)  # the window stays inside the image
     cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sy)
+    if cfg.zoom_out > 1:  # window side uniform in [1 / zoom, zoom_out], both sides alike (Keras' zoom_range)
+        side = 1 / cfg.zoom + torch.rand(n, generator=generator) * (cfg.zoom_out - 1 / cfg.zoom)
+        sx, sy = sx * side / scale, sy * side / scale
+        cx, cy = cx.clamp(-(sx - 1).abs(), (sx - 1).abs()), cy.clamp(-(sy - 1).abs(), (sy - 1).abs())
+    if cfg.shift:  # a share f of the size is 2f in [-1, 1] units
+        cx = cx + (torch.rand(n, generator=generator) * 2 - 1) * 2 * cfg.shift
+        cy = cy + (torch.rand(n, generator=generator) * 2 - 1) * 2 * cfg.shift
     cos, sin = angle.cos(), angle.sin()
     theta = torch.stack([torch.stack([sx * cos, -sx * sin, cx], 1), torch.stack([sy * sin, sy * cos, cy], 1)], 1)
+    if cfg.shear:  # rotation and scale after a shear of x along y: [[1, -sin s], [0, cos s]] (Keras')
+        s = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(cfg.shear)
+        shear = torch.stack([torch.stack([torch.ones(n), -s.sin()], 1), torch.stack([torch.zeros(n), s.cos()], 1)], 1)
+        theta = torch.cat([theta[:, :, :2] @ shear, theta[:, :, 2:]], 2)
     theta = to_device(theta, images.device)
     grid = F.affine_grid(theta, [n, images.shape[1], h, w], align_corners=False)
-    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    fill = "reflection" if cfg.fill == "reflect" else "border"
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode=fill, align_corners=False)
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 

@@ -26,6 +26,9 @@ class Curves:
             self.drawn, self.epochs_drawn = time.monotonic(), len(history)
 
 
+MONITORED = "test (monitored, not used for choosing)"
+
+
 def training_curves(history: list[dict], path: Path) -> None:
     """Loss, top-1 accuracy and learning rate against epoch: the tutorials' training monitor."""
     from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
@@ -36,6 +39,8 @@ def training_curves(history: list[dict], path: Path) -> None:
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     if any("val_loss" in h for h in history):
         ax.plot(epochs, [h.get("val_loss") for h in history], "o-", label="val")
+    if any("test_loss" in h for h in history):  # train.monitor=test
+        ax.plot(epochs, [h.get("test_loss") for h in history], "o--", label=MONITORED)
     ax.set(title="loss", xlabel="epoch")
     ax.legend()
     ax = axes[1]
@@ -45,6 +50,9 @@ def training_curves(history: list[dict], path: Path) -> None:
     val_key = "val_map" if multi else "val_top1"
     if any(val_key in h for h in history):
         ax.plot(epochs, [100 * h.get(val_key, float("nan")) for h in history], "o-", label="val mAP" if multi else "val")
+    test_key = "test_map" if multi else "test_top1"
+    if any(test_key in h for h in history):
+        ax.plot(epochs, [100 * h.get(test_key, float("nan")) for h in history], "o--", label=MONITORED)
     ax.set(title="exact match / mAP (%)" if multi else "top-1 accuracy (%)", xlabel="epoch")
     ax.legend()
     ax = axes[2]

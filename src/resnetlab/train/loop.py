@@ -23,6 +23,7 @@ from resnetlab import run_folder as rf
 from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import infer
 from resnetlab.evaluate.metrics import metrics
+from resnetlab.io import write_json
 from resnetlab.train import distributed
 from resnetlab.train.budget import report_budget
 from resnetlab.train.correction import LengthCorrection
@@ -53,13 +54,19 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
                   else "; resume with")
         raise UserError(f"nothing to train: {s.run_dir} has finished {first} of train.epochs={t.epochs}{resume} "
                         f"train.epochs={first + 1} or more, or score it with resnetlab evaluate")
-    if s.cfg.train.early_stop_patience and "val" not in s.loaders:
-        raise UserError("train.early_stop_patience needs a validation split to watch: set data.val_fraction=0.1")
+    for key in ("early_stop_patience", "eval_untrained"):
+        if getattr(t, key) and "val" not in s.loaders:
+            raise UserError(f"train.{key} needs a validation split to watch: set data.val_fraction=0.1")
+    if t.monitor and t.monitor not in s.loaders:
+        raise UserError(f"train.monitor={t.monitor}: the data has no {t.monitor} split to watch; set "
+                        f"data.{t.monitor}_fraction=0.1 or leave train.monitor empty")
     if s.dist.main and s.cfg.train.tensorboard:  # first, so an epoch is logged even if a later callback stops the run
         for event, fns in TensorBoardLogger(s).callbacks().items():
             hooks[event] = fns + hooks[event]
     with run_status(s), EpochProgress(s, console) as progress, stop_on_signals() as stop:
         announce(s, console)
+        if t.eval_untrained and first == 0 and s.state.step == 0:  # a resume has trained already
+            score_untrained(s, console)
         curves = Curves(s.run_dir / rf.CURVES)
         try:
             correction = LengthCorrection(s) if s.plan is not None and s.plan.correct_at else None
@@ -70,6 +77,8 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
                 record = train_epoch(s, epoch, progress, stop, hooks, correction)
                 if "val" in s.loaders:
                     record.update(val_metrics(s))
+                if t.monitor:  # watched, never chosen on: val_score reads val keys only
+                    record.update(monitor_metrics(s, t.monitor))
                 improved = s.state.end_epoch(record)  # the state now points at the next epoch's start
                 save_epoch(s, record, improved, curves)  # metrics first, then checkpoints: a kill repeats this epoch
                 if s.dist.main:
@@ -208,15 +217,36 @@ def check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
         )
 
 
+def score_untrained(s: Session, console: Console) -> None:
+    """train.eval_untrained: val scored before the first step, printed and kept in untrained.json."""
+    record = val_metrics(s)
+    if s.dist.main:
+        write_json(s.run_dir / rf.UNTRAINED, record)
+        score = (f"mAP {100 * record['val_map']:.2f}%" if "val_map" in record
+                 else f"top-1 {100 * record['val_top1']:.2f}%")
+        console.print(f"before training: val loss {record['val_loss']:.4f} {score} (n={len(s.data.splits['val'])})")
+
+
+def monitor_metrics(s: Session, split: str) -> dict:
+    """train.monitor: ``split``'s loss and top-1 (mAP) of the weights val scores, as <split>_loss and so on."""
+    scored = val_metrics_of(s, split)
+    return {f"{split}_{k.removeprefix('val_')}": v for k, v in scored.items() if not k.endswith("_raw")}
+
+
 def val_metrics(s: Session) -> dict:
     """The epoch's val figures (loss, top-1/top-5; multi-label: loss, mAP macro and micro) of the
     weights best.pt, early stopping and predict use: the EMA weights when there are any. One pass:
     the raw weights' ``val_*_raw`` only with train.eval_raw."""
+    return val_metrics_of(s, "val")
+
+
+def val_metrics_of(s: Session, split: str) -> dict:
+    """val_metrics() of any split, under the val_* keys."""
     if s.ema is None:
-        return _val_keys(score_split(s, "val"), s.multi_label)
-    out = _val_keys(score_split(s, "val", model=s.ema.module), s.multi_label)
-    if s.cfg.train.eval_raw:
-        raw = _val_keys(score_split(s, "val"), s.multi_label)
+        return _val_keys(score_split(s, split), s.multi_label)
+    out = _val_keys(score_split(s, split, model=s.ema.module), s.multi_label)
+    if s.cfg.train.eval_raw and split == "val":
+        raw = _val_keys(score_split(s, split), s.multi_label)
         out = {**{f"{k}_raw": v for k, v in raw.items()}, **out}
     return out
 

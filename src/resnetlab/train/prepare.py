@@ -29,23 +29,28 @@ from resnetlab.run_folder import check_run_dir, create_run_dir, read_run_config,
 from resnetlab.train import distributed
 from resnetlab.train.budget import Hardware, plan_budget
 from resnetlab.train.checkpoint import rng_state, set_rng_state
+from resnetlab.train.rollback import epoch_checkpoint, roll_back
 from resnetlab.train.session import RESUME_FROM, Session, build_session, restore_newest_intact
 
 
-def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, overrides: list[str] = ()) -> Session:
+def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, overrides: list[str] = (),
+            from_epoch: int | None = None) -> Session:
     """Build data, model and optimiser; create the run folder (or reopen it to resume).
 
     With ``resume`` the config comes from the run folder (``cfg`` is ignored) and
     ``overrides`` are applied on top and recorded in env.json. When torchrun restarts the
     processes (``--max-restarts``), the run it had begun is resumed from its last checkpoint.
     With train.time_budget, the plan (rung and length) is made here and kept in the folder's
-    config.yaml and budget.json, so a resume follows it.
+    config.yaml and budget.json, so a resume follows it. ``from_epoch`` resumes from the run's
+    epoch_NNN.pt instead of its last checkpoint (train/rollback.py).
     """
     started, restarted = time.monotonic(), None
     if resume is None and (restarted := elastic_restart(cfg, run_name)) is not None:
         resume, overrides = restarted, []
     if resume is not None:
         resume = check_run_dir(resume)
+        if from_epoch is not None:
+            epoch_checkpoint(resume, from_epoch)  # before anything is built: a missing epoch is one line
         cfg = read_run_config(resume)
         trained_multi = cfg.data.multi_label
         apply_overrides(cfg, overrides)
@@ -73,7 +78,8 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
         rng = rng_state()  # the probes' model inits draw from it: the run starts where a fixed run would
         cfg, data, plan = plan_budget(cfg, data, hw, started=started)
         set_rng_state(rng)
-    has_checkpoint = resume is not None and any((resume / n).exists() for n in RESUME_FROM)
+    has_checkpoint = resume is not None and (from_epoch is not None
+                                             or any((resume / n).exists() for n in RESUME_FROM))
     session = build_session(cfg, data, device=device, precision=precision, dist=d, compile_wanted=compile_wanted,
                             pretrained=not has_checkpoint, started=started)
     session.plan = plan
@@ -82,7 +88,9 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     else:  # rank 0 names and creates the folder; the others learn its name
         session.run_dir = distributed.broadcast_object(
             _new_run(cfg, data, run_name, hw, plan) if d.main else None, d)
-    if resume is not None and has_checkpoint:
+    if from_epoch is not None:
+        roll_back(session, resume, from_epoch)
+    elif resume is not None and has_checkpoint:
         restore_newest_intact(session, resume)  # before touching the folder: a misfit changes nothing
     session.notes += [compile_note] if compile_note else []
     if resume is not None and cfg.train.time_budget and (resume / rf.BUDGET).exists():
@@ -91,6 +99,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     if resume is not None and d.main:
         env = read_json(resume / rf.ENV)
         env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides),
+                                              **({"from_epoch": from_epoch} if from_epoch is not None else {}),
                                               **({"torchrun_restart": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}
                                                  if restarted else {})})
         write_json(resume / rf.ENV, env)

@@ -95,6 +95,10 @@ def epoch_line(s: Session, record: dict, improved: bool) -> str:
         line += f"  val loss {record['val_loss']:.4f} mAP {100 * record['val_map']:.2f}%"
     elif "val_top1" in record:
         line += f"  val loss {record['val_loss']:.4f} top-1 {100 * record['val_top1']:.2f}%"
+    if (m := s.cfg.train.monitor) and f"{m}_loss" in record:  # watched only: never chooses best.pt
+        score = f"mAP {100 * record[f'{m}_map']:.2f}%" if f"{m}_map" in record else \
+            f"top-1 {100 * record[f'{m}_top1']:.2f}%"
+        line += f"  ({m} loss {record[f'{m}_loss']:.4f} {score}, monitored)"
     line += f"  {record['images_per_s']:.0f} img/s  {record['seconds']:.1f} s"
     if s.cfg.train.size_start or s.cfg.train.size_end:
         line += f"  {record['size']} px"

@@ -1,5 +1,6 @@
 """What a run writes, and when: at each epoch's end the metrics, the curves and the checkpoints
-(last.pt; best.pt when val top-1 improved; snapshot-K.pt at the end of an SGDR cycle), and last.pt in
+(last.pt; best.pt when val top-1 improved; snapshot-K.pt at the end of an SGDR cycle; epoch_NNN.pt every
+train.keep_every epochs), and last.pt in
 the middle of an epoch (train.checkpoint_every, or a stop signal). Rank 0 writes; the others wait."""
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def save_epoch(s: Session, record: dict, improved: bool, curves: Curves) -> None
     targets = [s.run_dir / rf.LAST] + ([s.run_dir / rf.BEST] if improved else [])
     if record["epoch"] in snapshots:  # the end of an SGDR cycle: a model for snapshot ensembling
         targets.append(s.run_dir / rf.snapshot_name(snapshots.index(record['epoch']) + 1))
+    if s.cfg.train.keep_every and record["epoch"] % s.cfg.train.keep_every == 0:  # a point to roll back to
+        targets.append(s.run_dir / rf.epoch_name(record["epoch"]))
     save_checkpoint(targets, checkpoint_state(s), keep=s.run_dir / rf.PREVIOUS)  # serialised once for all
     distributed.barrier(s.dist)
 

@@ -124,7 +124,8 @@ class Session:
 
 def model_options(cfg: Config) -> dict[str, Any]:
     m = cfg.model
-    return {"stages": m.stages, "filters": m.filters, "zero_init_residual": m.zero_init_residual}
+    return {"stages": m.stages, "filters": m.filters, "zero_init_residual": m.zero_init_residual,
+            "input_bn": m.input_bn, "stage_shortcut": m.stage_shortcut}
 
 
 def build_model(cfg: Config, data: DataBundle, *, pretrained: bool = True) -> nn.Module:

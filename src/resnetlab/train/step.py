@@ -45,16 +45,22 @@ def loss_of(s: Session, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _backward_step(s: Session, loss: torch.Tensor) -> None:
-    clip = s.cfg.optim.grad_clip_norm
     if s.scaler is not None:  # fp16: scale the loss so small gradients do not flush to zero
         s.scaler.scale(loss).backward()
-        if clip:
+        if s.cfg.optim.grad_clip_value or s.cfg.optim.grad_clip_norm:
             s.scaler.unscale_(s.optimizer)
-            torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip)
+            _clip(s)
         s.scaler.step(s.optimizer)
         s.scaler.update()
         return
     loss.backward()
-    if clip:
-        torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip)
+    _clip(s)
     s.optimizer.step()
+
+
+def _clip(s: Session) -> None:
+    """Each gradient element to [-grad_clip_value, grad_clip_value], then the global norm to grad_clip_norm."""
+    if s.cfg.optim.grad_clip_value:
+        torch.nn.utils.clip_grad_value_(s.model.parameters(), s.cfg.optim.grad_clip_value)
+    if s.cfg.optim.grad_clip_norm:
+        torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.optim.grad_clip_norm)

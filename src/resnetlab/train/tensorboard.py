@@ -21,7 +21,7 @@ from resnetlab.io import write_failed
 from resnetlab.train.session import Session, val_score
 
 EPOCH_TAGS = ("train_loss", "train_top1", "train_exact", "val_loss", "val_top1", "val_top5", "val_map", "val_map_micro",
-              "images_per_s", "lr")
+              "test_loss", "test_top1", "test_top5", "test_map", "images_per_s", "lr")  # test_*: train.monitor
 FIGURES = ("confusion_normalized.png", "top_losses.png")
 FLUSH_EVERY = 50  # steps whose losses are read back from the device together
 
