@@ -159,3 +159,35 @@ def test_the_command_line_says_what_stepped_aside_and_trains_the_length_given(cl
     assert "note: train.epochs=2 from the command line: the recipe's time budget (1m) is off for this run" in out
     run = tmp_path / "runs" / "run"
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2 and not (run / "budget.json").exists()
+
+
+def test_a_time_budget_plans_the_last_stage_and_equals_the_fixed_staged_run(class_folders, tmp_path):
+    """Fine-tuning in a budget: the earlier stages keep their epochs, the last takes the rest of the plan,
+    and the run is the fixed run with that last stage, bit for bit."""
+    from resnetlab.train.checkpoint import load_checkpoint
+    from resnetlab.train.loop import fit
+    from resnetlab.train.prepare import prepare
+    from tests.conftest import tiny_config
+
+    stages = "stages=[{epochs: 1, lr: [0.02], schedule: constant}, {epochs: 1, schedule: cosine}]"
+    s = prepare(tiny_config(class_folders, tmp_path / "budget", "data.val_fraction=0.25", "train.time_budget=8s",
+                            stages), run_name="t")
+    planned = s.plan.epochs
+    assert planned >= 2 and [st.epochs for st in s.cfg.stages] == [1, planned - 1] and s.cfg.train.epochs == planned
+    assert s.plan.correct_at == 0  # stages have their own schedules: the planned length stands
+    fit(s)
+    saved = yaml.safe_load((s.run_dir / "config.yaml").read_text())
+    fixed = prepare(tiny_config(class_folders, tmp_path / "fixed", "data.val_fraction=0.25",
+                                f"stages=[{{epochs: 1, lr: [0.02], schedule: constant}}, "
+                                f"{{epochs: {planned - 1}, schedule: cosine}}]",
+                                f"train.steps_per_epoch={saved['train']['steps_per_epoch']}"), run_name="t")
+    fit(fixed)
+    a, b = load_checkpoint(s.run_dir / "last.pt")["model"], load_checkpoint(fixed.run_dir / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match=r"and the stages before the last take 500; give more time"):
+        prepare(tiny_config(class_folders, tmp_path / "short", "train.time_budget=8s",
+                            "stages=[{epochs: 500}, {epochs: 1}]"), run_name="t")
+    with pytest.raises(UserError, match="this one counts SGDR cycles: with stages, give each stage its epochs"):
+        load_config("gtsrb-resnet34-finetune", ["train.time_budget=10m"])
+    ladder = load_config("photos", ["data.dataset=x", "train.time_budget=10m"]).train.ladder
+    assert ladder[-1] == {"model.name": "resnet18", "model.weights": "IMAGENET1K_V1", "data.image_size": 160}

@@ -90,7 +90,7 @@ TUTORIAL_KEYS = {
     "intel-resnet34-onecycle": {"model.name": "resnet34", "model.weights": "IMAGENET1K_V1", "data.val_count": 2000,
                                 "optim.name": "adam", "schedule.name": "onecycle", "schedule.pct_start": 0.3,
                                 "optim.grad_clip_value": 0.1, "optim.grad_clip_norm": 0.0,
-                                "optim.decay_norm_and_bias": True, "train.eval_untrained": True},
+                                "optim.decay_norm_and_bias": True, "train.score_untrained": True},
     "cifar10-resnet50": {"model.name": "cifar_resnet50", "data.normalize": "half", "augment.crop_padding": 4,
                          "augment.hflip": True, "augment.vflip": True, "optim.lr": 0.1, "optim.momentum": 0.9,
                          "optim.nesterov": False, "optim.weight_decay": 5e-4, "optim.decay_norm_and_bias": True,
@@ -144,12 +144,14 @@ def test_rolling_back_to_a_kept_epoch_continues_from_it_with_a_new_rate(class_fo
 
     assert main(["train", "--resume", str(run), "--from-epoch", "2", "optim.lr=0.01"]) == 0
     out = capsys.readouterr().out
-    assert "rolled back to epoch 2 (epoch_002.pt); epochs 3-4 and their checkpoints are in rolled_back/epochs_3-4; " \
+    assert "rolled back to epoch 2 (epoch_002.pt); epochs 3-4 and what they wrote are in rolled_back/epochs_3-4; " \
            "lr 5.00e-02 at epoch 2, 1.00e-02 from epoch 3" in out
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4] and [h["lr"] for h in history] == [0.05, 0.05, 0.01, 0.01]
-    aside = run / "rolled_back" / "epochs_3-4"
-    assert {"last.pt", "epoch_004.pt", "metrics.jsonl"} <= {p.name for p in aside.iterdir()}
+    aside = run / "rolled_back" / "epochs_3-4"  # the abandoned epochs' checkpoints, and their model's results
+    assert {"last.pt", "epoch_004.pt", "metrics.jsonl", "eval_test.json", "calibration.json"} <= \
+        {p.name for p in aside.iterdir()}
+    assert load_checkpoint(run / "best.pt")["epoch"] <= 4 and (run / "eval_test.json").is_file()  # chosen anew
     assert len((aside / "metrics.jsonl").read_text().splitlines()) == 4
     assert json.loads((run / "env.json").read_text())["resumes"][-1]["from_epoch"] == 2
 
@@ -212,3 +214,19 @@ def test_a_monitored_split_is_watched_every_epoch_and_changes_nothing_else(class
         from tests.conftest import tiny_config
 
         fit(prepare(tiny_config(class_folders / "train", tmp_path / "none", "train.monitor=test"), run_name="t"))
+
+
+def test_a_length_given_on_resume_extends_the_last_stage(class_folders, tmp_path, capsys):
+    import json
+
+    from resnetlab.cli import main
+    from tests.conftest import tiny_overrides
+
+    args = tiny_overrides(class_folders, tmp_path, "train.tensorboard=false",
+                          "stages=[{epochs: 1, schedule: constant}, {epochs: 1, schedule: constant}]")
+    assert main(["train", *args]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "--resume", str(run), "train.epochs=3"]) == 0
+    assert "note: train.epochs=3: the last stage trains 2 epochs after the earlier stages' 1" in capsys.readouterr().out
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert json.loads((run / "env.json").read_text())["resumes"][-1]["overrides"] == ["train.epochs=3"]

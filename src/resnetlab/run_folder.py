@@ -7,7 +7,7 @@ runs/<name>/
   data.json       size, channels, mean/std the model expects; data set root
   split.csv       every image used (key,label,split), reused on resume and by evaluate
   metrics.jsonl   one line an epoch (metrics.csv: the same table)
-  untrained.json  the val scores of the model before its first step (train.eval_untrained)
+  untrained.json  the val scores of the model before its first step (train.score_untrained)
   status.json     running (pid, host), stopped, failed (why) or finished
   budget.json     train.time_budget's plan, and how the run kept to it
   calibration.json   temperature and rejection thresholds fitted on val
@@ -45,6 +45,8 @@ CALIBRATION, REPORT, CURVES, TENSORBOARD = "calibration.json", "report.html", "c
 SKIPPED, THRESHOLDS, UNTRAINED = "skipped_images.csv", "thresholds.json", "untrained.json"
 LAST, BEST, PREVIOUS = "last.pt", "best.pt", "previous.pt"
 SNAPSHOTS = "snapshot-*.pt"
+# what scoring a run's final model wrote (finish, evaluate): a --from-epoch roll-back sets them aside
+EVALUATED = (CALIBRATION, THRESHOLDS, REPORT, "eval_*", "confusion_*.csv")  # eval_*: the JSONs and folders
 STATUSES = ("running", "stopped", "failed", "finished")
 
 

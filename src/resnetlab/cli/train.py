@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -67,8 +68,9 @@ def run(args) -> int:
         recipe, overrides, run_name = recipe_or_photos(recipe, overrides)
         notes: list[str] = []
         cfg = load_config(recipe, overrides, notes=notes)
-        for note in notes:
-            print(f"note: {note}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun one process speaks for all
+            for note in notes:
+                print(f"note: {note}")
         session = prepare(cfg, run_name=run_name)
     try:
         fit(session)
@@ -96,4 +98,5 @@ def recipe_or_photos(first: str | None, overrides: list[str]) -> tuple[str | Non
         return first, overrides, path.stem
     if any(o.split("=", 1)[0].strip() in ("data.dataset", "dataset") for o in overrides):
         raise UserError(f"{first} is the data set already: leave out data.dataset, or give a recipe name first")
-    return PHOTOS_RECIPE, [f"data.dataset={first}", *overrides], path.resolve().name
+    name = path.stem if path.is_file() else path.resolve().name
+    return PHOTOS_RECIPE, [f"data.dataset={first}", *overrides], name or "photos"

@@ -33,7 +33,7 @@ def yield_to_command_line(cfg: Config, keys: set[str]) -> list[str]:
     line for each thing that stepped aside; a combination that cannot hold is refused in one line.
     Called before validate(): the validated config is the one that trains."""
     notes, t = [], cfg.train
-    length = [k for k in BUDGET_KEYS if k in keys]
+    length = [k for k in BUDGET_KEYS if k in keys and (k == "train.epochs" or _get(cfg, k))]  # 0: the default
     if t.time_budget and length:
         given = ", ".join(f"{k}={_get(cfg, k)}" for k in length)
         if "train.time_budget" in keys:
@@ -42,6 +42,8 @@ def yield_to_command_line(cfg: Config, keys: set[str]) -> list[str]:
         notes.append(f"{given} from the command line: the recipe's time budget ({t.time_budget}) is off "
                      "for this run")
         t.time_budget = ""
+        if "train.max_steps" not in keys:  # the budget's own end (a resumed budget run's correction set it)
+            t.max_steps = 0
     if t.time_budget and t.ladder and "train.ladder" not in keys:  # a ladder the user gives is theirs to rule
         ruled = sorted({resolve_key(k) for rung in t.ladder for k, _ in section_items(rung)} & keys)
         if ruled:
@@ -96,8 +98,9 @@ def validate(cfg: Config) -> None:
         (not (d.multi_label and (d.classes or d.unknown_count or d.unknown_fraction)),
          "data.classes and the unknown class choose one class an image: with data.multi_label=true every label "
          "in the CSV is a class (drop labels from its label column to leave them out)"),
-        (not (t.time_budget and cfg.stages),
-         "train.time_budget sets the epochs of one schedule; with stages, give each stage its epochs instead"),
+        (not (t.time_budget and cfg.stages and cfg.stages[-1].cycles),
+         "train.time_budget plans the last stage's epochs, and this one counts SGDR cycles: with stages, give "
+         "each stage its epochs instead"),
         (not (t.max_steps and cfg.stages), "train.max_steps ends one schedule; with stages, give each stage its epochs"),
         (a.hflip or not a.hflip_alternate, "augment.hflip_alternate alternates the flips augment.hflip makes: set "
          "augment.hflip=true too, or leave hflip_alternate off"),

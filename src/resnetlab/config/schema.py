@@ -192,7 +192,7 @@ class TrainConfig:
     monitor: str = _choice("", "", "test")
     # score val with the model as built, before its first step (the Intel tutorial's first look: about 1 /
     # classes for a new head), printed and kept in untrained.json
-    eval_untrained: bool = False
+    score_untrained: bool = False
     eval_raw: bool = False  # with EMA, also score the raw weights on val each epoch (val_top1_raw): a second pass
     # a gain counts when above this (top-1 share: 0.001 = 0.1 point)
     early_stop_min_delta: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1) (a top-1 share)")

@@ -14,7 +14,9 @@ the run is exactly the fixed run it planned. Progressive resizing is timed at bo
 full size, interpolated by pixel count. E - 1 full epochs and a last stretch would need a partial
 epoch the schedules cannot express, so all E epochs take the same k <= full steps (each a random
 k-batch share of the images). The plan and its table are written to budget.json, and the rung and
-length to config.yaml, so a resume follows the same plan.
+length to config.yaml, so a resume follows the same plan. With stages (fine-tuning), the earlier stages
+keep their epochs and the last stage takes the rest; each stage has its own schedule, so such a run
+keeps its planned length (no correction).
 """
 
 from __future__ import annotations
@@ -163,8 +165,21 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
                  else "no ladder: the config as it is")
     rcfg.train.epochs, rcfg.train.steps_per_epoch = plan.epochs, (0 if plan.steps == plan.full_steps else plan.steps)
     rcfg.train.max_steps = 0  # a correction sets it, during the run
-    plan.correct_at = _pin_rise(rcfg, plan)
+    if rcfg.stages:  # the earlier stages keep their epochs; each stage has its own schedule, so no correction
+        _fit_last_stage(rcfg, plan, budget)
+    else:
+        plan.correct_at = _pin_rise(rcfg, plan)
     return rcfg, rdata, plan
+
+
+def _fit_last_stage(cfg: Config, plan: Plan, budget: float) -> None:
+    """Staged training (fine-tuning): the planned epochs less the earlier stages' go to the last stage.
+    Every step is timed as the whole network's, so head-only stages make the run end a little early."""
+    before = sum(st.epochs for st in cfg.stages[:-1])
+    if plan.epochs <= before:
+        raise UserError(f"time budget {clock(budget)}: {plan.epochs} epochs fit here, and the stages before the "
+                        f"last take {before}; give more time, or fewer epochs to the earlier stages")
+    cfg.stages[-1].epochs = plan.epochs - before
 
 
 def _pin_rise(cfg: Config, plan: Plan) -> int:

@@ -54,7 +54,7 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
                   else "; resume with")
         raise UserError(f"nothing to train: {s.run_dir} has finished {first} of train.epochs={t.epochs}{resume} "
                         f"train.epochs={first + 1} or more, or score it with resnetlab evaluate")
-    for key in ("early_stop_patience", "eval_untrained"):
+    for key in ("early_stop_patience", "score_untrained"):
         if getattr(t, key) and "val" not in s.loaders:
             raise UserError(f"train.{key} needs a validation split to watch: set data.val_fraction=0.1")
     if t.monitor and t.monitor not in s.loaders:
@@ -65,7 +65,7 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
             hooks[event] = fns + hooks[event]
     with run_status(s), EpochProgress(s, console) as progress, stop_on_signals() as stop:
         announce(s, console)
-        if t.eval_untrained and first == 0 and s.state.step == 0:  # a resume has trained already
+        if t.score_untrained and first == 0 and s.state.step == 0:  # a resume has trained already
             score_untrained(s, console)
         curves = Curves(s.run_dir / rf.CURVES)
         try:
@@ -218,7 +218,7 @@ def check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
 
 
 def score_untrained(s: Session, console: Console) -> None:
-    """train.eval_untrained: val scored before the first step, printed and kept in untrained.json."""
+    """train.score_untrained: val scored before the first step, printed and kept in untrained.json."""
     record = val_metrics(s)
     if s.dist.main:
         write_json(s.run_dir / rf.UNTRAINED, record)

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from resnetlab import run_folder as rf
-from resnetlab.config import Config, apply_overrides, save_config, validate
+from resnetlab.config import Config, apply_overrides, save_config, validate, yield_to_command_line
 from resnetlab.data import DataBundle, build_data
 from resnetlab.data.readers.manifest import split_file_text
 from resnetlab.device import (compile_plan, environment, precision_reason, resolve_precision, seed_everything,
@@ -29,7 +29,7 @@ from resnetlab.run_folder import check_run_dir, create_run_dir, read_run_config,
 from resnetlab.train import distributed
 from resnetlab.train.budget import Hardware, plan_budget
 from resnetlab.train.checkpoint import rng_state, set_rng_state
-from resnetlab.train.rollback import epoch_checkpoint, roll_back
+from resnetlab.train.rollback import epoch_checkpoint, roll_back, rolled_back_already
 from resnetlab.train.session import RESUME_FROM, Session, build_session, restore_newest_intact
 
 
@@ -44,16 +44,19 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     config.yaml and budget.json, so a resume follows it. ``from_epoch`` resumes from the run's
     epoch_NNN.pt instead of its last checkpoint (train/rollback.py).
     """
-    started, restarted = time.monotonic(), None
+    started, restarted, resume_notes = time.monotonic(), None, []
     if resume is None and (restarted := elastic_restart(cfg, run_name)) is not None:
         resume, overrides = restarted, []
+    if from_epoch is not None and resume is not None and rolled_back_already(resume, from_epoch):
+        from_epoch = None  # torchrun restarted the processes of a finished roll-back: go on from its checkpoints
     if resume is not None:
         resume = check_run_dir(resume)
         if from_epoch is not None:
             epoch_checkpoint(resume, from_epoch)  # before anything is built: a missing epoch is one line
         cfg = read_run_config(resume)
         trained_multi = cfg.data.multi_label
-        apply_overrides(cfg, overrides)
+        # the run's plan (time budget, stages) never replaces a key given now: it steps aside and says so
+        resume_notes = yield_to_command_line(cfg, set(apply_overrides(cfg, overrides)))
         if cfg.data.multi_label != trained_multi:  # the head, the loss and every record would change meaning
             kind = "multi-label" if trained_multi else "single-label"
             raise UserError(f"{resume} was trained {kind}: a resume cannot change data.multi_label; start a new run")
@@ -92,7 +95,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
         roll_back(session, resume, from_epoch)
     elif resume is not None and has_checkpoint:
         restore_newest_intact(session, resume)  # before touching the folder: a misfit changes nothing
-    session.notes += [compile_note] if compile_note else []
+    session.notes += ([compile_note] if compile_note else []) + resume_notes
     if resume is not None and cfg.train.time_budget and (resume / rf.BUDGET).exists():
         session.notes.append(f"time budget: resuming the plan in {resume / rf.BUDGET} ({cfg.train.epochs} epochs); "
                              "the time before the interruption is not counted again")

@@ -116,9 +116,11 @@ def _fixed_costs(s: Session) -> dict:
     passes = 1 + (views if views > 1 else 0)  # the plain test pass, then the TTA views (the image is one)
     test = n.get("test", 0) * passes if s.cfg.train.final_test else 0
     report_s = REPORT_S if test and s.cfg.train.report else 0.0
-    return {"epoch_overhead_s": n.get("val", 0) * eval_s * models + save_s,
+    watched = n.get(s.cfg.train.monitor, 0)  # train.monitor: one more split scored every epoch
+    untrained = n.get("val", 0) if s.cfg.train.score_untrained else 0  # once, before the first step
+    return {"epoch_overhead_s": (n.get("val", 0) * models + watched) * eval_s + save_s,
             # the final curves.png (~0.5 s; while training they are redrawn at most once a minute)
-            "finish_s": (test + n.get("val", 0)) * eval_s + report_s + 0.5,
+            "finish_s": (test + n.get("val", 0) + untrained) * eval_s + report_s + 0.5,
             "full_steps": s.loaders["train"].full_steps if not s.cfg.train.limit_batches else len(s.loaders["train"])}
 
 

@@ -114,7 +114,7 @@ def run_study(recipe: str, overrides: list[str], *, trials: int, study_dir: Path
         chosen = [override(k, v) for k, v in values.items()]
         cfg = load_config(recipe, [*overrides, *fixed, *chosen, f"train.out_dir={study_dir / 'trials'}",
                                    f"train.name=trial-{trial.number:03d}", "train.final_test=false",
-                                   "train.report=false", "train.progress=false",
+                                   "train.report=false", "train.progress=false", "train.monitor=",
                                    "train.ladder=[]"])  # a rung would override the values the trial chose
         s = prepare(cfg, run_name=Path(recipe).stem)
         trial.set_user_attr("run_dir", str(s.run_dir))
