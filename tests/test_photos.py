@@ -170,7 +170,7 @@ def test_a_time_budget_plans_the_last_stage_and_equals_the_fixed_staged_run(clas
     from tests.conftest import tiny_config
 
     stages = "stages=[{epochs: 1, lr: [0.02], schedule: constant}, {epochs: 1, schedule: cosine}]"
-    s = prepare(tiny_config(class_folders, tmp_path / "budget", "data.val_fraction=0.25", "train.time_budget=8s",
+    s = prepare(tiny_config(class_folders, tmp_path / "budget", "data.val_fraction=0.25", "train.time_budget=4s",
                             stages), run_name="t")
     planned = s.plan.epochs
     assert planned >= 2 and [st.epochs for st in s.cfg.stages] == [1, planned - 1] and s.cfg.train.epochs == planned
@@ -185,7 +185,7 @@ def test_a_time_budget_plans_the_last_stage_and_equals_the_fixed_staged_run(clas
     a, b = load_checkpoint(s.run_dir / "last.pt")["model"], load_checkpoint(fixed.run_dir / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(UserError, match=r"and the stages before the last take 500; give more time"):
-        prepare(tiny_config(class_folders, tmp_path / "short", "train.time_budget=8s",
+        prepare(tiny_config(class_folders, tmp_path / "short", "train.time_budget=4s",
                             "stages=[{epochs: 500}, {epochs: 1}]"), run_name="t")
     with pytest.raises(UserError, match="this one counts SGDR cycles: with stages, give each stage its epochs"):
         load_config("gtsrb-resnet34-finetune", ["train.time_budget=10m"])

@@ -83,6 +83,7 @@ KERAS_TINY = {"model.name": "preact_resnet_tiny", "model.stages": [3, 4, 6], "mo
 TUTORIAL_KEYS = {
     "gtsrb-resnet34-finetune": {"model.name": "resnet34", "model.weights": "IMAGENET1K_V1", "data.image_size": 96,
                                 "augment.rotation": 20.0, "augment.zoom": 1.2, "optim.weight_decay": 5e-4,
+                                "augment.fastai_lighting": [0.8, 0.8], "augment.lighting": 0.0,
                                 "optim.nesterov": False, "optim.decay_norm_and_bias": True},
     "gtsrb4-resnet34": {"model.name": "resnet34", "data.classes": ["12", "13", "14", "17"], "data.val_fraction": 0.1,
                         "data.test_fraction": 0.1, "augment.rotation": 15.0, "augment.hflip": True,
@@ -230,3 +231,20 @@ def test_a_length_given_on_resume_extends_the_last_stage(class_folders, tmp_path
     assert "note: train.epochs=3: the last stage trains 2 epochs after the earlier stages' 1" in capsys.readouterr().out
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
     assert json.loads((run / "env.json").read_text())["resumes"][-1]["overrides"] == ["train.epochs=3"]
+
+
+def test_fastai_random_lighting_shifts_brightness_and_scales_contrast_as_fastai_0_7():
+    """RandomLighting(b, c): x' = clip((x - mean) * c' + mean + b'), b' in [-b, b] on the [0, 1] scale, c' a factor
+    in [1 / (1 + c), 1 + c]; a flat image only moves by b', and its mean moves by b' exactly where nothing clips."""
+    from resnetlab.data.augment import lighting
+
+    flat = torch.full((200, 3, 4, 4), 128, dtype=torch.uint8)
+    out = lighting(flat, AugmentConfig(fastai_lighting=[0.2, 0.0]), make_generator(3)).float()
+    shift = out[:, 0, 0, 0] - 128
+    assert bool((out == out[:, :1, :1, :1]).all()) and shift.abs().max() <= 0.2 * 255 + 0.5
+    assert shift.min() < -40 and shift.max() > 40  # both ways, up to 51 of 255
+    ramp = torch.arange(16, dtype=torch.uint8).mul(4).add(98).view(1, 1, 4, 4).expand(200, 3, 4, 4).contiguous()
+    out = lighting(ramp, AugmentConfig(fastai_lighting=[0.0, 0.8]), make_generator(4)).float()
+    spread = (out.amax((1, 2, 3)) - out.amin((1, 2, 3))) / 60  # the ramp spans 60 levels
+    assert spread.min() >= 1 / 1.8 - 0.05 and spread.max() <= 1.8 + 0.05 and spread.min() < 0.8 and spread.max() > 1.4
+    assert torch.equal(lighting(ramp, AugmentConfig(), make_generator(4)), ramp)  # off: untouched

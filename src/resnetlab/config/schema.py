@@ -82,6 +82,10 @@ class AugmentConfig:
     fill: str = _choice("reflect", "reflect", "nearest")
     # brightness and contrast each times 1 +- up to this (fastai's max_lighting)
     lighting: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1)")
+    # [b, c]: fastai 0.7's RandomLighting(b, c): up to +-b added to every pixel (on the [0, 1] scale) and a
+    # contrast factor between 1 / (1 + c) and 1 + c about the image mean; [] = off
+    fastai_lighting: list[float] = _ranged(None, lambda v: not v or (len(v) == 2 and min(v) >= 0),
+                                           "must be [] or [b, c] with b, c >= 0", factory=list)
     resized_crop: list[float] = _ranged(  # [min, max] area share: RandomResizedCrop
         None, lambda v: not v or (len(v) == 2 and 0 < v[0] <= v[1] <= 1),
         "must be [] or [min, max] area shares with 0 < min <= max <= 1", factory=list)

@@ -127,15 +127,27 @@ def affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator)
 
 
 def lighting(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Brightness and contrast, each a factor in [1 - l, 1 + l] per image; contrast about the image mean."""
-    if not cfg.lighting:
+    """Brightness and contrast, each a factor in [1 - l, 1 + l] per image; contrast about the image mean.
+    Then fastai 0.7's RandomLighting(b, c) where ``fastai_lighting`` is [b, c]: b uniform in [-b, b]
+    added on the [0, 1] scale, contrast c uniform in [-c, c] made a factor 1 + c (c >= 0) or
+    1 / (1 - c) (c < 0), about the image mean, clipped to [0, 1]."""
+    if not cfg.lighting and not cfg.fastai_lighting:
         return images
     n = images.shape[0]
-    factors = 1 + (torch.rand(2, n, 1, 1, 1, generator=generator) * 2 - 1) * cfg.lighting
-    brightness, contrast = to_device(factors, images.device)
     x = images.float()
-    mean = x.mean((1, 2, 3), keepdim=True)
-    return ((x - mean) * contrast + mean).mul_(brightness).round_().clamp_(0, 255).to(torch.uint8)
+    if cfg.lighting:
+        factors = 1 + (torch.rand(2, n, 1, 1, 1, generator=generator) * 2 - 1) * cfg.lighting
+        brightness, contrast = to_device(factors, images.device)
+        mean = x.mean((1, 2, 3), keepdim=True)
+        x = ((x - mean) * contrast + mean).mul_(brightness).round_().clamp_(0, 255)
+    if cfg.fastai_lighting:
+        b, c = (torch.rand(2, n, 1, 1, 1, generator=generator) * 2 - 1) * torch.tensor(
+            cfg.fastai_lighting).view(2, 1, 1, 1, 1)
+        c = torch.where(c < 0, 1 / (1 - c), c + 1)
+        b, c = to_device(b, images.device), to_device(c, images.device)
+        mean = x.mean((1, 2, 3), keepdim=True)
+        x = ((x - mean) * c + mean + 255 * b).round_().clamp_(0, 255)
+    return x.to(torch.uint8)
 
 
 ERASE_AREA = (0.02, 0.33)  # share of the image; torchvision's RandomErasing defaults (Zhong et al. 2017)
