@@ -248,3 +248,38 @@ def test_fastai_random_lighting_shifts_brightness_and_scales_contrast_as_fastai_
     spread = (out.amax((1, 2, 3)) - out.amin((1, 2, 3))) / 60  # the ramp spans 60 levels
     assert spread.min() >= 1 / 1.8 - 0.05 and spread.max() <= 1.8 + 0.05 and spread.min() < 0.8 and spread.max() > 1.4
     assert torch.equal(lighting(ramp, AugmentConfig(), make_generator(4)), ramp)  # off: untouched
+
+
+def test_mean_image_normalisation_subtracts_the_training_mean_pixel_by_pixel(class_folders, tmp_path):
+    """data.normalize=mean_image (the Keras CIFAR tutorial's): the training split's mean image, no std; the
+    predictor and an ONNX export normalise alike; a batch at another size (progressive resizing) gets the
+    mean image resized. data.normalize=mean: channel means, no std."""
+    import json
+
+    from resnetlab.data import build_data
+    from resnetlab.data.augment import normalize
+    from resnetlab.deploy.predictor import Predictor
+    from resnetlab.train.loop import fit
+
+    s = prepare(tiny_config(class_folders, tmp_path, "data.normalize=mean_image", "train.precision=fp32"),
+                run_name="t")
+    train = s.data.splits["train"].images
+    expected = train.double().mean(0) / 255  # (C, H, W)
+    assert s.mean.shape == (3, 16, 16) and torch.allclose(s.mean.double(), expected, atol=1e-6)
+    assert s.std.tolist() == [1.0, 1.0, 1.0]
+    x = normalize(train[:4], s.mean, s.std, channels_last=False)
+    assert torch.allclose(x, train[:4].float() / 255 - s.mean, atol=1e-6)
+    assert normalize(train[:4, :, :8, :8], s.mean, s.std, channels_last=False).shape == (4, 3, 8, 8)
+    fit(s)
+    saved = json.loads((s.run_dir / "data.json").read_text())["mean"]
+    assert torch.tensor(saved).shape == (3, 16, 16)
+    predictor = Predictor.load(s.run_dir)
+    images = s.data.splits["test"].images[:6]
+    with torch.no_grad():
+        direct = torch.softmax(s.model.eval()(normalize(images, s.mean, s.std, channels_last=False)).float()
+                               / predictor.temperature, 1)
+    assert torch.allclose(predictor.probabilities(images), direct, atol=1e-5)
+    means = build_data(load_config(None, [f"data.dataset={class_folders}", "data.normalize=mean"]), progress=False)
+    assert len(means.mean) == 3 and means.std == [1.0, 1.0, 1.0]
+    assert load_config("cifar10-preact-resnet56").data.normalize == "mean_image"
+    assert load_config("tinyimagenet-preact-resnet").data.normalize == "mean"

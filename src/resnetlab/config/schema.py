@@ -54,7 +54,10 @@ class DataConfig:
     cache_max_gb: float = 4.0  # GiB of uint8 pixels that 'auto' still keeps in memory
     num_workers: int = 2  # DataLoader workers when streaming
     on_bad_image: str = _choice("skip", "skip", "fail")
-    normalize: str = _choice("auto", "auto", "dataset", "imagenet", "half", "none")
+    # auto: imagenet with pretrained weights, else dataset (the training split's mean and std per channel);
+    # half: (x - 0.5) / 0.5; mean: subtract the training split's channel means, no std; mean_image: subtract
+    # its mean image, pixel by pixel, no std (the Keras CIFAR tutorial's); none: x in [0, 1]
+    normalize: str = _choice("auto", "auto", "dataset", "imagenet", "half", "mean", "mean_image", "none")
 
 
 @dataclass

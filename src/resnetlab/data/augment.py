@@ -242,8 +242,19 @@ class BatchAugment:
 def normalize(
     images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *, channels_last: bool
 ) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32, (x / 255 - mean) / std; mean and std are (C,) in [0, 1] units."""
-    scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
-    shift = (mean / std).view(1, -1, 1, 1)
+    """uint8 (N, C, H, W) -> float32, (x / 255 - mean) / std; std is (C,), mean (C,) or a mean image
+    (C, H', W') (data.normalize=mean_image), resized to the batch's size where it differs (progressive
+    resizing), all in [0, 1] units."""
+    std = std.view(1, -1, 1, 1)
+    scale = 1.0 / (255.0 * std)
+    shift = mean.view(1, -1, 1, 1) / std if mean.dim() == 1 else image_shift(mean, std, images.shape[-2:])
     x = images.to(torch.float32).mul_(scale).sub_(shift)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def image_shift(mean: torch.Tensor, std: torch.Tensor, size) -> torch.Tensor:
+    """A mean image (C, H, W) over std (1, C, 1, 1) as (1, C, H, W), bilinearly resized to ``size``."""
+    mean = mean.unsqueeze(0).float()
+    if tuple(mean.shape[-2:]) != tuple(size):
+        mean = F.interpolate(mean, size=tuple(size), mode="bilinear", align_corners=False)
+    return mean / std

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from resnetlab.config import Config, DataConfig
-from resnetlab.data.decode import decode_files, mean_std, resize_tensor, set_channels, stack_arrays
+from resnetlab.data.decode import decode_files, mean_image, mean_std, resize_tensor, set_channels, stack_arrays
 from resnetlab.data.catalog import Catalog
 from resnetlab.data.readers.layouts import read_catalog
 from resnetlab.data.readers.manifest import apply_split_file
@@ -138,7 +138,10 @@ def _normalisation(d: DataConfig, cfg: Config, train_images: torch.Tensor | None
         return [0.0] * channels, [1.0] * channels
     if train_images is None or len(train_images) == 0:
         raise UserError("no training images to measure mean/std on; set data.normalize=imagenet or half")
-    return mean_std(train_images)
+    if mode == "mean_image":  # a (C, H, W) mean, pixel by pixel, and no std (data.augment.normalize)
+        return mean_image(train_images), [1.0] * channels
+    mean, std = mean_std(train_images)
+    return (mean, [1.0] * channels) if mode == "mean" else (mean, std)
 
 
 def _from_arrays(catalog: Catalog, d: DataConfig, root: Path, cfg: Config) -> DataBundle:

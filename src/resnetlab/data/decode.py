@@ -175,6 +175,16 @@ def mean_std(images: torch.Tensor, elements: int = 2**22) -> tuple[list[float], 
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
+def mean_image(images: torch.Tensor, elements: int = 2**22) -> list:
+    """The mean image (C, H, W) of a uint8 cache (or a DiskImages), in [0, 1] units, as nested lists;
+    float64 sums of ``elements`` values at a time, as mean_std()."""
+    c, h, w = images.shape[1:]
+    total = torch.zeros(c, h, w, dtype=torch.float64)
+    for part in images.split(max(1, elements // max(1, c * h * w))):
+        total += part.to(torch.float64).sum(0) / 255
+    return (total / max(images.shape[0], 1)).round(decimals=6).tolist()
+
+
 def decode_for_model(paths: list[str], size: int, resize: str, channels: int):
     """Files -> uint8 (N, C, size, size) as a model trained at ``size`` px expects, their paths, and
     (path, reason) for the files that cannot be used."""

@@ -56,7 +56,9 @@ class Deployable(nn.Module):
         # scale and shift folded: (x / 255 - mean) / std = x * scale - shift, in float32
         std_t, mean_t = torch.tensor(std, dtype=torch.float32), torch.tensor(mean, dtype=torch.float32)
         self.register_buffer("scale", (1.0 / (255.0 * std_t)).view(1, -1, 1, 1))
-        self.register_buffer("shift", (mean_t / std_t).view(1, -1, 1, 1))
+        # a mean image (data.normalize=mean_image) is (C, H, W): the export's fixed size is the model's
+        self.register_buffer("shift", (mean_t / std_t.view(-1, 1, 1)).unsqueeze(0) if mean_t.dim() == 3
+                             else (mean_t / std_t).view(1, -1, 1, 1))
         self.inv_temperature = float(1.0 / temperature)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -201,7 +201,8 @@ def train_augment(cfg: Config, data: DataBundle, count: int, augment: AugmentCon
     erased pixels in what normalises to 0, alternating flips with hflip_alternate (validate()
     refuses that without hflip)."""
     augment = augment or cfg.augment
-    fill = tuple(round(255 * m) for m in data.mean)
+    mean = torch.tensor(data.mean, dtype=torch.float64)  # (C,), or a mean image (C, H, W): its channels'
+    fill = tuple(round(255 * m) for m in (mean.flatten(1).mean(1) if mean.dim() == 3 else mean).tolist())
     sides = flip_sides(count, cfg.seed) if augment.hflip_alternate else None
     return BatchAugment(augment, num_classes=len(data.classes), fill=fill, sides=sides)
 
