@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from resnetlab.config import all_keys, load_config
+from resnetlab.config import all_keys, load_config, resolve_key
 from resnetlab.errors import UserError
 
 PHOTOS_RECIPE = "photos"  # what `resnetlab train path/to/photos` trains: a pretrained ResNet fine-tuned
@@ -96,7 +96,7 @@ def recipe_or_photos(first: str | None, overrides: list[str]) -> tuple[str | Non
             raise UserError(f"{first}: no such folder or CSV file (train takes a recipe name or .yaml file, or "
                             "a folder or CSV of photos)")
         return first, overrides, path.stem
-    if any(o.split("=", 1)[0].strip() in ("data.dataset", "dataset") for o in overrides):
+    if any(resolve_key(o.split("=", 1)[0].strip()) == "data.dataset" for o in overrides if "=" in o):
         raise UserError(f"{first} is the data set already: leave out data.dataset, or give a recipe name first")
     name = path.stem if path.is_file() else path.resolve().name
     return PHOTOS_RECIPE, [f"data.dataset={first}", *overrides], name or "photos"

@@ -29,8 +29,9 @@ BUDGET_KEYS = ("train.epochs", "train.steps_per_epoch", "train.max_steps")
 def yield_to_command_line(cfg: Config, keys: set[str]) -> list[str]:
     """A key set on the command line (``keys``, full names) is never replaced by what the recipe plans:
     the time budget steps aside for a length the user gives (both on the command line: refused), the
-    recipe's ladder for a key one of its rungs sets, and in a staged recipe train.epochs is the last stage's epochs plus the earlier stages'. Returns one
-    line for each thing that stepped aside; a combination that cannot hold is refused in one line.
+    recipe's ladder for a key one of its rungs sets, and in a staged recipe train.epochs is the last
+    stage's epochs plus the earlier stages'. Returns one line for each thing that stepped aside; a
+    combination that cannot hold is refused in one line.
     Called before validate(): the validated config is the one that trains."""
     notes, t = [], cfg.train
     length = [k for k in BUDGET_KEYS if k in keys and (k == "train.epochs" or _get(cfg, k))]  # 0: the default

@@ -51,8 +51,9 @@ class PreActResNet(nn.Module):
             )
         if any(k % 4 for k in filters[1:]):
             raise UserError(f"bottleneck widths must be multiples of 4 (K/4 inside), got {filters[1:]}")
-        if input_bn:  # before the stem, so layer_groups counts it in the stem group
-            self.input_bn = nn.BatchNorm2d(in_chans)
+        # before the stem, so layer_groups counts it in the stem group; Identity has no state: off, the
+        # state dict is the variant's without it
+        self.input_bn = nn.BatchNorm2d(in_chans) if input_bn else nn.Identity()
         if stem == "cifar":  # 32 px: 3x3 conv keeps the resolution
             self.stem = nn.Conv2d(in_chans, filters[0], 3, padding=1, bias=False)
         else:  # 64 px: 5x5 conv + BN + ReLU + max-pool halves it once (Tiny ImageNet)
@@ -78,9 +79,7 @@ class PreActResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "input_bn"):
-            x = self.input_bn(x)
-        return self.fc(self.final(self.blocks(self.stem(x))))
+        return self.fc(self.final(self.blocks(self.stem(self.input_bn(x)))))
 
 
 @register_model(family="preact", default_size=32, min_size=4)

@@ -30,7 +30,7 @@ from resnetlab.train.correction import LengthCorrection
 from resnetlab.train.figures import Curves
 from resnetlab.train.finish import finish_run
 from resnetlab.train.precompute import HeadFeatures
-from resnetlab.train.progress import EpochProgress, announce, epoch_line
+from resnetlab.train.progress import EpochProgress, announce, epoch_line, split_score
 from resnetlab.train.saving import save_epoch, save_partial
 from resnetlab.train.session import CORRECT, LOSS, SEEN, Session, no_sums, val_score
 from resnetlab.train.sizes import training_size
@@ -222,9 +222,7 @@ def score_untrained(s: Session, console: Console) -> None:
     record = val_metrics(s)
     if s.dist.main:
         write_json(s.run_dir / rf.UNTRAINED, record)
-        score = (f"mAP {100 * record['val_map']:.2f}%" if "val_map" in record
-                 else f"top-1 {100 * record['val_top1']:.2f}%")
-        console.print(f"before training: val loss {record['val_loss']:.4f} {score} (n={len(s.data.splits['val'])})")
+        console.print(f"before training: {split_score(record, 'val')} (n={len(s.data.splits['val'])})")
 
 
 def monitor_metrics(s: Session, split: str) -> dict:

@@ -84,6 +84,13 @@ def announce(s: Session, console: Console) -> None:
                       "(set data.val_fraction to choose the best epoch on validation)")
 
 
+def split_score(record: dict, split: str) -> str:
+    """'<split> loss L top-1 A%' (multi-label: 'mAP A%') from a record's <split>_* keys."""
+    score = f"mAP {100 * record[f'{split}_map']:.2f}%" if f"{split}_map" in record else \
+        f"top-1 {100 * record[f'{split}_top1']:.2f}%"
+    return f"{split} loss {record[f'{split}_loss']:.4f} {score}"
+
+
 def epoch_line(s: Session, record: dict, improved: bool) -> str:
     """The line a finished epoch prints ('*': best.pt was written), and a warning when it diverged."""
     line = f"epoch {record['epoch']:>3}/{s.cfg.train.epochs}  lr {record['lr']:.2e}  train loss {record['train_loss']:.4f}"
@@ -91,14 +98,10 @@ def epoch_line(s: Session, record: dict, improved: bool) -> str:
         line += f" exact {100 * record['train_exact']:.2f}%"
     else:
         line += f" top-1 {100 * record['train_top1']:.2f}%"
-    if "val_map" in record:
-        line += f"  val loss {record['val_loss']:.4f} mAP {100 * record['val_map']:.2f}%"
-    elif "val_top1" in record:
-        line += f"  val loss {record['val_loss']:.4f} top-1 {100 * record['val_top1']:.2f}%"
+    if "val_loss" in record:
+        line += f"  {split_score(record, 'val')}"
     if (m := s.cfg.train.monitor) and f"{m}_loss" in record:  # watched only: never chooses best.pt
-        score = f"mAP {100 * record[f'{m}_map']:.2f}%" if f"{m}_map" in record else \
-            f"top-1 {100 * record[f'{m}_top1']:.2f}%"
-        line += f"  ({m} loss {record[f'{m}_loss']:.4f} {score}, monitored)"
+        line += f"  ({split_score(record, m)}, monitored)"
     line += f"  {record['images_per_s']:.0f} img/s  {record['seconds']:.1f} s"
     if s.cfg.train.size_start or s.cfg.train.size_end:
         line += f"  {record['size']} px"

@@ -47,9 +47,9 @@ def roll_back(s: Session, run_dir: Path, epoch: int) -> None:
     """Restore epoch_NNN.pt into ``s`` (every rank); rank 0 moves the later epochs' files aside."""
     path = epoch_checkpoint(run_dir, epoch)
     restore(s, path, load_checkpoint(path))  # first: a checkpoint that does not fit the config changes nothing
+    later = [p for p in run_dir.glob("*.pt") if p != path and _epoch_of(p) > epoch]
     # best.pt of a later epoch goes: the best kept epoch up to N replaces it, and sets the score to beat
-    later_best = (run_dir / rf.BEST).exists() and _epoch_of(run_dir / rf.BEST) > epoch
-    best = _best_kept(run_dir, s.state.history, epoch) if later_best else None
+    best = _best_kept(run_dir, s.state.history, epoch) if run_dir / rf.BEST in later else None
     if best is not None:
         s.state.best_top1 = val_score(s.state.history[best - 1])
     metrics = run_dir / rf.METRICS
@@ -57,7 +57,7 @@ def roll_back(s: Session, run_dir: Path, epoch: int) -> None:
     moved = None
     distributed.barrier(s.dist)  # every rank has read the folder before rank 0 changes it
     if s.dist.main:
-        moved = _move_aside(run_dir, path, epoch, last)
+        moved = _move_aside(run_dir, later, epoch, last)
         shutil.copy2(path, run_dir / rf.LAST)  # a resume after a failure in the next epoch starts here
         if best is not None:
             shutil.copy2(run_dir / rf.epoch_name(best), run_dir / rf.BEST)
@@ -70,10 +70,9 @@ def roll_back(s: Session, run_dir: Path, epoch: int) -> None:
                    f"{new:.2e} from epoch {epoch + 1}")
 
 
-def _move_aside(run_dir: Path, kept: Path, epoch: int, last: int) -> str | None:
+def _move_aside(run_dir: Path, later: list[Path], epoch: int, last: int) -> str | None:
     """Move the later epochs' checkpoints and the abandoned model's results to rolled_back/; copy the
     metrics as they were. Returns the folder, relative to the run, or None when nothing was later."""
-    later = [p for p in run_dir.glob("*.pt") if p != kept and _epoch_of(p) > epoch]
     results = [p for pattern in rf.EVALUATED for p in run_dir.glob(pattern)]
     if not later and not results and last == epoch:
         return None
