@@ -26,8 +26,8 @@ from pathlib import Path
 
 from resnetlab.config import load_config
 from resnetlab.data.shards import write_shards
-from resnetlab.train.loop import fit
-from resnetlab.train.prepare import prepare
+from resnetlab.run.fit import fit
+from resnetlab.run.prepare import prepare
 
 MODEL = ["model.name=resnet9", "model.filters=[32,64,128,256]", "train.batch_size=128", "train.progress=false",
          "train.report=false", "train.final_test=false", "train.tensorboard=false", "augment.crop_padding=4"]

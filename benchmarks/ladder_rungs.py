@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from resnetlab.config import load_config, rung_config
-from resnetlab.train.loop import fit
-from resnetlab.train.prepare import prepare
+from resnetlab.run.fit import fit
+from resnetlab.run.prepare import prepare
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from resnetlab.config import load_config
 from resnetlab.errors import UserError
-from resnetlab.train.budget import pick_rung
-from resnetlab.train.prepare import prepare
+from resnetlab.budget.plan import pick_rung
+from resnetlab.run.prepare import prepare
 
 
 def main() -> None:

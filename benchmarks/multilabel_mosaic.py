@@ -32,9 +32,9 @@ from resnetlab.config import load_config
 from resnetlab.data.decode import decode_for_model
 from resnetlab.data.mosaic import write_mosaics
 from resnetlab.evaluate.multilabel import multilabel_metrics
-from resnetlab.train.finish import final_model
-from resnetlab.train.loop import fit
-from resnetlab.train.prepare import prepare
+from resnetlab.run.finish import final_model
+from resnetlab.run.fit import fit
+from resnetlab.run.prepare import prepare
 
 RECIPE = Path(__file__).resolve().parents[1] / "src" / "resnetlab" / "recipes" / "cifar10-fast.yaml"
 COMMON = ["train.time_budget=", "train.ladder=[]", "train.progress=false", "train.report=true", "data.val_count=2000"]

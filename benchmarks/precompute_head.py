@@ -25,8 +25,8 @@ from resnetlab.config import load_config
 from resnetlab.data import build_data
 from resnetlab.data.augment import normalize
 from resnetlab.data.bundle import IMAGENET_MEAN, IMAGENET_STD
-from resnetlab.train.loop import fit
-from resnetlab.train.prepare import prepare
+from resnetlab.run.fit import fit
+from resnetlab.run.prepare import prepare
 
 
 def place_weights(home: Path, data: str) -> None:

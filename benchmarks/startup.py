@@ -30,7 +30,7 @@ import time
 t0 = time.perf_counter()
 import json, sys
 from resnetlab import fit, load_config, prepare
-from resnetlab.train.stopping import StopTraining
+from resnetlab.train.loop import StopTraining
 
 cfg = load_config(sys.argv[1], sys.argv[2:])
 t_import = time.perf_counter() - t0

@@ -22,8 +22,9 @@ from pathlib import Path
 from resnetlab.config import load_config
 from resnetlab.io import atomic_write_text
 from resnetlab.plotting import save_figure
-from resnetlab.train.loop import fit, score_split
-from resnetlab.train.prepare import prepare
+from resnetlab.run.fit import fit
+from resnetlab.train.loop import score_split
+from resnetlab.run.prepare import prepare
 
 
 def run(recipe: str, overrides: list[str], out: Path) -> dict:

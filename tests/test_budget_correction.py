@@ -11,13 +11,13 @@ import yaml
 
 from resnetlab.config import Config, load_config
 from resnetlab.errors import UserError
-from resnetlab.train import probe
-from resnetlab.train.budget import Plan
-from resnetlab.train.checkpoint import load_checkpoint
-from resnetlab.train.correction import MARGIN, LengthCorrection, corrected_steps
-from resnetlab.train.finish import retrain_config
-from resnetlab.train.loop import fit
-from resnetlab.train.prepare import prepare
+from resnetlab.budget import probe
+from resnetlab.budget.plan import Plan
+from resnetlab.checkpoint import load_checkpoint
+from resnetlab.budget.correction import MARGIN, LengthCorrection, corrected_steps
+from resnetlab.run.finish import retrain_config
+from resnetlab.run.fit import fit
+from resnetlab.run.prepare import prepare
 
 from tests.conftest import tiny_config
 

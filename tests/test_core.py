@@ -15,11 +15,11 @@ from resnetlab.config import ScheduleConfig
 from resnetlab.data import build_data
 from resnetlab.data.readers.manifest import read_split_file
 from resnetlab.errors import UserError
-from resnetlab.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from resnetlab.train.loop import check_callbacks, fit
-from resnetlab.train.progress import diverged
+from resnetlab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from resnetlab.run.fit import check_callbacks, fit
+from resnetlab.run.progress import diverged
 from resnetlab.train.schedules import lr_at
-from resnetlab.train.prepare import prepare
+from resnetlab.run.prepare import prepare
 from tests.conftest import REPO, tiny_config, tiny_overrides, write_class_folders
 
 
@@ -34,7 +34,7 @@ def test_without_val_there_is_no_best_checkpoint_and_the_output_says_so(class_fo
 
 
 def test_best_is_chosen_on_val_and_the_test_split_is_scored_once(class_folders, tmp_path, monkeypatch):
-    import resnetlab.train.finish as finish
+    import resnetlab.run.finish as finish
 
     scored = []
     real = finish.evaluate_split

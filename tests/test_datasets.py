@@ -16,7 +16,7 @@ from resnetlab.cli import main
 from resnetlab.data import build_data, plan_data, read_catalog
 from resnetlab.data.images import load_array
 from resnetlab.errors import UserError
-from resnetlab.train.checkpoint import load_checkpoint
+from resnetlab.checkpoint import load_checkpoint
 from tests.conftest import tiny_config, write_class_folders
 
 GT_HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
@@ -193,8 +193,8 @@ def test_intel_layout_fractions_and_fixed_val_count(shared_data, tmp_path):
 
 
 def test_split_file_is_written_and_reused(shared_data, tmp_path):
-    from resnetlab.train.prepare import prepare
-    from resnetlab.train.loop import fit
+    from resnetlab.run.prepare import prepare
+    from resnetlab.run.fit import fit
 
     intel = shared_data / "intel"
     extra = ("data.image_size=16", "data.val_count=30", "data.classes=forest,sea", "data.unknown_fraction=0.05")
@@ -310,7 +310,7 @@ def test_builtin_names_resolve_locally_or_say_where(shared_data, tmp_path, monke
 
 def test_balanced_sampler_and_class_weights():
     from resnetlab.data.loader import epoch_order
-    from resnetlab.train.session import balanced_weights
+    from resnetlab.evaluate.task import balanced_weights
 
     labels = torch.tensor([0] * 90 + [1] * 10)
     w = balanced_weights(labels, 3)
@@ -322,8 +322,8 @@ def test_balanced_sampler_and_class_weights():
 
 
 def test_class_weights_change_training_on_imbalanced_data(tmp_path):
-    from resnetlab.train.loop import fit
-    from resnetlab.train.prepare import prepare
+    from resnetlab.run.fit import fit
+    from resnetlab.run.prepare import prepare
 
     root = write_class_folders(tmp_path / "d", per_class=24, size=16, splits=("train",))
     for name in ("bee", "cat"):  # 24 ants, 4 bees, 4 cats

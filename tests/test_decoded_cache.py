@@ -19,9 +19,9 @@ from resnetlab.data import build_data
 from resnetlab.data.decode import decode_files, stack_arrays
 from resnetlab.data.decoded_cache import DiskImages, cached_images
 from resnetlab.errors import UserError
-from resnetlab.train.checkpoint import load_checkpoint
-from resnetlab.train.loop import fit
-from resnetlab.train.prepare import prepare
+from resnetlab.checkpoint import load_checkpoint
+from resnetlab.run.fit import fit
+from resnetlab.run.prepare import prepare
 
 
 def cache_config(folders, tmp_path, *extra, mode="disk"):

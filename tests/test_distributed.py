@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from resnetlab.data.augment import BatchAugment
-from resnetlab.train.checkpoint import load_checkpoint
+from resnetlab.checkpoint import load_checkpoint
 from resnetlab.config import AugmentConfig
 from resnetlab.data.loader import CachedLoader
 from tests.conftest import REPO
@@ -145,8 +145,8 @@ def test_sigterm_under_torchrun_checkpoints_and_resumes(runs, tmp_path):
 RANK_DIES_ONCE = """
 import os, signal, sys
 from resnetlab.config import load_config
-from resnetlab.train.loop import fit
-from resnetlab.train.prepare import prepare
+from resnetlab.run.fit import fit
+from resnetlab.run.prepare import prepare
 
 def die(session, info):  # rank 1 dies mid-epoch 2, in torchrun's first attempt only
     if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0" and info["step"] == 6:

@@ -164,7 +164,7 @@ def _never_unknown(run: Path) -> None:
     """Rewrite the run's best checkpoint so the 'unknown' class can never win the argmax: its fc bias
     is -1e4 (in the raw and the EMA weights). The model then names a sign for every image by
     construction, whatever a barely trained model would say at this CPU's precision."""
-    from resnetlab.train.checkpoint import load_checkpoint, save_checkpoint
+    from resnetlab.checkpoint import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(run / "best.pt")
     unknown = list(state["classes"]).index("unknown")

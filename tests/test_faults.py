@@ -13,10 +13,10 @@ from resnetlab.cli import main
 from resnetlab.data import build_data
 from resnetlab.errors import UserError
 from resnetlab.io import WriteFailed
-from resnetlab.train.checkpoint import DamagedCheckpoint, load_checkpoint
-from resnetlab.train.loop import fit
-from resnetlab.train.stopping import StopTraining
-from resnetlab.train.prepare import prepare
+from resnetlab.checkpoint import DamagedCheckpoint, load_checkpoint
+from resnetlab.run.fit import fit
+from resnetlab.train.loop import StopTraining
+from resnetlab.run.prepare import prepare
 from tests.conftest import REPO, tiny_config, tiny_overrides
 
 

@@ -7,7 +7,7 @@ import torch
 
 from resnetlab.cli import main
 from resnetlab.train.lr_find import lr_find, suggest
-from resnetlab.train.prepare import prepare
+from resnetlab.run.prepare import prepare
 from tests.conftest import tiny_config, tiny_overrides
 
 

@@ -15,12 +15,12 @@ from resnetlab.config import AugmentConfig, TrainConfig, load_config
 from resnetlab.data import policy
 from resnetlab.data.augment import BatchAugment, erase, make_generator, mix
 from resnetlab.errors import UserError
-from resnetlab.train.budget import choose
-from resnetlab.train.probe import BRIEF_STEPS
-from resnetlab.train.checkpoint import load_checkpoint
-from resnetlab.train.loop import fit
+from resnetlab.budget.plan import choose
+from resnetlab.budget.probe import BRIEF_STEPS
+from resnetlab.checkpoint import load_checkpoint
+from resnetlab.run.fit import fit
 from resnetlab.train.sizes import size_for_epoch, training_size
-from resnetlab.train.prepare import prepare
+from resnetlab.run.prepare import prepare
 
 # magnitudes that reach both ends of each op's table, both signs and the torchvision edge cases
 # (a shear of -0.6 lands many sampling points exactly on pixel edges)
@@ -199,7 +199,7 @@ def test_ladder_rule_scores_every_timed_rung_alike_and_steps_past_one_out_of_mem
     from types import SimpleNamespace
 
     from resnetlab.config import Config
-    from resnetlab.train.budget import _decide
+    from resnetlab.budget.plan import _decide
 
     data = SimpleNamespace(image_size=28)
 
@@ -227,7 +227,7 @@ def test_inference_timing_ignores_a_first_batch_that_stalls(monkeypatch):
     from types import SimpleNamespace
 
     from resnetlab.config import Config
-    from resnetlab.train import probe
+    from resnetlab.budget import probe
 
     def timed(*seconds):  # each infer call takes the next of these for a batch of 1,000 images
         calls = iter(seconds)

@@ -16,7 +16,7 @@ from resnetlab.data import build_data, plan_data
 from resnetlab.data.augment import BatchAugment, make_generator
 from resnetlab.data.readers.manifest import read_manifest
 from resnetlab.errors import UserError
-from resnetlab.train.session import positive_weights
+from resnetlab.evaluate.task import MultiLabel, positive_weights
 from tests.conftest import tiny_overrides, write_mosaic_csv
 
 
@@ -114,20 +114,14 @@ def test_iterative_stratification_gives_every_label_its_share_where_a_random_dra
 
 
 def test_multi_label_loss_is_bce_summed_over_classes_with_positive_weights_and_smoothing():
-    from types import SimpleNamespace
-
-    from resnetlab.train.step import loss_of
-
     torch.manual_seed(0)
     logits, y = torch.randn(6, 4), (torch.rand(6, 4) < 0.3).float()
     y[:, 3] = 0  # a class with no positives weighs 1
     weights = positive_weights(y)
     positives = y.sum(0)
     assert torch.allclose(weights[:3], (6 - positives[:3]) / positives[:3]) and weights[3] == 1
-    s = SimpleNamespace(multi_label=True, class_weights=weights,
-                        cfg=SimpleNamespace(optim=SimpleNamespace(label_smoothing=0.1)))
     expected = torch.nn.BCEWithLogitsLoss(pos_weight=weights, reduction="sum")(logits, y * 0.9 + 0.05)
-    assert torch.allclose(loss_of(s, logits, y), expected)
+    assert torch.allclose(MultiLabel().loss(logits, y, weight=weights, smoothing=0.1), expected)
 
 
 def test_mixup_mixes_label_sets_without_one_hot():
@@ -181,9 +175,9 @@ def test_a_multi_label_run_resumes_where_it_stopped(mosaic_run, capsys):
 
 
 def test_retrain_on_all_takes_the_thresholds_its_parent_fitted_on_the_val_images_it_trains_on(mosaic_run):
-    from resnetlab.train.finish import retrain_config
-    from resnetlab.train.loop import fit
-    from resnetlab.train.prepare import prepare
+    from resnetlab.run.finish import retrain_config
+    from resnetlab.run.fit import fit
+    from resnetlab.run.prepare import prepare
 
     cfg = retrain_config(mosaic_run)
     cfg.train.epochs, cfg.train.final_test = 1, True  # the resume above left final_test off

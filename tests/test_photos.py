@@ -164,9 +164,9 @@ def test_the_command_line_says_what_stepped_aside_and_trains_the_length_given(cl
 def test_a_time_budget_plans_the_last_stage_and_equals_the_fixed_staged_run(class_folders, tmp_path):
     """Fine-tuning in a budget: the earlier stages keep their epochs, the last takes the rest of the plan,
     and the run is the fixed run with that last stage, bit for bit."""
-    from resnetlab.train.checkpoint import load_checkpoint
-    from resnetlab.train.loop import fit
-    from resnetlab.train.prepare import prepare
+    from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.run.fit import fit
+    from resnetlab.run.prepare import prepare
     from tests.conftest import tiny_config
 
     stages = "stages=[{epochs: 1, lr: [0.02], schedule: constant}, {epochs: 1, schedule: cosine}]"

@@ -9,7 +9,7 @@ from resnetlab.cli import main
 from resnetlab.config import list_recipes, load_config, recipe_path
 from resnetlab.io import read_yaml
 from resnetlab.errors import UserError
-from resnetlab.train.prepare import prepare
+from resnetlab.run.prepare import prepare
 from tests.conftest import place_weights
 
 # Few steps, same recipe: 2 batches of 8 an epoch in every split, one epoch, no time budget (the GTSRB tutorial's stages

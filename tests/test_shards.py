@@ -18,8 +18,8 @@ from resnetlab.data.readers.layouts import read_catalog
 from resnetlab.data.archive import shard_of
 from resnetlab.data.shards import parse_shard_size, write_shards
 from resnetlab.errors import UserError
-from resnetlab.train.loop import fit
-from resnetlab.train.prepare import prepare
+from resnetlab.run.fit import fit
+from resnetlab.run.prepare import prepare
 from tests.conftest import tiny_config, write_class_folders
 from tests.test_cli import assert_one_line_error, cli
 

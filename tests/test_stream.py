@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from resnetlab.data import build_data
-from resnetlab.train.checkpoint import load_checkpoint
-from resnetlab.train.loop import fit
-from resnetlab.train.prepare import prepare
+from resnetlab.checkpoint import load_checkpoint
+from resnetlab.run.fit import fit
+from resnetlab.run.prepare import prepare
 from tests.conftest import tiny_config, write_class_folders
 
 

@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-from resnetlab.train.checkpoint import load_checkpoint, save_checkpoint
+from resnetlab.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.errors import UserError
-from resnetlab.train.prepare import prepare
-from resnetlab.train.loop import fit
+from resnetlab.run.prepare import prepare
+from resnetlab.run.fit import fit
 from tests.conftest import REPO, tiny_config, tiny_overrides, write_class_folders
 
 RUN_FILES = {"config.yaml", "env.json", "classes.json", "data.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt"}
@@ -61,8 +61,8 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from resnetlab.config import load_config
-    from resnetlab.train.prepare import prepare
-    from resnetlab.train.loop import fit
+    from resnetlab.run.prepare import prepare
+    from resnetlab.run.fit import fit
 
     kill_at = int(sys.argv[1])
     def on_batch_end(session, info):
@@ -143,7 +143,7 @@ WRITER = textwrap.dedent(
     """
     import sys, torch
     from pathlib import Path
-    from resnetlab.train.checkpoint import save_checkpoint
+    from resnetlab.checkpoint import save_checkpoint
     path = Path(sys.argv[1])
     i = 0
     while True:
@@ -170,9 +170,9 @@ TERMINATED = textwrap.dedent(
     """
     import os, signal, sys
     from resnetlab.config import load_config
-    from resnetlab.train.prepare import prepare
-    from resnetlab.train.loop import fit
-    from resnetlab.train.stopping import Preempted
+    from resnetlab.run.prepare import prepare
+    from resnetlab.run.fit import fit
+    from resnetlab.train.loop import Preempted
 
     stop_at = int(sys.argv[1])
     def on_batch_end(session, info):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from resnetlab.config import AugmentConfig, load_config
 from resnetlab.data.augment import crop_flip, make_generator
 from resnetlab.models import get_model
-from resnetlab.train.prepare import prepare
+from resnetlab.run.prepare import prepare
 from resnetlab.train.session import build_optimizer
 from resnetlab.train.stages import lr_for_step
 from resnetlab.train.step import train_step
@@ -132,7 +132,7 @@ def test_rolling_back_to_a_kept_epoch_continues_from_it_with_a_new_rate(class_fo
     import json
 
     from resnetlab.cli import main
-    from resnetlab.train.checkpoint import load_checkpoint
+    from resnetlab.checkpoint import load_checkpoint
     from tests.conftest import tiny_overrides
 
     args = tiny_overrides(class_folders, tmp_path / "runs", "data.val_fraction=0.25", "schedule.name=constant",
@@ -192,7 +192,7 @@ def test_a_monitored_split_is_watched_every_epoch_and_changes_nothing_else(class
     import json
 
     from resnetlab.cli import main
-    from resnetlab.train.checkpoint import load_checkpoint
+    from resnetlab.checkpoint import load_checkpoint
     from tests.conftest import tiny_overrides
 
     runs = {}
@@ -211,7 +211,7 @@ def test_a_monitored_split_is_watched_every_epoch_and_changes_nothing_else(class
     best = max(history, key=lambda h: h["val_top1"])["epoch"]
     assert load_checkpoint(runs["watched"] / "best.pt")["epoch"] == best
     with pytest.raises(Exception, match="train.monitor=test: the data has no test split"):
-        from resnetlab.train.loop import fit
+        from resnetlab.run.fit import fit
         from tests.conftest import tiny_config
 
         fit(prepare(tiny_config(class_folders / "train", tmp_path / "none", "train.monitor=test"), run_name="t"))
@@ -259,7 +259,7 @@ def test_mean_image_normalisation_subtracts_the_training_mean_pixel_by_pixel(cla
     from resnetlab.data import build_data
     from resnetlab.data.augment import normalize
     from resnetlab.deploy.predictor import Predictor
-    from resnetlab.train.loop import fit
+    from resnetlab.run.fit import fit
 
     s = prepare(tiny_config(class_folders, tmp_path, "data.normalize=mean_image", "train.precision=fp32"),
                 run_name="t")

@@ -12,8 +12,8 @@ import torch
 from resnetlab.cli import main
 from resnetlab.errors import UserError
 from resnetlab.evaluate.runs import list_runs
-from resnetlab.train.loop import fit
-from resnetlab.train.prepare import prepare
+from resnetlab.run.fit import fit
+from resnetlab.run.prepare import prepare
 from tests.conftest import REPO, tiny_config, tiny_overrides, write_class_folders
 
 
@@ -59,8 +59,8 @@ def test_tensorboard_can_be_turned_off(class_folders, tmp_path):
 KILLED = """
 import os, signal, sys
 from resnetlab.config import load_config
-from resnetlab.train.loop import fit
-from resnetlab.train.prepare import prepare
+from resnetlab.run.fit import fit
+from resnetlab.run.prepare import prepare
 
 def die(session, info):
     if info["step"] == 2:

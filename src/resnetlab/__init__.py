@@ -24,8 +24,8 @@ _LAZY = {
     "get_model": "resnetlab.models",
     "list_models": "resnetlab.models",
     "register_model": "resnetlab.models",
-    "prepare": "resnetlab.train.prepare",
-    "fit": "resnetlab.train.loop",
+    "prepare": "resnetlab.run.prepare",
+    "fit": "resnetlab.run.fit",
     "Predictor": "resnetlab.deploy.predictor",
 }
 

@@ -1,6 +1,6 @@
 """matplotlib with its Agg backend (no display needed), and saving a figure atomically as PNG.
 
-Each layer draws its own figures (data/figures.py, train/figures.py, evaluate/figures.py);
+Each layer draws its own figures (data/figures.py, run/figures.py, evaluate/figures.py);
 they share this module, so the backend is chosen once, before pyplot is first imported.
 """
 

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from resnetlab.io import atomic_write_text, csv_text, read_json, read_yaml
-from resnetlab.config import Config, config_from_dict
+from resnetlab.config import Config, config_from_dict, save_config
 from resnetlab.errors import UserError
 
 CONFIG, ENV, CLASSES, DATA, SPLIT = "config.yaml", "env.json", "classes.json", "data.json", "split.csv"
@@ -93,13 +93,15 @@ def unique_run_dir(out_dir: Path, name: str) -> Path:
     return path
 
 
-def create_run_dir(out_dir: Path, name: str, files: dict[str, str]) -> Path:
-    """Make the folder with its first files in one rename, so no half-made run is ever listed."""
+def create_run_dir(out_dir: Path, name: str, files: dict[str, str], config: Config) -> Path:
+    """Make the folder with its config.yaml and first ``files`` in one rename, so no half-made run is
+    ever listed."""
     final = unique_run_dir(out_dir, name)
     staging = out_dir / f".{final.name}.{time.time_ns()}.partial"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         staging.mkdir()
+        save_config(config, staging / CONFIG)
         for filename, text in files.items():
             (staging / filename).write_text(text)
         staging.rename(final)

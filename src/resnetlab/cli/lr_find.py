@@ -28,9 +28,9 @@ def run(args) -> int:
     from resnetlab.config import load_config
     from resnetlab.errors import UserError
     from resnetlab.train.lr_find import check_range, lr_find
-    from resnetlab.train.figures import lr_find_curves
+    from resnetlab.run.figures import lr_find_curves
     from resnetlab.io import write_json
-    from resnetlab.train.prepare import prepare
+    from resnetlab.run.prepare import prepare
 
     check_range(args.start, args.end, args.steps)  # before any data is read
     recipe, overrides = None, list(args.items)

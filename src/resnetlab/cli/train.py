@@ -41,10 +41,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from resnetlab.train.finish import retrain_config
-    from resnetlab.train.loop import fit
-    from resnetlab.train.stopping import Preempted
-    from resnetlab.train.prepare import prepare
+    from resnetlab.run.finish import retrain_config
+    from resnetlab.run.fit import fit
+    from resnetlab.train.loop import Preempted
+    from resnetlab.run.prepare import prepare
 
     if args.help_config:
         from resnetlab.config import Config

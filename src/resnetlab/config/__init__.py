@@ -26,7 +26,7 @@ from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_text, read_yaml
 
 __all__ = ["AugmentConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "StageConfig",
-           "TrainConfig", "all_keys", "apply_overrides", "config_from_dict", "key_type", "list_recipes",
+           "TrainConfig", "all_keys", "apply_overrides", "config_from_dict", "evolve", "key_type", "list_recipes",
            "load_config", "parse_duration", "recipe_path", "resolve_key", "resolve_stages", "rung_config", "save_config",
            "set_value", "update_config", "validate", "yield_to_command_line"]
 
@@ -65,15 +65,25 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
     said = yield_to_command_line(cfg, set(apply_overrides(cfg, overrides)))
     if notes is not None:
         notes.extend(said)
-    validate(cfg)
-    return cfg
+    return validate(cfg)
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
     cfg = Config()
     update_config(cfg, raw, source="config")
-    validate(cfg)
-    return cfg
+    return validate(cfg)
+
+
+def evolve(cfg: Config, changes: dict[str, Any], *, source: str = "plan",
+           last_stage_epochs: int | None = None) -> Config:
+    """A new validated config: ``cfg`` with ``changes`` (full keys -> values) set, and optionally the
+    last stage's epochs. ``cfg`` is left as it was."""
+    out = cfg.thawed()
+    for key, value in changes.items():
+        set_value(out, key, value, source=source)
+    if last_stage_epochs is not None:
+        out.stages[-1].epochs = last_stage_epochs
+    return validate(out)
 
 
 def update_config(cfg: Config, raw: dict[str, Any], *, source: str) -> None:

@@ -3,7 +3,6 @@ schema.py, like its choices), the rules that join fields, and the stages."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 
@@ -74,9 +73,12 @@ def _get(cfg: Config, full: str):
     return getattr(getattr(cfg, section), name) if name else getattr(cfg, section)
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config) -> Config:
     """Every field's range rule (beside the field in schema.py), then the rules that join fields;
-    each failure is one line naming the key."""
+    each failure is one line naming the key. Returns the config frozen: ``cfg`` itself, or a checked
+    copy when ``cfg`` was frozen already."""
+    if cfg.frozen:
+        cfg = cfg.thawed()
     for name, cls in SECTIONS.items():
         section = getattr(cfg, name)
         for f in dataclasses.fields(cls):
@@ -114,12 +116,13 @@ def validate(cfg: Config) -> None:
     for i in range(len(t.ladder)):  # checked with or without a budget (without one, the config trains as it is)
         rung_config(cfg, i)
     resolve_stages(cfg)
+    return cfg.freeze()
 
 
 def rung_config(cfg: Config, index: int) -> Config:
     """The config with train.ladder[index]'s values set (a copy); each bad rung key or value is one line."""
     where = f"train.ladder[{index}]"
-    out = copy.deepcopy(cfg)
+    out = cfg.thawed()
     out.train.ladder = []
     for key, value in section_items(cfg.train.ladder[index]):
         if key == "stages" or key.startswith("stages."):

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+
+class FrozenConfigError(AttributeError):
+    """A validated config was assigned to: build a new one instead (``evolve``)."""
+
+
+class _Section:
+    """A config section: set freely while the config is built (defaults, recipe, overrides, checks),
+    read-only once validate() has frozen it. A changed config is a new one (config.evolve)."""
+
+    _frozen = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._frozen:
+            raise FrozenConfigError(f"the config is validated and frozen: {type(self).__name__}.{name} cannot be "
+                                    "set; make a changed copy with resnetlab.config.evolve")
+        object.__setattr__(self, name, value)
 
 
 def _choice(default: str, *choices: str) -> Any:
@@ -19,7 +37,7 @@ def _ranged(default: Any, ok: Callable[[Any], bool], must: str, *, factory: Call
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
     dataset: str = "fashion-mnist"  # a built-in name, or a folder (any layout resnetlab reads) or CSV
     # several labels an image (a CSV manifest whose label column holds space-separated names, or none):
     # sigmoid outputs, binary cross-entropy, mAP; never guessed from the data
@@ -61,7 +79,7 @@ class DataConfig:
 
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(_Section):
     # px of reflect padding for the random crop; 0 turns it off
     crop_padding: int = _ranged(4, lambda v: v >= 0, "must be 0 or more px")
     hflip: bool = True  # random horizontal flip (off for digits and signs with text)
@@ -108,7 +126,7 @@ class AugmentConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     name: str = "cifar_resnet18"  # see `resnetlab models`
     num_classes: int = 0  # 0: as many as the data has; set, it must agree with the data
     weights: str | None = None  # a torchvision weight name (IMAGENET1K_V1, DEFAULT) or a file
@@ -125,7 +143,7 @@ class ModelConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(_Section):
     name: str = _choice("sgd", "sgd", "adam", "adamw")
     lr: float = _ranged(0.1, lambda v: v > 0, "must be positive")  # peak learning rate for the global batch
     momentum: float = 0.9
@@ -144,7 +162,7 @@ class OptimConfig:
 
 
 @dataclass
-class ScheduleConfig:
+class ScheduleConfig(_Section):
     name: str = _choice("cosine", "constant", "step", "cosine", "onecycle", "poly", "sgdr")
     # linear warm-up from 0 before the schedule; onecycle: the rise, in epochs, in place of pct_start (a time
     # budget sets it, so the rise does not move when the run's length is corrected)
@@ -163,7 +181,7 @@ class ScheduleConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     epochs: int = _ranged(10, lambda v: v >= 1, "must be at least 1")
     batch_size: int = _ranged(128, lambda v: v >= 1, "must be at least 1")  # global: images per optimiser step
     eval_batch_size: int = _ranged(512, lambda v: v >= 1, "must be at least 1")
@@ -227,7 +245,7 @@ class TrainConfig:
 
 
 @dataclass
-class StageConfig:
+class StageConfig(_Section):
     """One phase of staged training (fastai's fit_one_cycle / unfreeze / fit(cycle_len...) calls)."""
 
     epochs: int = 0  # with schedule sgdr, may come from cycles instead
@@ -245,7 +263,7 @@ class StageConfig:
 
 
 @dataclass
-class Config:
+class Config(_Section):
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -258,6 +276,23 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def freeze(self) -> Config:
+        """Make this config and every section read-only (validate() does, as its last step)."""
+        for part in (self, *(getattr(self, name) for name in SECTIONS), *self.stages):
+            object.__setattr__(part, "_frozen", True)
+        return self
+
+    def thawed(self) -> Config:
+        """A deep copy that can be set again (and must be validated again)."""
+        out = copy.deepcopy(self)
+        for part in (out, *(getattr(out, name) for name in SECTIONS), *out.stages):
+            object.__setattr__(part, "_frozen", False)
+        return out
 
 
 SECTIONS = {

@@ -27,7 +27,7 @@ from resnetlab.evaluate.inference import Classifier
 from resnetlab.evaluate.multilabel import read_thresholds
 from resnetlab.io import read_json
 from resnetlab.models import get_model
-from resnetlab.train.checkpoint import load_checkpoint, load_model_state
+from resnetlab.checkpoint import load_checkpoint, load_model_state
 from resnetlab.run_folder import find_checkpoint
 
 

@@ -1,55 +1,103 @@
-"""fit(): the training loop, on one screen, with a few named callbacks.
+"""The training loop: epochs of steps from the state's position to the run's end, validation after
+each, and the training state; nothing about files, progress bars, signals or clocks.
 
-Callbacks (minGPT style), ``{event: [fn, ...]}``: ``on_batch_end(session, info)``,
-``on_epoch_end(session, record)``, ``on_train_end(session, result)``. They observe; the
-loop does not depend on them. After the last epoch fit() finishes the run the same way
-the command line does (train/finish.py): the test split scored once, calibration,
-figures and report.html.
+``train(s, hooks)`` is the whole loop. What a run does around it (checkpoints, the progress bar,
+stop signals, TensorBoard, a time budget's length correction, the user's callbacks) reaches it
+through ``Hooks``, whose defaults do nothing; run/fit.py supplies a run's. The loop is the only
+writer of ``s.state``.
 """
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 import time
-from collections import defaultdict
-from typing import Callable
+from pathlib import Path
 
 import torch
-from rich.console import Console
 
 from resnetlab import run_folder as rf
 from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import infer
-from resnetlab.evaluate.metrics import metrics
-from resnetlab.io import write_json
 from resnetlab.train import distributed
-from resnetlab.train.budget import report_budget
-from resnetlab.train.correction import LengthCorrection
-from resnetlab.train.figures import Curves
-from resnetlab.train.finish import finish_run
 from resnetlab.train.precompute import HeadFeatures
-from resnetlab.train.progress import EpochProgress, announce, epoch_line, split_score
-from resnetlab.train.saving import save_epoch, save_partial
-from resnetlab.train.session import CORRECT, LOSS, SEEN, Session, no_sums, val_score
+from resnetlab.train.session import SEEN, Session, no_sums, val_score
 from resnetlab.train.sizes import training_size
-from resnetlab.train.stopping import (NonFiniteLoss, Preempted, StopTraining, run_status, signal_name, stop_agreed,
-                                     stop_on_signals)
 from resnetlab.train.stages import apply_stage, freeze_bn_statistics, lr_for_step, run_steps, stage_at
 from resnetlab.train.step import train_step
-from resnetlab.train.tensorboard import TensorBoardLogger
 
-Callback = Callable[..., None]
-EVENTS = ("on_batch_end", "on_epoch_end", "on_train_end")
 FINITE_CHECK_EVERY = 50  # steps between NaN checks: each is a host sync (and a collective under torchrun)
 
 
-def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console: Console | None = None) -> dict:
-    console = console or Console(soft_wrap=True, quiet=not s.dist.main)  # rank 0 speaks for all ranks
-    hooks = check_callbacks(callbacks)
-    first, t = s.state.epoch, s.cfg.train  # a resume continues at the epoch its checkpoint names
-    if first >= t.epochs or first * s.steps_per_epoch + s.state.step >= run_steps(s.cfg, s.steps_per_epoch):
+class NonFiniteLoss(UserError):
+    pass
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGINT stopped training at a step boundary; last.pt holds the exact position."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again later", what a scheduler should requeue
+
+    def __init__(self, signal_name: str, run_dir: Path, epoch: int, step_in_epoch: int):
+        super().__init__(
+            f"stopped by {signal_name} at epoch {epoch + 1}, step {step_in_epoch}; saved {run_dir / rf.LAST}; "
+            f"continue with: resnetlab train --resume {run_dir}"
+        )
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end a run early (a tuner pruning a trial); status.json says stopped."""
+
+
+class Hooks:
+    """What the loop tells the run around it, and asks it. The defaults do nothing."""
+
+    def say(self, line: str) -> None:
+        """A line for the user (a stage begins, early stopping)."""
+
+    def epoch_begin(self, s: Session, epoch: int, first: int) -> None:
+        """Epoch ``epoch`` (0-based) begins at its step ``first`` (0 unless resumed mid-epoch)."""
+
+    def batch_end(self, s: Session, info: dict) -> int | None:
+        """After each step; may return the global step the run should now end at (a time budget's
+        length correction), which the loop keeps in the state."""
+        return None
+
+    def stop_requested(self, s: Session, i: int | None) -> str | None:
+        """The name of a stop signal, read at step ``i`` of an epoch (None: between epochs)."""
+        return None
+
+    def save_position(self, s: Session, epoch: int, step: int, sums: torch.Tensor) -> None:
+        """A checkpoint inside an epoch: ``step`` steps of ``epoch`` done, its running sums so far."""
+
+    def epoch_end(self, s: Session, record: dict) -> None:
+        """Epoch done: ``record`` is in the state's history, the state points at the next epoch."""
+
+
+def train(s: Session, hooks: Hooks | None = None) -> None:
+    """Train from the state's position to the run's end (or an early stop)."""
+    hooks = hooks or Hooks()
+    check_trainable(s)
+    first, head = s.state.epoch, None
+    for epoch in itertools.takewhile(lambda e: e * s.steps_per_epoch < run_end(s), itertools.count(first)):
+        if (name := hooks.stop_requested(s, None)) is not None:  # came in the previous epoch's last step
+            raise Preempted(name, s.run_dir, epoch, 0)
+        head = _enter_stage(s, epoch, hooks, head, resumed=epoch == first)
+        record = train_epoch(s, epoch, hooks, head)
+        if "val" in s.loaders:
+            record.update(val_metrics(s))
+        if s.cfg.train.monitor:  # watched, never chosen on: val_score reads val keys only
+            record.update(monitor_metrics(s, s.cfg.train.monitor))
+        s.state.end_epoch(record)  # the state now points at the next epoch's start
+        hooks.epoch_end(s, record)
+        if early_stop(s, hooks):
+            break
+
+
+def check_trainable(s: Session) -> None:
+    """One line when there is nothing to train, or the config watches a split the data lacks."""
+    first, t = s.state.epoch, s.cfg.train
+    if first >= t.epochs or first * s.steps_per_epoch + s.state.step >= run_end(s):
         resume = (f" and reached train.max_steps={t.max_steps}; resume with train.max_steps=0 and" if t.max_steps
                   else "; resume with")
         raise UserError(f"nothing to train: {s.run_dir} has finished {first} of train.epochs={t.epochs}{resume} "
@@ -60,50 +108,20 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
     if t.monitor and t.monitor not in s.loaders:
         raise UserError(f"train.monitor={t.monitor}: the data has no {t.monitor} split to watch; set "
                         f"data.{t.monitor}_fraction=0.1 or leave train.monitor empty")
-    if s.dist.main and s.cfg.train.tensorboard:  # first, so an epoch is logged even if a later callback stops the run
-        for event, fns in TensorBoardLogger(s).callbacks().items():
-            hooks[event] = fns + hooks[event]
-    with run_status(s), EpochProgress(s, console) as progress, stop_on_signals() as stop:
-        announce(s, console)
-        if t.score_untrained and first == 0 and s.state.step == 0:  # a resume has trained already
-            score_untrained(s, console)
-        curves = Curves(s.run_dir / rf.CURVES)
-        try:
-            correction = LengthCorrection(s) if s.plan is not None and s.plan.correct_at else None
-            for epoch in itertools.takewhile(lambda e: epoch_runs(s, e), itertools.count(first)):
-                if stop_agreed(s, stop):  # came in the previous epoch's last step
-                    raise Preempted(signal_name(stop), s.run_dir, epoch, 0)
-                _enter_stage(s, epoch, console, resumed=epoch == first)
-                record = train_epoch(s, epoch, progress, stop, hooks, correction)
-                if "val" in s.loaders:
-                    record.update(val_metrics(s))
-                if t.monitor:  # watched, never chosen on: val_score reads val keys only
-                    record.update(monitor_metrics(s, t.monitor))
-                improved = s.state.end_epoch(record)  # the state now points at the next epoch's start
-                save_epoch(s, record, improved, curves)  # metrics first, then checkpoints: a kill repeats this epoch
-                if s.dist.main:
-                    console.print(epoch_line(s, record, improved))
-                for fn in hooks["on_epoch_end"]:
-                    fn(s, record)
-                if early_stop(s, console):
-                    break
-        except (Preempted, StopTraining, KeyboardInterrupt):
-            if s.dist.main:
-                curves.update(s.state.history, final=True)
-            raise
-        if s.dist.main:
-            curves.update(s.state.history, final=True)
-        trained_at = time.monotonic()
-        result = finish_run(s, console)
-        if s.plan is not None:
-            report_budget(s, console, trained_at=trained_at)
-        for fn in hooks["on_train_end"]:
-            fn(s, result)
-    return result
 
 
-def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str], hooks,
-                correction: LengthCorrection | None = None) -> dict:
+def run_end(s: Session) -> int:
+    """The global step the run ends at: train.epochs (or train.max_steps), unless a time budget's
+    correction has moved it (the state keeps that)."""
+    return s.state.end_step or run_steps(s.cfg, s.steps_per_epoch)
+
+
+def run_epochs(s: Session) -> int:
+    """The epochs the run trains (the last may be cut short by its end step)."""
+    return math.ceil(run_end(s) / s.steps_per_epoch) if s.state.end_step else s.cfg.train.epochs
+
+
+def train_epoch(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None = None) -> dict:
     """One pass over the training split from the state's step (0 unless resumed mid-epoch); returns the
     epoch's record."""
     cfg, d, spe = s.cfg, s.dist, s.steps_per_epoch
@@ -112,99 +130,72 @@ def train_epoch(s: Session, epoch: int, progress: EpochProgress, stop: list[str]
     # epoch's sums are already global, so rank 0 alone carries them
     sums = torch.tensor(s.state.partial if d.main else no_sums(), dtype=torch.float64, device=s.device)
     finite = torch.ones((), dtype=torch.bool, device=s.device)
-    lr = lr_for_step(cfg, epoch * spe + min(first, spe - 1), spe)
+    lr = lr_for_step(cfg, epoch * spe + min(first, spe - 1), spe, s.state.end_step)
     start, seen0 = time.perf_counter(), s.state.partial[SEEN]
-    size = train_size(s, epoch) if s.precomputed is None else 0
-    loader = s.loaders["train"] if s.precomputed is None else s.precomputed.loader(epoch)
-    progress.start(epoch, completed=first)
+    size = train_size(s, epoch) if head is None else 0
+    loader = s.loaders["train"] if head is None else head.loader(epoch)
+    hooks.epoch_begin(s, epoch, first)
     i = first - 1  # the last step done (a resume at the epoch's end has none left)
     for i, (x, y) in enumerate(loader.epoch(epoch, start=first, size=size), start=first):
         step = epoch * spe + i
-        lr = lr_for_step(cfg, step, spe)
+        lr = lr_for_step(cfg, step, spe, s.state.end_step)
         if len(y):  # a streamed batch whose images were all bad trains nothing, but is still a step
-            logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i))
+            logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i), head=head)
             if s.ema is not None:
                 s.ema.update(s.model)
-            tally(sums, finite, logits.detach(), loss_sum.detach(), y, multi_label=s.multi_label)
-            progress.update(i, sums, seen0, start)
-            for fn in hooks["on_batch_end"]:
-                fn(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum.detach() / len(y)})
+            finite &= torch.isfinite(loss_sum.detach())
+            s.task.tally(sums, logits.detach(), loss_sum.detach(), y)
+            info = {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum.detach() / len(y),
+                    "sums": sums, "seen0": seen0, "started": start}
+            if (end := hooks.batch_end(s, info)) is not None:
+                s.state.end_step = end
         if i % FINITE_CHECK_EVERY == FINITE_CHECK_EVERY - 1:  # the same steps on every rank: a collective
             check_finite(s, finite, epoch, i)
-        if correction is not None and (line := correction.step_done(step)):  # the budget's one look at its clock
-            progress.say(line)
-        last = min(spe, run_steps(cfg, spe) - epoch * spe) - 1  # train.max_steps may end the run inside this epoch
-        stop_now = stop_agreed(s, stop, i)
+        last = min(spe, run_end(s) - epoch * spe) - 1  # the run may end inside this epoch
+        stop = hooks.stop_requested(s, i)
         periodic = cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0
-        if (periodic or stop_now) and i < last:  # at the epoch's last step, the epoch end saves
+        if (periodic or stop is not None) and i < last:  # at the epoch's last step, the epoch end saves
             check_finite(s, finite, epoch, i)
-            save_partial(s, epoch, i + 1, sums)
-            if stop_now:
-                raise Preempted(signal_name(stop), s.run_dir, epoch, i + 1)
+            hooks.save_position(s, epoch, i + 1, sums)
+            if stop is not None:
+                raise Preempted(stop, s.run_dir, epoch, i + 1)
         if i >= last:
             break
     seconds = time.perf_counter() - start
     check_finite(s, finite, epoch, i)
-    progress.stop()
     loss_sum, correct, seen = distributed.all_sum(sums, d).tolist()
     seen_max = max(seen, 1.0)
     return {"epoch": epoch + 1, "step": epoch * spe + i + 1, "lr": lr, "train_loss": loss_sum / seen_max,
-            "train_exact" if s.multi_label else "train_top1": correct / seen_max,
+            s.task.train_key: correct / seen_max,
             "train_images": int(seen),  # summed over ranks, bad images left out
             "images_per_s": (seen - seen0) / max(seconds, 1e-9),
             "seconds": round(seconds, 2), "size": size or s.data.image_size}
 
 
-def epoch_runs(s: Session, epoch: int) -> bool:
-    """``epoch`` is within train.epochs and begins before the run's last step (train.max_steps). Read
-    at each epoch: a time budget may correct both once, mid-run (train/correction.py)."""
-    return epoch < s.cfg.train.epochs and epoch * s.steps_per_epoch < run_steps(s.cfg, s.steps_per_epoch)
-
-
 def train_size(s: Session, epoch: int) -> int:
     """The epoch's training image side (train.size_start/size_end); 0: data.image_size."""
-    return training_size(epoch, epochs=s.cfg.train.epochs, cfg=s.cfg.train, image_size=s.data.image_size)
+    return training_size(epoch, epochs=run_epochs(s), cfg=s.cfg.train, image_size=s.data.image_size)
 
 
-def tally(sums: torch.Tensor, finite: torch.Tensor, logits: torch.Tensor, loss_sum: torch.Tensor,
-          y: torch.Tensor, *, multi_label: bool = False) -> None:
-    """Add a step to the epoch's running sums (loss, correct, seen) on the device: no host sync.
-    Multi-label 'correct' is an exact match of the whole label set at probability 0.5 (logit 0)."""
-    finite &= torch.isfinite(loss_sum)
-    sums[LOSS] += loss_sum
-    if multi_label:  # a mixed target counts a label present when its share is over 1/2
-        sums[CORRECT] += ((logits > 0) == (y > 0.5)).all(1).sum()
-    else:
-        sums[CORRECT] += (logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()  # mixed: the larger share
-    sums[SEEN] += len(y)
-
-
-def check_callbacks(callbacks: dict[str, list[Callback]] | None) -> defaultdict:
-    """The callbacks by event; an unknown event name is an error (a typo would never be called)."""
-    for name in callbacks or {}:
-        if name not in EVENTS:
-            near = difflib.get_close_matches(name, EVENTS, n=1)
-            hint = f"did you mean '{near[0]}'? " if near else ""
-            raise UserError(f"unknown callback event '{name}': {hint}events are {', '.join(EVENTS)}")
-    return defaultdict(list, callbacks or {})
-
-
-def _enter_stage(s: Session, epoch: int, console: Console, *, resumed: bool) -> None:
-    """Train mode; with stages, freeze and set rates when a stage begins (or on resume inside one)."""
+def _enter_stage(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None, *,
+                 resumed: bool) -> HeadFeatures | None:
+    """Train mode; with stages, freeze and set rates when a stage begins (or on resume inside one).
+    Returns the head's precomputed inputs while a precompute stage trains (else None)."""
     cfg = s.cfg
     s.model.train()
     if not cfg.stages:
-        return
+        return None
     index, _ = stage_at(cfg, epoch)
     if resumed or stage_at(cfg, epoch - 1)[0] != index:
-        console.print(apply_stage(s.model, s.optimizer, cfg, index))
-        s.precomputed = None
+        hooks.say(apply_stage(s.model, s.optimizer, cfg, index))
+        head = None
         if cfg.stages[index].precompute:
             if s.dist.enabled:  # the head would step without DDP's gradient averaging
                 raise UserError(f"stages[{index}].precompute trains in one process: run this stage without "
                                 "torchrun, or set precompute: false")
-            s.precomputed = HeadFeatures(s, index, console)
+            head = HeadFeatures(s, index, hooks.say)
     freeze_bn_statistics(s.model, cfg, index)
+    return head
 
 
 def check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
@@ -217,14 +208,6 @@ def check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
         )
 
 
-def score_untrained(s: Session, console: Console) -> None:
-    """train.score_untrained: val scored before the first step, printed and kept in untrained.json."""
-    record = val_metrics(s)
-    if s.dist.main:
-        write_json(s.run_dir / rf.UNTRAINED, record)
-        console.print(f"before training: {split_score(record, 'val')} (n={len(s.data.splits['val'])})")
-
-
 def monitor_metrics(s: Session, split: str) -> dict:
     """train.monitor: ``split``'s loss and top-1 (mAP) of the weights val scores, as <split>_loss and so on."""
     scored = val_metrics_of(s, split)
@@ -232,27 +215,21 @@ def monitor_metrics(s: Session, split: str) -> dict:
 
 
 def val_metrics(s: Session) -> dict:
-    """The epoch's val figures (loss, top-1/top-5; multi-label: loss, mAP macro and micro) of the
-    weights best.pt, early stopping and predict use: the EMA weights when there are any. One pass:
-    the raw weights' ``val_*_raw`` only with train.eval_raw."""
+    """The epoch's val figures (loss and the task's scores) of the weights best.pt, early stopping and
+    predict use: the EMA weights when there are any. One pass: the raw weights' ``val_*_raw`` only
+    with train.eval_raw."""
     return val_metrics_of(s, "val")
 
 
 def val_metrics_of(s: Session, split: str) -> dict:
     """val_metrics() of any split, under the val_* keys."""
     if s.ema is None:
-        return _val_keys(score_split(s, split), s.multi_label)
-    out = _val_keys(score_split(s, split, model=s.ema.module), s.multi_label)
+        return s.task.val_keys(score_split(s, split))
+    out = s.task.val_keys(score_split(s, split, model=s.ema.module))
     if s.cfg.train.eval_raw and split == "val":
-        raw = _val_keys(score_split(s, split), s.multi_label)
+        raw = s.task.val_keys(score_split(s, split))
         out = {**{f"{k}_raw": v for k, v in raw.items()}, **out}
     return out
-
-
-def _val_keys(result: dict, multi_label: bool) -> dict:
-    if multi_label:
-        return {"val_loss": result["loss"], "val_map": result["map_macro"], "val_map_micro": result["map_micro"]}
-    return {"val_loss": result["loss"], "val_top1": result["top1"], "val_top5": result["top5"]}
 
 
 def score_split(s: Session, split: str, model=None) -> dict:
@@ -262,12 +239,7 @@ def score_split(s: Session, split: str, model=None) -> dict:
     out = infer(model or s.model, s.loaders[split].epoch(0), mean=s.mean, std=s.std, device=s.device,
                 precision=s.precision, channels_last=s.cfg.train.channels_last, num_classes=len(s.data.classes))
     logits, labels = distributed.gather_cat(out.logits, s.dist), distributed.gather_cat(out.labels, s.dist)
-    if s.multi_label:
-        from resnetlab.evaluate.multilabel import multilabel_metrics
-
-        result = multilabel_metrics(logits, labels, s.data.classes)
-    else:
-        result = metrics(logits, labels, s.data.classes)
+    result = s.task.metrics(logits, labels, s.data.classes)
     result["images_per_s"] = len(labels) / max(out.seconds, 1e-9)
     return result
 
@@ -284,12 +256,11 @@ def epochs_without_gain(history: list[dict], min_delta: float) -> int:
     return since
 
 
-def early_stop(s: Session, console: Console) -> bool:
-    """True (and one line) when train.early_stop_patience epochs passed without a val top-1 gain."""
+def early_stop(s: Session, hooks: Hooks) -> bool:
+    """True (and one line) when train.early_stop_patience epochs passed without a val score gain."""
     patience, delta = s.cfg.train.early_stop_patience, s.cfg.train.early_stop_min_delta
     if not patience or epochs_without_gain(s.state.history, delta) < patience:
         return False
-    metric = "mAP" if s.multi_label else "top-1"
-    console.print(f"early stop after epoch {len(s.state.history)}: val {metric} has not gained more than {100 * delta:g} "
-                  f"points for {patience} epochs; best {100 * s.state.best_top1:.2f}% is in best.pt")
+    hooks.say(f"early stop after epoch {len(s.state.history)}: val {s.task.score_name} has not gained more than "
+              f"{100 * delta:g} points for {patience} epochs; best {100 * s.state.best_score:.2f}% is in best.pt")
     return True

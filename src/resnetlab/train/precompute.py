@@ -16,9 +16,9 @@ fastai's ``precompute=True`` made the same trade.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
-from rich.console import Console
 
 from resnetlab.data import CachedLoader
 from resnetlab.data.augment import make_generator, normalize
@@ -30,7 +30,7 @@ from resnetlab.train.session import Session, make_loader, train_augment
 class HeadFeatures:
     """The head's inputs for every training image, (views + 1, N, D) float32 on the device."""
 
-    def __init__(self, s: Session, stage: int, console: Console):
+    def __init__(self, s: Session, stage: int, say: Callable[[str], None]):
         self.stage, self.start_epoch = stage, sum(st.epochs for st in s.cfg.stages[:stage])
         views = s.cfg.stages[stage].precompute_views
         split = s.data.splits["train"]
@@ -44,7 +44,7 @@ class HeadFeatures:
         # the logits from the head's inputs: the head, times the model's output_scale where it has
         # one (resnet9 scales its logits by 0.125); looked up once, not every step
         self.head, self.scale = head_module(s.model), getattr(s.model, "output_scale", 1.0)
-        console.print(f"precomputed the head's inputs for {len(self.labels)} images x {views + 1} view(s) "
+        say(f"precomputed the head's inputs for {len(self.labels)} images x {views + 1} view(s) "
                       f"({self.features.shape[-1]} features each)")
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """What a training run holds (Session), the builders of its parts, and its checkpoint state.
 
-train/prepare.py puts these together for a run: data, then the time budget's plan, then the
+run/prepare.py puts these together for a run: data, then the time budget's plan, then the
 session, then the run folder.
 """
 
@@ -16,9 +16,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from resnetlab import run_folder as rf
-from resnetlab.train.checkpoint import (DamagedCheckpoint, describe_model, load_checkpoint, load_model_state,
-                                        rng_state, set_rng_state)
+from resnetlab.checkpoint import rng_state
 from resnetlab.config import AugmentConfig, Config, OptimConfig
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader
 from resnetlab.data.archive import shard_of
@@ -27,13 +25,12 @@ from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
 from resnetlab.train.ema import ModelEma
 from resnetlab.errors import UserError
+from resnetlab.evaluate.task import SingleLabel, balanced_weights, task_for
 from resnetlab.models import get_model, model_entry
 from resnetlab.models.groups import first_trained, layer_groups
 
 
-# The epoch's running sums, a float64 tensor on the device (no host sync a step) and a list in the
-# checkpoint of a run stopped mid-epoch: loss summed over images, images right, images seen
-LOSS, CORRECT, SEEN = 0, 1, 2
+SEEN = 2  # the images-seen index of an epoch's running sums (evaluate/task.py keeps them)
 
 
 def no_sums() -> list[float]:
@@ -48,39 +45,45 @@ def val_score(record: dict) -> float:
 @dataclass
 class TrainState:
     """What changes while training, checkpointed as a whole: where training continues (an epoch, a
-    step within it, and that epoch's running sums so far), every finished epoch's record, and the
-    best val score (top-1, or mAP for multi-label: ``val_score``), which best.pt holds. fit() is its
-    only writer; restore() its only reader."""
+    step within it, and that epoch's running sums so far), every finished epoch's record, the best
+    val score (top-1, or mAP for multi-label: ``val_score``), which best.pt holds, and the step the
+    run ends at when a time budget's correction moved it. The training loop is its only writer; a
+    resume builds it from a checkpoint (``from_checkpoint``)."""
 
     epoch: int = 0
     step: int = 0  # within ``epoch``: a mid-epoch checkpoint continues there
     partial: list[float] = field(default_factory=no_sums)  # LOSS, CORRECT, SEEN of ``epoch`` so far
     history: list[dict] = field(default_factory=list)
-    best_top1: float = -1.0  # the best val_score (the checkpoint key predates multi-label's mAP)
+    best_score: float = -1.0  # the best val_score
+    end_step: int = 0  # the global step the run ends at, set by a time budget's correction (0: the config's)
+    improved: bool = field(default=False, compare=False)  # the last finished epoch set a new best (not saved)
 
     def end_epoch(self, record: dict) -> bool:
         """Keep a finished epoch's record and point at the next epoch's start; True when its val score
         beat the best (best.pt is chosen on validation only: without a val split nothing improves)."""
         score = val_score(record)
-        improved = not math.isnan(score) and score > self.best_top1
+        self.improved = not math.isnan(score) and score > self.best_score
         self.history.append(record)
         self.epoch, self.step, self.partial = record["epoch"], 0, no_sums()
-        self.best_top1 = score if improved else self.best_top1
-        return improved
+        self.best_score = score if self.improved else self.best_score
+        return self.improved
 
     def checkpoint(self, steps_per_epoch: int) -> dict[str, Any]:
         # at an epoch's start, the steps the finished epochs took (train.max_steps may have ended the last one early)
         done = self.history[-1]["step"] if self.history and not self.step else self.epoch * steps_per_epoch + self.step
         return {"epoch": self.epoch, "step_in_epoch": self.step, "global_step": done,
-                "partial": list(self.partial), "history": self.history, "best_top1": self.best_top1}
+                "partial": list(self.partial), "history": self.history, "best_score": self.best_score,
+                "end_step": self.end_step}
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> TrainState:
-        return cls(state["epoch"], state["step_in_epoch"], list(state["partial"]), list(state["history"]),
-                   state["best_top1"])
+        # checkpoints before best_score named it best_top1 (it held mAP for multi-label runs too)
+        best = state["best_score"] if "best_score" in state else state["best_top1"]
+        return cls(state["epoch"], state["step_in_epoch"], list(state["partial"]), list(state["history"]), best,
+                   state.get("end_step", 0))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Session:
     cfg: Config
     data: DataBundle
@@ -100,11 +103,13 @@ class Session:
     # (k,) optim.class_weights=balanced: the loss weight of each class; multi-label: of each class's
     # positives (BCE's pos_weight), so a rare label's few positives weigh as much as its negatives
     class_weights: torch.Tensor | None = None
-    notes: list[str] = field(default_factory=list)  # what fit() should tell the user first (e.g. a resume fallback)
+    notes: tuple[str, ...] = ()  # what fit() should tell the user first (e.g. a resume fallback)
     ema: ModelEma | None = None  # the weights' moving average, train.ema_decay
-    precomputed: Any = None  # train.precompute.HeadFeatures while a precompute stage trains the head
-    plan: Any = None  # train.budget.Plan: how train.time_budget set this run's rung and length (None: no budget)
+    # budget.plan.Plan: how train.time_budget set this run's rung and length (None: no budget); typed
+    # loosely because the budget package sits above this one and nothing here reads inside it
+    plan: object | None = None
     started: float = field(default_factory=time.monotonic)  # when prepare() began: train.time_budget counts from it
+    task: SingleLabel = field(default_factory=SingleLabel)  # single- or multi-label (evaluate/task.py)
 
     @property
     def net(self) -> nn.Module:
@@ -116,10 +121,6 @@ class Session:
     @property
     def steps_per_epoch(self) -> int:
         return len(self.loaders["train"])
-
-    @property
-    def multi_label(self) -> bool:
-        return self.data.multi_label
 
 
 def model_options(cfg: Config) -> dict[str, Any]:
@@ -207,20 +208,6 @@ def train_augment(cfg: Config, data: DataBundle, count: int, augment: AugmentCon
     return BatchAugment(augment, num_classes=len(data.classes), fill=fill, sides=sides)
 
 
-def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """n / (k * n_class) for each class: each class then carries the same total weight (1/k);
-    a class with no images gets 0."""
-    counts = torch.bincount(labels, minlength=num_classes).double()
-    return torch.where(counts > 0, len(labels) / (num_classes * counts.clamp_min(1)), 0.0).float()
-
-
-def positive_weights(targets: torch.Tensor) -> torch.Tensor:
-    """(K,) negatives / positives of each class in (N, K) multi-hot targets: BCE's pos_weight, which
-    gives a class's positives the total weight of its negatives; 1 for a class without positives."""
-    positives = targets.sum(0).double()
-    return torch.where(positives > 0, (len(targets) - positives) / positives.clamp_min(1), 1.0).float()
-
-
 def build_session(cfg: Config, data: DataBundle, *, device: torch.device, precision: str, dist: Dist,
                   compile_wanted: bool, pretrained: bool = True, run_dir: Path = Path(),
                   started: float | None = None) -> Session:
@@ -237,24 +224,24 @@ def build_session(cfg: Config, data: DataBundle, *, device: torch.device, precis
     optimizer = build_optimizer(model, cfg.optim)
     loaders = {name: make_loader(split, data, cfg, device, train=name == "train", dist=dist)
                for name, split in data.splits.items()}
-    s = Session(cfg, data, model, optimizer, torch.amp.GradScaler(device.type) if precision == "fp16" else None,
-                device, precision, loaders, torch.tensor(data.mean, device=device),
-                torch.tensor(data.std, device=device), run_dir, dist=dist,
-                started=time.monotonic() if started is None else started)
-    if cfg.train.ema_decay:
-        s.ema = ModelEma(model, cfg.train.ema_decay)
+    ema = ModelEma(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+    task = task_for(data.multi_label)
+    class_weights = None
     if cfg.optim.class_weights == "balanced":
-        train = data.splits["train"].labels
-        weights = positive_weights(train) if data.multi_label else balanced_weights(train, len(data.classes))
-        s.class_weights = weights.to(device)
+        class_weights = task.loss_weights(data.splits["train"].labels, len(data.classes)).to(device)
+    ddp = None
     if dist.enabled:  # gradients averaged across ranks; parameters broadcast from rank 0 once
         # stages freeze groups after DDP is built: let it skip parameters that get no gradient
-        s.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                        find_unused_parameters=bool(cfg.stages))
-    if compile_wanted:  # dynamic=False: one graph per input shape; training batches keep one shape (the
-        # tail batch is merged), so it compiles once per training size, never per batch
-        s.compiled = torch.compile(s.net, dynamic=False)
-    return s
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=bool(cfg.stages))
+    # dynamic=False: one graph per input shape; training batches keep one shape (the tail batch is
+    # merged), so it compiles once per training size, never per batch
+    compiled = torch.compile(ddp or model, dynamic=False) if compile_wanted else None
+    return Session(cfg, data, model, optimizer, torch.amp.GradScaler(device.type) if precision == "fp16" else None,
+                   device, precision, loaders, torch.tensor(data.mean, device=device),
+                   torch.tensor(data.std, device=device), run_dir, dist=dist, ddp=ddp, compiled=compiled,
+                   class_weights=class_weights, ema=ema, task=task,
+                   started=time.monotonic() if started is None else started)
 
 
 def checkpoint_state(s: Session, state: TrainState | None = None) -> dict[str, Any]:
@@ -270,55 +257,9 @@ def checkpoint_state(s: Session, state: TrainState | None = None) -> dict[str, A
         "model_name": s.cfg.model.name,
         "model_options": model_options(s.cfg),
         "num_classes": len(s.data.classes),
-        "task": "multi_label" if s.data.multi_label else "single_label",  # sigmoid or softmax outputs
+        "task": s.task.name,  # sigmoid or softmax outputs
         "in_chans": s.data.channels,
         "classes": s.data.classes,
         "preprocess": s.data.preprocess(),
         "config": s.cfg.to_dict(),
     }
-
-
-RESUME_FROM = (rf.LAST, rf.PREVIOUS)  # newest first: previous.pt is the last.pt before it
-
-
-def restore_newest_intact(s: Session, run_dir: Path) -> None:
-    """Resume from last.pt, or from previous.pt when last.pt is damaged or missing (and say so)."""
-    damaged = []
-    for name in RESUME_FROM:
-        path = run_dir / name
-        if not path.exists():
-            continue
-        try:
-            state = load_checkpoint(path)
-        except DamagedCheckpoint as e:
-            damaged.append(str(e))
-            continue
-        if damaged:
-            s.notes.append(f"{damaged[0]}; resuming from {name} instead (epoch {state['epoch']}, step "
-                           f"{state['step_in_epoch']}): the steps after it are trained again")
-        restore(s, path, state)
-        return
-    raise UserError(f"no intact checkpoint in {run_dir} to resume from: {'; '.join(damaged)}")
-
-
-def restore(s: Session, path: Path, state: dict | None = None) -> None:
-    state = state if state is not None else load_checkpoint(path)
-    load_model_state(s.model, state, path=path, expected=describe_model(s.cfg.model.name, model_options(s.cfg), len(s.data.classes)))
-    try:
-        s.optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise UserError(f"optimiser state in {path} does not fit optim.name={s.cfg.optim.name}: {e}") from None
-    if s.scaler and state.get("scaler"):
-        s.scaler.load_state_dict(state["scaler"])
-    if s.ema is not None and state.get("ema"):
-        s.ema.load_state_dict(state["ema"])
-    # load_state_dict brought back the saved hyperparameters; overrides given on resume win
-    o = s.cfg.optim
-    for group in s.optimizer.param_groups:
-        group["weight_decay"] = o.weight_decay if group["decay"] else 0.0
-        if "momentum" in group:
-            group["momentum"], group["nesterov"] = o.momentum, o.nesterov and o.momentum > 0
-        if "betas" in group:
-            group["betas"] = tuple(o.betas)
-    s.state = TrainState.from_checkpoint(state)
-    set_rng_state(state["rng"])

@@ -45,10 +45,11 @@ def run_steps(cfg: Config, steps_per_epoch: int) -> int:
     return min(every, cfg.train.max_steps) if cfg.train.max_steps else every
 
 
-def lr_for_step(cfg: Config, step: int, steps_per_epoch: int) -> float:
-    """The head's learning rate at global step ``step`` (other groups get their multiple of it)."""
+def lr_for_step(cfg: Config, step: int, steps_per_epoch: int, end: int = 0) -> float:
+    """The head's learning rate at global step ``step`` (other groups get their multiple of it).
+    ``end``: the step the run ends at when a time budget's correction moved it (0: the config's)."""
     if not cfg.stages:
-        return lr_at(step, base_lr=cfg.optim.lr, total_steps=run_steps(cfg, steps_per_epoch),
+        return lr_at(step, base_lr=cfg.optim.lr, total_steps=end or run_steps(cfg, steps_per_epoch),
                      steps_per_epoch=steps_per_epoch, cfg=cfg.schedule)
     index, start = stage_at(cfg, step // steps_per_epoch)
     st = cfg.stages[index]

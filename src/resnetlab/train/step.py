@@ -6,42 +6,32 @@ Shared by the training loop and the LR range test, so both train exactly alike.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from resnetlab.data.augment import normalize
 from resnetlab.device import autocast
+from resnetlab.train.precompute import HeadFeatures
 from resnetlab.train.session import Session
 
 
-def train_step(s: Session, x: torch.Tensor, y: torch.Tensor, lr: float, n_global: int):
+def train_step(s: Session, x: torch.Tensor, y: torch.Tensor, lr: float, n_global: int, *,
+               head: HeadFeatures | None = None):
     """One optimiser step at head rate ``lr``; returns (logits, summed loss) of this rank's images.
 
-    x: uint8 (B, C, H, W) on the device, or (B, D) head inputs in a precomputed stage; y: int64 (B,),
+    x: uint8 (B, C, H, W) on the device, or (B, D) inputs of ``head`` in a precomputed stage; y: int64 (B,),
     soft targets (B, k), or multi-label targets (B, k) in [0, 1]; ``n_global`` images in the step over all ranks."""
     for group in s.optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     with autocast(s.device, s.precision):
-        if s.precomputed is not None:  # x: (B, D) float, the head's inputs
-            logits = s.precomputed.logits(x)
+        if head is not None:  # x: (B, D) float, the head's inputs
+            logits = head.logits(x)
         else:
             logits = s.net(normalize(x, s.mean, s.std, channels_last=s.cfg.train.channels_last))
-    loss_sum = loss_of(s, logits.float(), y)
+    loss_sum = s.task.loss(logits.float(), y, weight=s.class_weights, smoothing=s.cfg.optim.label_smoothing)
     s.optimizer.zero_grad(set_to_none=True)
     # sum over this rank's images / images in the global batch, x ranks because DDP averages
     # gradients over ranks: the gradient is the global batch mean for any rank count
     _backward_step(s, loss_sum * (s.dist.world / n_global))
     return logits, loss_sum
-
-
-def loss_of(s: Session, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The batch's loss summed over its images. Multi-label: binary cross-entropy summed over the
-    k classes (one sigmoid each), smoothing pulls targets to eps/2 and 1 - eps/2 (the two-class
-    case of cross-entropy's smoothing), class_weights weigh each class's positives."""
-    eps = s.cfg.optim.label_smoothing
-    if s.multi_label:
-        target = y * (1 - eps) + eps / 2 if eps else y
-        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=s.class_weights, reduction="sum")
-    return F.cross_entropy(logits, y, weight=s.class_weights, label_smoothing=eps, reduction="sum")
 
 
 def _backward_step(s: Session, loss: torch.Tensor) -> None:

@@ -24,15 +24,15 @@ import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 
-from resnetlab.config import load_config, save_config
+from resnetlab.config import evolve, load_config, save_config
 from resnetlab.data import plan_data
 from resnetlab.errors import UserError
 from resnetlab.evaluate.compare import build_compare
 from resnetlab.io import read_json, write_json
-from resnetlab.train.loop import fit
-from resnetlab.train.stopping import StopTraining
+from resnetlab.run.fit import fit
+from resnetlab.train.loop import StopTraining
 from resnetlab.run_folder import read_run_config
-from resnetlab.train.prepare import prepare
+from resnetlab.run.prepare import prepare
 from resnetlab.train.session import val_score
 from resnetlab.tune.space import load_space, override, shown
 from resnetlab.tune.page import write_study_page
@@ -146,8 +146,8 @@ def finish_study(study: optuna.Study, study_dir: Path, console: Console) -> dict
     if not complete:
         raise UserError(f"no trial of {study_dir} completed (all pruned or failed): widen the space or give more trials")
     best = complete[0]
-    cfg = read_run_config(Path(best.user_attrs["run_dir"]))
-    cfg.train.name, cfg.train.out_dir, cfg.train.final_test, cfg.train.report = "", "runs", True, True
+    cfg = evolve(read_run_config(Path(best.user_attrs["run_dir"])), {"train.name": "", "train.out_dir": "runs",
+                                                                      "train.final_test": True, "train.report": True})
     save_config(cfg, study_dir / "best.yaml")
     top = [Path(t.user_attrs["run_dir"]) for t in complete[:3]]
     compare = build_compare(top, study_dir / "compare.html")[0] if len(top) > 1 else None

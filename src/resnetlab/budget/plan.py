@@ -6,7 +6,7 @@ The whole run, from prepare() to the report, should end at the budget:
              + the test split and report
 
 Each rung of train.ladder (or the config itself, without one) is built as a throwaway probe session
-whose steps are timed on this machine (train/probe.py: a rung a later one may replace is read
+whose steps are timed on this machine (budget/probe.py: a rung a later one may replace is read
 briefly first, and timed on only if it may be chosen); the first rung that gets
 train.ladder_min_epochs epochs wins (else the one that gets the most). The rung's config, with
 ``train.epochs=E train.steps_per_epoch=k`` set, is then built from the seed as any fixed run is, so
@@ -21,29 +21,28 @@ keeps its planned length (no correction).
 
 from __future__ import annotations
 
-import copy
 import gc
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
-from rich.console import Console
 
 from resnetlab import run_folder as rf
-from resnetlab.config import Config, parse_duration, rung_config
+from resnetlab.config import Config, evolve, parse_duration, rung_config
 from resnetlab.data import DataBundle, build_data
 from resnetlab.device import hardware_class
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_text
 from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
-from resnetlab.train.probe import Probe, epoch_sizes
-from resnetlab.train.session import Session, build_session
+from resnetlab.budget.probe import Probe, epoch_sizes
+from resnetlab.train.session import build_session
 from resnetlab.train.schedules import length_free_steps
 
-MARGIN = 0.98  # plan to 98% of what is left: timing noise on a shared CPU is a few percent
+MARGIN = 0.99  # plan to 99% of what is left: the run corrects its length from its own clock
 # a rung read briefly at under this share of the epochs it needs is passed over untimed further: a
 # 5-step reading is within ~10-15% of the full one, so such a rung would not get its epochs
 BRIEF_CUT = 0.75
@@ -76,7 +75,7 @@ class Plan:
     rung: int | None = None  # the chosen index of train.ladder; None: no ladder
     rungs: list[dict] = field(default_factory=list)  # the table the rung was chosen from (_decide)
     rule: str = ""
-    # after this many steps the run corrects its length once from its own clock (train/correction.py):
+    # after this many steps the run corrects its length once from its own clock (budget/correction.py):
     # the steps before it have the same rates whatever the length; 0: the schedule allows no correction
     correct_at: int = 0
     correction: dict = field(default_factory=dict)  # what the correction measured and chose
@@ -114,6 +113,11 @@ def _rates(step_s: dict[int, float]) -> str:
     return ", ".join(f"{1000 * v:.0f} ms a step at {k} px" for k, v in sorted(step_s.items()))
 
 
+def write_plan(run_dir: Path, plan: Plan, **measured) -> None:
+    """budget.json: the plan, what the correction chose, and (at the end) how the run kept to it."""
+    atomic_write_text(run_dir / rf.BUDGET, json.dumps({**asdict(plan), **measured}, indent=2) + "\n")
+
+
 def clock(seconds: float) -> str:
     m, sec = divmod(round(seconds), 60)
     return f"{m}m{sec:02d}s" if m else f"{sec}s"
@@ -128,7 +132,7 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
     # data.normalize=auto follows model.weights: a rung that changes either reads its own data
     rungs, datas = [], {repr((cfg.data, cfg.model.weights)): data}
     for i in range(max(len(ladder), 1)):
-        rcfg = rung_config(cfg, i) if ladder else copy.deepcopy(cfg)  # the caller's config is left as it was
+        rcfg = rung_config(cfg, i) if ladder else cfg
         if hw.dist.world > rcfg.train.batch_size:
             raise UserError(f"train.ladder[{i}]: {hw.dist.world} processes cannot share a global batch of "
                             f"{rcfg.train.batch_size}: raise that rung's train.batch_size")
@@ -163,36 +167,29 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
     plan.hardware, plan.rung = hw.describe(), chosen if ladder else None
     plan.rule = (f"the first rung that gets {need} epochs, else the one that gets the most" if ladder
                  else "no ladder: the config as it is")
-    rcfg.train.epochs, rcfg.train.steps_per_epoch = plan.epochs, (0 if plan.steps == plan.full_steps else plan.steps)
-    rcfg.train.max_steps = 0  # a correction sets it, during the run
+    changes = {"train.epochs": plan.epochs, "train.steps_per_epoch": 0 if plan.steps == plan.full_steps else plan.steps,
+               "train.max_steps": 0}  # a correction sets the run's end, during the run
     if rcfg.stages:  # the earlier stages keep their epochs; each stage has its own schedule, so no correction
-        _fit_last_stage(rcfg, plan, budget)
-    else:
-        plan.correct_at = _pin_rise(rcfg, plan)
+        return evolve(rcfg, changes, last_stage_epochs=_last_stage_epochs(rcfg, plan, budget)), rdata, plan
+    sched = rcfg.schedule
+    if sched.name == "onecycle" and not sched.warmup_epochs:  # the rise, pinned: it stays put when the length changes
+        changes["schedule.warmup_epochs"], plan.pinned_rise = sched.pct_start * plan.epochs, True
+    rcfg = evolve(rcfg, changes)
+    # the correction waits for the schedule's length-free steps (the rise; at most half the run), so it is
+    # measured on steps of the run itself
+    at = min(length_free_steps(rcfg.schedule, plan.steps), plan.epochs * plan.steps // 2)
+    plan.correct_at = int(at) if at >= 1 else 0
     return rcfg, rdata, plan
 
 
-def _fit_last_stage(cfg: Config, plan: Plan, budget: float) -> None:
+def _last_stage_epochs(cfg: Config, plan: Plan, budget: float) -> int:
     """Staged training (fine-tuning): the planned epochs less the earlier stages' go to the last stage.
     Every step is timed as the whole network's, so head-only stages make the run end a little early."""
     before = sum(st.epochs for st in cfg.stages[:-1])
     if plan.epochs <= before:
         raise UserError(f"time budget {clock(budget)}: {plan.epochs} epochs fit here, and the stages before the "
                         f"last take {before}; give more time, or fewer epochs to the earlier stages")
-    cfg.stages[-1].epochs = plan.epochs - before
-
-
-def _pin_rise(cfg: Config, plan: Plan) -> int:
-    """The step after which the run may correct its length (0: never). A one-cycle rise of pct_start of
-    the planned steps becomes schedule.warmup_epochs, the same rates, so it stays put when the length
-    changes; the correction waits for the rise to end (at most half the run), so it is measured on
-    steps of the run itself."""
-    sched = cfg.schedule
-    if sched.name == "onecycle" and not sched.warmup_epochs:
-        sched.warmup_epochs, plan.pinned_rise = sched.pct_start * plan.epochs, True
-    total = plan.epochs * plan.steps
-    at = min(length_free_steps(sched, plan.steps), total // 2)
-    return int(at) if at >= 1 else 0
+    return plan.epochs - before
 
 
 def _measure_rung(cfg: Config, data: DataBundle, hw: Hardware, started: float, worth_more) -> dict | None:
@@ -306,33 +303,3 @@ def step_cost(step_s: dict[int, float], size: int) -> float:
     """s a step at ``size`` px, linear in pixels between the measured sizes (keys: px)."""
     lo, hi = min(step_s), max(step_s)
     return step_s[hi] if hi == lo else step_s[lo] + (step_s[hi] - step_s[lo]) * (size**2 - lo**2) / (hi**2 - lo**2)
-
-
-def report_budget(s: Session, console: Console, *, trained_at: float) -> None:
-    """How the run kept to its budget, in budget.json and one line; beside each planned part the
-    measured one, so a run that overshoots says which part the plan got wrong."""
-    plan, now = s.plan, time.monotonic()
-    took = now - s.started
-    steps_s = sum(h["seconds"] for h in s.state.history)  # the epochs' training steps, validation not included
-    epochs = max(len(s.state.history), 1)
-    actual = {"actual_s": round(took, 2), "actual_steps_s": round(steps_s, 2),
-              "planned_steps_s": round(plan.predicted_s - plan.used_s - plan.finish_s - plan.epochs * plan.epoch_overhead_s, 2),
-              "actual_epoch_overhead_s": round((trained_at - s.started - plan.used_s - steps_s) / epochs, 2),
-              "actual_finish_s": round(now - trained_at, 2)}
-    if s.dist.main:
-        atomic_write_text(s.run_dir / rf.BUDGET, json.dumps({**asdict(plan), **actual}, indent=2) + "\n")
-    console.print(f"time budget {clock(plan.budget_s)}: the run took {clock(took)} ({100 * took / plan.budget_s:.0f}%): "
-                  f"steps {actual['actual_steps_s']:.0f} s (planned {actual['planned_steps_s']:.0f}), "
-                  f"validating and saving {actual['actual_epoch_overhead_s']:.1f} s an epoch (planned "
-                  f"{plan.epoch_overhead_s:.1f}), test and report {actual['actual_finish_s']:.0f} s (planned "
-                  f"{plan.finish_s:.0f})" + _corrected_text(plan.correction))
-
-
-def _corrected_text(correction: dict) -> str:
-    if not correction:
-        return ""
-    measured = f"steps at {correction['pace']:.2f}x the timed pace, epoch ends {correction['end_s']:.1f} s"
-    if correction["max_steps"] is None:
-        return f"; length kept after step {correction['after_step']} ({measured})"
-    return (f"; length corrected after step {correction['after_step']} ({measured}): "
-            f"{correction['planned_steps']} -> {correction['max_steps']} steps")

@@ -85,15 +85,12 @@ class TensorBoardLogger:
 
     def on_train_end(self, s: Session, result: dict) -> None:
         test = result.get("test")
-        headline = "map_macro" if s.multi_label else "top1"
-        best = "hparam/best_val_map" if s.multi_label else "hparam/best_val_top1"
-        final = {best: max((val_score(h) for h in s.state.history), default=float("nan"))}
+        final = {f"hparam/best_{s.task.val_score_key}": max((val_score(h) for h in s.state.history),
+                                                            default=float("nan"))}
         if test:
-            keys = ("map_macro", "map_micro", "f1_micro", "f1_macro", "exact_match", "hamming_loss", "loss") \
-                if s.multi_label else ("top1", "top5", "loss", "balanced_accuracy", "macro_f1")
-            for key in keys:
+            for key in s.task.test_keys:
                 self.writer.add_scalar(f"test/{key}", test[key], len(s.state.history))
-            final[f"hparam/test_{headline}"] = test[headline]
+            final[f"hparam/test_{s.task.score_key}"] = test[s.task.score_key]
             for name in FIGURES:
                 path = rf.eval_figures(s.run_dir, "test") / name
                 if path.is_file():

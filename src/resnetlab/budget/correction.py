@@ -5,7 +5,8 @@ A plan is timed on a few seconds of steps before the run, but on a shared CPU th
 run 5-10% slower or faster than that for minutes at a time. The steps before ``Plan.correct_at`` have
 the same rates whatever the run's length, so after them the run may end at any step and still be
 exactly the fixed run of that length: config.yaml gets ``train.max_steps`` (and ``train.epochs`` to
-hold it), and a resume or a fixed run replays it.
+hold it), and a resume or a fixed run replays it. The correction is a callback of the run
+(run/fit.py): it returns the step the run should end at, and the loop keeps that in its state.
 
     pace  = s the run's steps took / s the plan gave them               # steps inside epochs
     end_s = s an epoch end took (validation, saving, the next epoch's start)
@@ -20,31 +21,34 @@ clock, because it draws the first curves (matplotlib's import included) at about
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict
+from typing import NamedTuple
+
+from rich.console import Console
 
 from resnetlab import run_folder as rf
-from resnetlab.config import save_config
-from resnetlab.io import atomic_write_text
+from resnetlab.config import evolve, save_config
 from resnetlab.train import distributed
-from resnetlab.train.budget import Plan, clock, step_cost
-from resnetlab.train.probe import WARMUP_STEPS, epoch_sizes
+from resnetlab.budget.plan import MARGIN, Plan, clock, step_cost, write_plan
+from resnetlab.budget.probe import WARMUP_STEPS, epoch_sizes
 from resnetlab.train.session import Session
 
-# plan to 99% of what is left: the pace is measured on the run's own steps, so less margin is needed
-# than the planner's budget.MARGIN (0.98), which is timed on a probe
-MARGIN = 0.99
+
+class Decision(NamedTuple):
+    line: str  # what the user is told
+    max_steps: int | None  # the step the run now ends at; None: the plan's length stays
 
 
 class LengthCorrection:
     """Made by fit() just before the first step of a run with a plan; ``step_done`` is called after
-    every step, times it, and acts once, after ``at`` = ``Plan.correct_at`` steps: it sets the run's last
-    step from the pace so far (rank 0 decides for all ranks); config.yaml and budget.json record it."""
+    every step, times it, and decides once, after ``at`` = ``Plan.correct_at`` steps: the run's last
+    step from the pace so far (rank 0 decides for all ranks); config.yaml and budget.json record it.
+    ``report`` says at the end how the run kept to its budget."""
 
     def __init__(self, s: Session):
         self.s, self.at, self.k = s, s.plan.correct_at, s.steps_per_epoch
+        self.correction: dict = {}  # what it measured and chose
         self.clock_from = WARMUP_STEPS if self.at > 2 * WARMUP_STEPS else 1  # steps left off the clock
         self.sizes = epoch_sizes(s.cfg, s.data, s.plan.epochs)
         self.last = time.monotonic()
@@ -52,8 +56,8 @@ class LengthCorrection:
         self.steps_s = self.steps_planned = self.ends_s = self.ends_planned = 0.0
         self.ends = 0
 
-    def step_done(self, step: int, now: float | None = None) -> str | None:
-        """After global step ``step`` (0-based): the correction's line at ``at``, else None."""
+    def step_done(self, step: int, now: float | None = None) -> Decision | None:
+        """After global step ``step`` (0-based): the correction's decision at ``at``, else None."""
         if step >= self.at:  # it acts once; the run may now be longer than the plan ``sizes`` was made for
             return None
         now = time.monotonic() if now is None else now
@@ -73,7 +77,7 @@ class LengthCorrection:
             pace, end_s = self.measured()
             decision = corrected_steps(s.plan, elapsed=now - s.started, done=self.at, k=self.k, pace=pace,
                                        end_s=end_s, sizes=lambda e: epoch_sizes(s.cfg, s.data, e))
-        return apply_correction(s, distributed.broadcast_object(decision if s.dist.main else None, s.dist))
+        return self.apply(distributed.broadcast_object(decision if s.dist.main else None, s.dist))
 
     def measured(self) -> tuple[float, float]:
         """(the steps' pace against the plan, s an epoch end): without a timed epoch end, the plan's at that pace."""
@@ -86,20 +90,40 @@ class LengthCorrection:
             return pace, pace * plan.epoch_overhead_s
         return pace, max(self.ends_s - pace * self.ends_planned, 0.0) / self.ends
 
+    def apply(self, decision: dict) -> Decision:
+        """Rank 0 records the decided length: config.yaml (the fixed run a replay trains) and budget.json."""
+        s, self.correction = self.s, decision
+        if decision["max_steps"] is not None and s.dist.main:
+            cfg = evolve(s.cfg, {"train.max_steps": decision["max_steps"],
+                                 "train.epochs": math.ceil(decision["max_steps"] / self.k)}, source="time budget")
+            save_config(cfg, s.run_dir / rf.CONFIG)
+            write_plan(s.run_dir, s.plan, correction=decision, epochs=cfg.train.epochs,
+                       predicted_s=decision["predicted_s"])
+        return Decision(decision["line"], decision["max_steps"])
 
-def apply_correction(s: Session, decision: dict) -> str:
-    """Every rank sets the decided length; rank 0 rewrites config.yaml and budget.json (atomically)."""
-    plan, k = s.plan, s.steps_per_epoch
-    plan.correction = decision
-    if decision["max_steps"] is None:
-        return decision["line"]
-    s.cfg.train.max_steps = decision["max_steps"]
-    s.cfg.train.epochs = math.ceil(decision["max_steps"] / k)
-    plan.epochs, plan.predicted_s = s.cfg.train.epochs, decision["predicted_s"]
-    if s.dist.main:
-        save_config(s.cfg, s.run_dir / rf.CONFIG)
-        atomic_write_text(s.run_dir / rf.BUDGET, json.dumps(asdict(plan), indent=2) + "\n")
-    return decision["line"]
+    def report(self, console: Console, *, trained_at: float) -> None:
+        """How the run kept to its budget, in budget.json and one line; beside each planned part the
+        measured one, so a run that overshoots says which part the plan got wrong."""
+        s, plan, now = self.s, self.s.plan, time.monotonic()
+        took = now - s.started
+        steps_s = sum(h["seconds"] for h in s.state.history)  # the epochs' training steps, validation not included
+        epochs = max(len(s.state.history), 1)
+        planned_epochs, predicted = plan.epochs, plan.predicted_s
+        if self.correction.get("max_steps") is not None:
+            planned_epochs, predicted = math.ceil(self.correction["max_steps"] / self.k), self.correction["predicted_s"]
+        planned_steps_s = predicted - plan.used_s - plan.finish_s - planned_epochs * plan.epoch_overhead_s
+        actual = {"actual_s": round(took, 2), "actual_steps_s": round(steps_s, 2),
+                  "planned_steps_s": round(planned_steps_s, 2),
+                  "actual_epoch_overhead_s": round((trained_at - s.started - plan.used_s - steps_s) / epochs, 2),
+                  "actual_finish_s": round(now - trained_at, 2)}
+        if s.dist.main:
+            write_plan(s.run_dir, plan, correction=self.correction, epochs=planned_epochs, predicted_s=predicted,
+                       **actual)
+        console.print(f"time budget {clock(plan.budget_s)}: the run took {clock(took)} "
+                      f"({100 * took / plan.budget_s:.0f}%): steps {actual['actual_steps_s']:.0f} s (planned "
+                      f"{actual['planned_steps_s']:.0f}), validating and saving {actual['actual_epoch_overhead_s']:.1f} s "
+                      f"an epoch (planned {plan.epoch_overhead_s:.1f}), test and report {actual['actual_finish_s']:.0f} s "
+                      f"(planned {plan.finish_s:.0f})" + _corrected_text(self.correction))
 
 
 def corrected_steps(plan: Plan, *, elapsed: float, done: int, k: int, pace: float, end_s: float, sizes) -> dict:
@@ -150,3 +174,13 @@ def _steps_s(step_s: dict[int, float], sizes: list[int], k: int, start: int, end
         total += (stop - start) * step_cost(step_s, sizes[start // k])
         start = stop
     return total
+
+
+def _corrected_text(correction: dict) -> str:
+    if not correction:
+        return ""
+    measured = f"steps at {correction['pace']:.2f}x the timed pace, epoch ends {correction['end_s']:.1f} s"
+    if correction["max_steps"] is None:
+        return f"; length kept after step {correction['after_step']} ({measured})"
+    return (f"; length corrected after step {correction['after_step']} ({measured}): "
+            f"{correction['planned_steps']} -> {correction['max_steps']} steps")

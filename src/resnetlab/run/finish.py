@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from resnetlab import run_folder as rf
-from resnetlab.config import Config
+from resnetlab.config import Config, evolve
 from resnetlab.data.readers.manifest import read_split_file
 from resnetlab.device import inference_precision
 from resnetlab.errors import UserError
@@ -26,7 +26,7 @@ from resnetlab.evaluate.multilabel import settle_thresholds
 from resnetlab.evaluate.report import build_report
 from resnetlab.io import read_json
 from resnetlab.run_folder import read_run_config
-from resnetlab.train.checkpoint import load_checkpoint
+from resnetlab.checkpoint import load_checkpoint
 from resnetlab.train.session import Session
 
 
@@ -46,7 +46,7 @@ def final_model(s: Session) -> Classifier:
         model=s.model, classes=s.data.classes, image_size=s.data.image_size, channels=s.data.channels,
         resize=s.cfg.data.resize, mean=s.mean, std=s.std, device=s.device,
         precision=inference_precision(s.precision, s.device), augment=s.cfg.augment, source=source,
-        multi_label=s.multi_label,
+        multi_label=s.task.name == "multi_label",
     )
 
 
@@ -112,9 +112,8 @@ def retrain_config(run: Path) -> Config:
     cfg = read_run_config(run)
     if not any(split == "val" for _, _, split in read_split_file(run / rf.SPLIT)):
         raise UserError(f"{run} has no validation split to add to training: --retrain-on-all needs one")
-    cfg.data.split_file, cfg.data.merge_val = str(run / rf.SPLIT), True
-    cfg.train.name = f"{run.name}-all"
+    changes = {"data.split_file": str(run / rf.SPLIT), "data.merge_val": True, "train.name": f"{run.name}-all"}
     # a time budget plans the retrain anew (train.max_steps too): the rise goes back to the recipe's pct_start
     if cfg.train.time_budget and (run / rf.BUDGET).exists() and read_json(run / rf.BUDGET).get("pinned_rise"):
-        cfg.schedule.warmup_epochs = 0.0
-    return cfg
+        changes["schedule.warmup_epochs"] = 0.0
+    return evolve(cfg, changes, source="--retrain-on-all")

@@ -1,5 +1,5 @@
 """Timing a rung on this machine: a throwaway session's training steps, an inference batch and a
-checkpoint save, from which train.time_budget plans (train/budget.py).
+checkpoint save, from which train.time_budget plans (budget/plan.py).
 
 A rung that a later rung may replace is first timed briefly (BRIEF_STEPS steps a size); only if
 that reading leaves it a chance of being chosen are its steps timed on to the full rule. The full
@@ -17,7 +17,7 @@ import torch
 from resnetlab.config import Config
 from resnetlab.data import DataBundle
 from resnetlab.evaluate.inference import infer
-from resnetlab.train.checkpoint import save_checkpoint
+from resnetlab.checkpoint import save_checkpoint
 from resnetlab.train.session import Session, checkpoint_state
 from resnetlab.train.sizes import training_size
 from resnetlab.train.stages import lr_for_step

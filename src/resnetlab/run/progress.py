@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from resnetlab import run_folder as rf
 from resnetlab.device import precision_reason
 from resnetlab.run_folder import write_skipped
+from resnetlab.train.loop import run_epochs
 from resnetlab.train.session import Session
 
 
@@ -37,7 +38,7 @@ class EpochProgress:
         self.bar.__exit__(*exc)
 
     def start(self, epoch: int, completed: int) -> None:
-        self.task = self.bar.add_task(f"epoch {epoch + 1}/{self.s.cfg.train.epochs}", total=self.s.steps_per_epoch,
+        self.task = self.bar.add_task(f"epoch {epoch + 1}/{run_epochs(self.s)}", total=self.s.steps_per_epoch,
                                       completed=completed, loss=0, acc=0, ips=0)
 
     def update(self, i: int, sums: torch.Tensor, seen0: float, start: float) -> None:
@@ -66,12 +67,12 @@ def announce(s: Session, console: Console) -> None:
         write_skipped(s.run_dir, s.data.skipped)
     if s.data.skipped:
         console.print(f"skipped {len(s.data.skipped)} bad images: see {s.run_dir / rf.SKIPPED}")
-    for note in s.data.notes + s.notes:
+    for note in [*s.data.notes, *s.notes]:
         console.print(f"note: {note}")
     console.print(s.data.balance())
     console.print(
         f"training {cfg.model.name} on {len(s.data.splits['train'])} images "
-        f"({s.data.image_size} px, {len(s.data.classes)} classes) for {cfg.train.epochs} epochs on "
+        f"({s.data.image_size} px, {len(s.data.classes)} classes) for {run_epochs(s)} epochs on "
         f"{s.device} in {s.precision}{f' x {d.world} processes' if d.enabled else ''}; run folder {s.run_dir}"
     )
     console.print(f"precision {precision_reason(s.precision, cfg.train.precision, s.device)}")
@@ -91,9 +92,9 @@ def split_score(record: dict, split: str) -> str:
     return f"{split} loss {record[f'{split}_loss']:.4f} {score}"
 
 
-def epoch_line(s: Session, record: dict, improved: bool) -> str:
+def epoch_line(s: Session, record: dict) -> str:
     """The line a finished epoch prints ('*': best.pt was written), and a warning when it diverged."""
-    line = f"epoch {record['epoch']:>3}/{s.cfg.train.epochs}  lr {record['lr']:.2e}  train loss {record['train_loss']:.4f}"
+    line = f"epoch {record['epoch']:>3}/{run_epochs(s)}  lr {record['lr']:.2e}  train loss {record['train_loss']:.4f}"
     if "train_exact" in record:  # multi-label: exact match of the label set at 0.5, then val mAP (macro)
         line += f" exact {100 * record['train_exact']:.2f}%"
     else:
@@ -105,7 +106,7 @@ def epoch_line(s: Session, record: dict, improved: bool) -> str:
     line += f"  {record['images_per_s']:.0f} img/s  {record['seconds']:.1f} s"
     if s.cfg.train.size_start or s.cfg.train.size_end:
         line += f"  {record['size']} px"
-    line += "  *" if improved else ""
+    line += "  *" if s.state.improved else ""
     guess, formula = guessing_loss(s)
     if diverged(record, len(s.data.classes), guess=guess):
         line += (f"\nwarning: diverged: train loss {record['train_loss']:.2f} is far above {formula} = "
@@ -114,16 +115,8 @@ def epoch_line(s: Session, record: dict, improved: bool) -> str:
 
 
 def guessing_loss(s: Session) -> tuple[float, str]:
-    """The loss of a model that predicts nothing: ln k for softmax over k classes. Multi-label, k
-    sigmoids at 1/2 (the loss is summed over classes): k ln 2, or with positive weights w_i on
-    classes of prevalence p_i, ln 2 * sum(p_i w_i + 1 - p_i) (balanced weights nearly double it)."""
-    k = len(s.data.classes)
-    if not s.multi_label:
-        return math.log(k), f"ln({k})"
-    if s.class_weights is None:
-        return k * math.log(2), f"{k} ln 2"
-    p = s.data.splits["train"].labels.mean(0)
-    return math.log(2) * float((p * s.class_weights.cpu() + 1 - p).sum()), "ln 2 x sum(p w + 1 - p)"
+    """The training loss of a model that predicts nothing, and its formula (evaluate/task.py)."""
+    return s.task.guessing_loss(s.data.splits["train"].labels, len(s.data.classes), s.class_weights)
 
 
 def diverged(record: dict, num_classes: int, *, guess: float | None = None) -> bool:

@@ -10,6 +10,7 @@ TensorBoard drops the later per-step events on resume; its per-epoch events keep
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -21,8 +22,9 @@ from resnetlab.errors import UserError
 from resnetlab.io import read_json
 from resnetlab.run_folder import write_metrics
 from resnetlab.train import distributed
-from resnetlab.train.checkpoint import DamagedCheckpoint, load_checkpoint
-from resnetlab.train.session import Session, restore, val_score
+from resnetlab.checkpoint import DamagedCheckpoint, load_checkpoint
+from resnetlab.run.resume import restore
+from resnetlab.train.session import Session, val_score
 from resnetlab.train.stages import lr_for_step
 
 def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:
@@ -43,15 +45,15 @@ def rolled_back_already(run_dir: Path, epoch: int) -> bool:
     return bool(resumes) and resumes[-1].get("from_epoch") == epoch
 
 
-def roll_back(s: Session, run_dir: Path, epoch: int) -> None:
-    """Restore epoch_NNN.pt into ``s`` (every rank); rank 0 moves the later epochs' files aside."""
+def roll_back(s: Session, run_dir: Path, epoch: int) -> Session:
+    """``s`` with epoch_NNN.pt restored (every rank); rank 0 moves the later epochs' files aside."""
     path = epoch_checkpoint(run_dir, epoch)
-    restore(s, path, load_checkpoint(path))  # first: a checkpoint that does not fit the config changes nothing
+    s = restore(s, path, load_checkpoint(path))  # first: a checkpoint that does not fit the config changes nothing
     later = [p for p in run_dir.glob("*.pt") if p != path and _epoch_of(p) > epoch]
     # best.pt of a later epoch goes: the best kept epoch up to N replaces it, and sets the score to beat
     best = _best_kept(run_dir, s.state.history, epoch) if run_dir / rf.BEST in later else None
     if best is not None:
-        s.state.best_top1 = val_score(s.state.history[best - 1])
+        s = dataclasses.replace(s, state=dataclasses.replace(s.state, best_score=val_score(s.state.history[best - 1])))
     metrics = run_dir / rf.METRICS
     last = max(len(metrics.read_text().splitlines()) if metrics.exists() else 0, epoch)
     moved = None
@@ -66,8 +68,8 @@ def roll_back(s: Session, run_dir: Path, epoch: int) -> None:
     old = s.state.history[-1]["lr"] if s.state.history else math.nan
     new = lr_for_step(s.cfg, epoch * s.steps_per_epoch, s.steps_per_epoch)
     where = f"epochs {epoch + 1}-{last} and what they wrote are in {moved}" if moved else "no later epochs to set aside"
-    s.notes.append(f"rolled back to epoch {epoch} ({path.name}); {where}; lr {old:.2e} at epoch {epoch}, "
-                   f"{new:.2e} from epoch {epoch + 1}")
+    return dataclasses.replace(s, notes=s.notes + (f"rolled back to epoch {epoch} ({path.name}); {where}; lr "
+                                                   f"{old:.2e} at epoch {epoch}, {new:.2e} from epoch {epoch + 1}",))
 
 
 def _move_aside(run_dir: Path, later: list[Path], epoch: int, last: int) -> str | None:

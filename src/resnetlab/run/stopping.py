@@ -1,40 +1,19 @@
-"""How a run stops: signals read at step boundaries, the ranks agreeing on them, status.json through
-the run (running, then finished, stopped or failed with why), and the exceptions that end a run."""
+"""How a run stops: signals read at step boundaries, the ranks agreeing on them, and status.json through
+the run (running, then finished, stopped or failed with why)."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
-from pathlib import Path
 
-from resnetlab import run_folder as rf
 from resnetlab.errors import UserError
 from resnetlab.run_folder import write_status
 from resnetlab.train import distributed
+from resnetlab.train.loop import Preempted, StopTraining
 from resnetlab.train.session import Session
 
 STOP_CHECK_EVERY = 8  # steps between torchrun ranks agreeing on a signal (one process: every step, free)
-
-
-class NonFiniteLoss(UserError):
-    pass
-
-
-class Preempted(Exception):
-    """SIGTERM or SIGINT stopped training at a step boundary; last.pt holds the exact position."""
-
-    exit_code = 75  # EX_TEMPFAIL: "try again later", what a scheduler should requeue
-
-    def __init__(self, signal_name: str, run_dir: Path, epoch: int, step_in_epoch: int):
-        super().__init__(
-            f"stopped by {signal_name} at epoch {epoch + 1}, step {step_in_epoch}; saved {run_dir / rf.LAST}; "
-            f"continue with: resnetlab train --resume {run_dir}"
-        )
-
-
-class StopTraining(Exception):
-    """Raised by a callback to end a run early (a tuner pruning a trial); status.json says stopped."""
 
 
 @contextlib.contextmanager

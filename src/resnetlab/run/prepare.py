@@ -11,11 +11,10 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
 from resnetlab import run_folder as rf
 from resnetlab.config import Config, apply_overrides, save_config, validate, yield_to_command_line
@@ -25,12 +24,12 @@ from resnetlab.device import (compile_plan, environment, precision_reason, resol
                               select_device)
 from resnetlab.errors import UserError
 from resnetlab.io import read_json, write_json
+from resnetlab.run.resume import RESUME_FROM, restore_newest_intact
+from resnetlab.run.rollback import epoch_checkpoint, roll_back, rolled_back_already
 from resnetlab.run_folder import check_run_dir, create_run_dir, read_run_config, saved_split_file
 from resnetlab.train import distributed
-from resnetlab.train.budget import Hardware, plan_budget
-from resnetlab.train.checkpoint import rng_state, set_rng_state
-from resnetlab.train.rollback import epoch_checkpoint, roll_back, rolled_back_already
-from resnetlab.train.session import RESUME_FROM, Session, build_session, restore_newest_intact
+from resnetlab.train.distributed import Dist
+from resnetlab.train.session import Session, build_session
 
 
 def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, overrides: list[str] = (),
@@ -42,7 +41,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     processes (``--max-restarts``), the run it had begun is resumed from its last checkpoint.
     With train.time_budget, the plan (rung and length) is made here and kept in the folder's
     config.yaml and budget.json, so a resume follows it. ``from_epoch`` resumes from the run's
-    epoch_NNN.pt instead of its last checkpoint (train/rollback.py).
+    epoch_NNN.pt instead of its last checkpoint (run/rollback.py).
     """
     started, restarted, resume_notes = time.monotonic(), None, []
     if resume is None and (restarted := elastic_restart(cfg, run_name)) is not None:
@@ -53,14 +52,14 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
         resume = check_run_dir(resume)
         if from_epoch is not None:
             epoch_checkpoint(resume, from_epoch)  # before anything is built: a missing epoch is one line
-        cfg = read_run_config(resume)
+        cfg = read_run_config(resume).thawed()
         trained_multi = cfg.data.multi_label
         # the run's plan (time budget, stages) never replaces a key given now: it steps aside and says so
         resume_notes = yield_to_command_line(cfg, set(apply_overrides(cfg, overrides)))
         if cfg.data.multi_label != trained_multi:  # the head, the loss and every record would change meaning
             kind = "multi-label" if trained_multi else "single-label"
             raise UserError(f"{resume} was trained {kind}: a resume cannot change data.multi_label; start a new run")
-        validate(cfg)
+        cfg = validate(cfg)
     d = distributed.from_environment()
     if d.world > cfg.train.batch_size:
         raise UserError(f"{d.world} processes cannot share a global batch of {cfg.train.batch_size}: "
@@ -70,36 +69,37 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     if device.type == "cuda":  # training shapes are static (merged tail batch): let cuDNN time its algorithms once
         torch.backends.cudnn.benchmark = True
     compile_wanted, compile_note = compile_plan(cfg.train.compile, device)
-    hw = Hardware(device, precision, d, compile_wanted)
     seed_everything(cfg.seed)
     data = build_data(cfg, split_file=saved_split_file(resume) if resume else None, progress=cfg.train.progress,
                       builder=d.local_rank == 0)  # one process a machine builds the decoded cache
     if len(data.splits["train"]) < 1:
         raise UserError("the training split is empty")
     plan = None
-    if cfg.train.time_budget and resume is None:
+    if cfg.train.time_budget and resume is None:  # the budget's code is imported only by a run that has one
+        from resnetlab.budget.plan import Hardware, plan_budget
+        from resnetlab.checkpoint import rng_state, set_rng_state
+
         rng = rng_state()  # the probes' model inits draw from it: the run starts where a fixed run would
-        cfg, data, plan = plan_budget(cfg, data, hw, started=started)
+        cfg, data, plan = plan_budget(cfg, data, Hardware(device, precision, d, compile_wanted), started=started)
         set_rng_state(rng)
     has_checkpoint = resume is not None and (from_epoch is not None
                                              or any((resume / n).exists() for n in RESUME_FROM))
     session = build_session(cfg, data, device=device, precision=precision, dist=d, compile_wanted=compile_wanted,
                             pretrained=not has_checkpoint, started=started)
-    session.plan = plan
-    if resume is not None:
-        session.run_dir = resume
-    else:  # rank 0 names and creates the folder; the others learn its name
-        session.run_dir = distributed.broadcast_object(
-            _new_run(cfg, data, run_name, hw, plan) if d.main else None, d)
-    if from_epoch is not None:
-        roll_back(session, resume, from_epoch)
-    elif resume is not None and has_checkpoint:
-        restore_newest_intact(session, resume)  # before touching the folder: a misfit changes nothing
-    session.notes += ([compile_note] if compile_note else []) + resume_notes
+    notes = ([compile_note] if compile_note else []) + resume_notes
     if resume is not None and cfg.train.time_budget and (resume / rf.BUDGET).exists():
-        session.notes.append(f"time budget: resuming the plan in {resume / rf.BUDGET} ({cfg.train.epochs} epochs); "
-                             "the time before the interruption is not counted again")
-    if resume is not None and d.main:
+        notes.append(f"time budget: resuming the plan in {resume / rf.BUDGET} ({cfg.train.epochs} epochs); "
+                     "the time before the interruption is not counted again")
+    if resume is None:  # rank 0 names and creates the folder; the others learn its name
+        folder = distributed.broadcast_object(_new_run(cfg, data, run_name, device, precision, d, plan)
+                                              if d.main else None, d)
+        return replace(session, run_dir=folder, plan=plan, notes=tuple(notes))
+    session = replace(session, run_dir=resume)
+    if from_epoch is not None:
+        session = roll_back(session, resume, from_epoch)
+    elif has_checkpoint:
+        session = restore_newest_intact(session, resume)  # before touching the folder: a misfit changes nothing
+    if d.main:
         env = read_json(resume / rf.ENV)
         env.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides),
                                               **({"from_epoch": from_epoch} if from_epoch is not None else {}),
@@ -107,7 +107,7 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
                                                  if restarted else {})})
         write_json(resume / rf.ENV, env)
         save_config(cfg, resume / rf.CONFIG)
-    return session
+    return replace(session, notes=session.notes + tuple(notes))
 
 
 def default_run_name(cfg: Config, run_name: str) -> str:
@@ -133,22 +133,25 @@ def elastic_restart(cfg: Config, run_name: str) -> Path | None:
     return run
 
 
-def _new_run(cfg: Config, data: DataBundle, run_name: str, hw: Hardware, plan) -> Path:
+def _new_run(cfg: Config, data: DataBundle, run_name: str, device: torch.device, precision: str, dist: Dist,
+             plan) -> Path:
     name = default_run_name(cfg, run_name)
-    env = {**environment(hw.device), "seed": cfg.seed, "precision": hw.precision,
-           "precision_reason": precision_reason(hw.precision, cfg.train.precision, hw.device), "command": run_name,
-           "world_size": hw.dist.world}
+    env = {**environment(device), "seed": cfg.seed, "precision": precision,
+           "precision_reason": precision_reason(precision, cfg.train.precision, device), "command": run_name,
+           "world_size": dist.world}
     data_info = {**data.preprocess(), "root": data.root, "cached": data.cached, "resize": cfg.data.resize,
                  "sizes": {k: len(v) for k, v in data.splits.items()}, "class_ids": data.catalog.class_ids,
                  "counts": data.counts(), "notes": data.notes}
     files = {
-        rf.CONFIG: yaml.safe_dump(cfg.to_dict(), sort_keys=False),
         rf.ENV: json.dumps(env, indent=2) + "\n",
         rf.CLASSES: json.dumps(data.classes, indent=2) + "\n",
         rf.DATA: json.dumps(data_info, indent=2) + "\n",
         rf.SPLIT: split_file_text(data.catalog),
     }
+    folder = create_run_dir(Path(cfg.train.out_dir), name, files, cfg)
     if plan is not None:
-        files[rf.BUDGET] = json.dumps(asdict(plan), indent=2) + "\n"
-    return create_run_dir(Path(cfg.train.out_dir), name, files)
+        from resnetlab.budget.plan import write_plan
+
+        write_plan(folder, plan)
+    return folder
 

@@ -12,13 +12,13 @@ import torch
 from resnetlab import run_folder as rf
 from resnetlab.run_folder import write_metrics, write_skipped
 from resnetlab.train import distributed
-from resnetlab.train.checkpoint import save_checkpoint
-from resnetlab.train.figures import Curves
+from resnetlab.checkpoint import save_checkpoint
+from resnetlab.run.figures import Curves
 from resnetlab.train.session import Session, checkpoint_state
 from resnetlab.train.stages import snapshot_epochs
 
 
-def save_epoch(s: Session, record: dict, improved: bool, curves: Curves) -> None:
+def save_epoch(s: Session, record: dict, curves: Curves) -> None:
     """Metrics and curves first, then checkpoints: a kill in between only repeats this epoch.
 
     best.pt is chosen on validation top-1 only; without a val split there is one model, last.pt."""
@@ -33,7 +33,7 @@ def save_epoch(s: Session, record: dict, improved: bool, curves: Curves) -> None
     write_metrics(s.run_dir, s.state.history)
     curves.update(s.state.history)
     snapshots = sorted(snapshot_epochs(s.cfg))
-    targets = [s.run_dir / rf.LAST] + ([s.run_dir / rf.BEST] if improved else [])
+    targets = [s.run_dir / rf.LAST] + ([s.run_dir / rf.BEST] if s.state.improved else [])
     if record["epoch"] in snapshots:  # the end of an SGDR cycle: a model for snapshot ensembling
         targets.append(s.run_dir / rf.snapshot_name(snapshots.index(record['epoch']) + 1))
     if s.cfg.train.keep_every and record["epoch"] % s.cfg.train.keep_every == 0:  # a point to roll back to

@@ -1,0 +1,132 @@
+"""fit(): a prepared run, trained and finished: the training loop (train/loop.py) with what a run does
+around it, and the same end as the command line's (run/finish.py).
+
+Around the loop: status.json, the start banner and the live progress bar, stop signals read at
+step boundaries, checkpoints and curves at each epoch's end (and inside an epoch on a signal or
+train.checkpoint_every), TensorBoard, a time budget's length correction, and the user's callbacks
+(minGPT style), ``{event: [fn, ...]}``: ``on_batch_end(session, info)``,
+``on_epoch_end(session, record)``, ``on_train_end(session, result)``. They observe; the loop does
+not depend on them. After the last epoch the test split is scored once, then calibration,
+figures and report.html.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from collections import defaultdict
+from typing import Callable
+
+import torch
+from rich.console import Console
+
+from resnetlab import run_folder as rf
+from resnetlab.errors import UserError
+from resnetlab.io import write_json
+from resnetlab.run.figures import Curves
+from resnetlab.run.finish import finish_run
+from resnetlab.run.progress import EpochProgress, announce, epoch_line, split_score
+from resnetlab.run.saving import save_epoch, save_partial
+from resnetlab.run.stopping import run_status, signal_name, stop_agreed, stop_on_signals
+from resnetlab.run.tensorboard import TensorBoardLogger
+from resnetlab.train.loop import Hooks, Preempted, StopTraining, check_trainable, train, val_metrics
+from resnetlab.train.session import Session
+
+Callback = Callable[..., None]
+EVENTS = ("on_batch_end", "on_epoch_end", "on_train_end")
+
+
+def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console: Console | None = None) -> dict:
+    console = console or Console(soft_wrap=True, quiet=not s.dist.main)  # rank 0 speaks for all ranks
+    callbacks = check_callbacks(callbacks)
+    check_trainable(s)
+    if s.dist.main and s.cfg.train.tensorboard:  # first, so an epoch is logged even if a later callback stops the run
+        for event, fns in TensorBoardLogger(s).callbacks().items():
+            callbacks[event] = fns + callbacks[event]
+    correction = None
+    if s.plan is not None:  # a time budget: its correction is one more callback (budget/correction.py)
+        from resnetlab.budget.correction import LengthCorrection
+
+        correction = LengthCorrection(s)
+    with run_status(s), EpochProgress(s, console) as progress, stop_on_signals() as stop:
+        announce(s, console)
+        t = s.cfg.train
+        if t.score_untrained and s.state.epoch == 0 and s.state.step == 0:  # a resume has trained already
+            score_untrained(s, console)
+        hooks = RunHooks(s, console, progress, stop, callbacks, correction)
+        try:
+            train(s, hooks)
+        except (Preempted, StopTraining, KeyboardInterrupt):
+            hooks.draw_curves()
+            raise
+        hooks.draw_curves()
+        trained_at = time.monotonic()
+        result = finish_run(s, console)
+        if correction is not None:
+            correction.report(console, trained_at=trained_at)
+        for fn in callbacks["on_train_end"]:
+            fn(s, result)
+    return result
+
+
+class RunHooks(Hooks):
+    """A run's side of the loop: the progress bar, signals, checkpoints, curves, the epoch line, a
+    time budget's correction and the user's callbacks."""
+
+    def __init__(self, s: Session, console: Console, progress: EpochProgress, stop: list[str],
+                 callbacks: defaultdict, correction=None):
+        self.console, self.progress, self.stop, self.callbacks = console, progress, stop, callbacks
+        self.correction = correction
+        self.curves = Curves(s.run_dir / rf.CURVES)
+        self.history, self.main = s.state.history, s.dist.main
+
+    def say(self, line: str) -> None:
+        self.progress.say(line)
+
+    def epoch_begin(self, s: Session, epoch: int, first: int) -> None:
+        self.progress.start(epoch, completed=first)
+
+    def batch_end(self, s: Session, info: dict) -> int | None:
+        self.progress.update(info["step_in_epoch"], info["sums"], info["seen0"], info["started"])
+        for fn in self.callbacks["on_batch_end"]:
+            fn(s, info)
+        if self.correction is not None and (decision := self.correction.step_done(info["step"])) is not None:
+            self.progress.say(decision.line)  # the budget's one look at its clock
+            return decision.max_steps
+        return None
+
+    def stop_requested(self, s: Session, i: int | None) -> str | None:
+        return signal_name(self.stop) if stop_agreed(s, self.stop, i) else None
+
+    def save_position(self, s: Session, epoch: int, step: int, sums: torch.Tensor) -> None:
+        save_partial(s, epoch, step, sums)
+
+    def epoch_end(self, s: Session, record: dict) -> None:
+        self.progress.stop()
+        save_epoch(s, record, self.curves)  # metrics first, then checkpoints: a kill repeats this epoch
+        if s.dist.main:
+            self.console.print(epoch_line(s, record))
+        for fn in self.callbacks["on_epoch_end"]:
+            fn(s, record)
+
+    def draw_curves(self) -> None:
+        if self.main:
+            self.curves.update(self.history, final=True)
+
+
+def check_callbacks(callbacks: dict[str, list[Callback]] | None) -> defaultdict:
+    """The callbacks by event; an unknown event name is an error (a typo would never be called)."""
+    for name in callbacks or {}:
+        if name not in EVENTS:
+            near = difflib.get_close_matches(name, EVENTS, n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise UserError(f"unknown callback event '{name}': {hint}events are {', '.join(EVENTS)}")
+    return defaultdict(list, {k: list(v) for k, v in (callbacks or {}).items()})
+
+
+def score_untrained(s: Session, console: Console) -> None:
+    """train.score_untrained: val scored before the first step, printed and kept in untrained.json."""
+    record = val_metrics(s)
+    if s.dist.main:
+        write_json(s.run_dir / rf.UNTRAINED, record)
+        console.print(f"before training: {split_score(record, 'val')} (n={len(s.data.splits['val'])})")
