@@ -52,8 +52,9 @@ class LengthCorrection:
         self.clock_from = WARMUP_STEPS if self.at > 2 * WARMUP_STEPS else 1  # steps left off the clock
         self.sizes = epoch_sizes(s.cfg, s.data, s.plan.epochs)
         self.last = time.monotonic()
-        # s taken and s planned: steps inside an epoch; gaps that hold an epoch end (and the next step)
-        self.steps_s = self.steps_planned = self.ends_s = self.ends_planned = 0.0
+        self.steps: list[tuple[float, float]] = []  # (s taken, s planned) of each timed step inside an epoch
+        # gaps that hold an epoch end (and the next step): s taken and planned, summed
+        self.ends_s = self.ends_planned = 0.0
         self.ends = 0
 
     def step_done(self, step: int, now: float | None = None) -> Decision | None:
@@ -64,7 +65,7 @@ class LengthCorrection:
         if step >= self.clock_from:
             planned = step_cost(self.s.plan.step_s, self.sizes[step // self.k])
             if step % self.k:
-                self.steps_s, self.steps_planned = self.steps_s + now - self.last, self.steps_planned + planned
+                self.steps.append((now - self.last, planned))
             elif step >= 2 * self.k:  # the gap holds the previous epoch's end; the first (off the clock) draws
                 # the first curves, matplotlib's import included: about twice the s of a later end
                 self.ends, self.ends_s, self.ends_planned = self.ends + 1, self.ends_s + now - self.last, \
@@ -75,17 +76,23 @@ class LengthCorrection:
         s = self.s
         if s.dist.main:
             pace, end_s = self.measured()
-            decision = corrected_steps(s.plan, elapsed=now - s.started, done=self.at, k=self.k, pace=pace,
+            decision = corrected_steps(s.plan, elapsed=s.clock.elapsed(now), done=self.at, k=self.k, pace=pace,
                                        end_s=end_s, sizes=lambda e: epoch_sizes(s.cfg, s.data, e))
         return self.apply(distributed.broadcast_object(decision if s.dist.main else None, s.dist))
 
     def measured(self) -> tuple[float, float]:
-        """(the steps' pace against the plan, s an epoch end): without a timed epoch end, the plan's at that pace."""
+        """(the steps' pace against the plan, s an epoch end): without a timed epoch end, the plan's at that
+        pace. The pace is read on the later half of the timed steps: a run's first minutes are often slower
+        than the rest (a job beside it that has since ended, caches still warming), and the steps to come
+        are more like the latest ones. The slowest 5% are left out: one-off stalls (TensorBoard's import at
+        its first write, a garbage collection) would otherwise weigh on a short run's few steps."""
         plan = self.s.plan
-        if not self.steps_planned:  # epochs of one step: every gap holds an epoch end, one factor for both
+        if not self.steps:  # epochs of one step: every gap holds an epoch end, one factor for both
             pace = self.ends_s / (self.ends_planned + self.ends * plan.epoch_overhead_s) if self.ends else 1.0
             return pace, pace * plan.epoch_overhead_s
-        pace = self.steps_s / self.steps_planned
+        later = sorted(self.steps[len(self.steps) // 2:])
+        later = later[:len(later) - max(len(later) // 20, 1)] or later
+        pace = sum(taken for taken, _ in later) / sum(planned for _, planned in later)
         if not self.ends:
             return pace, pace * plan.epoch_overhead_s
         return pace, max(self.ends_s - pace * self.ends_planned, 0.0) / self.ends
@@ -105,7 +112,7 @@ class LengthCorrection:
         """How the run kept to its budget, in budget.json and one line; beside each planned part the
         measured one, so a run that overshoots says which part the plan got wrong."""
         s, plan, now = self.s, self.s.plan, time.monotonic()
-        took = now - s.started
+        took = s.clock.elapsed(now)
         steps_s = sum(h["seconds"] for h in s.state.history)  # the epochs' training steps, validation not included
         epochs = max(len(s.state.history), 1)
         planned_epochs, predicted = plan.epochs, plan.predicted_s
@@ -114,7 +121,7 @@ class LengthCorrection:
         planned_steps_s = predicted - plan.used_s - plan.finish_s - planned_epochs * plan.epoch_overhead_s
         actual = {"actual_s": round(took, 2), "actual_steps_s": round(steps_s, 2),
                   "planned_steps_s": round(planned_steps_s, 2),
-                  "actual_epoch_overhead_s": round((trained_at - s.started - plan.used_s - steps_s) / epochs, 2),
+                  "actual_epoch_overhead_s": round((s.clock.elapsed(trained_at) - plan.used_s - steps_s) / epochs, 2),
                   "actual_finish_s": round(now - trained_at, 2)}
         if s.dist.main:
             write_plan(s.run_dir, plan, correction=self.correction, epochs=planned_epochs, predicted_s=predicted,

@@ -46,6 +46,7 @@ MARGIN = 0.99  # plan to 99% of what is left: the run corrects its length from i
 # a rung read briefly at under this share of the epochs it needs is passed over untimed further: a
 # 5-step reading is within ~10-15% of the full one, so such a rung would not get its epochs
 BRIEF_CUT = 0.75
+SHARED = 0.2  # a rung timed while other processes kept more of the CPUs busy than this was timed beside a job
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,10 @@ class Plan:
     def table(self) -> list[str]:
         """The ladder's rungs as timed here, the chosen one marked '>'."""
         lines = [f"ladder on {self.hardware}: {self.rule}"]
+        if any((r.get("others_cpu") or 0) > SHARED for r in self.rungs):
+            lines[0] += ("; other processes were using the CPU while rungs were timed, so the choice may be a smaller "
+                         "rung than this machine trains alone (the run corrects its length from its own clock; "
+                         "train.ladder_rung=N pins a rung)")
         for row in self.rungs:
             mark = ">" if row["rung"] == self.rung else " "
             what = _rung_text(row["set"])
@@ -100,6 +105,8 @@ class Plan:
                 continue
             fit = f"{row['epochs']} epochs" if row["epochs"] else "not one epoch fits"
             fit += f" (timed briefly: {min(row['timed_steps'].values())} steps)" if row.get("brief") else ""
+            if (others := row.get("others_cpu") or 0) > SHARED:
+                fit += f" (timed while other processes kept {100 * others:.0f}% of the CPUs busy)"
             lines.append(f" {mark} {row['rung']}: {what}: {_rates(row['step_s'])}, {row['epoch_s']:.0f} s an "
                          f"epoch: {fit}")
         return lines
@@ -128,10 +135,11 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
     train.steps_per_epoch set, its data, the plan). Timing builds throwaway sessions; the caller
     puts the global RNG back afterwards, so the run's own model starts from the seed."""
     budget = parse_duration(cfg.train.time_budget, "train.time_budget")
-    ladder, need = cfg.train.ladder, cfg.train.ladder_min_epochs
+    ladder, need, pin = cfg.train.ladder, cfg.train.ladder_min_epochs, cfg.train.ladder_rung
     # data.normalize=auto follows model.weights: a rung that changes either reads its own data
-    rungs, datas = [], {repr((cfg.data, cfg.model.weights)): data}
-    for i in range(max(len(ladder), 1)):
+    rungs, datas = [(None, None, f"not timed (train.ladder_rung={pin})")] * max(pin, 0), \
+        {repr((cfg.data, cfg.model.weights)): data}
+    for i in range(max(pin, 0), max(len(ladder), 1)):
         rcfg = rung_config(cfg, i) if ladder else cfg
         if hw.dist.world > rcfg.train.batch_size:
             raise UserError(f"train.ladder[{i}]: {hw.dist.world} processes cannot share a global batch of "
@@ -140,7 +148,7 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
         if key not in datas:
             datas[key] = build_data(rcfg, progress=cfg.train.progress, builder=hw.dist.local_rank == 0)
         # a rung that a later one may replace is timed briefly first, and on only if it may be chosen
-        brief = i < len(ladder) - 1 and not hw.dist.enabled
+        brief = i < len(ladder) - 1 and not hw.dist.enabled and pin < 0
         worth_more = (lambda m, c=rcfg, d=datas[key]: _epochs(budget, time.monotonic() - started, c, d, m)
                       >= BRIEF_CUT * need) if brief else None
         measured = _measure_rung(rcfg, datas[key], hw, started, worth_more)
@@ -149,7 +157,7 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
         fits = distributed.broadcast_object(
             measured is not None and _epochs(budget, time.monotonic() - started, rcfg, datas[key], measured) >= need
             if hw.dist.main else None, hw.dist)
-        if fits:
+        if fits or pin >= 0:
             break
     decision = distributed.broadcast_object(
         _decide(budget, time.monotonic() - started, ladder, need, rungs) if hw.dist.main else None, hw.dist)
@@ -165,8 +173,8 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
     chosen, plan = decision
     rcfg, rdata, _ = rungs[chosen]
     plan.hardware, plan.rung = hw.describe(), chosen if ladder else None
-    plan.rule = (f"the first rung that gets {need} epochs, else the one that gets the most" if ladder
-                 else "no ladder: the config as it is")
+    plan.rule = ("no ladder: the config as it is" if not ladder else f"train.ladder_rung={pin} pins it" if pin >= 0
+                 else f"the first rung that gets {need} epochs, else the one that gets the most")
     changes = {"train.epochs": plan.epochs, "train.steps_per_epoch": 0 if plan.steps == plan.full_steps else plan.steps,
                "train.max_steps": 0}  # a correction sets the run's end, during the run
     if rcfg.stages:  # the earlier stages keep their epochs; each stage has its own schedule, so no correction
@@ -231,13 +239,13 @@ def _decide(budget: float, used: float, ladder: list[dict], need: int, rungs: li
     rows, plans = [], {}
     for i, (rcfg, rdata, measured) in enumerate(rungs):
         row = {"rung": i, "set": ladder[i] if ladder else {}, "step_s": None, "epochs": 0, "steps": 0}
-        if measured is None:
-            row["note"] = "out of memory"
+        if measured is None or isinstance(measured, str):
+            row["note"] = measured or "out of memory"
         else:
             sizes = lambda e, c=rcfg, d=rdata: epoch_sizes(c, d, e)  # noqa: E731
             step = measured["step_s"].get(sizes(1)[0]) or measured["step_s"][max(measured["step_s"])]
             row.update(step_s=measured["step_s"], epoch_s=measured["full_steps"] * step + measured["epoch_overhead_s"],
-                       timed_steps=measured["timed_steps"], brief=measured["brief"])
+                       timed_steps=measured["timed_steps"], brief=measured["brief"], others_cpu=measured["others_cpu"])
             try:
                 plans[i] = choose(budget, used, **_costs(measured), sizes=sizes)
                 row.update(epochs=plans[i].epochs, steps=plans[i].steps)
@@ -247,8 +255,8 @@ def _decide(budget: float, used: float, ladder: list[dict], need: int, rungs: li
     if not plans:
         return _refusal(budget, ladder, rows)
     chosen = pick_rung({i: p.epochs for i, p in plans.items()}, need)
-    rows += [{"rung": j, "set": ladder[j], "step_s": None, "note": "not timed (an earlier rung fits)"}
-             for j in range(len(rows), len(ladder))]
+    later = "not timed (an earlier rung fits)" if all(isinstance(m, dict) for _, _, m in rungs) else "not timed"
+    rows += [{"rung": j, "set": ladder[j], "step_s": None, "note": later} for j in range(len(rows), len(ladder))]
     plans[chosen].rungs = rows
     return chosen, plans[chosen]
 

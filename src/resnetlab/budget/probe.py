@@ -8,6 +8,8 @@ rule costs ~4 s a size on a slow machine, which a short budget cannot spend on r
 
 from __future__ import annotations
 
+import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +51,8 @@ class Probe:
         self.sizes = {px: 0 if px == image else px for px in sorted({*epoch_sizes(s.cfg, s.data, 2)})}
         self.times: dict[int, list[float]] = {px: [] for px in self.sizes}
         self.fixed: dict | None = None  # inference, saving and step counts: timed once
+        # while the timed steps ran: CPU s this process used, CPU s all processes used, wall s
+        self.cpu_s = self.busy_s = self.wall_s = 0.0
 
     def measure(self, *, brief: bool = False) -> dict:
         """Seconds a training step (by px), per epoch of validation and saving, and for the test split
@@ -58,8 +62,12 @@ class Probe:
             self._time_steps(px, brief)
         if self.fixed is None:
             self.fixed = _fixed_costs(self.s)
+        # the share of this process's CPUs that other processes kept busy while the steps were timed
+        others = None if self.busy_s < 0 or not self.wall_s else \
+            max(self.busy_s - self.cpu_s, 0.0) / (self.wall_s * len(os.sched_getaffinity(0)))
         return {"step_s": {px: _mean(t) for px, t in self.times.items()}, **self.fixed,
-                "timed_steps": {px: len(t) for px, t in self.times.items()}, "brief": brief}
+                "timed_steps": {px: len(t) for px, t in self.times.items()}, "brief": brief,
+                "others_cpu": None if others is None else round(min(others, 1.0), 2)}
 
     def _time_steps(self, px: int, brief: bool) -> None:
         """Steps at ``px`` timed until the rule is met: WARMUP_STEPS untimed ones first (one when it
@@ -72,7 +80,7 @@ class Probe:
         # batches from the start of the split each time: a streamed split's one DataLoader is reset by
         # every new pass, so two sizes' passes cannot be left open and taken up again
         batches = _endless(s, self.sizes[px])
-        start = time.perf_counter()
+        start, cpu, busy = time.perf_counter(), time.process_time(), busy_cpu_s()
         while not self._enough(times, brief):
             x, y = next(batches)
             train_step(s, x, y, lr, len(y) * s.dist.world)
@@ -80,12 +88,14 @@ class Probe:
                 s.ema.update(s.model)
             if s.device.type == "cuda":
                 torch.cuda.synchronize(s.device)
-            now = time.perf_counter()
+            now, cpu_now, busy_now = time.perf_counter(), time.process_time(), busy_cpu_s()
             if untimed:
                 untimed -= 1
             else:
                 times.append(now - start)
-            start = now
+                self.cpu_s, self.wall_s = self.cpu_s + cpu_now - cpu, self.wall_s + now - start
+                self.busy_s += busy_now - busy if busy_now >= 0 <= busy else -math.inf
+            start, cpu, busy = now, cpu_now, busy_now
 
     def _enough(self, times: list[float], brief: bool) -> bool:
         if self.s.dist.enabled:  # each step is a collective: every rank takes the same count, not its own clock's
@@ -93,6 +103,23 @@ class Probe:
         if brief:
             return len(times) >= BRIEF_STEPS
         return len(times) >= FULL_MAX_STEPS or (len(times) >= BRIEF_STEPS and sum(times) >= FULL_MIN_S)
+
+
+def busy_cpu_s() -> float:
+    """CPU s spent busy so far, by every process, on the CPUs this process may run on (Linux's
+    /proc/stat: user, nice, system, irq, softirq and steal time); -1 where that cannot be read."""
+    try:
+        mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        lines = Path("/proc/stat").read_text().splitlines()
+    except (OSError, AttributeError):
+        return -1.0
+    busy = 0
+    for line in lines:
+        name, *ticks = line.split()
+        if name in mine:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, ticks[:8])
+            busy += user + nice + system + irq + softirq + steal
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _mean(times: list[float]) -> float:

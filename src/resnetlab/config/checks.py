@@ -13,7 +13,8 @@ from resnetlab.errors import UserError
 # keys a ladder rung may not set: the plan sets the run's length, the hardware sets device and precision,
 # and the run's name and folder are one for all rungs
 PLAN_KEYS = {"train.time_budget": "the budget is the whole run's", "train.ladder": "rungs do not nest",
-             "train.ladder_min_epochs": "the rule is the whole ladder's", "train.epochs": "the plan sets it",
+             "train.ladder_min_epochs": "the rule is the whole ladder's", "train.ladder_rung": "rungs do not nest",
+             "train.epochs": "the plan sets it",
              "train.steps_per_epoch": "the plan sets it", "train.max_steps": "the plan sets it",
              "train.device": "the hardware is the run's",
              "train.precision": "the hardware chooses it", "train.out_dir": "the run has one folder",
@@ -49,7 +50,7 @@ def yield_to_command_line(cfg: Config, keys: set[str]) -> list[str]:
         if ruled:
             notes.append(f"{ruled[0]} from the command line: the recipe's ladder, whose rungs set it, is off; "
                          f"the time budget plans the length of this config as it is")
-            t.ladder = []
+            t.ladder, t.ladder_rung = [], -1
     if cfg.stages and "train.epochs" in keys:
         if "stages" in keys:
             raise UserError("stages and train.epochs are both set: train.epochs is the stages' sum, so give the "
@@ -105,6 +106,8 @@ def validate(cfg: Config) -> Config:
          "train.time_budget plans the last stage's epochs, and this one counts SGDR cycles: with stages, give "
          "each stage its epochs instead"),
         (not (t.max_steps and cfg.stages), "train.max_steps ends one schedule; with stages, give each stage its epochs"),
+        (t.ladder_rung < len(t.ladder), f"train.ladder_rung={t.ladder_rung} names no rung: train.ladder has "
+         f"{len(t.ladder)} (0 to {len(t.ladder) - 1}); use -1 to let the ladder's rule choose"),
         (a.hflip or not a.hflip_alternate, "augment.hflip_alternate alternates the flips augment.hflip makes: set "
          "augment.hflip=true too, or leave hflip_alternate off"),
     ]
@@ -123,7 +126,7 @@ def rung_config(cfg: Config, index: int) -> Config:
     """The config with train.ladder[index]'s values set (a copy); each bad rung key or value is one line."""
     where = f"train.ladder[{index}]"
     out = cfg.thawed()
-    out.train.ladder = []
+    out.train.ladder, out.train.ladder_rung = [], -1
     for key, value in section_items(cfg.train.ladder[index]):
         if key == "stages" or key.startswith("stages."):
             raise UserError(f"{where} sets stages: a time budget plans one schedule, so a rung cannot have "

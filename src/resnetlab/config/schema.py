@@ -230,6 +230,8 @@ class TrainConfig(_Section):
     # that gets the most). budget.json keeps the table it chose from
     ladder: list[dict] = field(default_factory=list)
     ladder_min_epochs: int = _ranged(1, lambda v: v >= 1, "must be at least 1")
+    # pin the time budget to one rung of train.ladder (its index; -1: the ladder's rule chooses)
+    ladder_rung: int = _ranged(-1, lambda v: v >= -1, "must be -1 (the rule chooses) or a rung's index")
     # the run's last optimiser step, inside its last epoch (0: every step of train.epochs); the schedule ends
     # there. A time budget sets it when the run corrects its length from its own clock
     max_steps: int = _ranged(0, lambda v: v >= 0, "must be 0 (every step of train.epochs) or more")

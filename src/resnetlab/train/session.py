@@ -6,6 +6,7 @@ session, then the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -83,6 +84,26 @@ class TrainState:
                    state.get("end_step", 0))
 
 
+@dataclass
+class RunClock:
+    """What a time budget counts: s since prepare() began, less any time a caller ran outside the run
+    (``paused``: a benchmark scoring each epoch on its own clock)."""
+
+    started: float = field(default_factory=time.monotonic)
+    outside_s: float = 0.0
+
+    def elapsed(self, now: float | None = None) -> float:
+        return (time.monotonic() if now is None else now) - self.started - self.outside_s
+
+    @contextlib.contextmanager
+    def paused(self):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.outside_s += time.monotonic() - start
+
+
 @dataclass(frozen=True)
 class Session:
     cfg: Config
@@ -108,7 +129,7 @@ class Session:
     # budget.plan.Plan: how train.time_budget set this run's rung and length (None: no budget); typed
     # loosely because the budget package sits above this one and nothing here reads inside it
     plan: object | None = None
-    started: float = field(default_factory=time.monotonic)  # when prepare() began: train.time_budget counts from it
+    clock: RunClock = field(default_factory=RunClock)  # from prepare(): what train.time_budget counts
     task: SingleLabel = field(default_factory=SingleLabel)  # single- or multi-label (evaluate/task.py)
 
     @property
@@ -241,7 +262,7 @@ def build_session(cfg: Config, data: DataBundle, *, device: torch.device, precis
                    device, precision, loaders, torch.tensor(data.mean, device=device),
                    torch.tensor(data.std, device=device), run_dir, dist=dist, ddp=ddp, compiled=compiled,
                    class_weights=class_weights, ema=ema, task=task,
-                   started=time.monotonic() if started is None else started)
+                   clock=RunClock(time.monotonic() if started is None else started))
 
 
 def checkpoint_state(s: Session, state: TrainState | None = None) -> dict[str, Any]:
