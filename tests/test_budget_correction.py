@@ -144,3 +144,43 @@ def test_max_steps_ends_the_run_inside_its_last_epoch_where_the_schedule_ends(cl
     with pytest.raises(UserError, match=r"finished 3 of train.epochs=6 and reached train.max_steps=9; resume with "
                                         r"train.max_steps=0 and train.epochs=4 or more"):
         fit(more)  # more epochs alone would train past the step the run ended at
+
+
+def test_the_pace_is_read_on_the_later_half_of_the_timed_steps_without_its_slowest_stalls():
+    """A run slow for its first minutes (a job beside it that has ended) is judged by its later steps."""
+    p = plan(epochs=4, steps=100, full_steps=100, correct_at=201)
+    correction = LengthCorrection(SimpleNamespace(plan=p, steps_per_epoch=100, cfg=Config(),
+                                                  data=SimpleNamespace(image_size=28)))
+    now = 0.0
+    for step in range(200):  # 0.2 s a step (0.1 planned) for the first 100, then 0.11 s, with one 5 s stall
+        now += (0.2 if step < 100 else 0.11) + (5.0 if step == 150 else 0.0)
+        correction.step_done(step, now)
+    pace, _ = correction.measured()
+    assert pace == pytest.approx(1.1)
+
+
+def test_a_pinned_rung_is_the_one_timed_and_trained(class_folders, tmp_path):
+    wide, narrow = "[64, 128, 256, 512]", "[8, 8, 16, 16]"
+    s = prepare(tiny_config(class_folders, tmp_path, "train.time_budget=1m", "train.ladder_rung=1",
+                            f"train.ladder=[{{model.filters: {wide}}}, {{model.filters: {narrow}}}]"), run_name="t")
+    assert s.plan.rung == 1 and s.cfg.model.filters == [8, 8, 16, 16] and s.cfg.train.ladder_rung == -1
+    table = s.plan.table()
+    assert "train.ladder_rung=1 pins it" in table[0] and table[1].endswith("not timed (train.ladder_rung=1)")
+    with pytest.raises(UserError, match=r"train.ladder_rung=2 names no rung: train.ladder has 2 \(0 to 1\)"):
+        load_config(None, ["train.time_budget=1m", "train.ladder_rung=2",
+                           f"train.ladder=[{{model.filters: {wide}}}, {{model.filters: {narrow}}}]"])
+
+
+def test_rungs_timed_beside_another_job_are_said_so():
+    from resnetlab.budget.plan import _decide
+
+    def rung(others):
+        return Config(), SimpleNamespace(image_size=28), {
+            "step_s": {28: 0.2}, "epoch_overhead_s": 1.0, "finish_s": 5.0, "full_steps": 100,
+            "timed_steps": {28: 30}, "brief": False, "others_cpu": others}
+
+    alone = _decide(300.0, 10.0, [{}], 1, [rung(0.05)])[1]
+    assert "other processes" not in "\n".join(alone.table())
+    shared = _decide(300.0, 10.0, [{}], 1, [rung(0.6)])[1]
+    assert "other processes were using the CPU while rungs were timed" in shared.table()[0]
+    assert shared.table()[1].endswith("(timed while other processes kept 60% of the CPUs busy)")

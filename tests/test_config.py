@@ -72,3 +72,22 @@ def test_a_value_out_of_range_is_one_line_naming_its_key(override, line):
     with pytest.raises(UserError) as e:
         load_config(None, override.split())
     assert str(e.value) == line
+
+
+def test_a_validated_config_is_frozen_and_evolve_makes_a_changed_copy():
+    from resnetlab.config import evolve
+    from resnetlab.config.schema import FrozenConfigError
+
+    cfg = load_config("fashion-mnist-fast")
+    for section, key, value in (("train", "epochs", 3), ("optim", "lr", 0.5), ("data", "dataset", "x")):
+        with pytest.raises(FrozenConfigError, match=f"validated and frozen: .*{key} cannot be set"):
+            setattr(getattr(cfg, section), key, value)
+    with pytest.raises(FrozenConfigError):
+        cfg.seed = 1
+    changed = evolve(cfg, {"train.epochs": 3, "optim.lr": 0.5})
+    assert (changed.train.epochs, changed.optim.lr, changed.frozen) == (3, 0.5, True)
+    assert (cfg.train.epochs, cfg.optim.lr) == (10, load_config("fashion-mnist-fast").optim.lr)  # left as it was
+    with pytest.raises(UserError, match="train.epochs must be at least 1"):
+        evolve(cfg, {"train.epochs": 0})  # a changed copy is validated like any other
+    staged = load_config("photos", ["data.dataset=x"])
+    assert evolve(staged, {}, last_stage_epochs=5).train.epochs == sum(st.epochs for st in staged.stages[:-1]) + 5

@@ -148,3 +148,31 @@ def test_run_folder_names_are_spelled_in_one_module():
                 if node.value in names or node.value.startswith(("eval_", "snapshot-")):
                     spelled.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
     assert not spelled, "\n".join(spelled)
+
+
+_BUDGET_FREE_RUN = """
+import sys
+from pathlib import Path
+from tests.conftest import tiny_config, write_class_folders
+from resnetlab import fit, prepare
+tmp = Path(sys.argv[1])
+fit(prepare(tiny_config(write_class_folders(tmp / "folders"), tmp / "runs", "train.progress=false"), run_name="t"))
+budget = sorted(m for m in sys.modules if m.startswith("resnetlab.budget"))
+assert not budget, budget
+"""
+
+
+def test_a_run_without_a_time_budget_imports_none_of_the_budgets_code(tmp_path):
+    done = subprocess.run([sys.executable, "-c", _BUDGET_FREE_RUN, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, cwd=PACKAGE.parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "runs" / "t" / "last.pt").is_file() or any((tmp_path / "runs").rglob("last.pt"))
+
+
+def test_train_holds_only_the_math_of_a_run():
+    """The run's life (files, progress, signals, finishing) is run/'s, the time budget budget/'s."""
+    train = {p.stem for p in (PACKAGE / "train").glob("*.py")}
+    assert train == {"distributed", "ema", "loop", "lr_find", "precompute", "schedules", "session", "sizes", "stages",
+                     "step"}
+    lines = sum(len(p.read_text().splitlines()) for p in (PACKAGE / "budget").glob("*.py"))
+    assert lines <= 450, f"the time budget's code is {lines} lines"

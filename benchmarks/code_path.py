@@ -1,0 +1,83 @@
+"""How far a reader travels to follow one `resnetlab train` call: the package's files and functions it
+enters, and its moves between files (each call from one function into another counted once, so a
+loop's steps count as one pass).
+
+    PYTHONPATH=src .venv/bin/python benchmarks/code_path.py [RECIPE key=value ...] [--record]
+
+A move is a first call whose callee lives in another file than its caller; a return move is one into a
+file the path had already left. Run it on two commits (a git worktree of each, PYTHONPATH=its src) to
+compare a restructuring: the figures depend on the code, not on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT = ["fashion-mnist-fast", "train.time_budget=40s", "train.limit_batches=20", "train.progress=false"]
+
+
+def follow(argv: list[str]) -> dict:
+    import resnetlab
+    from resnetlab.cli import main
+
+    package = str(Path(resnetlab.__file__).parent) + "/"
+    seen: set[tuple[str, str, str, str]] = set()
+    path: list[tuple[str, str, str]] = []  # (caller file, callee file, callee function), first calls only
+
+    def profile(frame, event, arg):
+        if event != "call" or not frame.f_code.co_filename.startswith(package):
+            return
+        caller = frame.f_back
+        while caller is not None and not caller.f_code.co_filename.startswith(package):
+            caller = caller.f_back  # through torch, rich and the standard library back into the package
+        if caller is None:
+            return
+        key = (caller.f_code.co_filename, caller.f_code.co_qualname, frame.f_code.co_filename, frame.f_code.co_qualname)
+        if key not in seen:
+            seen.add(key)
+            path.append((key[0][len(package):], key[2][len(package):], key[3]))
+
+    sys.setprofile(profile)
+    try:
+        main(["train", *argv])
+    finally:
+        sys.setprofile(None)
+    left, moves, returns = set(), 0, 0
+    for caller, callee, _ in path:
+        if caller != callee:
+            moves += 1
+            returns += callee in left
+            left.add(caller)
+    return {"files": len({f for c, f, _ in path} | {c for c, _, _ in path}),
+            "functions": len({(f, fn) for _, f, fn in path}), "moves": moves, "return_moves": returns,
+            "files_list": sorted({f for _, f, _ in path})}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("args", nargs="*", help="recipe and key=value overrides (default: %(default)s)")
+    parser.add_argument("--record", action="store_true", help="write the figures to benchmarks/results/")
+    args = parser.parse_args()
+    argv = args.args or DEFAULT
+    with tempfile.TemporaryDirectory() as out:
+        found = follow([*argv, f"train.out_dir={out}"])
+    print(f"resnetlab train {' '.join(argv)}: {found['files']} files, {found['functions']} functions, "
+          f"{found['moves']} moves between files, {found['return_moves']} of them back into a file already left")
+    print("files:", ", ".join(found["files_list"]))
+    if args.record:
+        from results import record  # benchmarks/ is on sys.path when this script runs
+
+        how = "first calls only (a loop counted once), package files only"
+        record(__file__, "train-" + argv[0], [
+            {"metric": "files entered", "value": found["files"], "unit": "files", "n": 1, "how": how},
+            {"metric": "functions entered", "value": found["functions"], "unit": "functions", "n": 1, "how": how},
+            {"metric": "moves between files", "value": found["moves"], "unit": "moves", "n": 1, "how": how},
+            {"metric": "moves back into a file already left", "value": found["return_moves"], "unit": "moves",
+             "n": 1, "how": how}])
+
+
+if __name__ == "__main__":
+    main()
