@@ -177,7 +177,7 @@ def _evaluation(run: Path, name: str, ev: dict, classes: list[str]) -> list[str]
 
 
 def _multilabel_evaluation(run: Path, name: str, ev: dict, classes: list[str]) -> list[str]:
-    """A multi-label eval JSON (evaluate/multilabel.py): mAP with chance, F1, exact match, per-class table,
+    """A multi-label eval JSON (evaluate/multilabel_split.py): mAP with chance, F1, exact match, per-class table,
     where the thresholds came from, TTA and the highest-loss images with their label sets."""
     figures = rf.eval_figures(run, name)
     n = ev["n"]

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 from resnetlab import run_folder as rf
 from resnetlab.io import read_json
 
+# torch and the multi-label scores are imported where they are used: the run listing and the command
+# line's options ask a task without loading them
 if TYPE_CHECKING:
     import torch
 
-# torch (and the multi-label scores) are imported where they are used: the run listing and the command
-# line's options ask a task without loading them
 # a training epoch's running sums, a float64 tensor on the device (no host sync a step): loss summed
 # over images, images right, images seen; the checkpoint of a run stopped mid-epoch keeps them as a list
 LOSS, CORRECT, SEEN = 0, 1, 2
