@@ -34,7 +34,7 @@ def test_without_val_there_is_no_best_checkpoint_and_the_output_says_so(class_fo
 
 
 def test_best_is_chosen_on_val_and_the_test_split_is_scored_once(class_folders, tmp_path, monkeypatch):
-    import resnetlab.run.finish as finish
+    import resnetlab.evaluate.trained as finish
 
     scored = []
     real = finish.evaluate_split

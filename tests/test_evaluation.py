@@ -233,6 +233,7 @@ def test_a_streamed_split_evaluates_as_the_cached_one_a_chunk_at_a_time(evaluate
     """Metrics, TTA, calibration and figures from files decoded a batch at a time equal those from
     the decoded split; after the one pass that finds the readable files no read exceeds the
     figures' 32 images."""
+    from resnetlab.config import evolve
     from resnetlab.data import build_data, decode
     from resnetlab.data.decode import FileImages
     from resnetlab.evaluate.evaluator import Options, evaluate_split, split_images
@@ -241,8 +242,7 @@ def test_a_streamed_split_evaluates_as_the_cached_one_a_chunk_at_a_time(evaluate
     predictor = Predictor.load(evaluated)
     cfg = read_run_config(evaluated)
     cached = build_data(cfg, split_file=saved_split_file(evaluated), progress=False)
-    cfg.data.cache = "stream"
-    streamed = build_data(cfg, split_file=saved_split_file(evaluated), progress=False)
+    streamed = build_data(evolve(cfg, {"data.cache": "stream"}), split_file=saved_split_file(evaluated), progress=False)
     reads = []
     real = decode.decode_for_model
     monkeypatch.setattr(decode, "decode_for_model", lambda paths, *a: reads.append(len(paths)) or real(paths, *a))

@@ -175,12 +175,13 @@ def test_a_multi_label_run_resumes_where_it_stopped(mosaic_run, capsys):
 
 
 def test_retrain_on_all_takes_the_thresholds_its_parent_fitted_on_the_val_images_it_trains_on(mosaic_run):
+    from resnetlab.config import evolve
     from resnetlab.run.finish import retrain_config
     from resnetlab.run.fit import fit
     from resnetlab.run.prepare import prepare
 
-    cfg = retrain_config(mosaic_run)
-    cfg.train.epochs, cfg.train.final_test = 1, True  # the resume above left final_test off
+    # the resume above left final_test off
+    cfg = evolve(retrain_config(mosaic_run), {"train.epochs": 1, "train.final_test": True})
     s = prepare(cfg, run_name="")
     fit(s)
     assert "val" not in s.data.splits

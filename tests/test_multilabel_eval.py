@@ -14,6 +14,7 @@ from resnetlab.cli import main
 from resnetlab.errors import UserError
 from resnetlab.evaluate.evaluator import Options, evaluate_split, snapshot_ensemble
 from resnetlab.evaluate.inference import Classifier
+from resnetlab.evaluate.task import MultiLabel
 from resnetlab.evaluate.multilabel import (default_thresholds, fit_thresholds, multilabel_metrics, read_thresholds,
                                            write_thresholds)
 
@@ -123,7 +124,7 @@ def tiny_classifier(k=4, size=8, seed=0) -> Classifier:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, k))
     return Classifier(model, CLASSES[:k], size, 3, "squash", torch.zeros(3), torch.ones(3), torch.device("cpu"),
-                      "fp32", multi_label=True, source="best.pt")
+                      "fp32", task=MultiLabel(), source="best.pt")
 
 
 def tiny_split(n, k=4, size=8, seed=0):

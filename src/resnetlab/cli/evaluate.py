@@ -1,7 +1,8 @@
 """`resnetlab evaluate RUN [--split test | --data FOLDER]`: metrics printed and saved as JSON.
 
-A multi-label run (data.multi_label) prints mAP, F1 and exact match at per-class thresholds instead
-of top-1, and refuses the single-label options (rejection, --data class folders) in one line."""
+What is printed is the run's task's (evaluate/task.py): a multi-label run prints mAP, F1 and exact
+match at per-class thresholds instead of top-1, and refuses the single-label options (rejection,
+--data class folders) in one line."""
 
 from __future__ import annotations
 
@@ -35,12 +36,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from resnetlab.data import build_data
-    from resnetlab.deploy.predictor import Predictor
-    from resnetlab.evaluate.evaluator import Options, evaluate_split, split_images, unseen_images
     from resnetlab import run_folder as rf
-    from resnetlab.evaluate.metrics import format_table
-    from resnetlab.evaluate.multilabel import format_multilabel_table, per_class_csv
+    from resnetlab.data import build_data
+    from resnetlab.evaluate.evaluator import Options, split_images, unseen_images
+    from resnetlab.evaluate.task import task_of_config
+    from resnetlab.evaluate.trained import run_model, score_run
     from resnetlab.run_folder import check_run_dir, read_run_config, saved_split_file
 
     run_dir = check_run_dir(Path(args.run))
@@ -51,43 +51,33 @@ def run(args) -> int:
     if args.reject_target is not None and not 0 < args.reject_target < 1:
         raise UserError(f"--reject-target {args.reject_target:g} must be in (0, 1), e.g. 0.05 for at most 5%")
     cfg = read_run_config(run_dir)
-    multi = cfg.data.multi_label
-    if multi:
+    task = task_of_config(cfg)
+    if not task.one_class:
         _refuse_single_label_options(args)
-    # multi-label: thresholds left unread by the loader; evaluation refits them on val or reads thresholds.json
-    # itself (so a damaged file is refitted rather than fatal when there is a val split)
-    predictor = Predictor.load(run_dir, which=args.checkpoint, device=args.device,
-                               **({"with_thresholds": False} if multi else {}))
-    val = unseen = None
+    # what decides is fitted on val (or read from the run) by the scoring itself: a damaged thresholds.json
+    # is then refitted rather than fatal when there is a val split
+    model = run_model(run_dir, which=args.checkpoint, device=args.device, decisions=False)
+    splits, images, unseen = {}, None, None
     if args.data:
-        images, labels, name = _folder_split(Path(args.data), predictor)
+        x, y, name = _folder_split(Path(args.data), model)
+        images = (x, y)
     else:
-        data = build_data(cfg, split_file=saved_split_file(run_dir), progress=False)
-        if args.split not in data.splits:
-            other = "--split " + next(iter(data.splits)) if multi else "--data FOLDER"
-            raise UserError(f"the run's data has no '{args.split}' split (it has {', '.join(data.splits)}); use {other}")
-        images, labels = split_images(data.splits[args.split], predictor)
+        splits = build_data(cfg, split_file=saved_split_file(run_dir), progress=False).splits
+        if args.split not in splits:
+            other = "--data FOLDER" if task.one_class else "--split " + next(iter(splits))
+            raise UserError(f"the run's data has no '{args.split}' split (it has {', '.join(splits)}); use {other}")
         name = args.split
-        # multi-label thresholds are fitted on val even when val is the split scored: predict needs them
-        if "val" in data.splits and (args.split != "val" or multi):
-            val = split_images(data.splits["val"], predictor)
-        unseen = None if multi else unseen_images(cfg, run_dir, predictor)  # rejection is single-label only
+        unseen = unseen_images(cfg, run_dir, model) if task.one_class else None  # rejection of unseen classes
     opts = Options(tta=args.tta, reduce=args.tta_reduce, batch_size=args.batch_size, figures=not args.no_figures,
                    reject_target=0.05 if args.reject_target is None else args.reject_target,
                    default_thresholds=args.default_thresholds)
-    result = evaluate_split(run_dir, predictor, name, images, labels, opts, val=val, unseen=unseen)
-    if multi:
-        print(format_multilabel_table(result))
-        _print_multilabel_extras(result)
-    else:
-        print(format_table(result, predictor.classes))
-        _print_extras(result)
+    result = score_run(run_dir, model, splits, opts, name, images=images, unseen=unseen)
+    print(task.table(result, model.classes))
+    for line in task.detail_lines(result):
+        print(line)
     if args.snapshots:
-        _snapshots(run_dir, result, images, labels, name, args, predictor)
-    tables = rf.confusion_csv(name)
-    if multi:
-        tables = per_class_csv(name) + (f", {rf.THRESHOLDS}" if val is not None and len(val[1]) else "")
-    print(f"{result['images_per_s']:.0f} img/s; wrote {run_dir / rf.eval_name(name)}, {tables}"
+        _snapshots(run_dir, result, name, args, model, images or split_images(splits[name], model))
+    print(f"{result['images_per_s']:.0f} img/s; wrote {run_dir / rf.eval_name(name)}, {task.tables(name, result)}"
           + ("" if args.no_figures else f" and figures in {rf.eval_figures(run_dir, name)}"))
     return 0
 
@@ -103,54 +93,19 @@ def _refuse_single_label_options(args) -> None:
                         "is evaluated on its own splits (--split) from its CSV of label sets")
 
 
-def _print_multilabel_extras(result: dict) -> None:
-    print(f"thresholds: {result['threshold_source']}")
-    for note in result.get("threshold_notes", [])[:10]:
-        print(f"  {note}")
-    if "tta" in result:
-        t = result["tta"]
-        print(f"TTA x{t['views']} ({t['reduce']} of sigmoids): mAP {100 * t['map_macro']:.2f}% vs "
-              f"{100 * result['map_macro']:.2f}% without; exact match {100 * t['exact_match']:.2f}% "
-              f"(n={t['n']}; {t['images_per_s']:.0f} image-views/s)")
-
-
-def _snapshots(run_dir: Path, result: dict, images, labels, name: str, args, predictor) -> None:
+def _snapshots(run_dir: Path, result: dict, name: str, args, model, scored) -> None:
     """Score the mean probability of the run's snapshot-K.pt beside the single model."""
     from resnetlab import run_folder as rf
-    from resnetlab.deploy.predictor import Predictor
-    from resnetlab.evaluate.evaluator import snapshot_ensemble
-    from resnetlab.io import write_json
+    from resnetlab.evaluate.evaluator import snapshot_ensemble, write_eval
+    from resnetlab.evaluate.trained import run_model
 
-    paths = rf.snapshot_paths(run_dir)
-    extra = {"with_thresholds": False} if predictor.multi_label else {}
-    members = [Predictor.load(p, device=args.device, **extra) for p in paths]
+    members = [run_model(p, device=args.device, decisions=False) for p in rf.snapshot_paths(run_dir)]
     for m in members:  # scored at the thresholds the evaluation just used (fitted on val or read)
-        m.thresholds = predictor.thresholds
+        m.thresholds = model.thresholds
+    images, labels = scored
     ens = result["snapshot_ensemble"] = snapshot_ensemble(members, images, labels, batch_size=args.batch_size)
-    if predictor.multi_label:
-        print(f"snapshot ensemble of {ens['members']}: mAP {100 * ens['map_macro']:.2f}% (n={ens['n']}); "
-              f"{result['checkpoint']} alone {100 * result['map_macro']:.2f}%")
-    else:
-        print(f"snapshot ensemble of {ens['members']}: top-1 {100 * ens['top1']:.2f}%  top-5 {100 * ens['top5']:.2f}% "
-              f"(n={ens['n']}); {result['checkpoint']} alone {100 * result['top1']:.2f}%")
-    write_json(run_dir / rf.eval_name(name), result)
-
-
-def _print_extras(result: dict) -> None:
-    if "tta" in result:
-        t = result["tta"]
-        print(f"TTA x{t['views']} ({t['reduce']}): top-1 {100 * t['top1']:.2f}% vs {100 * result['top1']:.2f}% without "
-              f"(n={t['n']}; {t['images_per_s']:.0f} image-views/s)")
-    cal = result["calibration"]
-    line = f"ECE {100 * cal['ece']:.2f}%"
-    if "temperature" in cal:
-        line += f" -> {100 * cal['ece_scaled']:.2f}% with temperature {cal['temperature']:.3f} (fitted on val)"
-    print(line + f" (n={cal['n']})")
-    for method, row in result["rejection"].get("methods", {}).items():
-        parts = [f"known wrongly rejected {100 * row['known_rejected']:.1f}%"] if row.get("known_rejected") is not None else []
-        if "unseen_rejected" in row:
-            parts.append(f"unseen classes rejected {100 * row['unseen_rejected']:.1f}% (n={result['rejection']['unseen_n']})")
-        print(f"rejection by {method}: " + ", ".join(parts))
+    print(model.task.ensemble_line(ens, result))
+    write_eval(run_dir, name, result)
 
 
 def _folder_split(folder: Path, predictor):

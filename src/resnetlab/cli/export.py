@@ -43,7 +43,7 @@ def run(args) -> int:
     if args.check_images < 1:
         raise UserError(f"--check-images {args.check_images}: the agreement check needs at least 1 image (1000 is usual)")
     predictor = Predictor.load(run_dir, which=args.checkpoint, device="cpu", default_thresholds=args.default_thresholds)
-    if args.default_thresholds and predictor.multi_label:
+    if args.default_thresholds and not predictor.task.one_class:
         print(predictor.threshold_source, file=sys.stderr)
     predictor.precision = "fp32"  # the reference for the check: the checkpoint in full precision
     # the run's val images (else test, else train): what the export must agree on
@@ -59,7 +59,7 @@ def run(args) -> int:
         from resnetlab.deploy.quantize import quantize_onnx
 
         report = quantize_onnx(path, run_dir, predictor, images, labels)
-        if predictor.multi_label:
+        if not predictor.task.one_class:
             print(f"wrote {report['file']}: mAP {100 * report['fp32_map']:.2f}% -> {100 * report['int8_map']:.2f}% "
                   f"on {report['n']} {split} images; {report['int8_images_per_s']:.0f} img/s "
                   f"({report['speedup']:.2f}x); "

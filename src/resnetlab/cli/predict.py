@@ -1,6 +1,6 @@
 """`resnetlab predict RUN IMAGES...`: top-k classes for files, folders or globs.
 
-A multi-label model (data.multi_label) gives each image its label set instead: the classes whose
+A multi-label model gives each image its label set instead: the classes whose
 sigmoid probability reaches that class's threshold (thresholds.json, fitted on val), and every
 class's probability. CSV: path, labels (space-separated, "" for none), prob_<class> per class,
 error; JSON: {"path", "labels": [...], "probabilities": {class: p}}.
@@ -52,7 +52,7 @@ def run(args) -> int:
         raise UserError(f"model {args.model} does not exist: give a run folder, a checkpoint or an export")
     predictor = load_export(path) if is_export(path) else Predictor.load(
         path, which=args.checkpoint, device=args.device, default_thresholds=args.default_thresholds)
-    if predictor.multi_label:
+    if not predictor.task.one_class:
         return _run_multilabel(predictor, args)
     paths = expand_inputs(args.images)
     k = min(args.topk or 3, len(predictor.classes))
@@ -101,7 +101,6 @@ def _run_multilabel(model, args) -> int:
     so a reader re-deciding from them at thresholds.json's (unrounded) values gets the same sets."""
     from resnetlab.deploy.predictor import expand_inputs
     from resnetlab.evaluate.inference import combine_views
-    from resnetlab.evaluate.multilabel import decision_thresholds
 
     if args.topk is not None or args.no_reject:
         raise UserError(f"{'--topk' if args.topk is not None else '--no-reject'} is for single-label models: "
@@ -110,7 +109,6 @@ def _run_multilabel(model, args) -> int:
                         "in the CSV and JSON output")
     if args.default_thresholds:
         print(model.threshold_source, file=sys.stderr)  # one line: fitted, or 0.5 and why
-    thresholds = decision_thresholds(model)
     paths = expand_inputs(args.images)
     rows, bad = [], []
     for start in range(0, len(paths), CHUNK):  # bounded memory, as single-label
@@ -118,8 +116,8 @@ def _run_multilabel(model, args) -> int:
         bad += chunk_bad
         probs = model.probabilities(images) if args.tta == 1 else combine_views(
             model.probabilities, images, views=args.tta, reduce=args.tta_reduce, augment=model.augment,
-            normalise=False)  # mean (or max) of each class's sigmoid, never rescaled to sum 1
-        labels = [[c for c, v, t in zip(model.classes, p.tolist(), thresholds.tolist()) if v >= t] for p in probs]
+            normalise=model.task.sums_to_one)  # mean (or max) of each class's sigmoid, never rescaled to sum 1
+        labels = model.task.decide(probs, model)
         if args.plot:
             _plot(Path(args.plot), start, images, kept, probs, [" ".join(x) or "(no label)" for x in labels],
                   model.classes)
@@ -158,16 +156,12 @@ def _classify(model, images, args):
     from resnetlab.evaluate.inference import combine_views
 
     probs = model.probabilities(images)  # temperature-scaled where the run was calibrated
-    verdicts = [model.classes[i] for i in probs.argmax(1).tolist()]
-    cal = model.calibration
-    if cal and not args.no_reject:  # on the single view: the threshold was fitted on single views
-        flags = probs.max(1).values.double() < cal["msp_threshold"]
-        verdicts = ["unknown" if f else v for v, f in zip(verdicts, flags.tolist())]
+    # on the single view: the threshold was fitted on single views
+    rejected = None if args.no_reject else model.task.rejected(probs, model.calibration)
     if args.tta > 1:
         probs = combine_views(model.probabilities, images, views=args.tta, reduce=args.tta_reduce,
                               augment=model.augment)
-        verdicts = [v if v == "unknown" else model.classes[i] for v, i in zip(verdicts, probs.argmax(1).tolist())]
-    return probs, verdicts
+    return probs, model.task.decide(probs, model, rejected)
 
 
 def _render(rows: list[dict], fmt: str, k: int) -> str:

@@ -40,7 +40,7 @@ def run(args) -> int:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
         return 0
     table = Table(title=f"{len(rows)} runs in {args.folder}")
-    multi = any(r.multi_label for r in rows)  # mAP columns only where a multi-label run is listed
+    multi = not all(r.task.one_class for r in rows)  # mAP columns only where a multi-label run is listed
     scores = ["best val top-1", "test top-1"] + (["best val mAP", "test mAP"] if multi else [])
     for name in ("run", "recipe", "model", "data set", "epochs", *scores, "train time", "status"):
         table.add_column(name, justify="right" if name in ("epochs", *scores, "train time") else "left")

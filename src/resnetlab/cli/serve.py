@@ -38,13 +38,14 @@ def run(args) -> int:
     from pathlib import Path
 
     from resnetlab.errors import UserError
-    from resnetlab.deploy.serve import Limits, create_app, is_multi_label, load_model, uvicorn_options
+    from resnetlab.deploy.serve import Limits, create_app, load_model, model_task, uvicorn_options
 
     for name in ("max_bytes", "max_images", "batch_size", "max_queue", "max_connections"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     model = load_model(Path(args.model), default_thresholds=args.default_thresholds)
-    if args.default_thresholds and is_multi_label(model):
+    task = model_task(model)
+    if args.default_thresholds and not task.one_class:
         print(model.threshold_source, file=sys.stderr)
     with socket.socket() as probe:  # a clear line now, rather than uvicorn's traceback later
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -60,7 +61,7 @@ def run(args) -> int:
     limits = Limits(args.max_bytes, args.max_images, args.batch_size, args.batch_wait_ms, args.max_queue,
                     args.body_timeout, args.max_connections)
     app = create_app(model, limits, source=str(args.model))
-    kind = "multi-label, " if is_multi_label(model) else ""
+    kind = "" if task.one_class else f"{task.kind}, "
     print(f"serving {args.model} ({kind}{len(model.classes)} classes) at http://{args.host}:{args.port}/  "
           f"(API docs at /docs; Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **uvicorn_options(limits))

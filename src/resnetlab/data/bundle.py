@@ -18,8 +18,9 @@ import torch
 from resnetlab.config import Config, DataConfig
 from resnetlab.data.decode import decode_files, mean_image, mean_std, resize_tensor, set_channels, stack_arrays
 from resnetlab.data.catalog import Catalog
-from resnetlab.data.readers.layouts import read_catalog
-from resnetlab.data.readers.manifest import apply_split_file
+from resnetlab.data.readers import builtin
+from resnetlab.data.readers.layouts import read_catalog, resolve_root
+from resnetlab.data.readers.manifest import apply_split_file, read_manifest
 from resnetlab.data.split import class_lists, drop_unseen_labels, final_classes, hold_out, select
 from resnetlab.errors import UserError
 
@@ -85,10 +86,20 @@ class DataBundle:
         return any(s.labels.ndim == 2 for s in self.splits.values())
 
 
+def read_label_sets(dataset: str) -> tuple[Catalog, Path, dict[str, int]]:
+    """read_catalog for a multi-label run: label sets come only from a CSV manifest, as every other
+    layout has one class an image (a built-in name is refused before it is downloaded)."""
+    root = None if dataset in builtin.BUILTIN else resolve_root(dataset)
+    if root is None or not root.is_file():
+        raise UserError(f"data.multi_label=true needs label sets, and {dataset} has one class an image: give a "
+                        "CSV manifest with a header, e.g. image_name,tags with labels separated by spaces")
+    return read_manifest(root, multi_label=True), root.parent, {}
+
+
 def plan_data(cfg: Config, *, split_file: Path | None = None) -> tuple[Catalog, Path, list[str]]:
     """The rows a run uses, each with its final label and split; the root; notes for the user."""
     d = cfg.data
-    catalog, root, aliases = read_catalog(d.dataset, multi_label=d.multi_label)
+    catalog, root, aliases = read_label_sets(d.dataset) if d.multi_label else read_catalog(d.dataset)
     notes = list(catalog.notes)
     chosen, unknown = final_classes(catalog, d, aliases)
     split_file = split_file or (Path(d.split_file) if d.split_file else None)

@@ -6,10 +6,11 @@ normalisation and the temperature are inside the exported graph (ONNX,
 TorchScript), or applied by resnetlab's own loader from the sidecar (safetensors),
 and every export is checked against the checkpoint on real images before it is
 kept. ``<file>.json`` beside the model says what it expects: classes, input
-layout and size, resize policy, mean/std, temperature, rejection threshold. A multi-label
-export outputs one sigmoid a class instead, and its sidecar carries ``task: multi_label`` and
-the per-class decision thresholds (the run's thresholds.json); its check compares those
-probabilities and the label sets they give, not the argmax.
+layout and size, resize policy, mean/std, temperature, rejection threshold. The output and its
+decision are the run's task's (evaluate/task.py): a multi-label export outputs one sigmoid a class,
+its sidecar carries the task's name and the per-class decision thresholds (the run's
+thresholds.json), and its check compares those probabilities and the label sets they give, not
+the argmax.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from resnetlab.data import plan_data
 from resnetlab.data.bundle import split_labels
 from resnetlab.data.decode import decode_for_model, resize_tensor, set_channels
 from resnetlab.evaluate.inference import Classifier
-from resnetlab.evaluate.multilabel import decision_thresholds
+from resnetlab.evaluate.task import SingleLabel, Tasked, task_named
 from resnetlab.errors import UserError
 from resnetlab.models import get_model
 from resnetlab.run_folder import read_run_config, saved_split_file
@@ -45,32 +46,31 @@ TIE = 1e-4
 
 
 class Deployable(nn.Module):
-    """uint8 (N, H, W, C) images (or (N, C, H, W) with layout nchw) -> (N, K) probabilities:
-    softmax of logits / temperature, or with ``multi_label`` one sigmoid a class."""
+    """uint8 (N, H, W, C) images (or (N, C, H, W) with layout nchw) -> (N, K) probabilities as the
+    task gives them: softmax of logits / temperature, or one sigmoid a class."""
 
-    def __init__(self, model: nn.Module, mean, std, temperature: float, layout: str, multi_label: bool = False):
+    def __init__(self, model: nn.Module, mean, std, temperature: float, layout: str, task: SingleLabel):
         super().__init__()
         self.model = model
         self.nhwc = layout == "nhwc"
-        self.multi_label = multi_label
+        self.task = task
         # scale and shift folded: (x / 255 - mean) / std = x * scale - shift, in float32
         std_t, mean_t = torch.tensor(std, dtype=torch.float32), torch.tensor(mean, dtype=torch.float32)
         self.register_buffer("scale", (1.0 / (255.0 * std_t)).view(1, -1, 1, 1))
         # a mean image (data.normalize=mean_image) is (C, H, W): the export's fixed size is the model's
         self.register_buffer("shift", (mean_t / std_t.view(-1, 1, 1)).unsqueeze(0) if mean_t.dim() == 3
                              else (mean_t / std_t).view(1, -1, 1, 1))
-        self.inv_temperature = float(1.0 / temperature)
+        self.temperature = float(temperature)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2) if self.nhwc else images
         x = x.to(torch.float32) * self.scale - self.shift
-        if self.multi_label:  # a plain Python bool: tracing and export keep only the branch taken
-            return self.model(x).sigmoid()
-        return (self.model(x) * self.inv_temperature).softmax(1)
+        # plain Python: tracing and export keep only the task's own operations
+        return self.task.probabilities(self.model(x), self.temperature)
 
 
 @dataclass
-class Exported:
+class Exported(Tasked):
     """A model loaded from an export, with the interface `predict` uses (see Predictor)."""
 
     path: Path
@@ -98,13 +98,13 @@ class Exported:
         return self.meta.get("calibration")
 
     @property
-    def multi_label(self) -> bool:
-        return self.meta.get("task") == "multi_label"  # exports made before multi-label lack the key
+    def task(self) -> SingleLabel:
+        return task_named(self.meta.get("task"))  # exports made before multi-label lack the key
 
     @property
     def thresholds(self) -> torch.Tensor | None:
         """(K,) decision thresholds on probabilities, multi-label only."""
-        return torch.tensor(self.meta["thresholds"], dtype=torch.float32) if self.multi_label else None
+        return None if self.task.one_class else torch.tensor(self.meta["thresholds"], dtype=torch.float32)
 
     @property
     def threshold_source(self) -> str:
@@ -141,7 +141,8 @@ def load_export(path: Path, *, threads: int = 0) -> Exported:
     try:
         meta = json.loads(meta_path.read_text())
         fmt = meta["format"]
-        if meta.get("task") == "multi_label" and len(meta["thresholds"]) != len(meta["classes"]):
+        task = task_named(meta.get("task"))
+        if not task.one_class and len(meta["thresholds"]) != len(meta["classes"]):
             raise ValueError("one threshold a class")
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{path} has no readable sidecar {meta_path.name}: export it again with resnetlab export") from None
@@ -177,7 +178,7 @@ def load_export(path: Path, *, threads: int = 0) -> Exported:
             raise UserError(f"{path} does not hold the weights its sidecar describes ({str(e).splitlines()[0][:120]})") from None
         pre = meta["preprocess"]
         wrapped = Deployable(model.eval(), pre["mean"], pre["std"], meta["temperature"], meta["input"]["layout"],
-                             multi_label=meta.get("task") == "multi_label").eval()
+                             task).eval()
         return Exported(path, meta, _torch_runner(wrapped))
     raise UserError(f"{meta_path}: unknown format {fmt!r}")
 
@@ -211,7 +212,7 @@ def write_export(predictor: Classifier, fmt: str, out: Path, *, images: torch.Te
     try:
         _write_model(model, predictor, fmt, tmp, layout)
         atomic_write_text(sidecar(tmp), json.dumps(_sidecar(predictor, fmt, path.name, layout), indent=2) + "\n")
-        thresholds = _thresholds(predictor)
+        thresholds = predictor.task.thresholds_of(predictor)
         result = {**agreement(reference, load_export(tmp).probabilities(images), thresholds), "split": split}
         key = "top1_agreement" if thresholds is None else "label_set_agreement"
         if not result[key] >= min_agreement:
@@ -229,14 +230,9 @@ def write_export(predictor: Classifier, fmt: str, out: Path, *, images: torch.Te
     return path, result
 
 
-def _thresholds(predictor: Classifier) -> torch.Tensor | None:
-    """(K,) thresholds of a multi-label predictor, else None."""
-    return decision_thresholds(predictor) if predictor.multi_label else None
-
-
 def _write_model(model: nn.Module, predictor: Classifier, fmt: str, tmp: Path, layout: str) -> None:
     wrapped = Deployable(model, predictor.mean.tolist(), predictor.std.tolist(), predictor.temperature, layout,
-                         multi_label=predictor.multi_label).eval()
+                         predictor.task).eval()
     size, channels = predictor.image_size, predictor.channels
     example = torch.zeros((2, size, size, channels) if layout == "nhwc" else (2, channels, size, size), dtype=torch.uint8)
     if fmt == "onnx":
@@ -253,12 +249,6 @@ def _write_model(model: nn.Module, predictor: Classifier, fmt: str, tmp: Path, l
 
 def _sidecar(predictor: Classifier, fmt: str, name: str, layout: str) -> dict:
     size, channels = predictor.image_size, predictor.channels
-    thresholds = _thresholds(predictor)
-    task = {"task": "single_label"} if thresholds is None else {
-        "task": "multi_label", "thresholds": [float(v) for v in thresholds],  # unrounded: as thresholds.json
-        "threshold_source": getattr(predictor, "threshold_source", ""),
-        "output": "probabilities (N, classes), one sigmoid a class; a class is present where its probability "
-                  ">= its threshold (thresholds, in class order)"}
     return {
         "format": fmt, "file": name, "classes": predictor.classes, "opset": OPSET if fmt == "onnx" else None,
         "input": {"layout": layout, "dtype": "uint8", "size": size, "channels": channels,
@@ -269,11 +259,11 @@ def _sidecar(predictor: Classifier, fmt: str, name: str, layout: str) -> dict:
                        "note": "decode to RGB (or grey), resize to size x size (squash or short side + centre "
                                "crop per 'resize'), uint8; the model does the rest"},
         "temperature": predictor.temperature, "calibration": predictor.calibration,
-        "model": {"name": getattr(predictor, "model_name", ""), "options": getattr(predictor, "model_options", {})},
+        "model": {"name": predictor.model_name, "options": predictor.model_options or {}},
         "augment": {f.name: getattr(predictor.augment, f.name) for f in fields(AugmentConfig)},
-        "source_checkpoint": str(getattr(predictor, "checkpoint", predictor.source)),
+        "source_checkpoint": str(predictor.checkpoint or predictor.source),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **task,
+        **predictor.task.sidecar(predictor),  # a multi-label export's output and thresholds replace the above
     }
 
 

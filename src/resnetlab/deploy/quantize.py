@@ -43,6 +43,13 @@ def _speed(exported, images: torch.Tensor, batch: int, repeats: int = 5) -> floa
     return repeats * len(x) / (time.perf_counter() - start)
 
 
+def _top1_scores(exported, p32: torch.Tensor, p8: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Top-1 of fp32 and int8 against the labels, and how often int8's top class is fp32's."""
+    return {"fp32_top1": float((p32.argmax(1) == labels).double().mean()),
+            "int8_top1": float((p8.argmax(1) == labels).double().mean()),
+            "top1_agreement": float((p32.argmax(1) == p8.argmax(1)).double().mean())}
+
+
 def _multilabel_scores(exported, p32: torch.Tensor, p8: torch.Tensor, targets: torch.Tensor) -> dict:
     """mAP (macro) of fp32 and int8 against the (N, K) multi-hot targets, and int8's agreement with fp32."""
     from resnetlab.evaluate.multilabel import multilabel_metrics
@@ -50,7 +57,7 @@ def _multilabel_scores(exported, p32: torch.Tensor, p8: torch.Tensor, targets: t
     def map_macro(p: torch.Tensor) -> float:  # the metrics take logits: logit(p) gives p back through sigmoid
         return multilabel_metrics(torch.logit(p, eps=1e-7), targets, exported.classes, exported.thresholds)["map_macro"]
 
-    return {"task": "multi_label", "fp32_map": map_macro(p32), "int8_map": map_macro(p8),
+    return {"task": exported.task.name, "fp32_map": map_macro(p32), "int8_map": map_macro(p8),
             **agreement(p32, p8, exported.thresholds)}
 
 
@@ -78,10 +85,8 @@ def quantize_onnx(path: Path, run_dir: Path, predictor, images: torch.Tensor, la
     p32, p8 = fp32.probabilities(images), int8.probabilities(images)
     report = {
         "file": str(out), "n": len(labels), "calibration_images": len(calib), "batch": min(batch, len(images)),
-        "threads": os.cpu_count(), **(_multilabel_scores(fp32, p32, p8, labels) if fp32.multi_label else {
-            "fp32_top1": float((p32.argmax(1) == labels).double().mean()),
-            "int8_top1": float((p8.argmax(1) == labels).double().mean()),
-            "top1_agreement": float((p32.argmax(1) == p8.argmax(1)).double().mean())}),
+        "threads": os.cpu_count(),
+        **(_top1_scores if fp32.task.one_class else _multilabel_scores)(fp32, p32, p8, labels),
         "fp32_images_per_s": _speed(fp32, images, batch), "int8_images_per_s": _speed(int8, images, batch),
     }
     report["speedup"] = report["int8_images_per_s"] / report["fp32_images_per_s"]

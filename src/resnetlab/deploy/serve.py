@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect
 
 from resnetlab.data.decode import set_channels
 from resnetlab.data.images import BadImage, NotAnImage, load_array
-from resnetlab.evaluate.multilabel import decision_thresholds
+from resnetlab.evaluate.task import SingleLabel
 
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/bmp", "image/gif", "image/webp", "image/tiff",
                "image/x-portable-pixmap", "application/octet-stream"}
@@ -150,15 +150,16 @@ class Batcher:
 
 
 def answer(model, probs: torch.Tensor, names: list[str], topk: int) -> list[dict]:
-    if is_multi_label(model):
+    """Single-label: {"filename", "verdict" (the top class, or "unknown" where rejected), "rejected", "top":
+    the ``topk`` classes with their probabilities}."""
+    task = model_task(model)
+    if not task.one_class:
         return multilabel_answer(model, probs, names)
-    cal = model.calibration
+    rejected = task.rejected(probs, model.calibration)
     out = []
-    for name, p in zip(names, probs):
+    for name, p, verdict, flag in zip(names, probs, task.decide(probs, model, rejected), rejected.tolist()):
         top = p.topk(min(topk, len(model.classes)))
-        best = model.classes[int(top.indices[0])]
-        rejected = bool(cal) and float(p.max()) < cal["msp_threshold"]
-        out.append({"filename": name, "verdict": "unknown" if rejected else best, "rejected": rejected,
+        out.append({"filename": name, "verdict": verdict, "rejected": flag,
                     "top": [{"class": model.classes[i], "probability": round(float(v), 6)}
                             for v, i in zip(top.values.tolist(), top.indices.tolist())]})
     return out
@@ -167,16 +168,14 @@ def answer(model, probs: torch.Tensor, names: list[str], topk: int) -> list[dict
 def multilabel_answer(model, probs: torch.Tensor, names: list[str]) -> list[dict]:
     """{"filename", "labels": [classes whose probability >= threshold, in class order], "probabilities":
     {class: p} for every class}; probabilities unrounded (float32), as predict writes them."""
-    thresholds = decision_thresholds(model).tolist()
-    out = []
-    for name, p in zip(names, probs.tolist()):
-        out.append({"filename": name, "labels": [c for c, v, t in zip(model.classes, p, thresholds) if v >= t],
-                    "probabilities": dict(zip(model.classes, p))})
-    return out
+    labels = model_task(model).decide(probs, model)
+    return [{"filename": name, "labels": chosen, "probabilities": dict(zip(model.classes, p))}
+            for name, chosen, p in zip(names, labels, probs.tolist())]
 
 
-def is_multi_label(model) -> bool:
-    return bool(getattr(model, "multi_label", False))  # any object with probabilities() and classes serves
+def model_task(model) -> SingleLabel:
+    """The served model's task; any object with probabilities() and classes serves, as single-label."""
+    return getattr(model, "task", None) or SingleLabel()
 
 
 def uvicorn_options(limits: Limits) -> dict:
@@ -205,6 +204,7 @@ def create_app(model, limits: Limits = Limits(), *, source: str = "") -> FastAPI
     from resnetlab.deploy.serve_page import PAGE
 
     batcher = Batcher(model, limits)
+    task = model_task(model)
     weights = model_file(model)
     checksum = file_sha256(weights)  # of the file as loaded: /health shows which weights answer
 
@@ -230,22 +230,22 @@ def create_app(model, limits: Limits = Limits(), *, source: str = "") -> FastAPI
         body = {"status": "ok" if alive else "model thread stopped", "model": source, "model_thread_alive": alive,
                 "queue": batcher.queue.qsize(), "max_queue": limits.max_queue, "model_file": str(weights or ""),
                 "model_sha256": checksum, "classes": len(model.classes), "image_size": model.image_size,
-                "task": "multi_label" if is_multi_label(model) else "single_label"}
+                "task": task.name}
         return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/classes")
     async def classes():
-        if not is_multi_label(model):
+        if task.one_class:
             return {"classes": model.classes}
-        return {"classes": model.classes, "task": "multi_label",
-                "thresholds": dict(zip(model.classes, decision_thresholds(model).tolist())),
+        return {"classes": model.classes, "task": task.name,
+                "thresholds": dict(zip(model.classes, task.thresholds_of(model).tolist())),
                 "threshold_source": getattr(model, "threshold_source", "")}
 
     @app.post("/predict")
     async def predict(request: Request, topk: int | None = None):
         """Single-label: the top ``topk`` classes (default 5) and a verdict; multi-label: the label set
         and every class's probability (``topk`` does not apply)."""
-        if is_multi_label(model) and topk is not None:
+        if not task.one_class and topk is not None:
             raise BadRequest(400, "topk is for single-label models: this multi-label model answers a label set "
                                   "(per-class thresholds) and every class's probability")
         topk = 5 if topk is None else topk

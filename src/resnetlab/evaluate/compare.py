@@ -19,6 +19,7 @@ from resnetlab import run_folder as rf
 from resnetlab.errors import UserError
 from resnetlab.evaluate.report import inline_png, page, pct, table
 from resnetlab.evaluate.runs import is_run, read_history
+from resnetlab.evaluate.task import SingleLabel, task_named
 from resnetlab.io import atomic_write_text, make_folder, read_yaml
 
 IGNORED_KEYS = ("train.name", "train.out_dir")  # differ between any two runs by construction
@@ -141,10 +142,9 @@ def _metrics_table(runs: list[Run]) -> str:
 
 
 def _per_class_key(runs: list[Run]) -> tuple[str, str]:
-    """(per-class field, its name): AP when every run is multi-label, else F1."""
-    if runs and all(r.test.get("task") == "multi_label" for r in runs):
-        return "ap", "AP"
-    return "f1", "F1"
+    """(per-class field, its name): the runs' task's when they share one (AP for multi-label), else F1."""
+    keys = {task_named(r.test.get("task")).per_class for r in runs}
+    return keys.pop() if len(keys) == 1 else SingleLabel.per_class
 
 
 def _f1_table(runs: list[Run]) -> str:

@@ -1,15 +1,15 @@
-"""`evaluate` as a library function: metrics, TTA, calibration, rejection and figures for one split.
+"""`evaluate` as a library function: one split of a run scored, by the scorer of its task.
 
-Writes into the run folder: eval_<split>.json (every figure with its n), confusion_<split>.csv,
-calibration.json (temperature and rejection thresholds fitted on val, used by predict), and
-eval_<split>/ with confusion.png, confusion_normalized.png, top_losses.png, confused_pairs.csv,
-random_predictions.png, probabilities.png, gradcam.png and reliability.png. A multi-label run
-(``Classifier.multi_label``) is scored by evaluate/multilabel.py instead.
+``evaluate_split`` writes eval_<split>.json (every figure with its n; ``write_eval`` is its one
+writer). A single-label split (scored here) also gets confusion_<split>.csv, calibration.json
+(temperature and rejection thresholds fitted on val, used by predict), and eval_<split>/ with
+confusion.png, confusion_normalized.png, top_losses.png, confused_pairs.csv, random_predictions.png,
+probabilities.png, gradcam.png and reliability.png; a multi-label one is scored by
+evaluate/multilabel_split.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,29 +23,33 @@ from resnetlab.evaluate import analysis, calibration
 from resnetlab.evaluate import figures as plots
 from resnetlab.evaluate.inference import Classifier, Inference, infer_images, infer_tta
 from resnetlab.evaluate.metrics import metrics, write_confusion_csv
-from resnetlab.evaluate.multilabel import evaluate_multilabel_split, multilabel_metrics
+from resnetlab.evaluate.multilabel_split import score_multilabel_split
+from resnetlab.evaluate.options import Options
+from resnetlab.evaluate.task import MultiLabel, SingleLabel
 from resnetlab.io import atomic_write_text, csv_text, read_json, write_json
 
-
-@dataclass
-class Options:
-    tta: int = 1  # views per image; 1 = none
-    reduce: str = "mean"  # how views combine: mean or max of probabilities
-    reject_target: float = 0.05  # share of known-class val images rejection may cost
-    batch_size: int = 256
-    figures: bool = True
-    default_thresholds: bool = False  # multi-label: a missing or damaged thresholds.json means 0.5, not an error
-    # multi-label, no val split: the thresholds.json to take (a --retrain-on-all run: its parent run's)
-    thresholds_from: Path | None = None
-
-
+__all__ = ["Options", "evaluate_split", "snapshot_ensemble", "split_images", "unseen_images", "write_eval"]
 
 
 def evaluate_split(run_dir: Path, p: Classifier, name: str, images: torch.Tensor, labels: torch.Tensor,
                    opts: Options, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
                    unseen: torch.Tensor | None = None) -> dict:
-    if p.multi_label:  # (N, K) multi-hot labels, sigmoids, mAP; no rejection of unseen classes
-        return evaluate_multilabel_split(run_dir, p, name, images, labels, opts, val=val)
+    """Score ``images`` as split ``name`` with what ``p`` decides by fitted on ``val``; ``unseen``: images
+    of classes the run left out, to measure rejection (single-label)."""
+    result = SCORERS[p.task.name](run_dir, p, name, images, labels, opts, val=val, unseen=unseen)
+    write_eval(run_dir, name, result)
+    return result
+
+
+def write_eval(run_dir: Path, split: str, result: dict) -> None:
+    """eval_<split>.json: a scored split's every figure (written here only)."""
+    write_json(run_dir / rf.eval_name(split), result)
+
+
+def score_single_label_split(run_dir: Path, p: Classifier, name: str, images: torch.Tensor, labels: torch.Tensor,
+                             opts: Options, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
+                             unseen: torch.Tensor | None = None) -> dict:
+    """A split's result for a single-label Classifier, with its confusion tables and figures written."""
     classes = p.classes
     plain = infer_images(p, images, labels, opts.batch_size)
     result = metrics(plain.logits, plain.labels, classes)
@@ -61,30 +65,30 @@ def evaluate_split(run_dir: Path, p: Classifier, name: str, images: torch.Tensor
     result["rejection"] = _rejection(p, plain, result["calibration"], unseen, opts)
     if opts.figures and len(labels):
         _figures(rf.eval_figures(run_dir, name), p, images, labels, probs, result)
-    write_json(run_dir / rf.eval_name(name), result)
     write_confusion_csv(run_dir / rf.confusion_csv(name), result["confusion"], classes)
     write_confusion_csv(run_dir / rf.confusion_csv(name, normalized=True), result["confusion_normalized"], classes)
     return result
 
 
+# the scorer of a split for each task, by the task's name
+SCORERS = {SingleLabel.name: score_single_label_split, MultiLabel.name: score_multilabel_split}
+
+
 def snapshot_ensemble(members: list[Classifier], images: torch.Tensor, labels: torch.Tensor, *,
                       batch_size: int) -> dict:
     """Mean class probability over the members, e.g. a run's snapshot-K.pt (Huang et al. 2017:
-    M models for the cost of one run)."""
+    M models for the cost of one run); multi-label: the mean of each class's sigmoid, scored at the
+    first member's thresholds."""
     if not members:
         raise UserError("no snapshot-K.pt to ensemble: train with a stage of schedule sgdr and snapshots: true")
-    multi = members[0].multi_label  # mean of each class's sigmoid, scored at the first member's thresholds
+    task, targets = members[0].task, members[0].task.targets(labels)
     total = None
     for member in members:
-        logits = infer_images(member, images, labels.float() if multi else labels, batch_size).logits.float()
-        probs = logits.sigmoid() if multi else logits.softmax(1)
+        probs = task.probabilities(infer_images(member, images, targets, batch_size).logits.float())
         total = probs if total is None else total + probs
-    mean = total / len(members)
-    if multi:  # logit of the mean: sigmoid gives it back to the metrics
-        result = multilabel_metrics(torch.logit(mean, eps=1e-7), labels.float().cpu(), members[0].classes,
-                                    members[0].thresholds)
-    else:  # log of the mean probability: softmax gives the mean back, so metrics() scores the ensemble
-        result = metrics(mean.clamp_min(1e-12).log(), labels.cpu(), members[0].classes)
+    # as logits again (log, or logit of the mean): softmax or sigmoid gives the mean back to the metrics
+    result = task.metrics(task.as_logits(total / len(members)), targets.cpu(), members[0].classes,
+                          members[0].thresholds)
     result["members"] = [m.source for m in members]
     return result
 

@@ -1,14 +1,15 @@
 """What evaluation scores: a Classifier (a model with the preprocessing it was trained with), and
 inference over batches, plain or with test-time augmentation.
 
-A Classifier is built from a training session (``train``) or loaded from a checkpoint
-(``deploy.predictor.Predictor``, a subclass); evaluation needs nothing else.
+A Classifier is loaded from a run's checkpoint (evaluate/trained.py ``run_model``; deploy's
+Predictor is the same with ``Predictor.load``); evaluation needs nothing else.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -18,10 +19,11 @@ from resnetlab.config import AugmentConfig
 from resnetlab.data.augment import augment_batch, make_generator, normalize
 from resnetlab.data.decode import decode_for_model
 from resnetlab.device import autocast
+from resnetlab.evaluate.task import SingleLabel, Tasked
 
 
 @dataclass
-class Classifier:
+class Classifier(Tasked):
     model: nn.Module
     classes: list[str]
     image_size: int  # px, side of the square input
@@ -34,9 +36,13 @@ class Classifier:
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # the training augmentation, for TTA
     temperature: float = 1.0  # fitted on val by evaluation; 1 = raw softmax
     calibration: dict | None = None  # temperature and rejection thresholds, once fitted
-    multi_label: bool = False  # sigmoid outputs: each class present or not (data.multi_label)
+    task: SingleLabel = field(default_factory=SingleLabel)  # what its outputs mean and how it decides
     thresholds: torch.Tensor | None = None  # (K,) multi-label decision thresholds on probabilities; None: 0.5
-    source: str = ""  # the checkpoint file it came from, for reports
+    threshold_source: str = ""  # multi-label: where the thresholds came from, one line
+    source: str = ""  # the checkpoint file it came from (and whether its EMA weights), for reports
+    checkpoint: Path | None = None  # that file's path
+    model_name: str = ""  # the model and its options, as the checkpoint names them (exports record them)
+    model_options: dict | None = None
 
     def load_images(self, paths: list[str]) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
         """uint8 (N, C, S, S) for the readable files, their paths, and (path, reason) for the rest."""
@@ -56,9 +62,7 @@ class Classifier:
     def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """uint8 (N, C, S, S) -> (N, K) float32 class probabilities, temperature-scaled if calibrated;
         multi-label: each class's own sigmoid probability (the rows do not sum to 1)."""
-        if self.multi_label:
-            return self.logits(images, batch_size).sigmoid()
-        return (self.logits(images, batch_size) / self.temperature).softmax(1)
+        return self.task.probabilities(self.logits(images, batch_size), self.temperature)
 
 
 @dataclass

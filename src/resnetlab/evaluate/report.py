@@ -13,6 +13,7 @@ from pathlib import Path
 
 from resnetlab import run_folder as rf
 from resnetlab.evaluate.runs import read_history
+from resnetlab.evaluate.task import SingleLabel, task_named, task_of_config
 from resnetlab.io import atomic_write_text, read_json, read_yaml
 
 CSS = """
@@ -58,20 +59,21 @@ def _latest_eval(run: Path) -> tuple[str, dict] | tuple[None, None]:
     return None, None
 
 
-def _multi_label(run: Path, ev: dict | None) -> bool:
+def _task(run: Path, ev: dict | None) -> SingleLabel:
+    """The run's task: its eval JSON's (single-label ones carry none), else its config's."""
     if ev is not None:
-        return ev.get("task") == "multi_label"
+        return task_named(ev.get("task"))
     config = read_yaml(run / rf.CONFIG)
-    return isinstance(config, dict) and bool((config.get("data") or {}).get("multi_label"))
+    return task_of_config(config if isinstance(config, dict) else {})
 
 
 def build_report(run: Path) -> Path:
     run = Path(run)
     name, ev = _latest_eval(run)
-    multi = _multi_label(run, ev)
+    sections, evaluation = PAGES[_task(run, ev).kind]
     parts = [f"<h1>resnetlab run {html.escape(run.name)}</h1>",
              f'<p class="note">written {time.strftime("%Y-%m-%d %H:%M:%S")} from {html.escape(str(run))}</p>',
-             "<nav>" + "".join(f'<a href="#{k}">{t}</a>' for k, t in (ML_SECTIONS if multi else SECTIONS)) + "</nav>"]
+             "<nav>" + "".join(f'<a href="#{k}">{t}</a>' for k, t in sections) + "</nav>"]
     parts.append('<h2 id="config">Config</h2><details><summary>the resolved config (config.yaml)</summary><pre>'
                  + html.escape((run / rf.CONFIG).read_text()) + "</pre></details>")
 
@@ -96,7 +98,7 @@ def build_report(run: Path) -> Path:
     if ev is None:
         parts.append('<h2 id="metrics">Metrics</h2><p class="note">not evaluated yet: run resnetlab evaluate</p>')
     else:
-        parts += _multilabel_evaluation(run, name, ev) if multi else _evaluation(run, name, ev, classes)
+        parts += evaluation(run, name, ev, classes)
     out = run / rf.REPORT
     atomic_write_text(out, page(f"resnetlab report: {run.name}", parts))
     return out
@@ -174,8 +176,8 @@ def _evaluation(run: Path, name: str, ev: dict, classes: list[str]) -> list[str]
     return parts
 
 
-def _multilabel_evaluation(run: Path, name: str, ev: dict) -> list[str]:
-    """A multi-label eval JSON (evaluate/multilabel.py): mAP with chance, F1, exact match, per-class table,
+def _multilabel_evaluation(run: Path, name: str, ev: dict, classes: list[str]) -> list[str]:
+    """A multi-label eval JSON (evaluate/multilabel_split.py): mAP with chance, F1, exact match, per-class table,
     where the thresholds came from, TTA and the highest-loss images with their label sets."""
     figures = rf.eval_figures(run, name)
     n = ev["n"]
@@ -216,3 +218,7 @@ def _multilabel_evaluation(run: Path, name: str, ev: dict) -> list[str]:
                              ", ".join(w["predicted"]) or "(none)",
                              ", ".join(f"{c} {v:.2f}" for c, v in w["probabilities"].items())] for w in worst]))
     return parts
+
+
+# each task's sections and its scored split's part of the page, by the task's kind
+PAGES = {"single-label": (SECTIONS, _evaluation), "multi-label": (ML_SECTIONS, _multilabel_evaluation)}

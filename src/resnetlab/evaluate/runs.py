@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from resnetlab import run_folder as rf
 from resnetlab.errors import UserError
+from resnetlab.evaluate.task import SingleLabel, Tasked, task_of_config
 from resnetlab.io import read_json, read_yaml
 
 SORT_KEYS = ("name", "recipe", "model", "dataset", "epochs", "best_val_top1", "test_top1", "best_val_map", "test_map",
@@ -23,7 +24,7 @@ SORT_KEYS = ("name", "recipe", "model", "dataset", "epochs", "best_val_top1", "t
 
 
 @dataclass
-class RunRow:
+class RunRow(Tasked):
     name: str
     path: str
     recipe: str
@@ -37,13 +38,15 @@ class RunRow:
     seconds: float  # training time: the sum of the epochs' seconds
     status: str
     reason: str = ""
-    # multi-label runs (data.multi_label) score macro mAP instead of top-1: best epoch's val_map, test map_macro
-    multi_label: bool = False
+    # the run's task: a multi-label run scores macro mAP instead of top-1 (best epoch's val_map, test map_macro)
+    task: SingleLabel = field(default_factory=SingleLabel)
     best_val_map: float | None = None
     test_map: float | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The row as JSON, its task as the config's yes-or-no says it, in the task's place."""
+        return {k: v for key, value in asdict(self).items()
+                for k, v in (self.task.config_entry() if key == "task" else {key: value}).items()}
 
 
 def is_run(folder: Path) -> bool:
@@ -98,7 +101,7 @@ def read_run(run: Path) -> RunRow:
         dataset=str(cfg.get("data", {}).get("dataset", "")), epochs_done=len(history),
         epochs_planned=int(cfg.get("train", {}).get("epochs", 0)), best_val_top1=best("val_top1"),
         test_top1=test.get("top1"), test_n=test.get("n"), seconds=round(sum(h.get("seconds", 0) for h in history), 1),
-        status=status, reason=reason, multi_label=bool(cfg.get("data", {}).get("multi_label")),
+        status=status, reason=reason, task=task_of_config(cfg),
         best_val_map=best("val_map"), test_map=test.get("map_macro"),
     )
 

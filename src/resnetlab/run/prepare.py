@@ -23,6 +23,7 @@ from resnetlab.data.readers.manifest import split_file_text
 from resnetlab.device import (compile_plan, environment, precision_reason, resolve_precision, seed_everything,
                               select_device)
 from resnetlab.errors import UserError
+from resnetlab.evaluate.task import TASK_KEY, task_of_config
 from resnetlab.io import read_json, write_json
 from resnetlab.run.resume import RESUME_FROM, restore_newest_intact
 from resnetlab.run.rollback import epoch_checkpoint, roll_back, rolled_back_already
@@ -53,12 +54,11 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
         if from_epoch is not None:
             epoch_checkpoint(resume, from_epoch)  # before anything is built: a missing epoch is one line
         cfg = read_run_config(resume).thawed()
-        trained_multi = cfg.data.multi_label
+        trained = task_of_config(cfg)
         # the run's plan (time budget, stages) never replaces a key given now: it steps aside and says so
         resume_notes = yield_to_command_line(cfg, set(apply_overrides(cfg, overrides)))
-        if cfg.data.multi_label != trained_multi:  # the head, the loss and every record would change meaning
-            kind = "multi-label" if trained_multi else "single-label"
-            raise UserError(f"{resume} was trained {kind}: a resume cannot change data.multi_label; start a new run")
+        if task_of_config(cfg).name != trained.name:  # the head, the loss and every record would change meaning
+            raise UserError(f"{resume} was trained {trained.kind}: a resume cannot change {TASK_KEY}; start a new run")
         cfg = validate(cfg)
     d = distributed.from_environment()
     if d.world > cfg.train.batch_size:

@@ -28,6 +28,7 @@ from resnetlab.config import evolve, load_config, save_config
 from resnetlab.data import plan_data
 from resnetlab.errors import UserError
 from resnetlab.evaluate.compare import build_compare
+from resnetlab.evaluate.task import task_of_config
 from resnetlab.io import read_json, write_json
 from resnetlab.run.fit import fit
 from resnetlab.train.loop import StopTraining
@@ -126,9 +127,9 @@ def run_study(recipe: str, overrides: list[str], *, trials: int, study_dir: Path
 
         started = time.perf_counter()
         fit(s, callbacks={"on_epoch_end": [report]}, console=Console(quiet=True))
-        console.print(f"trial {trial.number}: val {'mAP' if s.multi_label else 'top-1'} {100 * s.state.best_top1:.2f}% in "
+        console.print(f"trial {trial.number}: val {s.task.score_name} {100 * s.state.best_score:.2f}% in "
                       f"{time.perf_counter() - started:.0f} s  {' '.join(shown(k, v) for k, v in values.items())}")
-        return s.state.best_top1
+        return s.state.best_score
 
     def said(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.PRUNED:
@@ -151,7 +152,7 @@ def finish_study(study: optuna.Study, study_dir: Path, console: Console) -> dict
     save_config(cfg, study_dir / "best.yaml")
     top = [Path(t.user_attrs["run_dir"]) for t in complete[:3]]
     compare = build_compare(top, study_dir / "compare.html")[0] if len(top) > 1 else None
-    metric = "val mAP" if cfg.data.multi_label else "val top-1"  # what every trial reported (val_score)
+    metric = f"val {task_of_config(cfg).score_name}"  # what every trial reported (val_score)
     page = write_study_page(study, study_dir, compare, metric)
     console.print(f"best: trial {best.number}, {metric} {100 * best.value:.2f}%: "
                   + " ".join(shown(k, v) for k, v in best.params.items()))

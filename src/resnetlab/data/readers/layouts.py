@@ -52,15 +52,9 @@ def resolve_root(dataset: str) -> Path:
     return root
 
 
-def read_catalog(dataset: str, *, multi_label: bool = False) -> tuple[Catalog, Path, dict[str, int]]:
-    """The catalog, the root its keys are relative to, and class-name aliases (GTSRB's). Label sets
-    (``multi_label``) come only from a CSV manifest: every other layout has one class an image."""
-    if multi_label:  # a built-in name is refused before it is downloaded
-        root = None if dataset in builtin.BUILTIN else resolve_root(dataset)
-        if root is None or not root.is_file():
-            raise UserError(f"data.multi_label=true needs label sets, and {dataset} has one class an image: give a "
-                            "CSV manifest with a header, e.g. image_name,tags with labels separated by spaces")
-        return read_manifest(root, multi_label=True), root.parent, {}
+def read_catalog(dataset: str) -> tuple[Catalog, Path, dict[str, int]]:
+    """The catalog of one class an image, the root its keys are relative to, and class-name aliases
+    (GTSRB's). Label sets come only from a CSV manifest (bundle.py reads them)."""
     if dataset not in builtin.BUILTIN and is_shards(dataset):
         catalog, root, aliases = read_shards(dataset)
         check_labels(catalog, dataset)
