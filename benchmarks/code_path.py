@@ -1,12 +1,13 @@
 """How far a reader travels to follow one `resnetlab train` call: the package's files and functions it
-enters, and its moves between files (each call from one function into another counted once, so a
-loop's steps count as one pass).
+enters, and its moves between files, each call from one function into another counted once (a loop's
+steps are one pass) and import-time code left out.
 
     PYTHONPATH=src .venv/bin/python benchmarks/code_path.py [RECIPE key=value ...] [--record]
 
-A move is a first call whose callee lives in another file than its caller; a return move is one into a
-file the path had already left. Run it on two commits (a git worktree of each, PYTHONPATH=its src) to
-compare a restructuring: the figures depend on the code, not on the machine.
+Read in the order the calls first happen: a call into another file is a move, and so is coming back to
+the caller's file for its next call; a move back is one into a file the reader had already left. Run
+it on two commits (a git worktree of each, PYTHONPATH=its src) to compare a restructuring: the figures
+depend on the code, not on the machine.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-DEFAULT = ["fashion-mnist-fast", "train.time_budget=40s", "train.limit_batches=20", "train.progress=false"]
+DEFAULT = ["fashion-mnist-fast", "train.time_budget=2m", "train.limit_batches=20", "train.progress=false"]
 
 
 def follow(argv: list[str]) -> dict:
@@ -28,12 +29,12 @@ def follow(argv: list[str]) -> dict:
     path: list[tuple[str, str, str]] = []  # (caller file, callee file, callee function), first calls only
 
     def profile(frame, event, arg):
-        if event != "call" or not frame.f_code.co_filename.startswith(package):
+        if event != "call" or not frame.f_code.co_filename.startswith(package) or frame.f_code.co_name == "<module>":
             return
         caller = frame.f_back
         while caller is not None and not caller.f_code.co_filename.startswith(package):
             caller = caller.f_back  # through torch, rich and the standard library back into the package
-        if caller is None:
+        if caller is None or caller.f_code.co_name == "<module>":  # import-time code: not the call's path
             return
         key = (caller.f_code.co_filename, caller.f_code.co_qualname, frame.f_code.co_filename, frame.f_code.co_qualname)
         if key not in seen:
@@ -45,12 +46,15 @@ def follow(argv: list[str]) -> dict:
         main(["train", *argv])
     finally:
         sys.setprofile(None)
-    left, moves, returns = set(), 0, 0
+    here, entered, moves, returns = path[0][0] if path else "", set(), 0, 0
     for caller, callee, _ in path:
-        if caller != callee:
+        if caller != here:  # back in the caller's file for its next call
+            moves, returns = moves + 1, returns + 1
+        if callee != caller:
             moves += 1
-            returns += callee in left
-            left.add(caller)
+            returns += callee in entered
+        entered |= {caller, callee}
+        here = callee
     return {"files": len({f for c, f, _ in path} | {c for c, _, _ in path}),
             "functions": len({(f, fn) for _, f, fn in path}), "moves": moves, "return_moves": returns,
             "files_list": sorted({f for _, f, _ in path})}

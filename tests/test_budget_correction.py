@@ -177,7 +177,7 @@ def test_rungs_timed_beside_another_job_are_said_so():
     def rung(others):
         return Config(), SimpleNamespace(image_size=28), {
             "step_s": {28: 0.2}, "epoch_overhead_s": 1.0, "finish_s": 5.0, "full_steps": 100,
-            "timed_steps": {28: 30}, "brief": False, "others_cpu": others}
+            "timed_steps": {28: 30}, "others_cpu": others}
 
     alone = _decide(300.0, 10.0, [{}], 1, [rung(0.05)])[1]
     assert "other processes" not in "\n".join(alone.table())

@@ -16,7 +16,7 @@ from resnetlab.data import policy
 from resnetlab.data.augment import BatchAugment, erase, make_generator, mix
 from resnetlab.errors import UserError
 from resnetlab.budget.plan import MARGIN, choose
-from resnetlab.budget.probe import BRIEF_STEPS
+from resnetlab.budget.probe import MIN_STEPS
 from resnetlab.checkpoint import load_checkpoint
 from resnetlab.run.fit import fit
 from resnetlab.train.sizes import size_for_epoch, training_size
@@ -155,9 +155,8 @@ def test_time_budget_run_equals_the_fixed_run_of_the_rung_it_chose(class_folders
     saved = yaml.safe_load((s.run_dir / "config.yaml").read_text())
     wide, narrow = plan["rungs"]
     assert plan["rung"] == 1 and wide["epochs"] < plan["epochs"] == narrow["epochs"]  # both scored on the same clock
-    # the wide rung, a brief reading far from 100,000 epochs, was timed no further; the last rung, to the full rule
-    assert wide["brief"] and wide["timed_steps"] == {"16": BRIEF_STEPS} and "(timed briefly: 5 steps)" in out
-    assert not narrow["brief"] and narrow["timed_steps"]["16"] >= BRIEF_STEPS
+    # each rung timed to the full rule
+    assert wide["timed_steps"]["16"] >= MIN_STEPS and narrow["timed_steps"]["16"] >= MIN_STEPS
     assert saved["model"]["filters"] == [8, 8, 16, 16]
     assert saved["train"]["epochs"] == plan["epochs"] == len(s.state.history) > 1
     assert "ladder on CPU" in out and " > 1: model.filters=[8, 8, 16, 16]: " in out and "ms a step at" in out
@@ -179,13 +178,11 @@ def test_ladder_takes_the_first_rung_that_gets_its_epochs_and_times_no_further(c
     s = prepare(tiny_config(class_folders, tmp_path, "train.time_budget=1m", "train.ladder_min_epochs=2",
                             f"train.ladder=[{{model.filters: {NARROW}}}, {{model.filters: {WIDE}}}]"), run_name="t")
     assert s.plan.rung == 0 and s.cfg.model.filters == [8, 8, 16, 16] and s.plan.epochs >= 2
-    # read briefly first (a later rung might have replaced it), then timed on: it may be chosen
-    assert not s.plan.rungs[0]["brief"] and s.plan.rungs[0]["timed_steps"][16] > BRIEF_STEPS
-    # no rung gets 100,000 epochs: the narrow one, passed over on its brief reading, has the most, and is
-    # timed in full before it is chosen
+    assert s.plan.rungs[0]["timed_steps"][16] >= MIN_STEPS
+    # no rung gets 100,000 epochs: every rung is timed, and the narrow one has the most
     most = prepare(tiny_config(class_folders, tmp_path / "most", "train.time_budget=1m", "train.ladder_min_epochs=100000",
                                f"train.ladder=[{{model.filters: {NARROW}}}, {{model.filters: {WIDE}}}]"), run_name="t")
-    assert most.plan.rung == 0 and not most.plan.rungs[0]["brief"] and most.plan.rungs[0]["timed_steps"][16] > BRIEF_STEPS
+    assert most.plan.rung == 0 and most.plan.rungs[1]["step_s"] is not None
     assert s.plan.rungs[1]["step_s"] is None and s.plan.table()[-1].endswith("not timed (an earlier rung fits)")
     assert s.plan.table()[0].startswith("ladder on CPU") and "the first rung that gets 2 epochs" in s.plan.table()[0]
     with pytest.raises(UserError, match=r"too small for one epoch of any rung of train.ladder: the fastest, rung 1 "
@@ -203,16 +200,16 @@ def test_ladder_rule_scores_every_timed_rung_alike_and_steps_past_one_out_of_mem
 
     data = SimpleNamespace(image_size=28)
 
-    def rung(step_s, brief=False):  # 100 steps an epoch, 1 s to validate and save, 5 s for the test and report
+    def rung(step_s):  # 100 steps an epoch, 1 s to validate and save, 5 s for the test and report
         return Config(), data, {"step_s": {28: step_s}, "epoch_overhead_s": 1.0, "finish_s": 5.0, "full_steps": 100,
-                                "timed_steps": {28: 5 if brief else 30}, "brief": brief, "others_cpu": 0.0}
+                                "timed_steps": {28: 30}, "others_cpu": 0.0}
 
     ladder = [{"model.filters": [32]}, {"model.filters": [16]}, {"model.filters": [8]}]
     # 0.99 * (300 - 10) - 5 = 282.1 s: 0.5 s steps fit 6 epochs of 92 steps, 0.2 s steps 14 of 95
-    chosen, plan = _decide(300.0, 10.0, ladder, 10, [rung(0.5, brief=True), rung(0.2)])
+    chosen, plan = _decide(300.0, 10.0, ladder, 10, [rung(0.5), rung(0.2)])
     assert (chosen, plan.epochs, plan.steps) == (1, 14, 95) and [r.get("epochs") for r in plan.rungs] == [6, 14, None]
     assert plan.rungs[2]["note"] == "not timed (an earlier rung fits)"
-    assert plan.table()[1].endswith("6 epochs (timed briefly: 5 steps)") and plan.table()[2].endswith("14 epochs")
+    assert plan.table()[1].endswith("6 epochs") and plan.table()[2].endswith("14 epochs")
     assert _decide(300.0, 10.0, ladder, 6, [rung(0.5), rung(0.2)])[0] == 0  # the first that gets 6 epochs
     chosen, plan = _decide(300.0, 10.0, ladder, 20, [rung(0.5), rung(0.2), rung(0.2)])
     assert chosen == 1  # none gets 20 epochs: the most, and on a tie the earlier (wider) rung

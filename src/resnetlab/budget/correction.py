@@ -1,23 +1,7 @@
-"""The time budget's one correction: once the schedule's length-free steps are done (a one-cycle rise,
-a warm-up), the run compares its own clock with the plan and sets the step it ends at.
-
-A plan is timed on a few seconds of steps before the run, but on a shared CPU the run's own steps can
-run 5-10% slower or faster than that for minutes at a time. The steps before ``Plan.correct_at`` have
-the same rates whatever the run's length, so after them the run may end at any step and still be
-exactly the fixed run of that length: config.yaml gets ``train.max_steps`` (and ``train.epochs`` to
-hold it), and a resume or a fixed run replays it. The correction is a callback of the run
-(run/fit.py): it returns the step the run should end at, and the loop keeps that in its state.
-
-    pace  = s the run's steps took / s the plan gave them               # steps inside epochs
-    end_s = s an epoch end took (validation, saving, the next epoch's start)
-    end   = now + pace x planned s of the steps left + epoch ends left x end_s + test and report
-
-Both are measured on the run's own steps after its first few, as the planner's timing is (one-off
-costs: allocations, workers, compilation), not counted from the plan: building the run's model and
-folder (1-2 s) would read as a slower pace. Steps and epoch ends are timed apart, because an epoch end
-(validation, saving, curves) does not scale with the steps' pace; the first epoch end is left off the
-clock, because it draws the first curves (matplotlib's import included) at about twice a later one's cost.
-"""
+"""The time budget's one length correction, a callback of the run (run/fit.py): once the schedule's
+length-free steps are done (a one-cycle rise), the run's own pace sets the step it ends at, which the
+loop keeps in its state; config.yaml gets that train.max_steps, so a replay is the fixed run of that
+length. The arithmetic: docs/design.md, "The time budget"."""
 
 from __future__ import annotations
 
@@ -41,10 +25,8 @@ class Decision(NamedTuple):
 
 
 class LengthCorrection:
-    """Made by fit() just before the first step of a run with a plan; ``step_done`` is called after
-    every step, times it, and decides once, after ``at`` = ``Plan.correct_at`` steps: the run's last
-    step from the pace so far (rank 0 decides for all ranks); config.yaml and budget.json record it.
-    ``report`` says at the end how the run kept to its budget."""
+    """``step_done`` times every step and decides once, after ``Plan.correct_at`` steps (rank 0 for all
+    ranks); ``report`` says at the end how the run kept to its budget."""
 
     def __init__(self, s: Session):
         self.s, self.at, self.k = s, s.plan.correct_at, s.steps_per_epoch
@@ -66,8 +48,7 @@ class LengthCorrection:
             planned = step_cost(self.s.plan.step_s, self.sizes[step // self.k])
             if step % self.k:
                 self.steps.append((now - self.last, planned))
-            elif step >= 2 * self.k:  # the gap holds the previous epoch's end; the first (off the clock) draws
-                # the first curves, matplotlib's import included: about twice the s of a later end
+            elif step >= 2 * self.k:  # the gap holds an epoch end; the first draws the first curves (off the clock)
                 self.ends, self.ends_s, self.ends_planned = self.ends + 1, self.ends_s + now - self.last, \
                     self.ends_planned + planned
         self.last = now
@@ -81,11 +62,10 @@ class LengthCorrection:
         return self.apply(distributed.broadcast_object(decision if s.dist.main else None, s.dist))
 
     def measured(self) -> tuple[float, float]:
-        """(the steps' pace against the plan, s an epoch end): without a timed epoch end, the plan's at that
-        pace. The pace is read on the later half of the timed steps: a run's first minutes are often slower
-        than the rest (a job beside it that has since ended, caches still warming), and the steps to come
-        are more like the latest ones. The slowest 5% are left out: one-off stalls (TensorBoard's import at
-        its first write, a garbage collection) would otherwise weigh on a short run's few steps."""
+        """(the steps' pace against the plan, s an epoch end; without a timed end, the plan's at that pace).
+        The pace is read on the later half of the timed steps, the slowest 5% left out: a run's first
+        minutes are often slower than the rest (a job beside it that has ended), and one-off stalls
+        (TensorBoard's import) weigh on a short run's few steps."""
         plan = self.s.plan
         if not self.steps:  # epochs of one step: every gap holds an epoch end, one factor for both
             pace = self.ends_s / (self.ends_planned + self.ends * plan.epoch_overhead_s) if self.ends else 1.0
@@ -134,10 +114,8 @@ class LengthCorrection:
 
 
 def corrected_steps(plan: Plan, *, elapsed: float, done: int, k: int, pace: float, end_s: float, sizes) -> dict:
-    """The step the run should end at (``max_steps``; None: keep the plan) with what it was chosen from.
-    ``elapsed``: s since the run began (prepare), after ``done`` steps of ``k`` an epoch; ``pace``: the
-    steps' s over the plan's; ``end_s``: s an epoch end takes; ``sizes(E)``: each epoch's training side
-    in px for an E-epoch run."""
+    """The step the run should end at (``max_steps``; None: keep the plan) and what it was chosen from,
+    ``elapsed`` s into the run after ``done`` steps of ``k`` an epoch; ``sizes(E)``: each epoch's px."""
     epoch = (done - 1) // k  # the epoch of the last step done; its end (validation, saving) is still to come
     old_sizes, planned = sizes(plan.epochs), plan.epochs * k
     room = MARGIN * (plan.budget_s - elapsed) - plan.finish_s  # s left for steps and epoch ends
@@ -152,8 +130,7 @@ def corrected_steps(plan: Plan, *, elapsed: float, done: int, k: int, pace: floa
         best = max(best, end)
         if end < epochs * k:
             break
-    # a last epoch whose steps take less time than its own end (validation, saving) buys nothing: its few
-    # steps run at the schedule's ~0 lr, while the epoch end they add (validation, saving) costs its full s
+    # a last epoch shorter than its own end buys nothing: its few steps run at the schedule's ~0 lr
     tail = best % k
     tail_s = pace * tail * step_cost(plan.step_s, sizes(math.ceil(best / k))[-1])
     if tail and best - tail > done and tail_s < end_s:

@@ -1,23 +1,8 @@
-"""train.time_budget: choose the ladder's rung and the run's length that fill the budget.
-
-The whole run, from prepare() to the report, should end at the budget:
-
-    budget = so far (data, timing) + E x (k steps x step time + validation + checkpoint)
-             + the test split and report
-
-Each rung of train.ladder (or the config itself, without one) is built as a throwaway probe session
-whose steps are timed on this machine (budget/probe.py: a rung a later one may replace is read
-briefly first, and timed on only if it may be chosen); the first rung that gets
-train.ladder_min_epochs epochs wins (else the one that gets the most). The rung's config, with
-``train.epochs=E train.steps_per_epoch=k`` set, is then built from the seed as any fixed run is, so
-the run is exactly the fixed run it planned. Progressive resizing is timed at both the start and the
-full size, interpolated by pixel count. E - 1 full epochs and a last stretch would need a partial
-epoch the schedules cannot express, so all E epochs take the same k <= full steps (each a random
-k-batch share of the images). The plan and its table are written to budget.json, and the rung and
-length to config.yaml, so a resume follows the same plan. With stages (fine-tuning), the earlier stages
-keep their epochs and the last stage takes the rest; each stage has its own schedule, so such a run
-keeps its planned length (no correction).
-"""
+"""train.time_budget: the ladder's rung and the run's length that fill the budget, chosen before the run
+is built. Each rung (or the config, without a ladder) is a throwaway session timed here (probe.py);
+the first that gets train.ladder_min_epochs epochs wins, else the one that gets the most. The result
+is a new config, the fixed run of that length, which builds from the seed as any run does. The
+arithmetic, and what was kept and dropped and why: docs/design.md, "The time budget"."""
 
 from __future__ import annotations
 
@@ -38,14 +23,11 @@ from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_text
 from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
-from resnetlab.budget.probe import Probe, epoch_sizes
+from resnetlab.budget.probe import epoch_sizes, measure
 from resnetlab.train.session import build_session
 from resnetlab.train.schedules import length_free_steps
 
 MARGIN = 0.99  # plan to 99% of what is left: the run corrects its length from its own clock
-# a rung read briefly at under this share of the epochs it needs is passed over untimed further: a
-# 5-step reading is within ~10-15% of the full one, so such a rung would not get its epochs
-BRIEF_CUT = 0.75
 SHARED = 0.2  # a rung timed while other processes kept more of the CPUs busy than this was timed beside a job
 
 
@@ -79,7 +61,6 @@ class Plan:
     # after this many steps the run corrects its length once from its own clock (budget/correction.py):
     # the steps before it have the same rates whatever the length; 0: the schedule allows no correction
     correct_at: int = 0
-    correction: dict = field(default_factory=dict)  # what the correction measured and chose
     pinned_rise: bool = False  # schedule.warmup_epochs was set by this plan (pct_start x epochs), not given
 
     def line(self) -> str:
@@ -104,7 +85,6 @@ class Plan:
                 lines.append(f" {mark} {row['rung']}: {what}: {row['note']}")
                 continue
             fit = f"{row['epochs']} epochs" if row["epochs"] else "not one epoch fits"
-            fit += f" (timed briefly: {min(row['timed_steps'].values())} steps)" if row.get("brief") else ""
             if (others := row.get("others_cpu") or 0) > SHARED:
                 fit += f" (timed while other processes kept {100 * others:.0f}% of the CPUs busy)"
             lines.append(f" {mark} {row['rung']}: {what}: {_rates(row['step_s'])}, {row['epoch_s']:.0f} s an "
@@ -147,27 +127,11 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
         key = repr((rcfg.data, rcfg.model.weights))
         if key not in datas:
             datas[key] = build_data(rcfg, progress=cfg.train.progress, builder=hw.dist.local_rank == 0)
-        # a rung that a later one may replace is timed briefly first, and on only if it may be chosen
-        brief = i < len(ladder) - 1 and not hw.dist.enabled and pin < 0
-        worth_more = (lambda m, c=rcfg, d=datas[key]: _epochs(budget, time.monotonic() - started, c, d, m)
-                      >= BRIEF_CUT * need) if brief else None
-        measured = _measure_rung(rcfg, datas[key], hw, started, worth_more)
-        rungs.append((rcfg, datas[key], measured))
-        # every rank steps together (collectives); rank 0's clock decides for all
-        fits = distributed.broadcast_object(
-            measured is not None and _epochs(budget, time.monotonic() - started, rcfg, datas[key], measured) >= need
-            if hw.dist.main else None, hw.dist)
-        if fits or pin >= 0:
+        rungs.append((rcfg, datas[key], _measure_rung(rcfg, datas[key], hw, started)))
+        decision = distributed.broadcast_object(  # rank 0's clock decides for every rank
+            _decide(budget, time.monotonic() - started, ladder, need, rungs) if hw.dist.main else None, hw.dist)
+        if pin >= 0 or not isinstance(decision, str) and decision[1].epochs >= need:
             break
-    decision = distributed.broadcast_object(
-        _decide(budget, time.monotonic() - started, ladder, need, rungs) if hw.dist.main else None, hw.dist)
-    # a rung passed over on its brief reading can still have the most epochs (no rung got `need`, or a
-    # later one ran out of memory): it is timed in full and the table scored again (never under torchrun,
-    # which reads no rung briefly)
-    while not isinstance(decision, str) and rungs[decision[0]][2]["brief"]:
-        rcfg, rdata, _ = rungs[decision[0]]
-        rungs[decision[0]] = (rcfg, rdata, _measure_rung(rcfg, rdata, hw, started, None))
-        decision = _decide(budget, time.monotonic() - started, ladder, need, rungs)
     if isinstance(decision, str):
         raise UserError(decision)
     chosen, plan = decision
@@ -200,22 +164,14 @@ def _last_stage_epochs(cfg: Config, plan: Plan, budget: float) -> int:
     return plan.epochs - before
 
 
-def _measure_rung(cfg: Config, data: DataBundle, hw: Hardware, started: float, worth_more) -> dict | None:
-    """A probe session's timings (None when the rung runs out of accelerator memory: the next rung may
-    fit). With ``worth_more`` (a brief reading -> bool), a brief reading first, then the full one only
-    where it says so."""
-    probe = None
+def _measure_rung(cfg: Config, data: DataBundle, hw: Hardware, started: float) -> dict | None:
+    """A probe session's timings (None when the rung runs out of accelerator memory: the next rung may fit)."""
     try:
-        probe = Probe(build_session(cfg, data, device=hw.device, precision=hw.precision, dist=hw.dist,
-                                    compile_wanted=hw.compile_wanted, started=started))
-        measured = probe.measure(brief=worth_more is not None)
-        if worth_more is not None and worth_more(measured):
-            measured = probe.measure()
-        return measured
+        return measure(build_session(cfg, data, device=hw.device, precision=hw.precision, dist=hw.dist,
+                                     compile_wanted=hw.compile_wanted, started=started))
     except torch.OutOfMemoryError:
         return None
     finally:  # the probe's model, optimiser and activations go before the next rung is built
-        probe = None
         gc.collect()
         if hw.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -224,13 +180,6 @@ def _measure_rung(cfg: Config, data: DataBundle, hw: Hardware, started: float, w
 def _costs(measured: dict) -> dict:
     """What choose() plans from: a rung's timings without the record of how they were taken."""
     return {k: measured[k] for k in ("step_s", "epoch_overhead_s", "finish_s", "full_steps")}
-
-
-def _epochs(budget: float, used: float, cfg: Config, data: DataBundle, measured: dict) -> int:
-    try:
-        return choose(budget, used, **_costs(measured), sizes=lambda e: epoch_sizes(cfg, data, e)).epochs
-    except UserError:
-        return 0
 
 
 def _decide(budget: float, used: float, ladder: list[dict], need: int, rungs: list) -> tuple[int, Plan] | str:
@@ -245,7 +194,7 @@ def _decide(budget: float, used: float, ladder: list[dict], need: int, rungs: li
             sizes = lambda e, c=rcfg, d=rdata: epoch_sizes(c, d, e)  # noqa: E731
             step = measured["step_s"].get(sizes(1)[0]) or measured["step_s"][max(measured["step_s"])]
             row.update(step_s=measured["step_s"], epoch_s=measured["full_steps"] * step + measured["epoch_overhead_s"],
-                       timed_steps=measured["timed_steps"], brief=measured["brief"], others_cpu=measured["others_cpu"])
+                       timed_steps=measured["timed_steps"], others_cpu=measured["others_cpu"])
             try:
                 plans[i] = choose(budget, used, **_costs(measured), sizes=sizes)
                 row.update(epochs=plans[i].epochs, steps=plans[i].steps)

@@ -1,14 +1,8 @@
 """Timing a rung on this machine: a throwaway session's training steps, an inference batch and a
-checkpoint save, from which train.time_budget plans (budget/plan.py).
-
-A rung that a later rung may replace is first timed briefly (BRIEF_STEPS steps a size); only if
-that reading leaves it a chance of being chosen are its steps timed on to the full rule. The full
-rule costs ~4 s a size on a slow machine, which a short budget cannot spend on rungs it will reject.
-"""
+checkpoint save, from which train.time_budget plans (budget/plan.py)."""
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
@@ -16,22 +10,20 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.checkpoint import save_checkpoint
 from resnetlab.config import Config
 from resnetlab.data import DataBundle
 from resnetlab.evaluate.inference import infer
-from resnetlab.checkpoint import save_checkpoint
 from resnetlab.train.session import Session, checkpoint_state
 from resnetlab.train.sizes import training_size
 from resnetlab.train.stages import lr_for_step
 from resnetlab.train.step import train_step
 
-WARMUP_STEPS = 3  # untimed steps before timing
-BRIEF_STEPS = 5  # timed steps a size in a brief reading
-FULL_MIN_S, FULL_MAX_STEPS = 3.0, 30  # the full rule: at least BRIEF_STEPS steps and 3 s, at most 30 steps
-DIST_TIMED_STEPS = 8  # timed steps under torchrun, the same on every rank
+WARMUP_STEPS = 3  # untimed steps first: a new model's first steps run slow (allocations, algorithm choice)
+MIN_STEPS, MIN_S, MAX_STEPS = 5, 3.0, 30  # timed steps a size: at least 5 and 3 s, at most 30
+DIST_TIMED_STEPS = 8  # timed steps under torchrun, the same on every rank (each step is a collective)
 EVAL_READINGS, EVAL_AGREE = 3, 1.25  # inference batches: a third only when the first two differ by over 1.25x
-# s: figures, calibration and report.html after the test split (what they take for 10 classes)
-REPORT_S = 2.0
+REPORT_S = 2.0  # s: figures, calibration and report.html after the test split (what they take for 10 classes)
 
 
 def epoch_sizes(cfg: Config, data: DataBundle, epochs: int) -> list[int]:
@@ -40,69 +32,50 @@ def epoch_sizes(cfg: Config, data: DataBundle, epochs: int) -> list[int]:
             for e in range(epochs)]
 
 
-class Probe:
-    """A probe session's timings so far. ``measure(brief=True)`` then ``measure()`` continue the same
-    steps: the brief reading's steps count towards the full one."""
+def measure(s: Session) -> dict:
+    """Seconds a training step (by px: the first and last epochs' sizes differ with progressive resizing),
+    per epoch of validation and saving, and for the test split and report; how many steps each step time
+    is the mean of; and the share of this process's CPUs other processes kept busy meanwhile."""
+    times, cpu_s, busy_s, wall_s = {}, 0.0, 0.0, 0.0
+    for px in sorted({*epoch_sizes(s.cfg, s.data, 2)}):
+        times[px], cpu, busy, wall = _time_steps(s, 0 if px == s.data.image_size else px)
+        cpu_s, busy_s, wall_s = cpu_s + cpu, busy_s + busy, wall_s + wall
+    others = max(busy_s - cpu_s, 0.0) / (wall_s * len(os.sched_getaffinity(0))) if busy_s >= 0 and wall_s else None
+    return {"step_s": {px: _mean(t) for px, t in times.items()}, **_fixed_costs(s),
+            "timed_steps": {px: len(t) for px, t in times.items()},
+            "others_cpu": None if others is None else round(min(others, 1.0), 2)}
 
-    def __init__(self, s: Session):
-        self.s = s
-        image = s.data.image_size
-        # at the first and last epochs' sizes (they differ with progressive resizing); 0: the cached size
-        self.sizes = {px: 0 if px == image else px for px in sorted({*epoch_sizes(s.cfg, s.data, 2)})}
-        self.times: dict[int, list[float]] = {px: [] for px in self.sizes}
-        self.fixed: dict | None = None  # inference, saving and step counts: timed once
-        # while the timed steps ran: CPU s this process used, CPU s all processes used, wall s
-        self.cpu_s = self.busy_s = self.wall_s = 0.0
 
-    def measure(self, *, brief: bool = False) -> dict:
-        """Seconds a training step (by px), per epoch of validation and saving, and for the test split
-        and report; ``timed_steps`` says how many steps each step time is the mean of, ``brief`` whether
-        the reading stopped at BRIEF_STEPS."""
-        for px in self.sizes:
-            self._time_steps(px, brief)
-        if self.fixed is None:
-            self.fixed = _fixed_costs(self.s)
-        # the share of this process's CPUs that other processes kept busy while the steps were timed
-        others = None if self.busy_s < 0 or not self.wall_s else \
-            max(self.busy_s - self.cpu_s, 0.0) / (self.wall_s * len(os.sched_getaffinity(0)))
-        return {"step_s": {px: _mean(t) for px, t in self.times.items()}, **self.fixed,
-                "timed_steps": {px: len(t) for px, t in self.times.items()}, "brief": brief,
-                "others_cpu": None if others is None else round(min(others, 1.0), 2)}
+def _time_steps(s: Session, size: int) -> tuple[list[float], float, float, float]:
+    """Training steps at ``size`` px (0: as cached) until the rule is met: their s each, and while they ran
+    the CPU s this process used, the CPU s every process used (-inf where unknown) and the wall s."""
+    s.model.train()
+    lr = lr_for_step(s.cfg, 0, s.steps_per_epoch)
+    batches, times, untimed = _endless(s, size), [], WARMUP_STEPS
+    cpu_s = busy_s = 0.0
+    start, cpu, busy = time.perf_counter(), time.process_time(), busy_cpu_s()
+    while not _enough(s, times):
+        x, y = next(batches)
+        train_step(s, x, y, lr, len(y) * s.dist.world)
+        if s.ema is not None:
+            s.ema.update(s.model)
+        if s.device.type == "cuda":
+            torch.cuda.synchronize(s.device)
+        now, cpu_now, busy_now = time.perf_counter(), time.process_time(), busy_cpu_s()
+        if untimed:
+            untimed -= 1
+        else:
+            times.append(now - start)
+            cpu_s += cpu_now - cpu
+            busy_s += busy_now - busy if busy_now >= 0 <= busy else -float("inf")
+        start, cpu, busy = now, cpu_now, busy_now
+    return times, cpu_s, busy_s, sum(times)
 
-    def _time_steps(self, px: int, brief: bool) -> None:
-        """Steps at ``px`` timed until the rule is met: WARMUP_STEPS untimed ones first (one when it
-        goes on after a brief reading). The first steps after building a model run slow (allocations,
-        convolution algorithm choice), so counting them would plan a run too short."""
-        s, times = self.s, self.times[px]
-        s.model.train()
-        lr = lr_for_step(s.cfg, 0, s.steps_per_epoch)
-        untimed = WARMUP_STEPS if not times else 1
-        # batches from the start of the split each time: a streamed split's one DataLoader is reset by
-        # every new pass, so two sizes' passes cannot be left open and taken up again
-        batches = _endless(s, self.sizes[px])
-        start, cpu, busy = time.perf_counter(), time.process_time(), busy_cpu_s()
-        while not self._enough(times, brief):
-            x, y = next(batches)
-            train_step(s, x, y, lr, len(y) * s.dist.world)
-            if s.ema is not None:
-                s.ema.update(s.model)
-            if s.device.type == "cuda":
-                torch.cuda.synchronize(s.device)
-            now, cpu_now, busy_now = time.perf_counter(), time.process_time(), busy_cpu_s()
-            if untimed:
-                untimed -= 1
-            else:
-                times.append(now - start)
-                self.cpu_s, self.wall_s = self.cpu_s + cpu_now - cpu, self.wall_s + now - start
-                self.busy_s += busy_now - busy if busy_now >= 0 <= busy else -math.inf
-            start, cpu, busy = now, cpu_now, busy_now
 
-    def _enough(self, times: list[float], brief: bool) -> bool:
-        if self.s.dist.enabled:  # each step is a collective: every rank takes the same count, not its own clock's
-            return len(times) >= DIST_TIMED_STEPS
-        if brief:
-            return len(times) >= BRIEF_STEPS
-        return len(times) >= FULL_MAX_STEPS or (len(times) >= BRIEF_STEPS and sum(times) >= FULL_MIN_S)
+def _enough(s: Session, times: list[float]) -> bool:
+    if s.dist.enabled:  # every rank takes the same count, not its own clock's
+        return len(times) >= DIST_TIMED_STEPS
+    return len(times) >= MAX_STEPS or (len(times) >= MIN_STEPS and sum(times) >= MIN_S)
 
 
 def busy_cpu_s() -> float:
@@ -124,8 +97,7 @@ def busy_cpu_s() -> float:
 
 def _mean(times: list[float]) -> float:
     """The mean with the slowest step left out: one stall in a 3 s sample would move the mean by tens of
-    %. The mean, not the median: the run's length is a sum of steps, slow ones included, and the median
-    reads a few % faster than the steps an epoch takes."""
+    %. The mean, not the median: the run's length is a sum of steps, slow ones included."""
     kept = sorted(times)[:-1]
     return sum(kept) / len(kept)
 
@@ -137,18 +109,14 @@ def _fixed_costs(s: Session) -> dict:
         start = time.perf_counter()
         save_checkpoint(Path(tmp) / "probe.pt", checkpoint_state(s))
         save_s = 2 * (time.perf_counter() - start)  # last.pt and best.pt (one serialisation, two writes)
-    n = {name: len(split) for name, split in s.data.splits.items()}
-    models = 2 if s.ema is not None and s.cfg.train.eval_raw else 1  # train.eval_raw: val scored twice
-    views = s.cfg.train.final_tta
-    passes = 1 + (views if views > 1 else 0)  # the plain test pass, then the TTA views (the image is one)
-    test = n.get("test", 0) * passes if s.cfg.train.final_test else 0
-    report_s = REPORT_S if test and s.cfg.train.report else 0.0
-    watched = n.get(s.cfg.train.monitor, 0)  # train.monitor: one more split scored every epoch
-    untrained = n.get("val", 0) if s.cfg.train.score_untrained else 0  # once, before the first step
-    return {"epoch_overhead_s": (n.get("val", 0) * models + watched) * eval_s + save_s,
+    n, t = {name: len(split) for name, split in s.data.splits.items()}, s.cfg.train
+    models = 2 if s.ema is not None and t.eval_raw else 1  # train.eval_raw: val scored twice
+    test = n.get("test", 0) * (1 + (t.final_tta if t.final_tta > 1 else 0)) if t.final_test else 0
+    untrained = n.get("val", 0) if t.score_untrained else 0  # once, before the first step
+    return {"epoch_overhead_s": (n.get("val", 0) * models + n.get(t.monitor, 0)) * eval_s + save_s,
             # the final curves.png (~0.5 s; while training they are redrawn at most once a minute)
-            "finish_s": (test + n.get("val", 0) + untrained) * eval_s + report_s + 0.5,
-            "full_steps": s.loaders["train"].full_steps if not s.cfg.train.limit_batches else len(s.loaders["train"])}
+            "finish_s": (test + n.get("val", 0) + untrained) * eval_s + (REPORT_S if test and t.report else 0) + 0.5,
+            "full_steps": s.loaders["train"].full_steps if not t.limit_batches else len(s.loaders["train"])}
 
 
 def _endless(s: Session, size: int):

@@ -26,7 +26,7 @@ from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
 from resnetlab.train.ema import ModelEma
 from resnetlab.errors import UserError
-from resnetlab.evaluate.task import SingleLabel, balanced_weights, task_for
+from resnetlab.evaluate.task import SingleLabel, balanced_weights, task_of_config
 from resnetlab.models import get_model, model_entry
 from resnetlab.models.groups import first_trained, layer_groups
 
@@ -246,7 +246,7 @@ def build_session(cfg: Config, data: DataBundle, *, device: torch.device, precis
     loaders = {name: make_loader(split, data, cfg, device, train=name == "train", dist=dist)
                for name, split in data.splits.items()}
     ema = ModelEma(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
-    task = task_for(data.multi_label)
+    task = task_of_config(cfg)
     class_weights = None
     if cfg.optim.class_weights == "balanced":
         class_weights = task.loss_weights(data.splits["train"].labels, len(data.classes)).to(device)
