@@ -41,9 +41,9 @@ def main() -> None:
     print(f"heavy modules after `import resnetlab`, after building the parser: {heavy}")
     if args.record:
         import torch
-        from results import hardware_name, record  # benchmarks/ is on sys.path when this script runs
 
         from resnetlab.device import resolve_precision
+        from results import hardware_name, record  # benchmarks/ is on sys.path when this script runs
 
         figure = {"metric": "resnetlab --help", "value": round(statistics.median(times), 3), "unit": "s",
                   "n": args.runs, "how": f"median of {args.runs} fresh interpreters; heavy modules: {heavy}"}

@@ -17,9 +17,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from resnetlab.budget.plan import pick_rung
 from resnetlab.config import load_config
 from resnetlab.errors import UserError
-from resnetlab.budget.plan import pick_rung
 from resnetlab.run.prepare import prepare
 
 
@@ -64,8 +64,8 @@ def main() -> None:
 
 def _record(args, cfg, rows: list[dict], picks: int | None) -> None:
     """--record: each timed rung's step time by size and the epochs it gets, in benchmarks/results/."""
-    from results import hardware_name, record  # benchmarks/ is on sys.path when this script runs
     from resnetlab.device import resolve_precision, select_device
+    from results import hardware_name, record  # benchmarks/ is on sys.path when this script runs
 
     figures = []
     for r in rows:

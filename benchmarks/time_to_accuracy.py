@@ -22,8 +22,8 @@ from resnetlab.config import load_config
 from resnetlab.io import atomic_write_text
 from resnetlab.plotting import save_figure
 from resnetlab.run.fit import fit
-from resnetlab.train.loop import score_split
 from resnetlab.run.prepare import prepare
+from resnetlab.train.loop import score_split
 
 
 def run(recipe: str, overrides: list[str], out: Path) -> dict:
@@ -54,7 +54,8 @@ def run(recipe: str, overrides: list[str], out: Path) -> dict:
 
 def record_figures(record: dict, name: str) -> Path:
     """--record: the final test top-1 and the run's seconds, and each epoch's point, in benchmarks/results/."""
-    from results import hardware_name, record as write  # benchmarks/ is on sys.path when this script runs
+    from results import hardware_name  # benchmarks/ is on sys.path when this script runs
+    from results import record as write
 
     figures = [{"metric": "wall time, prepare() to report", "value": record["seconds"], "unit": "s", "n": 1,
                 "how": "the benchmark's per-epoch test scoring taken off the clock"}]

@@ -9,16 +9,15 @@ import pytest
 import torch
 import yaml
 
-from resnetlab.config import Config, load_config
-from resnetlab.errors import UserError
 from resnetlab.budget import probe
+from resnetlab.budget.correction import MARGIN, LengthCorrection, corrected_steps
 from resnetlab.budget.plan import Plan
 from resnetlab.checkpoint import load_checkpoint
-from resnetlab.budget.correction import MARGIN, LengthCorrection, corrected_steps
+from resnetlab.config import Config, load_config
+from resnetlab.errors import UserError
 from resnetlab.run.finish import retrain_config
 from resnetlab.run.fit import fit
 from resnetlab.run.prepare import prepare
-
 from tests.conftest import tiny_config
 
 K = 100  # steps an epoch

@@ -10,16 +10,16 @@ import textwrap
 import pytest
 import torch
 
+from resnetlab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from resnetlab.cli import main
 from resnetlab.config import ScheduleConfig
 from resnetlab.data import build_data
 from resnetlab.data.readers.manifest import read_split_file
 from resnetlab.errors import UserError
-from resnetlab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from resnetlab.run.fit import check_callbacks, fit
+from resnetlab.run.prepare import prepare
 from resnetlab.run.progress import diverged
 from resnetlab.train.schedules import lr_at
-from resnetlab.run.prepare import prepare
 from tests.conftest import REPO, tiny_config, tiny_overrides, write_class_folders
 
 

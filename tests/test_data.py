@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from resnetlab.data.augment import BatchAugment
 from resnetlab.config import AugmentConfig, load_config
 from resnetlab.data import build_data
-from resnetlab.data.augment import crop_flip, flip_sides, make_generator
+from resnetlab.data.augment import BatchAugment, crop_flip, flip_sides, make_generator
 from resnetlab.data.images import load_array
 from resnetlab.data.loader import CachedLoader
 from resnetlab.errors import UserError

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from resnetlab.checkpoint import load_checkpoint
 from resnetlab.cli import main
 from resnetlab.data import build_data, plan_data, read_catalog
 from resnetlab.data.images import load_array
 from resnetlab.errors import UserError
-from resnetlab.checkpoint import load_checkpoint
 from tests.conftest import tiny_config, write_class_folders
 
 GT_HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
@@ -193,8 +193,8 @@ def test_intel_layout_fractions_and_fixed_val_count(shared_data, tmp_path):
 
 
 def test_split_file_is_written_and_reused(shared_data, tmp_path):
-    from resnetlab.run.prepare import prepare
     from resnetlab.run.fit import fit
+    from resnetlab.run.prepare import prepare
 
     intel = shared_data / "intel"
     extra = ("data.image_size=16", "data.val_count=30", "data.classes=forest,sea", "data.unknown_fraction=0.05")

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_config, write_class_folders
+from resnetlab.checkpoint import load_checkpoint
 from resnetlab.config import load_config
 from resnetlab.data import build_data
 from resnetlab.data.decode import decode_files, stack_arrays
 from resnetlab.data.decoded_cache import DiskImages, cached_images
 from resnetlab.errors import UserError
-from resnetlab.checkpoint import load_checkpoint
 from resnetlab.run.fit import fit
 from resnetlab.run.prepare import prepare
+from tests.conftest import tiny_config, write_class_folders
 
 
 def cache_config(folders, tmp_path, *extra, mode="disk"):

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from resnetlab.data.augment import BatchAugment
 from resnetlab.checkpoint import load_checkpoint
 from resnetlab.config import AugmentConfig
+from resnetlab.data.augment import BatchAugment
 from resnetlab.data.loader import CachedLoader
 from tests.conftest import REPO
 

@@ -71,9 +71,10 @@ def test_reference_pages_are_generated_not_written():
 
 
 def test_config_reference_lists_every_key(site):
+    import dataclasses
+
     from resnetlab.config import all_keys
     from resnetlab.config.schema import StageConfig
-    import dataclasses
 
     page = (site / "reference" / "config.html").read_text(encoding="utf-8")
     keys = all_keys() + [f"stages[].{f.name}" for f in dataclasses.fields(StageConfig)]

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnetlab.cli import main
+from resnetlab.deploy.predictor import Predictor
 from resnetlab.evaluate import calibration
 from resnetlab.evaluate.analysis import _target_layer, confused_pairs, grad_cam, top_losses
-from resnetlab.cli import main
 from resnetlab.evaluate.inference import Classifier, infer_tta
 from resnetlab.evaluate.metrics import metrics
 from resnetlab.models import get_model
-from resnetlab.deploy.predictor import Predictor
 from tests.conftest import tiny_overrides
 
 SECTIONS = ["config", "data", "training", "metrics", "tta", "confusion", "errors", "calibration", "rejection"]

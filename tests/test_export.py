@@ -193,9 +193,9 @@ def test_every_architecture_exports_to_onnx(name, size, tmp_path):
 def test_onnx_falls_back_to_the_torchscript_exporter(tmp_path, monkeypatch):
     """Where the dynamo exporter fails (torch 2.11 on an op it has no function for), the TorchScript
     exporter writes the file, and the same agreement check judges it."""
-    from resnetlab.deploy.export import write_export
-
     import functools
+
+    from resnetlab.deploy.export import write_export
 
     real = torch.onnx.export
 

@@ -9,14 +9,14 @@ import sys
 import pytest
 import torch
 
+from resnetlab.checkpoint import DamagedCheckpoint, load_checkpoint
 from resnetlab.cli import main
 from resnetlab.data import build_data
 from resnetlab.errors import UserError
 from resnetlab.io import WriteFailed
-from resnetlab.checkpoint import DamagedCheckpoint, load_checkpoint
 from resnetlab.run.fit import fit
-from resnetlab.train.loop import StopTraining
 from resnetlab.run.prepare import prepare
+from resnetlab.train.loop import StopTraining
 from tests.conftest import REPO, tiny_config, tiny_overrides
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from resnetlab.cli import main
-from resnetlab.train.lr_find import lr_find, suggest
 from resnetlab.run.prepare import prepare
+from resnetlab.train.lr_find import lr_find, suggest
 from tests.conftest import tiny_config, tiny_overrides
 
 

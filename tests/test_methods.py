@@ -10,17 +10,17 @@ import torch
 import yaml
 from torchvision.transforms import v2
 
-from tests.conftest import tiny_config
+from resnetlab.budget.plan import MARGIN, choose
+from resnetlab.budget.probe import MIN_STEPS
+from resnetlab.checkpoint import load_checkpoint
 from resnetlab.config import AugmentConfig, TrainConfig, load_config
 from resnetlab.data import policy
 from resnetlab.data.augment import BatchAugment, erase, make_generator, mix
 from resnetlab.errors import UserError
-from resnetlab.budget.plan import MARGIN, choose
-from resnetlab.budget.probe import MIN_STEPS
-from resnetlab.checkpoint import load_checkpoint
 from resnetlab.run.fit import fit
-from resnetlab.train.sizes import size_for_epoch, training_size
 from resnetlab.run.prepare import prepare
+from resnetlab.train.sizes import size_for_epoch, training_size
+from tests.conftest import tiny_config
 
 # magnitudes that reach both ends of each op's table, both signs and the torchvision edge cases
 # (a shear of -0.6 lands many sampling points exactly on pixel edges)
@@ -195,8 +195,8 @@ def test_ladder_takes_the_first_rung_that_gets_its_epochs_and_times_no_further(c
 def test_ladder_rule_scores_every_timed_rung_alike_and_steps_past_one_out_of_memory():
     from types import SimpleNamespace
 
-    from resnetlab.config import Config
     from resnetlab.budget.plan import _decide
+    from resnetlab.config import Config
 
     data = SimpleNamespace(image_size=28)
 
@@ -223,8 +223,8 @@ def test_ladder_rule_scores_every_timed_rung_alike_and_steps_past_one_out_of_mem
 def test_inference_timing_ignores_a_first_batch_that_stalls(monkeypatch):
     from types import SimpleNamespace
 
-    from resnetlab.config import Config
     from resnetlab.budget import probe
+    from resnetlab.config import Config
 
     def timed(*seconds):  # each infer call takes the next of these for a batch of 1,000 images
         calls = iter(seconds)

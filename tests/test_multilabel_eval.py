@@ -6,17 +6,27 @@ import json
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import (accuracy_score, average_precision_score, f1_score, hamming_loss,
-                             precision_recall_fscore_support)
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    hamming_loss,
+    precision_recall_fscore_support,
+)
 from torch import nn
 
 from resnetlab.cli import main
 from resnetlab.errors import UserError
 from resnetlab.evaluate.evaluator import Options, evaluate_split, snapshot_ensemble
 from resnetlab.evaluate.inference import Classifier
+from resnetlab.evaluate.multilabel import (
+    default_thresholds,
+    fit_thresholds,
+    multilabel_metrics,
+    read_thresholds,
+    write_thresholds,
+)
 from resnetlab.evaluate.task import MultiLabel
-from resnetlab.evaluate.multilabel import (default_thresholds, fit_thresholds, multilabel_metrics, read_thresholds,
-                                           write_thresholds)
 
 CLASSES = ["cat", "dog", "car", "tree", "boat"]
 

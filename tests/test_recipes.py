@@ -7,8 +7,8 @@ import torchvision
 
 from resnetlab.cli import main
 from resnetlab.config import list_recipes, load_config, recipe_path
-from resnetlab.io import read_yaml
 from resnetlab.errors import UserError
+from resnetlab.io import read_yaml
 from resnetlab.run.prepare import prepare
 from tests.conftest import place_weights
 

@@ -5,8 +5,8 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request

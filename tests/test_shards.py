@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from resnetlab.data import build_data
+from resnetlab.data.archive import shard_of
 from resnetlab.data.images import load_array
 from resnetlab.data.loader import FileDataset, StreamLoader
 from resnetlab.data.readers.layouts import read_catalog
-from resnetlab.data.archive import shard_of
 from resnetlab.data.shards import parse_shard_size, write_shards
 from resnetlab.errors import UserError
 from resnetlab.run.fit import fit

@@ -10,10 +10,10 @@ from resnetlab.config import load_config
 from resnetlab.errors import UserError
 from resnetlab.models import get_model
 from resnetlab.models.groups import group_lr_scales, group_names
-from resnetlab.train.schedules import lr_at
-from resnetlab.run.prepare import prepare
-from resnetlab.train.stages import lr_for_step, snapshot_epochs, stage_schedule
 from resnetlab.run.fit import fit
+from resnetlab.run.prepare import prepare
+from resnetlab.train.schedules import lr_at
+from resnetlab.train.stages import lr_for_step, snapshot_epochs, stage_schedule
 from tests.conftest import REPO, tiny_config, tiny_overrides
 from tests.test_train import assert_same_weights, cli, run_killed, weights
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetlab.data import build_data
 from resnetlab.checkpoint import load_checkpoint
+from resnetlab.data import build_data
 from resnetlab.run.fit import fit
 from resnetlab.run.prepare import prepare
 from tests.conftest import tiny_config, write_class_folders

@@ -13,8 +13,8 @@ import torch
 
 from resnetlab.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.errors import UserError
-from resnetlab.run.prepare import prepare
 from resnetlab.run.fit import fit
+from resnetlab.run.prepare import prepare
 from tests.conftest import REPO, tiny_config, tiny_overrides, write_class_folders
 
 RUN_FILES = {"config.yaml", "env.json", "classes.json", "data.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt"}

@@ -131,8 +131,8 @@ def test_rolling_back_to_a_kept_epoch_continues_from_it_with_a_new_rate(class_fo
     the later epochs cut from the metrics and their checkpoints moved aside; unchanged, it is the same run."""
     import json
 
-    from resnetlab.cli import main
     from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.cli import main
     from tests.conftest import tiny_overrides
 
     args = tiny_overrides(class_folders, tmp_path / "runs", "data.val_fraction=0.25", "schedule.name=constant",
@@ -191,8 +191,8 @@ def test_keras_shift_with_nearest_fill_and_zoom_out():
 def test_a_monitored_split_is_watched_every_epoch_and_changes_nothing_else(class_folders, tmp_path, capsys):
     import json
 
-    from resnetlab.cli import main
     from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.cli import main
     from tests.conftest import tiny_overrides
 
     runs = {}

@@ -35,9 +35,9 @@ import socket
 import time
 from pathlib import Path
 
-from resnetlab.io import atomic_write_text, csv_text, read_json, read_yaml
 from resnetlab.config import Config, config_from_dict, save_config
 from resnetlab.errors import UserError
+from resnetlab.io import atomic_write_text, csv_text, read_json, read_yaml
 
 CONFIG, ENV, CLASSES, DATA, SPLIT = "config.yaml", "env.json", "classes.json", "data.json", "split.csv"
 METRICS, METRICS_CSV, STATUS, BUDGET = "metrics.jsonl", "metrics.csv", "status.json", "budget.json"

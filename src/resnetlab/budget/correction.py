@@ -12,10 +12,10 @@ from typing import NamedTuple
 from rich.console import Console
 
 from resnetlab import run_folder as rf
-from resnetlab.config import evolve, save_config
-from resnetlab.train import distributed
 from resnetlab.budget.plan import MARGIN, Plan, clock, step_cost, write_plan
 from resnetlab.budget.probe import WARMUP_STEPS, epoch_sizes
+from resnetlab.config import evolve, save_config
+from resnetlab.train import distributed
 from resnetlab.train.session import Session
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from resnetlab import run_folder as rf
+from resnetlab.budget.probe import epoch_sizes, measure
 from resnetlab.config import Config, evolve, parse_duration, rung_config
 from resnetlab.data import DataBundle, build_data
 from resnetlab.device import hardware_class
@@ -23,9 +24,8 @@ from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_text
 from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
-from resnetlab.budget.probe import epoch_sizes, measure
-from resnetlab.train.session import build_session
 from resnetlab.train.schedules import length_free_steps
+from resnetlab.train.session import build_session
 
 MARGIN = 0.99  # plan to 99% of what is left: the run corrects its length from its own clock
 SHARED = 0.2  # a rung timed while other processes kept more of the CPUs busy than this was timed beside a job

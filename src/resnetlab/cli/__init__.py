@@ -13,8 +13,22 @@ COMMANDS = ("train", "lr-find", "evaluate", "report", "runs", "compare", "tune",
 
 def build_parser() -> argparse.ArgumentParser:
     from resnetlab import __version__
-    from resnetlab.cli import (compare, data, env, evaluate, export, lr_find, models, predict, recipes, report, runs,
-                               serve, train, tune)
+    from resnetlab.cli import (
+        compare,
+        data,
+        env,
+        evaluate,
+        export,
+        lr_find,
+        models,
+        predict,
+        recipes,
+        report,
+        runs,
+        serve,
+        train,
+        tune,
+    )
 
     parser = argparse.ArgumentParser(
         prog="resnetlab", description="Train, evaluate and predict with ResNet image classifiers."

@@ -47,8 +47,8 @@ def run(args) -> int:
     from rich.table import Table
 
     from resnetlab.config import load_config
-    from resnetlab.errors import UserError
     from resnetlab.data.inspect import inspect
+    from resnetlab.errors import UserError
 
     if args.samples < 1:
         raise UserError("--samples must be at least 1")

@@ -27,10 +27,10 @@ def run(args) -> int:
 
     from resnetlab.config import load_config
     from resnetlab.errors import UserError
-    from resnetlab.train.lr_find import check_range, lr_find
-    from resnetlab.run.figures import lr_find_curves
     from resnetlab.io import write_json
+    from resnetlab.run.figures import lr_find_curves
     from resnetlab.run.prepare import prepare
+    from resnetlab.train.lr_find import check_range, lr_find
 
     check_range(args.start, args.end, args.steps)  # before any data is read
     recipe, overrides = None, list(args.items)

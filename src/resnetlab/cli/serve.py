@@ -37,8 +37,8 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from resnetlab.errors import UserError
     from resnetlab.deploy.serve import Limits, create_app, load_model, model_task, uvicorn_options
+    from resnetlab.errors import UserError
 
     for name in ("max_bytes", "max_images", "batch_size", "max_queue", "max_connections"):
         if getattr(args, name) < 1:

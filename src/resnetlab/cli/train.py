@@ -43,8 +43,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from resnetlab.run.finish import retrain_config
     from resnetlab.run.fit import fit
-    from resnetlab.train.loop import Preempted
     from resnetlab.run.prepare import prepare
+    from resnetlab.train.loop import Preempted
 
     if args.help_config:
         from resnetlab.config import Config

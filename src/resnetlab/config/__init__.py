@@ -20,8 +20,16 @@ import yaml
 
 from resnetlab.config.checks import parse_duration, resolve_stages, rung_config, validate, yield_to_command_line
 from resnetlab.config.keys import all_keys, key_type, resolve_key, section_items, set_value
-from resnetlab.config.schema import (AugmentConfig, Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig,
-                                     StageConfig, TrainConfig)
+from resnetlab.config.schema import (
+    AugmentConfig,
+    Config,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    ScheduleConfig,
+    StageConfig,
+    TrainConfig,
+)
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_text, read_yaml
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab.config import AugmentConfig
-from resnetlab.device import to_device
 from resnetlab.data.policy import apply_policy
+from resnetlab.device import to_device
 
 
 def make_generator(*keys: int) -> torch.Generator:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from resnetlab.config import Config, DataConfig
-from resnetlab.data.decode import decode_files, mean_image, mean_std, resize_tensor, set_channels, stack_arrays
 from resnetlab.data.catalog import Catalog
+from resnetlab.data.decode import decode_files, mean_image, mean_std, resize_tensor, set_channels, stack_arrays
 from resnetlab.data.readers import builtin
 from resnetlab.data.readers.layouts import read_catalog, resolve_root
 from resnetlab.data.readers.manifest import apply_split_file, read_manifest

@@ -43,9 +43,9 @@ def sample_grid(names: list[str], tiles: list, columns: int, path: Path) -> None
     tiles: per class, (n <= columns, S, S, 3) uint8. Drawn as one composed
     picture (not an axis per image): 43 x 8 axes take matplotlib ~20 s.
     """
-    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
-
     import numpy as np
+
+    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
 
     size = tiles[0].shape[1] if tiles else 64
     grid = np.full((len(names) * (size + 2), columns * (size + 2), 3), 255, dtype=np.uint8)

@@ -22,14 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnetlab.io import atomic_write_text, csv_text
 from resnetlab.config import Config
 from resnetlab.data.augment import BatchAugment, make_generator
 from resnetlab.data.bundle import plan_data
-from resnetlab.data.decode import resize_tensor, set_channels
 from resnetlab.data.catalog import Catalog
+from resnetlab.data.decode import resize_tensor, set_channels
 from resnetlab.data.images import BadImage, load_array, open_image
-from resnetlab.io import write_json
+from resnetlab.io import atomic_write_text, csv_text, write_json
 
 
 @dataclass

@@ -25,8 +25,8 @@ import tarfile
 from pathlib import Path
 
 from resnetlab.data.archive import member_bytes
-from resnetlab.data.decode import progress_bar
 from resnetlab.data.catalog import Catalog
+from resnetlab.data.decode import progress_bar
 from resnetlab.data.readers.layouts import read_catalog
 from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_text, write_failed, write_json

@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnetlab.io import atomic_write_bytes, atomic_write_text, make_folder, read_json, temporary_path
 from resnetlab.config import AugmentConfig
 from resnetlab.data import plan_data
 from resnetlab.data.bundle import split_labels
 from resnetlab.data.decode import decode_for_model, resize_tensor, set_channels
+from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import Classifier
 from resnetlab.evaluate.task import SingleLabel, Tasked, task_named
-from resnetlab.errors import UserError
+from resnetlab.io import atomic_write_bytes, atomic_write_text, make_folder, read_json, temporary_path
 from resnetlab.models import get_model
 from resnetlab.run_folder import read_run_config, saved_split_file
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnetlab.io import atomic_write_text
 from resnetlab.deploy.export import agreement, load_export, sample_run_images, sidecar
+from resnetlab.io import atomic_write_text
 
 
 class _Reader:

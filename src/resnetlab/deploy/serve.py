@@ -53,9 +53,9 @@ class BadRequest(Exception):
 
 
 def load_model(path: Path, *, default_thresholds: bool = False):
-    from resnetlab.errors import UserError
     from resnetlab.deploy.export import is_export, load_export
     from resnetlab.deploy.predictor import Predictor
+    from resnetlab.errors import UserError
 
     if not path.exists():
         raise UserError(f"{path} does not exist: give a run folder, a checkpoint or an export")

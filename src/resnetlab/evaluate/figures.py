@@ -8,9 +8,9 @@ from pathlib import Path
 
 def confusion_figure(confusion, classes: list[str], path: Path, *, normalized: bool) -> None:
     """The confusion matrix as an image; counts written in cells up to 20 classes, names up to 60."""
-    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
-
     import numpy as np
+
+    from resnetlab.plotting import plt, save_figure  # matplotlib loads when a figure is drawn
 
     cm = np.asarray(confusion, dtype=float)
     k = len(classes)
@@ -115,9 +115,9 @@ def reliability_diagram(bins_before: list[dict], bins_after: list[dict] | None, 
 
 def overlay(image, cam, alpha: float = 0.45):
     """uint8 (H, W, 3) image blended with a jet-coloured (H, W) map in [0, 1]."""
-    from resnetlab.plotting import plt  # matplotlib loads when a figure is drawn
-
     import numpy as np
+
+    from resnetlab.plotting import plt  # matplotlib loads when a figure is drawn
 
     heat = plt.get_cmap("jet")(cam)[..., :3] * 255
     return (image * (1 - alpha) + heat * alpha).clip(0, 255).astype(np.uint8)

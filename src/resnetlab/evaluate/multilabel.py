@@ -39,8 +39,13 @@ def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: lis
                        thresholds: torch.Tensor | None = None) -> dict:
     """Scores of (N, K) logits against (N, K) multi-hot targets, deciding ``sigmoid >= threshold``
     per class ((K,) thresholds; None: 0.5). Undefined figures are None (per class) or NaN (N = 0)."""
-    from sklearn.metrics import (accuracy_score, average_precision_score, f1_score, hamming_loss,
-                                 precision_recall_fscore_support)
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        f1_score,
+        hamming_loss,
+        precision_recall_fscore_support,
+    )
 
     n, k = len(targets), len(classes)
     targets = targets.float().reshape(n, k)  # an empty inference's labels are (0,): no K to tell

@@ -17,8 +17,16 @@ import torch
 from resnetlab import run_folder as rf
 from resnetlab.evaluate import figures as plots
 from resnetlab.evaluate.inference import Classifier, combine_views, infer_images
-from resnetlab.evaluate.multilabel import (DEFAULT, default_thresholds, fit_thresholds, multilabel_metrics,
-                                           per_class_csv, read_thresholds, top_losses, write_thresholds)
+from resnetlab.evaluate.multilabel import (
+    DEFAULT,
+    default_thresholds,
+    fit_thresholds,
+    multilabel_metrics,
+    per_class_csv,
+    read_thresholds,
+    top_losses,
+    write_thresholds,
+)
 from resnetlab.evaluate.options import Options
 from resnetlab.io import atomic_write_text, csv_text
 

@@ -17,6 +17,7 @@ from torch import nn
 from resnetlab.errors import UserError
 from resnetlab.models.registry import register_model
 
+
 def resolve_weights(arch: str, weights: str) -> torchvision.models.WeightsEnum:
     """'IMAGENET1K_V1', 'DEFAULT' or 'ResNet34_Weights.IMAGENET1K_V1' -> the enum member."""
     enum = torchvision.models.get_model_weights(arch)

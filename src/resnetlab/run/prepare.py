@@ -20,8 +20,14 @@ from resnetlab import run_folder as rf
 from resnetlab.config import Config, apply_overrides, save_config, validate, yield_to_command_line
 from resnetlab.data import DataBundle, build_data
 from resnetlab.data.readers.manifest import split_file_text
-from resnetlab.device import (compile_plan, environment, precision_reason, resolve_precision, seed_everything,
-                              select_device)
+from resnetlab.device import (
+    compile_plan,
+    environment,
+    precision_reason,
+    resolve_precision,
+    seed_everything,
+    select_device,
+)
 from resnetlab.errors import UserError
 from resnetlab.evaluate.task import TASK_KEY, task_of_config
 from resnetlab.io import read_json, write_json

@@ -18,14 +18,15 @@ import time
 from pathlib import Path
 
 from resnetlab import run_folder as rf
+from resnetlab.checkpoint import DamagedCheckpoint, load_checkpoint
 from resnetlab.errors import UserError
 from resnetlab.io import read_json
+from resnetlab.run.resume import restore
 from resnetlab.run_folder import write_metrics
 from resnetlab.train import distributed
-from resnetlab.checkpoint import DamagedCheckpoint, load_checkpoint
-from resnetlab.run.resume import restore
 from resnetlab.train.session import Session, val_score
 from resnetlab.train.stages import lr_for_step
+
 
 def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:
     """epoch_NNN.pt of ``run_dir``, or one line naming the epochs there are."""

@@ -10,10 +10,10 @@ import dataclasses
 import torch
 
 from resnetlab import run_folder as rf
-from resnetlab.run_folder import write_metrics, write_skipped
-from resnetlab.train import distributed
 from resnetlab.checkpoint import save_checkpoint
 from resnetlab.run.figures import Curves
+from resnetlab.run_folder import write_metrics, write_skipped
+from resnetlab.train import distributed
 from resnetlab.train.session import Session, checkpoint_state
 from resnetlab.train.stages import snapshot_epochs
 

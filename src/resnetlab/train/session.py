@@ -22,14 +22,13 @@ from resnetlab.config import AugmentConfig, Config, OptimConfig
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader
 from resnetlab.data.archive import shard_of
 from resnetlab.data.augment import BatchAugment, flip_sides
-from resnetlab.train import distributed
-from resnetlab.train.distributed import Dist
-from resnetlab.train.ema import ModelEma
 from resnetlab.errors import UserError
 from resnetlab.evaluate.task import SingleLabel, balanced_weights, task_of_config
 from resnetlab.models import get_model, model_entry
 from resnetlab.models.groups import first_trained, layer_groups
-
+from resnetlab.train import distributed
+from resnetlab.train.distributed import Dist
+from resnetlab.train.ema import ModelEma
 
 SEEN = 2  # the images-seen index of an epoch's running sums (evaluate/task.py keeps them)
 

@@ -31,12 +31,12 @@ from resnetlab.evaluate.compare import build_compare
 from resnetlab.evaluate.task import task_of_config
 from resnetlab.io import read_json, write_json
 from resnetlab.run.fit import fit
-from resnetlab.train.loop import StopTraining
-from resnetlab.run_folder import read_run_config
 from resnetlab.run.prepare import prepare
+from resnetlab.run_folder import read_run_config
+from resnetlab.train.loop import StopTraining
 from resnetlab.train.session import val_score
-from resnetlab.tune.space import load_space, override, shown
 from resnetlab.tune.page import write_study_page
+from resnetlab.tune.space import load_space, override, shown
 
 STUDY_NAME = "resnetlab"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

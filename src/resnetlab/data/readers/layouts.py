@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnetlab.data.readers import builtin, folder, gtsrb, tinyimagenet
 from resnetlab.data.catalog import Catalog, check_labels, from_arrays
+from resnetlab.data.readers import builtin, folder, gtsrb, tinyimagenet
 from resnetlab.data.readers.cifar import is_cifar_folder, load_cifar_folder
 from resnetlab.data.readers.idx import is_idx_folder, load_idx_folder
 from resnetlab.data.readers.manifest import is_manifest, read_manifest
