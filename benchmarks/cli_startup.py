@@ -48,7 +48,8 @@ def main() -> None:
         figure = {"metric": "resnetlab --help", "value": round(statistics.median(times), 3), "unit": "s",
                   "n": args.runs, "how": f"median of {args.runs} fresh interpreters; heavy modules: {heavy}"}
         cpu = torch.device("cpu")  # start-up is CPU work, on any machine
-        print(f"recorded: {record(__file__, 'help', [figure], hardware=hardware_name(cpu, resolve_precision('auto', cpu)))}")
+        hardware = hardware_name(cpu, resolve_precision("auto", cpu))
+        print(f"recorded: {record(__file__, 'help', [figure], hardware=hardware)}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ benchmarks/results.py, one file with:
 - the wall time from the command's start to the end of the first epoch. metrics.jsonl keeps each
   epoch's training-step seconds but no time since the start, so this is taken by watching the run
   folder: the moment its metrics.jsonl first holds a line (written after the epoch's validation,
-  before its checkpoint), polled every POLL_S.
+  before its checkpoint), polled every POLL_S;
+- with train.time_budget: the whole command's wall time and the run's own clock (budget.json) as
+  shares of the budget, and the ladder's rung. ``--busy-first S`` runs a CPU-bound process beside the
+  command for its first S seconds (a job sharing the machine while the rungs are timed).
 The hardware class is the run's own (env.json: its device and precision). Nothing is recorded when the
 run fails.
 """
@@ -45,6 +48,8 @@ def main() -> int:
     parser.add_argument("--name", help="the measurement's name in benchmarks/results/ (default: the recipe's)")
     parser.add_argument("--out", type=Path, help="keep the run folder under this folder (default: a temporary one)")
     parser.add_argument("--results", type=Path, help="where the result file goes (default: benchmarks/results/)")
+    parser.add_argument("--busy-first", type=float, default=0.0, metavar="S",
+                        help="run one CPU-bound process beside the command for its first S seconds")
     parser.add_argument("--timing-only", action="store_true",
                         help="record the wall times alone: for a run whose scores mean nothing (e.g. stand-in "
                              "pretrained weights where the real ones cannot be downloaded)")
@@ -54,14 +59,17 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         cmd = [sys.executable, "-m", "resnetlab", "train", args.recipe, *args.overrides, f"train.out_dir={out}"]
+        busy = _busy(args.busy_first) if args.busy_first else None
         code, wall_s, first_epoch_s, run = run_timed(cmd, out)
+        if busy is not None:
+            busy.kill()
         if code != 0:
             print(f"recipe_run: `resnetlab train` exited with {code}; nothing recorded", file=sys.stderr)
             return code or 1
         if run is None:
             print(f"recipe_run: no run folder under {out}; nothing recorded", file=sys.stderr)
             return 1
-        figures = run_figures(run, wall_s, first_epoch_s)
+        figures = run_figures(run, wall_s, first_epoch_s) + budget_figures(run, wall_s, args.busy_first)
         if args.timing_only:
             figures = [f for f in figures if f["unit"] == "s"]
         env = read_json(run / rf.ENV)
@@ -141,6 +149,36 @@ def run_figures(run: Path, wall_s: float, first_epoch_s: float | None) -> list[d
                         "how": f"from the command's start until metrics.jsonl held epoch 1 (after its "
                                f"validation), polled every {POLL_S} s"})
     return figures
+
+
+def budget_figures(run: Path, wall_s: float, busy_s: float) -> list[dict]:
+    """A time budget run: how close to its budget it ended, and the rung its ladder chose."""
+    plan = rf.read_optional_json(run, rf.BUDGET)
+    if plan is None:
+        return []
+    beside = f"; a CPU-bound process ran beside it for its first {busy_s:g} s" if busy_s else ""
+    figures = [{"metric": "whole command / train.time_budget", "value": _pct(wall_s / plan["budget_s"]), "unit": "%",
+                "n": 1, "how": f"wall time around the command over the budget ({plan['budget_s']:g} s){beside}"},
+               {"metric": "the run's own clock / train.time_budget", "value": _pct(plan["actual_s"] / plan["budget_s"]),
+                "unit": "%", "n": 1, "how": "budget.json actual_s: prepare() to the report, what the budget counts"}]
+    if plan.get("rung") is not None:
+        chosen = plan["rungs"][plan["rung"]]
+        figures.append({"metric": "ladder rung chosen", "value": plan["rung"], "unit": "rung", "n": 1,
+                        "how": f"{chosen['set'] or 'the config as it is'}: {chosen['epochs']} epochs planned; "
+                               f"{plan['rule']}; other processes' CPU share while timed: "
+                               f"{chosen.get('others_cpu')}"})
+    correction = plan.get("correction") or {}
+    if correction:
+        steps = correction.get("max_steps") or correction["planned_steps"]
+        figures.append({"metric": "length correction", "value": steps, "unit": "steps", "n": 1,
+                        "how": correction["line"]})
+    return figures
+
+
+def _busy(seconds: float) -> subprocess.Popen:
+    """One process that keeps a CPU busy for ``seconds``."""
+    loop = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+    return subprocess.Popen([sys.executable, "-c", loop])
 
 
 def _pct(fraction: float) -> float:

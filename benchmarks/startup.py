@@ -73,12 +73,14 @@ def main() -> None:
     common = [f"data.dataset={args.data}", f"data.cache_dir={work / 'cache'}", f"train.out_dir={work / 'runs'}",
               "train.time_budget=", "train.epochs=1", "train.progress=false", "train.report=false",
               "train.final_test=false", *args.overrides]
-    runs = [("cold cache", []), ("warm cache", []), ("warm cache, seed 1, val_count 2000", ["seed=1", "data.val_count=2000"])]
+    runs = [("cold cache", []), ("warm cache", []),
+            ("warm cache, seed 1, val_count 2000", ["seed=1", "data.val_count=2000"])]
     try:
         for label, extra in runs:
             r = run(args.recipe, common + extra)
-            print(f"{label:<36} first step done {r['first_step_end']:6.2f} s after start  (imports {r['import_s']:.2f} s, "
-                  f"prepare {r['prepare_s']:.2f} s; whole process {r['process_s']:.2f} s)")
+            print(f"{label:<36} first step done {r['first_step_end']:6.2f} s after start  "
+                  f"(imports {r['import_s']:.2f} s, prepare {r['prepare_s']:.2f} s; "
+                  f"whole process {r['process_s']:.2f} s)")
             print(f"{'':<36} {[n for n in r['notes'] if 'decoded cache' in n]}")
             figures += [{"metric": f"{label}: first step done", "value": round(r["first_step_end"], 2), "unit": "s",
                          "n": 1, "how": "from interpreter start, `import resnetlab` included"},

@@ -13,7 +13,8 @@ On the CPU, in the precision a run there would train in.
   (the global max, the loss, the optimiser).
 
 No data is read: --size and --chans give the images (defaults: data.image_size, else 28 px for
-fashion-mnist and 32 px for the rest; 1 channel for fashion-mnist, else 3). Set RESNETLAB_CPU_BF16=0 to see the fp32 path on a CPU with bf16.
+fashion-mnist and 32 px for the rest; 1 channel for fashion-mnist, else 3). Set RESNETLAB_CPU_BF16=0 to see
+the fp32 path on a CPU with bf16.
 Prints one JSON line last.
 """
 
@@ -50,7 +51,8 @@ def conv_peak(batch: int, precision: str, device: torch.device) -> float:
         with autocast(device, precision):
             grad_out = torch.ones_like(conv(x))
 
-        def fwd_bwd() -> None:
+        # bound as defaults: each shape's closure keeps its own conv and tensors
+        def fwd_bwd(conv=conv, x=x, grad_out=grad_out) -> None:
             with autocast(device, precision):
                 y = conv(x)
             torch.autograd.grad(y, (x, conv.weight), grad_out)  # nothing accumulates between calls

@@ -64,7 +64,8 @@ def record_figures(record: dict, name: str) -> Path:
                            "n": record["final_n"], "how": f"{record['final_checkpoint']}, scored once"})
     figures += [{"metric": f"test top-1 after epoch {p['epoch']}", "value": round(100 * p["test_top1"], 2),
                  "unit": "%", "n": p["n"], "seconds": p["seconds"],
-                 "how": "the weights of that moment (EMA weights when on), outside the clock"} for p in record["points"]]
+                 "how": "the weights of that moment (EMA weights when on), outside the clock"}
+                for p in record["points"]]
     return write(__file__, name, figures, hardware=hardware_name(record["device"], record["precision"]))
 
 

@@ -96,7 +96,7 @@ def idx_folder(tmp_path) -> Path:
     rng = np.random.default_rng(1)
     for prefix, n, gz in (("train", 60, True), ("t10k", 20, False)):
         labels = np.arange(n) % 4
-        images = np.stack([pattern(int(l), 12, rng)[:, :, 0] for l in labels])
+        images = np.stack([pattern(int(label), 12, rng)[:, :, 0] for label in labels])
         write_idx(root / f"{prefix}-images-idx3-ubyte", images, gz=gz)
         write_idx(root / f"{prefix}-labels-idx1-ubyte", labels, gz=gz)
     return root
@@ -112,9 +112,9 @@ def cifar_folder(tmp_path) -> Path:
         pickle.dump({b"label_names": names, b"num_vis": 3072}, f)
     for name, n in [(f"data_batch_{i}", 10) for i in range(1, 6)] + [("test_batch", 10)]:
         labels = list(rng.integers(0, 10, n))
-        data = np.stack([pattern(int(l), 32, rng).transpose(2, 0, 1).reshape(-1) for l in labels])
+        data = np.stack([pattern(int(label), 32, rng).transpose(2, 0, 1).reshape(-1) for label in labels])
         with open(root / name, "wb") as f:
-            pickle.dump({b"data": data, b"labels": [int(l) for l in labels], b"batch_label": name.encode()}, f)
+            pickle.dump({b"data": data, b"labels": [int(label) for label in labels], b"batch_label": name.encode()}, f)
     return root
 
 

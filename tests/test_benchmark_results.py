@@ -19,7 +19,8 @@ def results():
     return module
 
 
-FIGURES = [{"metric": "test top-1", "value": 94.59, "unit": "%", "n": 10000, "how": "checkpoint chosen on val (n=5,000)"},
+FIGURES = [{"metric": "test top-1", "value": 94.59, "unit": "%", "n": 10000,
+            "how": "checkpoint chosen on val (n=5,000)"},
            {"metric": "wall time, whole command", "value": 531.2, "unit": "s", "n": 1}]
 
 

@@ -22,7 +22,7 @@ def assert_one_line_error(proc, pattern):
 
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert re.search(pattern, lines[0]), lines[0]
 
@@ -125,7 +125,8 @@ def test_predict_formats(trained):
 def test_predict_reports_bad_image_and_missing(trained, tmp_path):
     run, data = trained
     (tmp_path / "bad.jpg").write_text("not an image")
-    rows = json.loads(cli("predict", run, tmp_path / "bad.jpg", data / "test" / "ant" / "000.png", "--format", "json").stdout)
+    proc = cli("predict", run, tmp_path / "bad.jpg", data / "test" / "ant" / "000.png", "--format", "json")
+    rows = json.loads(proc.stdout)
     assert rows[-1]["path"].endswith("bad.jpg") and "not an image" in rows[-1]["error"]
     assert_one_line_error(cli("predict", run, tmp_path / "missing*.png"), "matches no file")
 
@@ -133,7 +134,8 @@ def test_predict_reports_bad_image_and_missing(trained, tmp_path):
 def test_checkpoint_from_another_model(trained, tmp_path):
     run, _ = trained
     proc = cli("train", "--resume", run, "model.filters=[8,8,16,32]", "train.epochs=3")
-    assert_one_line_error(proc, r"last.pt is for resnet9 \(filters \[8, 8, 16, 16\]\) with 3 classes, not resnet9 \(filters \[8, 8, 16, 32\]\)")
+    assert_one_line_error(proc, r"last.pt is for resnet9 \(filters \[8, 8, 16, 16\]\) with 3 classes, "
+                                r"not resnet9 \(filters \[8, 8, 16, 32\]\)")
     import yaml
 
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["filters"] == [8, 8, 16, 16]  # unchanged

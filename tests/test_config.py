@@ -60,7 +60,8 @@ def test_every_key_listed_and_round_trips():
 @pytest.mark.parametrize("override,line", [
     ("train.epochs=0", "train.epochs must be at least 1"),
     ("data.channels=2", "data.channels must be 0 (auto), 1 or 3"),
-    ("augment.resized_crop=[0.5]", "augment.resized_crop must be [] or [min, max] area shares with 0 < min <= max <= 1"),
+    ("augment.resized_crop=[0.5]",
+     "augment.resized_crop must be [] or [min, max] area shares with 0 < min <= max <= 1"),
     ("optim.betas=[0.9]", "optim.betas must be two numbers, e.g. [0.9, 0.999]"),
     ("schedule.pct_start=1", "schedule.pct_start must be in (0, 1)"),
     ("train.size_ramp=[0.9,0.1]", "train.size_ramp must be [from, to], shares of the run with 0 <= from <= to <= 1"),

@@ -205,7 +205,8 @@ def test_early_stopping_counts_epochs_without_a_gain_and_keeps_the_best(class_fo
     assert n < 8 and epochs_without_gain(s.state.history, 0.0) == 2
     tops = [h["val_top1"] for h in s.state.history]
     assert load_checkpoint(s.run_dir / "best.pt")["epoch"] == tops.index(max(tops)) + 1 == n - 2
-    assert f"early stop after epoch {n}: val top-1 has not gained more than 0 points for 2 epochs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"early stop after epoch {n}: val top-1 has not gained more than 0 points for 2 epochs" in out
     with pytest.raises(UserError, match="needs a validation split"):
         fit(prepare(tiny_config(class_folders, tmp_path, "train.early_stop_patience=2", "train.name=b"), run_name="t"))
 

@@ -278,7 +278,8 @@ def test_builtin_offline_names_where_to_put_files(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(UserError, match=r"cannot download cifar10 .*offline, put its files in .*cache/resnetlab/datasets/cifar10"):
+    with pytest.raises(UserError,
+                       match=r"cannot download cifar10 .*offline, put its files in .*cache/resnetlab/datasets/cifar10"):
         build_data(tiny_config("cifar10", tmp_path))
 
 

@@ -238,9 +238,10 @@ def _tiny_copy(shared_data: Path, dst: Path, wnids: int = 3) -> Path:
     shutil.copy(src / "words.txt", dst)
     for w in keep:
         shutil.copytree(src / "train" / w, dst / "train" / w)
-    lines = [l for l in (src / "val/val_annotations.txt").read_text().splitlines() if l.split("\t")[1] in keep]
-    for l in lines:
-        shutil.copy(src / "val/images" / l.split("\t")[0], dst / "val/images")
+    lines = [line for line in (src / "val/val_annotations.txt").read_text().splitlines()
+             if line.split("\t")[1] in keep]
+    for line in lines:
+        shutil.copy(src / "val/images" / line.split("\t")[0], dst / "val/images")
     (dst / "val/val_annotations.txt").write_text("\n".join(lines) + "\n")
     return dst
 

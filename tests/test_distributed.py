@@ -27,10 +27,11 @@ ATOL = 1e-4
 
 
 def overrides(data, out, *extra):
+    # constant: epochs=2 on resume keeps the lr
     return [f"data.dataset={data}", f"train.out_dir={out}", "train.name=run", "model.name=resnet9",
             "model.filters=[8,16,16,32]", "train.epochs=1", "train.batch_size=500", "train.eval_batch_size=100",
-            "train.precision=fp32", "train.channels_last=false", "train.sync_bn=true", "train.progress=false", "optim.lr=0.001",
-            "schedule.name=constant", "train.dist_timeout=120", "train.device=cpu", *extra]  # constant: epochs=2 on resume keeps the lr
+            "train.precision=fp32", "train.channels_last=false", "train.sync_bn=true", "train.progress=false",
+            "optim.lr=0.001", "schedule.name=constant", "train.dist_timeout=120", "train.device=cpu", *extra]
 
 
 def torchrun(nproc, args):
@@ -106,7 +107,8 @@ def test_every_sample_once_across_ranks_uneven(world):
     seen = []
     for rank in range(world):
         loader = CachedLoader(images, labels, batch_size=4, device=torch.device("cpu"), seed=3, shuffle=True,
-                              augment=BatchAugment(AugmentConfig(crop_padding=1), num_classes=10), merge_tail=True, rank=rank, world=world)
+                              augment=BatchAugment(AugmentConfig(crop_padding=1), num_classes=10), merge_tail=True,
+                              rank=rank, world=world)
         seen += [i for _, y in loader.epoch(2) for i in y.tolist()]
     assert sorted(seen) == list(range(n))
 

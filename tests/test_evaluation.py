@@ -94,7 +94,8 @@ def test_tta_views_and_grad_cam():
         both = [linear.model(x.float() / 255).softmax(1) for x in (images, images.flip(-1))]
     assert torch.allclose(mirror.logits.exp(), (both[0] + both[1]) / 2, atol=1e-6)
     unflipped = dataclasses.replace(linear, augment=AugmentConfig(crop_padding=2, hflip=False))
-    assert not torch.allclose(infer_tta(unflipped, images, labels, views=2, reduce="mean").logits, mirror.logits, atol=1e-3)
+    unflipped_logits = infer_tta(unflipped, images, labels, views=2, reduce="mean").logits
+    assert not torch.allclose(unflipped_logits, mirror.logits, atol=1e-3)
     most = infer_tta(model, images, labels, views=4, reduce="max")
     assert torch.allclose(most.logits.exp().sum(1), torch.ones(6), atol=1e-5)
     resnet = get_model("resnet18", num_classes=3).eval()
@@ -123,7 +124,8 @@ def test_train_writes_evaluation_calibration_and_report(evaluated):
     run = evaluated
     result = json.loads((run / "eval_test.json").read_text())
     assert result["n"] == sum(1 for line in (run / "split.csv").read_text().splitlines() if line.endswith(",test"))
-    assert {"balanced_accuracy", "macro_f1", "per_class", "confusion_normalized", "calibration", "rejection"} <= set(result)
+    assert {"balanced_accuracy", "macro_f1", "per_class", "confusion_normalized", "calibration",
+            "rejection"} <= set(result)
     for name in ("confusion.png", "confusion_normalized.png", "top_losses.png", "random_predictions.png",
                  "probabilities.png", "gradcam.png", "reliability.png", "confused_pairs.csv"):
         assert (run / "eval_test" / name).stat().st_size > 0, name
@@ -180,7 +182,8 @@ def test_rejection_applies_where_the_threshold_says(evaluated, tmp_path):
     from tests.conftest import SHARED_DATA
 
     rows = list(csv.reader((evaluated / "split.csv").open()))[1:]
-    images = [str(SHARED_DATA / "gtsrb" / key) for key, label, split in rows if split == "test" and label != "unknown"][:6]
+    images = [str(SHARED_DATA / "gtsrb" / key) for key, label, split in rows
+              if split == "test" and label != "unknown"][:6]
     assert len(images) == 6
     verdicts = {}
     for threshold in (1.01, 0.0):

@@ -145,7 +145,8 @@ def test_export_bad_input(run, tmp_path, capsys):
     assert main(["predict", str(fake), str(data / "test")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].endswith("has no checkpoint yet: train it first (`resnetlab train --resume " + str(empty) + "`)")
-    assert err[1] == "resnetlab export: error: unknown export format 'tflite': choose one of onnx, torchscript, safetensors"
+    assert err[1] == ("resnetlab export: error: unknown export format 'tflite': "
+                      "choose one of onnx, torchscript, safetensors")
     assert "is not a model onnxruntime can load" in err[2]
 
 

@@ -102,7 +102,8 @@ def test_a_vanished_run_folder_is_one_line(class_folders, tmp_path):
     for events in ("true", "false"):  # the TensorBoard writer keeps its own files: with and without it
         s = prepare(tiny_config(class_folders, tmp_path / events, "train.epochs=2", f"train.tensorboard={events}"),
                     run_name="t")
-        with pytest.raises(WriteFailed, match=r"could not write .*/run/\S+ \(No such file or directory; .* is not reachable\)"):
+        with pytest.raises(WriteFailed,
+                           match=r"could not write .*/run/\S+ \(No such file or directory; .* is not reachable\)"):
             fit(s, callbacks={"on_epoch_end": [vanish]})
         assert not s.run_dir.exists()  # not made again, half-filled, by the next write
 

@@ -176,3 +176,9 @@ def test_train_holds_only_the_math_of_a_run():
                      "step"}
     lines = sum(len(p.read_text().splitlines()) for p in (PACKAGE / "budget").glob("*.py"))
     assert lines <= 600, f"the time budget's code is {lines} lines"
+
+
+def test_ruff_is_clean():
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "benchmarks"], capture_output=True,
+                          text=True, timeout=120, cwd=PACKAGE.parents[1])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]

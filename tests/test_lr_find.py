@@ -37,7 +37,8 @@ def test_suggestion_rule():
     lrs = [10 ** (-6 + i * 0.1) for i in range(50)]
     smoothed = [3.0] * 10 + [3.0 - 0.05 * i for i in range(20)] + [2.0, 1.6, 1.0, 0.7, 0.6] + [1.0] * 15
     lr, rule, at_min = suggest(lrs, smoothed)
-    assert lr == lrs[31] and "steepest descent" in rule  # the steepest fall (central differences), not the long gentle one
+    # the steepest fall (central differences), not the long gentle one
+    assert lr == lrs[31] and "steepest descent" in rule
     assert at_min == lrs[34]
 
 

@@ -108,8 +108,8 @@ def test_training_with_every_method_on(class_folders, tmp_path):
     fit(s)
     assert [h["size"] for h in s.state.history] == [12, 16, 16]  # 16 px images, ramp over the first half
     assert all(0 <= h["train_top1"] <= 1 and h["train_loss"] < 5 for h in s.state.history)
-    streamed = prepare(tiny_config(class_folders, tmp_path, *extra, "data.cache=stream", "data.num_workers=0", "data.image_size=16",
-                                   "train.name=stream"), run_name="t")
+    streamed = prepare(tiny_config(class_folders, tmp_path, *extra, "data.cache=stream", "data.num_workers=0",
+                                   "data.image_size=16", "train.name=stream"), run_name="t")
     fit(streamed)
     assert [h["size"] for h in streamed.state.history] == [12, 16, 16]
 
@@ -119,7 +119,8 @@ def test_progressive_sizes_are_exact():
     # epoch e sits at e/9 of the run; 16 + t * 16 rounded down to 8 px, the final size from 3/4 on
     assert sizes == [16, 16, 16, 16, 24, 24, 24, 32, 32, 32]
     # a final size off the 8 px grid is still reached (an earlier version stopped at 24 of 28 px)
-    assert [size_for_epoch(e, epochs=6, start=20, final=28, ramp=[0.0, 0.6]) for e in range(6)] == [20, 20, 24, 28, 28, 28]
+    sizes = [size_for_epoch(e, epochs=6, start=20, final=28, ramp=[0.0, 0.6]) for e in range(6)]
+    assert sizes == [20, 20, 24, 28, 28, 28]
     train = TrainConfig(size_start=16, size_end=24, size_ramp=[0.0, 0.5])
     # trained up to 24 px, evaluated at 32: 0 means "as cached" and never appears here
     assert [training_size(e, epochs=5, cfg=train, image_size=32) for e in range(5)] == [16, 16, 24, 24, 24]
@@ -164,7 +165,8 @@ def test_time_budget_run_equals_the_fixed_run_of_the_rung_it_chose(class_folders
     # each planned part beside what it took: an overrun names its cause
     assert 0 < plan["actual_steps_s"] < plan["actual_s"] and plan["actual_finish_s"] > 0 and "planned_steps_s" in plan
     fixed = prepare(tiny_config(class_folders, tmp_path / "fixed", "data.val_fraction=0.25", f"model.filters={NARROW}",
-                                f"train.epochs={plan['epochs']}", f"train.steps_per_epoch={saved['train']['steps_per_epoch']}"),
+                                f"train.epochs={plan['epochs']}",
+                                f"train.steps_per_epoch={saved['train']['steps_per_epoch']}"),
                     run_name="t")
     fit(fixed)
     a, b = load_checkpoint(s.run_dir / "last.pt")["model"], load_checkpoint(fixed.run_dir / "last.pt")["model"]
@@ -180,7 +182,8 @@ def test_ladder_takes_the_first_rung_that_gets_its_epochs_and_times_no_further(c
     assert s.plan.rung == 0 and s.cfg.model.filters == [8, 8, 16, 16] and s.plan.epochs >= 2
     assert s.plan.rungs[0]["timed_steps"][16] >= MIN_STEPS
     # no rung gets 100,000 epochs: every rung is timed, and the narrow one has the most
-    most = prepare(tiny_config(class_folders, tmp_path / "most", "train.time_budget=1m", "train.ladder_min_epochs=100000",
+    most = prepare(tiny_config(class_folders, tmp_path / "most", "train.time_budget=1m",
+                               "train.ladder_min_epochs=100000",
                                f"train.ladder=[{{model.filters: {NARROW}}}, {{model.filters: {WIDE}}}]"), run_name="t")
     assert most.plan.rung == 0 and most.plan.rungs[1]["step_s"] is not None
     assert s.plan.rungs[1]["step_s"] is None and s.plan.table()[-1].endswith("not timed (an earlier rung fits)")
@@ -253,15 +256,18 @@ def test_bad_ladders_are_one_line_each():
         load_config(None, [budget, "train.ladder=[{}, {batch_size: 0}]"])
     with pytest.raises(UserError, match=r"model.filters='wide' \(train.ladder\[0\]\) should be an integer"):
         load_config(None, [budget, "train.ladder=[{model: {filters: wide}}]"])
-    with pytest.raises(UserError, match=r"train.ladder\[0\]: unknown config key 'model.filter'"):  # checked without a budget too
+    # checked without a budget too
+    with pytest.raises(UserError, match=r"train.ladder\[0\]: unknown config key 'model.filter'"):
         load_config(None, ["train.ladder=[{model.filter: [8, 8, 16, 16]}]"])
     assert load_config("fashion-mnist-fast", ["train.time_budget="]).model.filters == [16, 48, 96, 192]
-    with pytest.raises(UserError, match=r"train.ladder=3 \(command line\) should be a mapping of config keys to values"):
+    with pytest.raises(UserError,
+                       match=r"train.ladder=3 \(command line\) should be a mapping of config keys to values"):
         load_config(None, [budget, "train.ladder=[3]"])
 
 
 def test_bad_method_settings_are_one_line_each(class_folders, tmp_path):
-    with pytest.raises(UserError, match="is not one of: none, trivialaugment, randaugment; did you mean 'trivialaugment'"):
+    with pytest.raises(UserError,
+                       match="is not one of: none, trivialaugment, randaugment; did you mean 'trivialaugment'"):
         load_config(None, ["augment.policy=trivialagument"])
     with pytest.raises(UserError, match="set train.batch_size to 2 or more"):
         load_config(None, ["augment.mixup_alpha=0.2", "train.batch_size=1"])

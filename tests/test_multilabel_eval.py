@@ -185,7 +185,8 @@ def test_without_val_thresholds_come_from_the_run_or_are_half(tmp_path):
     opts = Options(figures=False, batch_size=8)
     result = evaluate_split(tmp_path, p, "test", images, targets, opts)
     assert result["threshold_source"] == "no validation split: every threshold is 0.5; saved to thresholds.json"
-    assert result["thresholds"] == [0.5] * 4 and json.loads((tmp_path / "thresholds.json").read_text())["fitted_on"] is None
+    assert result["thresholds"] == [0.5] * 4
+    assert json.loads((tmp_path / "thresholds.json").read_text())["fitted_on"] is None
     write_thresholds(tmp_path / "thresholds.json", {**default_thresholds(CLASSES[:4], "test"), "fitted_on": "val",
                                                     "thresholds": [0.1, 0.2, 0.3, 0.4]})
     result = evaluate_split(tmp_path, p, "test", images, targets, opts)

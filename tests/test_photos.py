@@ -154,7 +154,8 @@ def test_train_epochs_on_a_staged_recipe_is_the_last_stages_length():
 def test_the_command_line_says_what_stepped_aside_and_trains_the_length_given(class_folders, tmp_path, capsys):
     recipe = tmp_path / "budgeted.yaml"
     recipe.write_text("train:\n  time_budget: 1m\n  epochs: 5\n")
-    assert main(["train", str(recipe), *tiny_overrides(class_folders, tmp_path / "runs"), "train.tensorboard=false"]) == 0
+    assert main(["train", str(recipe), *tiny_overrides(class_folders, tmp_path / "runs"),
+                 "train.tensorboard=false"]) == 0
     out = capsys.readouterr().out
     assert "note: train.epochs=2 from the command line: the recipe's time budget (1m) is off for this run" in out
     run = tmp_path / "runs" / "run"

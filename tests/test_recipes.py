@@ -14,8 +14,9 @@ from tests.conftest import place_weights
 
 # Few steps, same recipe: 2 batches of 8 an epoch in every split, one epoch, no time budget (the GTSRB tutorial's stages
 # kept, each one epoch long, so head-only training, unfreezing and an SGDR snapshot all run).
-SMOKE = ["train.time_budget=", "train.limit_batches=2", "train.batch_size=8", "train.eval_batch_size=16", "train.progress=false",
-         "train.report=false"]  # the report is tested in test_evaluation.py
+# the report is tested in test_evaluation.py
+SMOKE = ["train.time_budget=", "train.limit_batches=2", "train.batch_size=8", "train.eval_batch_size=16",
+         "train.progress=false", "train.report=false"]
 SHORT = {"gtsrb-resnet34-finetune": [
     "stages=[{epochs: 1, train: head, lr: [0.01], weight_decay: 5.0e-4}, {epochs: 1, train: all, lr: [1.0e-4, 0.01]},"
     " {train: all, lr: [1.0e-4, 0.01], schedule: sgdr, cycle_len: 1, cycles: 1, snapshots: true}]"]}
@@ -45,8 +46,8 @@ def test_recipe_runs_on_real_data(recipe, shared_data, pretrained_cache, tmp_pat
     dataset = (read_yaml(recipe_path(recipe)).get("data") or {}).get("dataset", "")  # photos: none to validate
     extra = [f"data.dataset={shared_data / LOCAL[dataset]}"] if dataset in LOCAL else []
     epochs = [] if recipe in SHORT else EPOCHS.get(recipe, ["train.epochs=1"])
-    args = ["train", recipe, *SMOKE, *epochs, *SHORT.get(recipe, []), *SUBSET.get(recipe, []), *extra, f"train.out_dir={tmp_path}",
-            "train.name=r"]
+    args = ["train", recipe, *SMOKE, *epochs, *SHORT.get(recipe, []), *SUBSET.get(recipe, []), *extra,
+            f"train.out_dir={tmp_path}", "train.name=r"]
     assert main(args) == 0
     run = tmp_path / "r"
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -65,7 +66,8 @@ def test_recipe_for_10_classes_on_43(shared_data, tmp_path, monkeypatch):
 def test_retrain_on_all_and_snapshot_ensemble(class_folders, tmp_path, capsys):
     from tests.conftest import tiny_overrides
 
-    stages = "stages=[{epochs: 1, train: all}, {schedule: sgdr, cycle_len: 1, cycle_mult: 1, cycles: 2, snapshots: true}]"
+    stages = ("stages=[{epochs: 1, train: all},"
+              " {schedule: sgdr, cycle_len: 1, cycle_mult: 1, cycles: 2, snapshots: true}]")
     args = tiny_overrides(class_folders, tmp_path, "data.val_fraction=0.25", stages)
     assert main(["train", *args, "--retrain-on-all"]) == 0
     first, final = tmp_path / "run", tmp_path / "run-all"

@@ -31,13 +31,19 @@ def torch_values(make, total=TOTAL):
     "cfg, make",
     [
         (ScheduleConfig(name="cosine"), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=TOTAL)),
-        (ScheduleConfig(name="poly", power=1.0), lambda o: torch.optim.lr_scheduler.PolynomialLR(o, total_iters=TOTAL, power=1.0)),
-        (ScheduleConfig(name="poly", power=2.0), lambda o: torch.optim.lr_scheduler.PolynomialLR(o, total_iters=TOTAL, power=2.0)),
-        (ScheduleConfig(name="step", milestones=[2, 4], gamma=0.1), lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[20, 40], gamma=0.1)),
-        (ScheduleConfig(name="sgdr", cycle_len=1, cycle_mult=2), lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=SPE, T_mult=2)),
-        (ScheduleConfig(name="sgdr", cycle_len=2, cycle_mult=1), lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=2 * SPE, T_mult=1)),
+        (ScheduleConfig(name="poly", power=1.0),
+         lambda o: torch.optim.lr_scheduler.PolynomialLR(o, total_iters=TOTAL, power=1.0)),
+        (ScheduleConfig(name="poly", power=2.0),
+         lambda o: torch.optim.lr_scheduler.PolynomialLR(o, total_iters=TOTAL, power=2.0)),
+        (ScheduleConfig(name="step", milestones=[2, 4], gamma=0.1),
+         lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[20, 40], gamma=0.1)),
+        (ScheduleConfig(name="sgdr", cycle_len=1, cycle_mult=2),
+         lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=SPE, T_mult=2)),
+        (ScheduleConfig(name="sgdr", cycle_len=2, cycle_mult=1),
+         lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=2 * SPE, T_mult=1)),
         (ScheduleConfig(name="onecycle", pct_start=0.3, div_factor=25, final_div_factor=1e4),
-         lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=BASE, total_steps=TOTAL, pct_start=0.3, div_factor=25, final_div_factor=1e4)),
+         lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=BASE, total_steps=TOTAL, pct_start=0.3, div_factor=25,
+                                                       final_div_factor=1e4)),
     ],
     ids=["cosine", "poly1", "poly2", "step", "sgdr-mult2", "sgdr-mult1", "onecycle"],
 )
@@ -85,7 +91,8 @@ def test_onecycle_rise_in_epochs_is_pct_start_at_the_planned_length_and_free_of_
     for total in (20, 37, 200):  # a corrected length keeps the rates of the rise, and only those
         values = ours(pinned, total)
         assert values[:free] == ours(pinned)[:free] and values[free + 1] != ours(pinned)[free + 1]
-    assert length_free_steps(ScheduleConfig(name="onecycle", pct_start=0.25), SPE) == 0  # the rise is a share of the length
+    # the rise is a share of the length
+    assert length_free_steps(ScheduleConfig(name="onecycle", pct_start=0.25), SPE) == 0
     assert length_free_steps(ScheduleConfig(name="cosine", warmup_epochs=2), SPE) == 20
     assert length_free_steps(ScheduleConfig(name="cosine"), SPE) == 0
     assert length_free_steps(ScheduleConfig(name="step", milestones=[2]), SPE) == math.inf

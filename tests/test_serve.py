@@ -177,7 +177,8 @@ def test_serve_bad_input_one_line(served, tmp_path, capsys):
         port = taken.getsockname()[1]
         assert main(["serve", str(run), "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0] == f"resnetlab serve: error: {text} is not a model: give a run folder, a .pt checkpoint, or an export with its .json"
+    assert err[0] == (f"resnetlab serve: error: {text} is not a model: "
+                      "give a run folder, a .pt checkpoint, or an export with its .json")
     assert err[1].startswith(f"resnetlab serve: error: cannot listen on 127.0.0.1:{port} (Address already in use)")
 
 
@@ -229,7 +230,8 @@ def _live(app, **config):
 def _hold(port: int, length: int = 1000) -> socket.socket:
     """A connection that sends its headers and then nothing: a slow client."""
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    s.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {length}\r\n\r\n".encode())
+    s.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+              f"Content-Length: {length}\r\n\r\n".encode())
     return s
 
 

@@ -115,7 +115,7 @@ def test_ranks_read_disjoint_shards_and_every_image_once_an_epoch(folders_and_sh
         loaders = [_rank_loader(data, r, 2) for r in (0, 1)]
         seen = [[], []]
         for r, loader in enumerate(loaders):
-            for step, (x, y) in enumerate(loader.epoch(epoch)):
+            for step, (_x, y) in enumerate(loader.epoch(epoch)):
                 seen[r] += loader.plan.batches[step]
                 assert len(y) > 0
             assert step + 1 == 3  # 30 images at a global batch of 8: 3 steps, the short tail merged
@@ -124,7 +124,8 @@ def test_ranks_read_disjoint_shards_and_every_image_once_an_epoch(folders_and_sh
         assert not shard_sets[0] & shard_sets[1] and len(shard_sets[0] | shard_sets[1]) == 8
         assert abs(len(seen[0]) - len(seen[1])) <= 4  # at most one shard's worth apart
         for step in range(3):
-            assert loaders[0].global_batch(step) == len(loaders[0].plan.batches[step]) + len(loaders[1].plan.batches[step])
+            both = len(loaders[0].plan.batches[step]) + len(loaders[1].plan.batches[step])
+            assert loaders[0].global_batch(step) == both
     # a resumed epoch (from step 2) reads exactly the batches the whole epoch read there
     whole = _rank_loader(data, 1, 2)
     list(whole.epoch(1))

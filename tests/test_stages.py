@@ -19,7 +19,8 @@ from tests.test_train import assert_same_weights, cli, run_killed, weights
 
 TUTORIAL = ("stages=[{epochs: 1, train: head, lr: [0.01], weight_decay: 0.0005, train_bn: false},"
             " {epochs: 1, train: layer3, lr: [0.001, 0.01]},"
-            " {train: all, lr: [0.0001, 0.01], schedule: sgdr, cycle_len: 1, cycle_mult: 2, cycles: 2, snapshots: true}]")
+            " {train: all, lr: [0.0001, 0.01], schedule: sgdr, cycle_len: 1, cycle_mult: 2, cycles: 2,"
+            " snapshots: true}]")
 # 32 px: the smallest a torchvision ResNet takes (layer4's stride-2 conv then sees 2x2)
 RESNET18 = ("model.name=resnet18", "model.filters=null", "data.image_size=32")
 
@@ -86,7 +87,7 @@ def test_discriminative_rates_reach_the_optimizer(class_folders, tmp_path):
     assert seen["layer4"] == pytest.approx(lr * math.sqrt(0.1))
     names = {p.name for p in session.run_dir.iterdir()}
     assert {"snapshot-1.pt", "snapshot-2.pt"} <= names
-    history = [json.loads(l) for l in (session.run_dir / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (session.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 5
 
 

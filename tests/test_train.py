@@ -17,7 +17,8 @@ from resnetlab.run.fit import fit
 from resnetlab.run.prepare import prepare
 from tests.conftest import REPO, tiny_config, tiny_overrides, write_class_folders
 
-RUN_FILES = {"config.yaml", "env.json", "classes.json", "data.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt"}
+RUN_FILES = {"config.yaml", "env.json", "classes.json", "data.json", "metrics.jsonl", "curves.png", "last.pt",
+             "best.pt"}
 
 
 def weights(run_dir, name="last.pt"):
@@ -36,9 +37,10 @@ def test_run_folder_contents(class_folders, tmp_path):
     run = session.run_dir
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     assert {"split.csv", "eval_test.json", "confusion_test.csv"} <= {p.name for p in run.iterdir()}
-    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [l["epoch"] for l in lines] == [1, 2]
-    assert {"train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "seconds"} <= set(lines[0])
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in lines] == [1, 2]
+    assert {"train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_s",
+            "seconds"} <= set(lines[0])
     env = json.loads((run / "env.json").read_text())
     assert env["seed"] == 0 and env["torch"] == torch.__version__ and env["device"] == "cpu"
     assert json.loads((run / "classes.json").read_text()) == ["ant", "bee", "cat"]
@@ -76,7 +78,8 @@ KILLER = textwrap.dedent(
 
 
 def run_killed(kill_at, overrides, cwd):
-    proc = subprocess.run([sys.executable, "-c", KILLER, str(kill_at), *overrides], cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(kill_at), *overrides], cwd=cwd, capture_output=True,
+                          text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
@@ -110,7 +113,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(reference, tmp_path,
     proc = cli("train", "--resume", str(run), cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert_same_weights(full_weights, weights(run))
-    history = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
@@ -193,7 +196,8 @@ def test_sigterm_saves_the_step_and_resume_equals_uninterrupted(reference, tmp_p
     class_folders, full_weights = reference
     extra = ("train.epochs=3",)
     args = tiny_overrides(class_folders, tmp_path / "stopped", *extra)
-    proc = subprocess.run([sys.executable, "-c", TERMINATED, str(stop_at), *args], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", TERMINATED, str(stop_at), *args], cwd=REPO, capture_output=True,
+                          text=True)
     assert proc.returncode == 75, proc.stderr
     run = tmp_path / "stopped" / "run"
     state = load_checkpoint(run / "last.pt")

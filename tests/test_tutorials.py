@@ -72,9 +72,9 @@ def test_fastai_fits_are_constant_rate_fits_at_one_rate_for_every_layer():
 
 
 # each tutorial recipe against the settings ../shared/TUTORIALS.md gives for its tutorial, key by key
-KERAS_CIFAR = {"train.monitor": "test", "model.name": "preact_resnet56", "model.stages": [9, 9, 9], "model.input_bn": True,
-               "model.stage_shortcut": True, "optim.name": "sgd", "optim.lr": 0.1, "optim.momentum": 0.9,
-               "optim.nesterov": False, "optim.decay_norm_and_bias": False, "augment.shift": 0.1,
+KERAS_CIFAR = {"train.monitor": "test", "model.name": "preact_resnet56", "model.stages": [9, 9, 9],
+               "model.input_bn": True, "model.stage_shortcut": True, "optim.name": "sgd", "optim.lr": 0.1,
+               "optim.momentum": 0.9, "optim.nesterov": False, "optim.decay_norm_and_bias": False, "augment.shift": 0.1,
                "augment.fill": "nearest", "augment.hflip": True, "augment.crop_padding": 0}
 KERAS_TINY = {"model.name": "preact_resnet_tiny", "model.stages": [3, 4, 6], "model.filters": [64, 128, 256, 512],
               "model.input_bn": True, "model.stage_shortcut": True, "optim.weight_decay": 1e-3, "train.batch_size": 64,

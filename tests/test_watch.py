@@ -44,10 +44,12 @@ def test_tensorboard_events_hold_the_expected_tags(runs):
     assert events.PluginTagToContent("hparams")  # the config as hyper-parameters, with the final metrics
     history = [json.loads(line) for line in (out / "fast" / "metrics.jsonl").read_text().splitlines()]
     top1 = events.Scalars("epoch/val_top1")
-    assert [e.step for e in top1] == [1, 2] and [e.value for e in top1] == pytest.approx([h["val_top1"] for h in history])
+    assert [e.step for e in top1] == [1, 2]
+    assert [e.value for e in top1] == pytest.approx([h["val_top1"] for h in history])
     assert len(events.Scalars("step/loss")) == 2 * 4  # 36 train images, batch 8: 4 steps (the short tail joins)
     rows = list(csv.DictReader((out / "fast" / "metrics.csv").open()))
-    assert [int(r["epoch"]) for r in rows] == [1, 2] and float(rows[1]["val_top1"]) == pytest.approx(history[1]["val_top1"])
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["val_top1"]) == pytest.approx(history[1]["val_top1"])
 
 
 def test_tensorboard_can_be_turned_off(class_folders, tmp_path):
@@ -105,7 +107,8 @@ def test_runs_lists_finished_stopped_failed_and_killed_runs(class_folders, tmp_p
     assert main(["runs", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith(f"resnetlab runs: error: runs folder {tmp_path / 'nowhere'} does not exist")
-    assert err[1] == f"resnetlab runs: error: {tmp_path / 'empty'} holds no run folders (a run folder has config.yaml and env.json)"
+    assert err[1] == (f"resnetlab runs: error: {tmp_path / 'empty'} holds no run folders "
+                      "(a run folder has config.yaml and env.json)")
 
 
 def test_compare_page_in_headless_chromium(runs, tmp_path, capsys):

@@ -78,7 +78,8 @@ def load_model_state(model: nn.Module, state: dict[str, Any], *, path: Path, exp
     saved = state["model"]
     own = model.state_dict()
     if set(saved) != set(own) or any(saved[k].shape != own[k].shape for k in own):
-        made = describe_model(state.get("model_name", "?"), state.get("model_options", {}), state.get("num_classes", "?"))
+        made = describe_model(state.get("model_name", "?"), state.get("model_options", {}),
+                              state.get("num_classes", "?"))
         raise UserError(
             f"checkpoint {path} is for {made}, not {expected}; use that model or a checkpoint of this one"
         )

@@ -108,9 +108,10 @@ class LengthCorrection:
                        **actual)
         console.print(f"time budget {clock(plan.budget_s)}: the run took {clock(took)} "
                       f"({100 * took / plan.budget_s:.0f}%): steps {actual['actual_steps_s']:.0f} s (planned "
-                      f"{actual['planned_steps_s']:.0f}), validating and saving {actual['actual_epoch_overhead_s']:.1f} s "
-                      f"an epoch (planned {plan.epoch_overhead_s:.1f}), test and report {actual['actual_finish_s']:.0f} s "
-                      f"(planned {plan.finish_s:.0f})" + _corrected_text(self.correction))
+                      f"{actual['planned_steps_s']:.0f}), validating and saving "
+                      f"{actual['actual_epoch_overhead_s']:.1f} s an epoch (planned {plan.epoch_overhead_s:.1f}), "
+                      f"test and report {actual['actual_finish_s']:.0f} s (planned {plan.finish_s:.0f})"
+                      + _corrected_text(self.correction))
 
 
 def corrected_steps(plan: Plan, *, elapsed: float, done: int, k: int, pace: float, end_s: float, sizes) -> dict:

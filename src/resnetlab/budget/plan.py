@@ -40,7 +40,8 @@ class Hardware:
     compile_wanted: bool
 
     def describe(self) -> str:
-        return hardware_class(self.device, self.precision) + (f" x {self.dist.world} processes" if self.dist.enabled else "")
+        processes = f" x {self.dist.world} processes" if self.dist.enabled else ""
+        return hardware_class(self.device, self.precision) + processes
 
 
 @dataclass

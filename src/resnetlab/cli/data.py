@@ -27,11 +27,13 @@ def add_parser(sub) -> None:
     q = verbs.add_parser("inspect", help="images per class and split, sizes, sample grids, bad files, duplicates",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("dataset", help="a data set name, a folder, or a CSV of path,label[,split]")
-    q.add_argument("overrides", nargs="*", metavar="key=value", help="data options, e.g. classes=12,13 val_fraction=0.1")
+    q.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="data options, e.g. classes=12,13 val_fraction=0.1")
     q.add_argument("--recipe", help="take data and augmentation settings from this recipe")
     q.add_argument("--out", metavar="DIR", help="where to write (default: inspect/<data set name>)")
     q.add_argument("--samples", type=int, default=8, help="images per class in the sample grid")
-    w = verbs.add_parser("shards", help="write the data set as WebDataset tar shards (for many machines, object storage)",
+    w = verbs.add_parser("shards",
+                         help="write the data set as WebDataset tar shards (for many machines, object storage)",
                          epilog=SHARD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("dataset", help="a data set name, a folder, or a CSV of path,label[,split]")
     w.add_argument("--out", metavar="DIR", required=True, help="an empty or new folder for the shards")

@@ -41,7 +41,8 @@ def run(args) -> int:
     if args.int8 and args.format != "onnx":
         raise UserError("--int8 is made with onnxruntime's quantisation: use it with --format onnx")
     if args.check_images < 1:
-        raise UserError(f"--check-images {args.check_images}: the agreement check needs at least 1 image (1000 is usual)")
+        raise UserError(f"--check-images {args.check_images}: the agreement check needs at least 1 image "
+                        "(1000 is usual)")
     predictor = Predictor.load(run_dir, which=args.checkpoint, device="cpu", default_thresholds=args.default_thresholds)
     if args.default_thresholds and not predictor.task.one_class:
         print(predictor.threshold_source, file=sys.stderr)
@@ -52,8 +53,8 @@ def run(args) -> int:
     path, result = write_export(predictor, args.format, out, images=images, layout=args.layout,
                                 min_agreement=MIN_AGREEMENT, split=split)
     opset = f" (ONNX opset {OPSET}, dynamic batch, onnxruntime CPU)" if args.format == "onnx" else ""
-    print(f"wrote {path} and {sidecar(path).name}{opset}; agreement with {predictor.checkpoint.name} on {result['n']} {split} "
-          f"images: {describe_agreement(result)}, largest probability difference "
+    print(f"wrote {path} and {sidecar(path).name}{opset}; agreement with {predictor.checkpoint.name} "
+          f"on {result['n']} {split} images: {describe_agreement(result)}, largest probability difference "
           f"{result['max_probability_difference']:.2e}")
     if args.int8:
         from resnetlab.deploy.quantize import quantize_onnx
@@ -67,7 +68,8 @@ def run(args) -> int:
                   f"difference {report['max_probability_difference']:.2e})")
             return 0
         print(f"wrote {report['file']}: top-1 {100 * report['fp32_top1']:.2f}% -> {100 * report['int8_top1']:.2f}% "
-              f"on {report['n']} {split} images; {report['fp32_images_per_s']:.0f} -> {report['int8_images_per_s']:.0f} "
-              f"img/s ({report['speedup']:.2f}x, batch {report['batch']}, {report['threads']} threads); "
+              f"on {report['n']} {split} images; "
+              f"{report['fp32_images_per_s']:.0f} -> {report['int8_images_per_s']:.0f} img/s "
+              f"({report['speedup']:.2f}x, batch {report['batch']}, {report['threads']} threads); "
               f"int8 agrees with fp32 on {100 * report['top1_agreement']:.2f}%")
     return 0

@@ -21,7 +21,8 @@ CHUNK = 1024  # images decoded and classified at a time
 
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes (multi-label: label sets) of images, as a table, CSV or JSON")
-    p.add_argument("model", help="run folder, checkpoint (.pt), or an export (.onnx, .torchscript.pt, .safetensors + .json)")
+    p.add_argument("model",
+                   help="run folder, checkpoint (.pt), or an export (.onnx, .torchscript.pt, .safetensors + .json)")
     p.add_argument("images", nargs="+", help="image files, folders or globs")
     p.add_argument("--topk", type=int, default=None, help="classes listed an image (default 3; single-label models)")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])

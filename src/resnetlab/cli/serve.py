@@ -14,7 +14,8 @@ EXAMPLES = """examples:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="serve a run or an export over HTTP: /predict, /health, /classes, /docs, and a page",
+    p = sub.add_parser("serve",
+                       help="serve a run or an export over HTTP: /predict, /health, /classes, /docs, and a page",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="run folder, checkpoint, or export (.onnx, .torchscript.pt, .safetensors)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
@@ -25,8 +26,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting for the model at most; more get 503 (busy) at once")
-    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive (408 after)")
-    p.add_argument("--max-connections", type=int, default=128, help="open connections at most, a new one included: the one that reaches it gets 503")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a request body may take to arrive (408 after)")
+    p.add_argument("--max-connections", type=int, default=128,
+                   help="open connections at most, a new one included: the one that reaches it gets 503")
     p.add_argument("--default-thresholds", action="store_true",
                    help="multi-label runs: where thresholds.json is missing or damaged, decide every class at 0.5")
     p.set_defaults(func=run)

@@ -35,8 +35,8 @@ from resnetlab.io import atomic_write_text, read_yaml
 
 __all__ = ["AugmentConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "StageConfig",
            "TrainConfig", "all_keys", "apply_overrides", "config_from_dict", "evolve", "key_type", "list_recipes",
-           "load_config", "parse_duration", "recipe_path", "resolve_key", "resolve_stages", "rung_config", "save_config",
-           "set_value", "update_config", "validate", "yield_to_command_line"]
+           "load_config", "parse_duration", "recipe_path", "resolve_key", "resolve_stages", "rung_config",
+           "save_config", "set_value", "update_config", "validate", "yield_to_command_line"]
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -105,7 +105,8 @@ def validate(cfg: Config) -> Config:
         (not (t.time_budget and cfg.stages and cfg.stages[-1].cycles),
          "train.time_budget plans the last stage's epochs, and this one counts SGDR cycles: with stages, give "
          "each stage its epochs instead"),
-        (not (t.max_steps and cfg.stages), "train.max_steps ends one schedule; with stages, give each stage its epochs"),
+        (not (t.max_steps and cfg.stages),
+         "train.max_steps ends one schedule; with stages, give each stage its epochs"),
         (t.ladder_rung < len(t.ladder), f"train.ladder_rung={t.ladder_rung} names no rung: train.ladder has "
          f"{len(t.ladder)} (0 to {len(t.ladder) - 1}); use -1 to let the ladder's rule choose"),
         (a.hflip or not a.hflip_alternate, "augment.hflip_alternate alternates the flips augment.hflip makes: set "

@@ -66,7 +66,8 @@ class DataConfig(_Section):
     roi_margin: float = _ranged(0.1, lambda v: v >= 0, "must be 0 or more")
     sampler: str = _choice("shuffle", "shuffle", "balanced")  # balanced: classes drawn equally often
     resize: str = _choice("squash", "squash", "crop")  # squash to a square, or short side + centre crop
-    cache: str = _choice("auto", "auto", "memory", "disk", "stream")  # auto: memory when it fits, else disk, else stream
+    # auto: memory when it fits, else disk, else stream
+    cache: str = _choice("auto", "auto", "memory", "disk", "stream")
     # the decoded cache, which every memory and disk run reads and fills; "" = $XDG_CACHE_HOME/resnetlab
     cache_dir: str = ""
     cache_max_gb: float = 4.0  # GiB of uint8 pixels that 'auto' still keeps in memory

@@ -183,7 +183,8 @@ def _from_files(catalog: Catalog, d: DataConfig, root: Path, progress: bool, cfg
     mode = _cache_mode(d, estimate, notes)
     if mode == "disk" and not size:
         raise UserError("data.cache=disk needs one image size: set data.image_size=N")
-    native = _native_square(files.get("train", ([], [], None))) if mode == "memory" and not size and not d.roi_crop else 0
+    native = (_native_square(files.get("train", ([], [], None)))
+              if mode == "memory" and not size and not d.roi_crop else 0)
     if mode in ("memory", "disk") and (size or native):
         from resnetlab.data.decoded_cache import CacheUnavailable
 
@@ -274,7 +275,8 @@ def _cache_mode(d: DataConfig, estimate: int, notes: list[str]) -> str:
     if estimate <= d.cache_max_gb * 2**30:
         if ram is None or estimate <= ram / 2:
             return "memory"
-        over = f"fits data.cache_max_gb={d.cache_max_gb:g} but is over half the {ram / 2**30:.1f} GiB of memory available"
+        over = (f"fits data.cache_max_gb={d.cache_max_gb:g} but is over half the {ram / 2**30:.1f} GiB "
+                "of memory available")
     else:
         over = f"is over data.cache_max_gb={d.cache_max_gb:g}"
     from resnetlab.data.decoded_cache import default_cache_dir

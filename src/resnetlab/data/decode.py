@@ -227,7 +227,8 @@ class FileImages:
         return len(self.paths)
 
     def __getitem__(self, index) -> torch.Tensor:
-        rows = range(len(self.paths))[index] if isinstance(index, slice) else torch.as_tensor(index).reshape(-1).tolist()
+        rows = (range(len(self.paths))[index] if isinstance(index, slice)
+                else torch.as_tensor(index).reshape(-1).tolist())
         paths = [self.paths[i] for i in rows]
         images, kept, bad = decode_for_model(paths, self.size, self.resize, self.channels)
         if bad:

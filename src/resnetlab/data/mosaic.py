@@ -44,7 +44,8 @@ def write_mosaics(source: str | Path, out: str | Path, *, train: int, test: int,
         pool = pools[split]
         by_class = {c: pool[catalog.labels[pool] == c] for c in np.unique(catalog.labels[pool])}
         if len(by_class) < max_labels:
-            raise UserError(f"{source}: the {split} pool has {len(by_class)} classes, fewer than max_labels={max_labels}")
+            raise UserError(f"{source}: the {split} pool has {len(by_class)} classes, "
+                            f"fewer than max_labels={max_labels}")
         for i in range(count):
             name = f"{split}_{i:05d}{SUFFIX}"
             chosen, image = _mosaic(catalog, by_class, rng, tile=tile, grid=grid, max_labels=max_labels,
@@ -75,5 +76,6 @@ def _mosaic(catalog, by_class: dict, rng: np.random.Generator, *, tile: int, gri
     for k, c in enumerate(rng.permutation(shown)):
         path = catalog.paths[int(rng.choice(by_class[c]))]
         with Image.open(path) as im:
-            canvas.paste(im.convert("RGB").resize((tile, tile), Image.BILINEAR), ((k % grid) * tile, (k // grid) * tile))
+            canvas.paste(im.convert("RGB").resize((tile, tile), Image.BILINEAR),
+                         ((k % grid) * tile, (k // grid) * tile))
     return chosen, canvas

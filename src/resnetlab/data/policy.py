@@ -87,7 +87,8 @@ def _sharpness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     out = x.float()
     blurred = F.conv2d(out, kernel, groups=c).round_()
     inner = out[..., 1:-1, 1:-1]
-    inner.add_((blurred - inner) * to_device((1 - (1 + m)).float().view(-1, 1, 1, 1), x.device))  # factor 1 + m: x + (1 - factor)(blur - x)
+    # factor 1 + m: x + (1 - factor)(blur - x)
+    inner.add_((blurred - inner) * to_device((1 - (1 + m)).float().view(-1, 1, 1, 1), x.device))
     return out.clamp_(0, 255).to(torch.uint8)
 
 

@@ -85,7 +85,8 @@ def _members(catalog: Catalog, row: int) -> tuple[list[tuple[str, bytes]], dict]
         try:
             data = member_bytes(source) or Path(source).read_bytes()
         except OSError as e:
-            raise UserError(f"cannot read {source} ({e.strerror or e}): fix or remove it and write the shards again") from None
+            raise UserError(f"cannot read {source} ({e.strerror or e}): "
+                            "fix or remove it and write the shards again") from None
     else:
         from PIL import Image
 

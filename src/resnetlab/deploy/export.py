@@ -145,7 +145,8 @@ def load_export(path: Path, *, threads: int = 0) -> Exported:
         if not task.one_class and len(meta["thresholds"]) != len(meta["classes"]):
             raise ValueError("one threshold a class")
     except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{path} has no readable sidecar {meta_path.name}: export it again with resnetlab export") from None
+        raise UserError(f"{path} has no readable sidecar {meta_path.name}: "
+                        "export it again with resnetlab export") from None
     if fmt == "onnx":
         import onnxruntime as ort
 
@@ -175,7 +176,8 @@ def load_export(path: Path, *, threads: int = 0) -> Exported:
         try:
             model.load_state_dict(load_file(str(path)))
         except Exception as e:  # noqa: BLE001
-            raise UserError(f"{path} does not hold the weights its sidecar describes ({str(e).splitlines()[0][:120]})") from None
+            raise UserError(f"{path} does not hold the weights its sidecar describes "
+                            f"({str(e).splitlines()[0][:120]})") from None
         pre = meta["preprocess"]
         wrapped = Deployable(model.eval(), pre["mean"], pre["std"], meta["temperature"], meta["input"]["layout"],
                              task).eval()
@@ -219,7 +221,8 @@ def write_export(predictor: Classifier, fmt: str, out: Path, *, images: torch.Te
             raise UserError(
                 f"the {fmt} export disagrees with the checkpoint on {100 * (1 - result[key]):.2f}% of "
                 f"{result['n']} images (largest probability difference {result['max_probability_difference']:.2e}); "
-                f"nothing was written{' and the previous export was kept' if path.exists() else ''}: report this as a bug")
+                f"nothing was written{' and the previous export was kept' if path.exists() else ''}: "
+                "report this as a bug")
         meta = read_json(sidecar(tmp))
         atomic_write_text(sidecar(tmp), json.dumps({**meta, "agreement": result}, indent=2) + "\n")
         os.replace(tmp, path)
@@ -234,7 +237,8 @@ def _write_model(model: nn.Module, predictor: Classifier, fmt: str, tmp: Path, l
     wrapped = Deployable(model, predictor.mean.tolist(), predictor.std.tolist(), predictor.temperature, layout,
                          predictor.task).eval()
     size, channels = predictor.image_size, predictor.channels
-    example = torch.zeros((2, size, size, channels) if layout == "nhwc" else (2, channels, size, size), dtype=torch.uint8)
+    shape = (2, size, size, channels) if layout == "nhwc" else (2, channels, size, size)
+    example = torch.zeros(shape, dtype=torch.uint8)
     if fmt == "onnx":
         _export_onnx(wrapped, example, tmp)
     elif fmt == "torchscript":

@@ -200,9 +200,11 @@ def file_sha256(path: Path | None) -> str | None:
     return digest.hexdigest()
 
 
-def create_app(model, limits: Limits = Limits(), *, source: str = "") -> FastAPI:
+def create_app(model, limits: Limits | None = None, *, source: str = "") -> FastAPI:
     from resnetlab.deploy.serve_page import PAGE
 
+    if limits is None:
+        limits = Limits()  # a fresh one a call: Limits is mutable, so no app shares another's
     batcher = Batcher(model, limits)
     task = model_task(model)
     weights = model_file(model)

@@ -166,7 +166,8 @@ def _rejection(p: Classifier, plain: Inference, cal: dict, unseen: torch.Tensor 
         flags = calibration.rejected(plain.logits, t, kind, fitted[f"{kind}_threshold"])
         row["known_rejected"] = float(flags[known_rows].double().mean()) if known_rows.any() else None
         if unseen_logits is not None:
-            row["unseen_rejected"] = float(calibration.rejected(unseen_logits, t, kind, row["threshold"]).double().mean())
+            unseen_flags = calibration.rejected(unseen_logits, t, kind, row["threshold"])
+            row["unseen_rejected"] = float(unseen_flags.double().mean())
         out["methods"][kind] = row
     if unknown is not None:  # the data-set issue's approach: a class trained on other signs
         pred = plain.logits.argmax(1)

@@ -68,7 +68,8 @@ def settle_thresholds(run_dir: Path, p: Classifier, val, opts: Options) -> tuple
         if inherited is not None and inherited.is_file():
             p.thresholds, _ = read_thresholds(inherited, p.classes)
             fitted = {**json.loads(inherited.read_text()), "notes": [
-                f"fitted on the val split of {inherited.parent} before those images joined training (--retrain-on-all)"]}
+                f"fitted on the val split of {inherited.parent} before those images joined training "
+                "(--retrain-on-all)"]}
             source = f"inherited from {inherited}: this run trained on its val split, so it has none to fit on"
         else:
             fitted = default_thresholds(p.classes, f"no validation split: every threshold is {DEFAULT}")

@@ -19,9 +19,11 @@ from resnetlab.io import atomic_write_text, read_json, read_yaml
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 0 16px 48px; color: #222; }
 h1 { margin-bottom: 0 } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 36px }
-table { border-collapse: collapse; margin: 8px 0 } td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right }
+table { border-collapse: collapse; margin: 8px 0 }
+td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right }
 th { background: #f4f4f4 } td:first-child, th:first-child { text-align: left }
-img { max-width: 100%; border: 1px solid #eee } pre { background: #f7f7f7; padding: 8px; overflow: auto; font-size: 12px }
+img { max-width: 100%; border: 1px solid #eee }
+pre { background: #f7f7f7; padding: 8px; overflow: auto; font-size: 12px }
 .note { color: #666 } nav a { margin-right: 12px }
 """
 SECTIONS = [("config", "Config"), ("data", "Data"), ("training", "Training"), ("metrics", "Metrics"),
@@ -86,7 +88,8 @@ def build_report(run: Path) -> Path:
                      + ", ".join(f"{k} {v:,}" for k, v in data.get("sizes", {}).items()) + "</p>")
         counts = data.get("counts", {})
         if counts and len(classes) <= 60:
-            parts.append(table(["class", *counts], [[c, *(counts[s][i] for s in counts)] for i, c in enumerate(classes)]))
+            parts.append(table(["class", *counts],
+                               [[c, *(counts[s][i] for s in counts)] for i, c in enumerate(classes)]))
         for note in data.get("notes", []):
             parts.append(f'<p class="note">{html.escape(note)}</p>')
 
@@ -146,9 +149,11 @@ def _evaluation(run: Path, name: str, ev: dict, classes: list[str]) -> list[str]
                               t["n"]]]))
     else:
         parts.append('<p class="note">not run: resnetlab evaluate RUN --tta 20</p>')
-    parts.append('<h2 id="confusion">Confusion matrix</h2>' + _img(figures / "confusion_normalized.png", "confusion matrix")
+    parts.append('<h2 id="confusion">Confusion matrix</h2>'
+                 + _img(figures / "confusion_normalized.png", "confusion matrix")
                  + _img(figures / "confusion.png", "confusion matrix, counts"))
-    parts.append('<h2 id="errors">Error analysis</h2><h3>Most incorrect</h3>' + _img(figures / "top_losses.png", "top losses"))
+    parts.append('<h2 id="errors">Error analysis</h2><h3>Most incorrect</h3>'
+                 + _img(figures / "top_losses.png", "top losses"))
     pairs = ev.get("confused_pairs", [])
     parts.append("<h3>Most confused pairs</h3>" + (table(["true", "predicted", "count"], pairs[:20]) if pairs
                                                    else '<p class="note">no confusions</p>'))

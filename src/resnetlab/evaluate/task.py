@@ -131,8 +131,9 @@ class SingleLabel:
 
     def test_lines(self, result: dict, how: str) -> list[str]:
         """What the end of a run prints for its scored test split; ``how``: which checkpoint and why."""
-        return [f"test top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  "
-                f"(n={result['n']}, {how}; {result['images_per_s']:.0f} img/s)", *self.tta_lines(result)]
+        return [f"test top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
+                f"loss {result['loss']:.4f}  (n={result['n']}, {how}; {result['images_per_s']:.0f} img/s)",
+                *self.tta_lines(result)]
 
     def tta_lines(self, result: dict) -> list[str]:
         """A scored split's TTA score beside the plain one (none without TTA), for runs and `evaluate` alike."""

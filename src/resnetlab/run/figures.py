@@ -49,7 +49,8 @@ def training_curves(history: list[dict], path: Path) -> None:
             label="train exact match (augmented)" if multi else "train (augmented)")
     val_key = "val_map" if multi else "val_top1"
     if any(val_key in h for h in history):
-        ax.plot(epochs, [100 * h.get(val_key, float("nan")) for h in history], "o-", label="val mAP" if multi else "val")
+        ax.plot(epochs, [100 * h.get(val_key, float("nan")) for h in history], "o-",
+                label="val mAP" if multi else "val")
     test_key = "test_map" if multi else "test_top1"
     if any(test_key in h for h in history):
         ax.plot(epochs, [100 * h.get(test_key, float("nan")) for h in history], "o--", label=MONITORED)

@@ -37,7 +37,8 @@ def restore(s: Session, path: Path, state: dict | None = None) -> Session:
     """The session with the checkpoint's weights, optimiser state and training state (the config's
     optimiser settings win over the saved ones: overrides given on resume)."""
     state = state if state is not None else load_checkpoint(path)
-    load_model_state(s.model, state, path=path, expected=describe_model(s.cfg.model.name, model_options(s.cfg), len(s.data.classes)))
+    expected = describe_model(s.cfg.model.name, model_options(s.cfg), len(s.data.classes))
+    load_model_state(s.model, state, path=path, expected=expected)
     try:
         s.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as e:

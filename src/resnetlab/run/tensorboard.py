@@ -94,7 +94,8 @@ class TensorBoardLogger:
             for name in FIGURES:
                 path = rf.eval_figures(s.run_dir, "test") / name
                 if path.is_file():
-                    self.writer.add_image(f"test/{Path(name).stem}", _png(path), len(s.state.history), dataformats="HWC")
+                    self.writer.add_image(f"test/{Path(name).stem}", _png(path), len(s.state.history),
+                                          dataformats="HWC")
         self.writer.add_hparams(hparams(s.cfg.to_dict()), {k: v for k, v in final.items() if v == v},
                                 run_name=".")
         self.writer.close()

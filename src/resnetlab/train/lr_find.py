@@ -19,7 +19,8 @@ from resnetlab.train.session import Session
 from resnetlab.train.stages import apply_stage, freeze_bn_statistics
 from resnetlab.train.step import train_step
 
-SUGGESTION_RULE = "steepest descent of the smoothed loss against log10(lr), between the first 10% of steps and its minimum"
+SUGGESTION_RULE = ("steepest descent of the smoothed loss against log10(lr), between the first 10% of steps "
+                   "and its minimum")
 
 
 @dataclass

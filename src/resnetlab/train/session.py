@@ -198,7 +198,9 @@ def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
 
 
 def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.device, *, train: bool,
-                dist: Dist = Dist()):
+                dist: Dist | None = None):
+    if dist is None:
+        dist = Dist()  # one process
     batch = cfg.train.batch_size if train else cfg.train.eval_batch_size
     limit = cfg.train.limit_batches
     if train and cfg.train.steps_per_epoch:

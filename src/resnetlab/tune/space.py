@@ -102,7 +102,8 @@ def _param(key: str, kind: str | None, values: list, source: str) -> Param:
 def default_space(cfg: Config) -> dict:
     """Around the recipe's own values: the rate, weight decay and label smoothing, which matter most."""
     lr, wd = cfg.optim.lr, max(cfg.optim.weight_decay, 1e-5)
-    return {"optim.lr": f"log [{lr / 10:.3g}, {lr * 3:.3g}]", "optim.weight_decay": f"log [{wd / 10:.3g}, {wd * 10:.3g}]",
+    return {"optim.lr": f"log [{lr / 10:.3g}, {lr * 3:.3g}]",
+            "optim.weight_decay": f"log [{wd / 10:.3g}, {wd * 10:.3g}]",
             "optim.label_smoothing": [0.0, 0.2]}
 
 

@@ -145,7 +145,8 @@ def finish_study(study: optuna.Study, study_dir: Path, console: Console) -> dict
     """best.yaml, compare.html of the top trials and study.html."""
     complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: -t.value)
     if not complete:
-        raise UserError(f"no trial of {study_dir} completed (all pruned or failed): widen the space or give more trials")
+        raise UserError(f"no trial of {study_dir} completed (all pruned or failed): "
+                        "widen the space or give more trials")
     best = complete[0]
     cfg = evolve(read_run_config(Path(best.user_attrs["run_dir"])), {"train.name": "", "train.out_dir": "runs",
                                                                       "train.final_test": True, "train.report": True})

@@ -17,7 +17,8 @@ from typing import Callable
 
 from resnetlab.errors import UserError
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
 MNIST_CLASSES = [str(i) for i in range(10)]
 CLASS_NAMES = {"fashion-mnist": FASHION_CLASSES, "mnist": MNIST_CLASSES}
 

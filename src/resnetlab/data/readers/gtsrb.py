@@ -40,7 +40,8 @@ CLASSES = [
 # names the tutorials use for the same signs (British English)
 ALIASES = {"give way": 13, "no overtaking": 9}
 
-_TRAIN_DIRS = ("Final_Training/Images", "GTSRB/Final_Training/Images", "gtsrb/GTSRB/Training", "GTSRB/Training", "Training")
+_TRAIN_DIRS = ("Final_Training/Images", "GTSRB/Final_Training/Images", "gtsrb/GTSRB/Training", "GTSRB/Training",
+               "Training")
 _TEST_DIRS = ("Final_Test/Images", "GTSRB/Final_Test/Images", "gtsrb/GTSRB/Final_Test/Images")
 _TEST_GT = ("Final_Test/GT-final_test.csv", "Final_Test/Images/GT-final_test.csv", "GT-final_test.csv",
             "GTSRB/Final_Test/GT-final_test.csv", "GTSRB/Final_Test/Images/GT-final_test.csv",
@@ -151,7 +152,8 @@ def _read_ini(root: Path) -> Catalog:
                 raise UserError(f"{gt} row {line}: {row['Filename']} is not in {test_dir}")
             size, box = _box(gt, line, row)
             # test images are one photo a sign: each its own group
-            rows.add(root, test_dir / row["Filename"], _class_id(gt, line, row["ClassId"]), "test", -1 - line, size, box)
+            rows.add(root, test_dir / row["Filename"], _class_id(gt, line, row["ClassId"]), "test", -1 - line,
+                     size, box)
     return rows.catalog(notes)
 
 

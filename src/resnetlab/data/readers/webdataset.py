@@ -84,7 +84,8 @@ def _manifest(root: Path) -> dict:
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
-        raise UserError(f"{path} is not readable JSON: write the shards again, or delete it to name classes 0..k-1")
+        raise UserError(f"{path} is not readable JSON: write the shards again, "
+                        "or delete it to name classes 0..k-1") from None
 
 
 def _scan(shard: Path) -> list[dict]:
