@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from resnetlab.config import load_config, rung_config
+from resnetlab.config import evolve, load_config, rung_config
 from resnetlab.run.fit import fit
 from resnetlab.run.prepare import prepare
 
@@ -38,15 +38,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rungs-"))
     for i in rungs:
         rung = base.train.ladder[i]
-        cfg = rung_config(base, i)
-        cfg.train.time_budget, cfg.train.epochs = "", epochs[i]
-        cfg.train.out_dir, cfg.train.progress, cfg.train.name = str(tmp), False, f"rung{i}"
+        cfg = evolve(rung_config(base, i), {"train.time_budget": "", "train.epochs": epochs[i],
+                                            "train.out_dir": str(tmp), "train.progress": False,
+                                            "train.name": f"rung{i}"})
         start = time.monotonic()
         s = prepare(cfg, run_name=f"rung{i}")
         test = fit(s).get("test", {})
         row = {"recipe": args.recipe, "overrides": args.overrides, "rung": i, "set": rung, "epochs": epochs[i],
                "precision": s.precision, "test_top1": test.get("top1"), "n": test.get("n"),
-               "best_val_top1": s.state.best_top1, "seconds": round(time.monotonic() - start, 1)}
+               "best_val_top1": s.state.best_score, "seconds": round(time.monotonic() - start, 1)}
         print(json.dumps(row), flush=True)
         if args.out:
             with args.out.open("a") as f:

@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/ladder_table.py RECIPE [key=value ...] [--all]
 
 Prepares the run (data, then the timing of the rungs) without training, prints the hardware class,
-the table and the plan, and deletes the run folder. ``--all`` times every rung in full, each alone
-with its own clock (the run would stop at the first that gets train.ladder_min_epochs, and reads the
-rungs before it briefly), and says which rung the recipe's rule picks from the full table. Set
+the table and the plan, and deletes the run folder. ``--all`` times every rung, each alone with its
+own clock (train.ladder_rung pins it; the run would stop at the first that gets
+train.ladder_min_epochs), and says which rung the recipe's rule picks from the full table. Set
 RESNETLAB_CPU_BF16=0 to see the fp32 path on a CPU that has bf16.
 """
 
@@ -35,16 +35,16 @@ def main() -> None:
     if not args.all:
         plan = _plan(args.recipe, args.overrides)
         rows = plan.rungs
-    else:  # each rung alone: a one-rung ladder times its rung in full (a run reads all but the last briefly)
+    else:  # each rung alone, pinned
         plan, rows = None, []
         for i, rung in enumerate(ladder or [{}]):
             try:
-                alone = _plan(args.recipe, [*args.overrides, f"train.ladder=[{json.dumps(rung)}]"])
+                alone = _plan(args.recipe, [*args.overrides, f"train.ladder_rung={i}"])
             except UserError as e:  # too slow for one epoch, or out of memory: the row says so
                 rows.append({"rung": i, "set": rung, "step_s": None, "note": str(e)})
                 continue
             plan = plan or alone
-            rows.append({**alone.rungs[0], "rung": i, "set": rung})
+            rows.append({**alone.rungs[i], "rung": i, "set": rung})
         if plan is None:
             raise SystemExit(f"no rung could be planned: {rows[0]['note']}")
         plan.rungs, plan.rung = rows, None
@@ -55,9 +55,9 @@ def main() -> None:
     print(f"the recipe's rule (first rung with >= {need} epochs, else the most) picks rung {picks}")
     if not args.all:
         print(plan.line())
+    keys = ("rung", "set", "step_s", "epoch_s", "epochs", "steps", "others_cpu")
     print(json.dumps({"hardware": plan.hardware, "rule_picks": picks,
-                      "rungs": [{k: r.get(k) for k in ("rung", "set", "step_s", "epoch_s", "epochs", "steps", "brief")}
-                                for r in rows]}))
+                      "rungs": [{k: r.get(k) for k in keys} for r in rows]}))
     if args.record:
         _record(args, cfg, rows, picks)
 
@@ -72,7 +72,7 @@ def _record(args, cfg, rows: list[dict], picks: int | None) -> None:
         if r.get("step_s") is None:
             continue
         rung = ", ".join(f"{k}={v}" for k, v in r["set"].items()) or "the config as it is"
-        how = ("timed briefly" if r.get("brief") else "timed in full") + (", alone" if args.all else "")
+        how = "timed to the probe's rule" + (", alone" if args.all else "")
         figures += [{"metric": f"rung {r['rung']} step at {px} px", "value": round(1e3 * s, 1), "unit": "ms",
                      "n": r["timed_steps"][px], "rung": rung, "how": f"mean of the steps, the slowest left out; {how}"}
                     for px, s in sorted(r["step_s"].items())]

@@ -23,7 +23,7 @@ from resnetlab.io import atomic_write_text
 from resnetlab.plotting import save_figure
 from resnetlab.run.fit import fit
 from resnetlab.run.prepare import prepare
-from resnetlab.train.loop import score_split
+from resnetlab.train.loop import run_epochs, score_split
 
 
 def run(recipe: str, overrides: list[str], out: Path) -> dict:
@@ -44,7 +44,7 @@ def run(recipe: str, overrides: list[str], out: Path) -> dict:
     result = fit(s, callbacks={"on_epoch_end": [score]})
     seconds = s.clock.elapsed()
     test = result.get("test", {})
-    record = {"recipe": recipe, "overrides": overrides, "epochs": s.cfg.train.epochs,
+    record = {"recipe": recipe, "overrides": overrides, "epochs": run_epochs(s),
               "steps_per_epoch": len(s.loaders["train"]), "time_budget": s.cfg.train.time_budget,
               "seconds": round(seconds, 2), "final_test_top1": test.get("top1"), "final_n": test.get("n"),
               "final_checkpoint": test.get("checkpoint"), "points": points, "run_dir": str(s.run_dir),

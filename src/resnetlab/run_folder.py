@@ -34,6 +34,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Callable
 
 from resnetlab.config import Config, config_from_dict, save_config
 from resnetlab.errors import UserError
@@ -93,9 +94,10 @@ def unique_run_dir(out_dir: Path, name: str) -> Path:
     return path
 
 
-def create_run_dir(out_dir: Path, name: str, files: dict[str, str], config: Config) -> Path:
-    """Make the folder with its config.yaml and first ``files`` in one rename, so no half-made run is
-    ever listed."""
+def create_run_dir(out_dir: Path, name: str, files: dict[str, str], config: Config,
+                   write: Callable[[Path], None] | None = None) -> Path:
+    """Make the folder with its config.yaml, its first ``files`` and what ``write(folder)`` writes, in one
+    rename, so no half-made run is ever listed."""
     final = unique_run_dir(out_dir, name)
     staging = out_dir / f".{final.name}.{time.time_ns()}.partial"
     try:
@@ -104,6 +106,8 @@ def create_run_dir(out_dir: Path, name: str, files: dict[str, str], config: Conf
         save_config(config, staging / CONFIG)
         for filename, text in files.items():
             (staging / filename).write_text(text)
+        if write is not None:
+            write(staging)
         staging.rename(final)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)

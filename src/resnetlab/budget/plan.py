@@ -62,6 +62,7 @@ class Plan:
     # after this many steps the run corrects its length once from its own clock (budget/correction.py):
     # the steps before it have the same rates whatever the length; 0: the schedule allows no correction
     correct_at: int = 0
+    correction: dict = field(default_factory=dict)  # what the correction measured and chose (correction.py)
     pinned_rise: bool = False  # schedule.warmup_epochs was set by this plan (pct_start x epochs), not given
 
     def line(self) -> str:

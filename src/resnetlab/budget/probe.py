@@ -40,7 +40,10 @@ def measure(s: Session) -> dict:
     for px in sorted({*epoch_sizes(s.cfg, s.data, 2)}):
         times[px], cpu, busy, wall = _time_steps(s, 0 if px == s.data.image_size else px)
         cpu_s, busy_s, wall_s = cpu_s + cpu, busy_s + busy, wall_s + wall
-    others = max(busy_s - cpu_s, 0.0) / (wall_s * len(os.sched_getaffinity(0))) if busy_s >= 0 and wall_s else None
+    # read only where this process trains alone: streaming workers and other torchrun ranks are its own work
+    alone = not s.dist.enabled and s.data.splits["train"].images is not None
+    others = max(busy_s - cpu_s, 0.0) / (wall_s * len(os.sched_getaffinity(0))) if alone and busy_s >= 0 and wall_s \
+        else None
     return {"step_s": {px: _mean(t) for px, t in times.items()}, **_fixed_costs(s),
             "timed_steps": {px: len(t) for px, t in times.items()},
             "others_cpu": None if others is None else round(min(others, 1.0), 2)}

@@ -99,7 +99,7 @@ class SingleLabel:
 
     def rejected(self, probs: torch.Tensor, calibration: dict | None) -> torch.Tensor:
         """(N,) images whose top (temperature-scaled) probability falls under the threshold fitted on
-        val (calibration.json): they look like no class the model knows. None when not calibrated."""
+        val (calibration.json): they look like no class the model knows; none when not calibrated."""
         if not calibration:
             return probs.new_zeros(len(probs)).bool()
         return probs.max(1).values.double() < calibration["msp_threshold"]

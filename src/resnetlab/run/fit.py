@@ -86,14 +86,20 @@ class RunHooks(Hooks):
     def epoch_begin(self, s: Session, epoch: int, first: int) -> None:
         self.progress.start(epoch, completed=first)
 
-    def batch_end(self, s: Session, info: dict) -> int | None:
+    def batch_end(self, s: Session, info: dict) -> None:
         self.progress.update(info["step_in_epoch"], info["sums"], info["seen0"], info["started"])
+        public = {k: info[k] for k in ("epoch", "step", "step_in_epoch", "lr", "loss")}
         for fn in self.callbacks["on_batch_end"]:
-            fn(s, info)
-        if self.correction is not None and (decision := self.correction.step_done(info["step"])) is not None:
+            fn(s, public)
+
+    def step_end(self, s: Session, step: int) -> int | None:
+        if self.correction is not None and (decision := self.correction.step_done(step)) is not None:
             self.progress.say(decision.line)  # the budget's one look at its clock
             return decision.max_steps
         return None
+
+    def steps_done(self, s: Session, epoch: int) -> None:
+        self.progress.stop()
 
     def stop_requested(self, s: Session, i: int | None) -> str | None:
         return signal_name(self.stop) if stop_agreed(s, self.stop, i) else None
@@ -102,7 +108,6 @@ class RunHooks(Hooks):
         save_partial(s, epoch, step, sums)
 
     def epoch_end(self, s: Session, record: dict) -> None:
-        self.progress.stop()
         save_epoch(s, record, self.curves)  # metrics first, then checkpoints: a kill repeats this epoch
         if s.dist.main:
             self.console.print(epoch_line(s, record))

@@ -154,10 +154,9 @@ def _new_run(cfg: Config, data: DataBundle, run_name: str, device: torch.device,
         rf.DATA: json.dumps(data_info, indent=2) + "\n",
         rf.SPLIT: split_file_text(data.catalog),
     }
-    folder = create_run_dir(Path(cfg.train.out_dir), name, files, cfg)
-    if plan is not None:
-        from resnetlab.budget.plan import write_plan
+    if plan is None:
+        return create_run_dir(Path(cfg.train.out_dir), name, files, cfg)
+    from resnetlab.budget.plan import write_plan
 
-        write_plan(folder, plan)
-    return folder
+    return create_run_dir(Path(cfg.train.out_dir), name, files, cfg, write=lambda folder: write_plan(folder, plan))
 

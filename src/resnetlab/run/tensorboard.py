@@ -18,7 +18,7 @@ import torch
 
 from resnetlab import run_folder as rf
 from resnetlab.io import write_failed
-from resnetlab.train.session import Session, val_score
+from resnetlab.train.session import Session, run_config, val_score
 
 EPOCH_TAGS = ("train_loss", "train_top1", "train_exact", "val_loss", "val_top1", "val_top5", "val_map", "val_map_micro",
               "test_loss", "test_top1", "test_top5", "test_map", "images_per_s", "lr")  # test_*: train.monitor
@@ -96,7 +96,7 @@ class TensorBoardLogger:
                 if path.is_file():
                     self.writer.add_image(f"test/{Path(name).stem}", _png(path), len(s.state.history),
                                           dataformats="HWC")
-        self.writer.add_hparams(hparams(s.cfg.to_dict()), {k: v for k, v in final.items() if v == v},
+        self.writer.add_hparams(hparams(run_config(s)), {k: v for k, v in final.items() if v == v},
                                 run_name=".")
         self.writer.close()
 

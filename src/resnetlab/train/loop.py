@@ -58,10 +58,16 @@ class Hooks:
     def epoch_begin(self, s: Session, epoch: int, first: int) -> None:
         """Epoch ``epoch`` (0-based) begins at its step ``first`` (0 unless resumed mid-epoch)."""
 
-    def batch_end(self, s: Session, info: dict) -> int | None:
-        """After each step; may return the global step the run should now end at (a time budget's
+    def batch_end(self, s: Session, info: dict) -> None:
+        """After each step that trained images (a streamed batch whose images were all bad trains none)."""
+
+    def step_end(self, s: Session, step: int) -> int | None:
+        """After every global ``step``; may return the step the run should now end at (a time budget's
         length correction), which the loop keeps in the state."""
         return None
+
+    def steps_done(self, s: Session, epoch: int) -> None:
+        """The epoch's steps are done; its validation comes next."""
 
     def stop_requested(self, s: Session, i: int | None) -> str | None:
         """The name of a stop signal, read at step ``i`` of an epoch (None: between epochs)."""
@@ -75,9 +81,8 @@ class Hooks:
 
 
 def train(s: Session, hooks: Hooks | None = None) -> None:
-    """Train from the state's position to the run's end (or an early stop)."""
+    """Train from the state's position to the run's end (or an early stop); check_trainable() first."""
     hooks = hooks or Hooks()
-    check_trainable(s)
     first, head = s.state.epoch, None
     for epoch in itertools.takewhile(lambda e: e * s.steps_per_epoch < run_end(s), itertools.count(first)):
         if (name := hooks.stop_requested(s, None)) is not None:  # came in the previous epoch's last step
@@ -145,10 +150,10 @@ def train_epoch(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None 
                 s.ema.update(s.model)
             finite &= torch.isfinite(loss_sum.detach())
             s.task.tally(sums, logits.detach(), loss_sum.detach(), y)
-            info = {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr, "loss": loss_sum.detach() / len(y),
-                    "sums": sums, "seen0": seen0, "started": start}
-            if (end := hooks.batch_end(s, info)) is not None:
-                s.state.end_step = end
+            hooks.batch_end(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr,
+                                "loss": loss_sum.detach() / len(y), "sums": sums, "seen0": seen0, "started": start})
+        if (end := hooks.step_end(s, step)) is not None:
+            s.state.end_step = end
         if i % FINITE_CHECK_EVERY == FINITE_CHECK_EVERY - 1:  # the same steps on every rank: a collective
             check_finite(s, finite, epoch, i)
         last = min(spe, run_end(s) - epoch * spe) - 1  # the run may end inside this epoch
@@ -163,6 +168,7 @@ def train_epoch(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None 
             break
     seconds = time.perf_counter() - start
     check_finite(s, finite, epoch, i)
+    hooks.steps_done(s, epoch)
     loss_sum, correct, seen = distributed.all_sum(sums, d).tolist()
     seen_max = max(seen, 1.0)
     return {"epoch": epoch + 1, "step": epoch * spe + i + 1, "lr": lr, "train_loss": loss_sum / seen_max,

@@ -55,8 +55,11 @@ class TrainState:
     partial: list[float] = field(default_factory=no_sums)  # LOSS, CORRECT, SEEN of ``epoch`` so far
     history: list[dict] = field(default_factory=list)
     best_score: float = -1.0  # the best val_score
-    end_step: int = 0  # the global step the run ends at, set by a time budget's correction (0: the config's)
-    improved: bool = field(default=False, compare=False)  # the last finished epoch set a new best (not saved)
+    # not checkpointed: the global step the run ends at once a time budget's correction moved it (0: the
+    # config's), which config.yaml records as train.max_steps for a resume; and whether the last finished
+    # epoch set a new best
+    end_step: int = field(default=0, compare=False)
+    improved: bool = field(default=False, compare=False)
 
     def end_epoch(self, record: dict) -> bool:
         """Keep a finished epoch's record and point at the next epoch's start; True when its val score
@@ -72,15 +75,13 @@ class TrainState:
         # at an epoch's start, the steps the finished epochs took (train.max_steps may have ended the last one early)
         done = self.history[-1]["step"] if self.history and not self.step else self.epoch * steps_per_epoch + self.step
         return {"epoch": self.epoch, "step_in_epoch": self.step, "global_step": done,
-                "partial": list(self.partial), "history": self.history, "best_score": self.best_score,
-                "end_step": self.end_step}
+                "partial": list(self.partial), "history": self.history, "best_score": self.best_score}
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> TrainState:
         # checkpoints before best_score named it best_top1 (it held mAP for multi-label runs too)
         best = state["best_score"] if "best_score" in state else state["best_top1"]
-        return cls(state["epoch"], state["step_in_epoch"], list(state["partial"]), list(state["history"]), best,
-                   state.get("end_step", 0))
+        return cls(state["epoch"], state["step_in_epoch"], list(state["partial"]), list(state["history"]), best)
 
 
 @dataclass
@@ -116,7 +117,7 @@ class Session:
     mean: torch.Tensor  # (C,) on the device, [0, 1] units
     std: torch.Tensor
     run_dir: Path
-    state: TrainState = field(default_factory=TrainState)  # what training changes: fit() writes, checkpoints keep
+    state: TrainState = field(default_factory=TrainState)  # what training changes: the loop writes, checkpoints keep
     dist: Dist = field(default_factory=Dist)
     ddp: nn.Module | None = None  # the DistributedDataParallel wrapper when there are 2+ ranks
     compiled: nn.Module | None = None  # torch.compile of the model (or its DDP wrapper), train.compile
@@ -126,7 +127,7 @@ class Session:
     notes: tuple[str, ...] = ()  # what fit() should tell the user first (e.g. a resume fallback)
     ema: ModelEma | None = None  # the weights' moving average, train.ema_decay
     # budget.plan.Plan: how train.time_budget set this run's rung and length (None: no budget); typed
-    # loosely because the budget package sits above this one and nothing here reads inside it
+    # loosely because the budget package sits above this one (run/ reads it)
     plan: object | None = None
     clock: RunClock = field(default_factory=RunClock)  # from prepare(): what train.time_budget counts
     task: SingleLabel = field(default_factory=SingleLabel)  # single- or multi-label (evaluate/task.py)
@@ -283,5 +284,14 @@ def checkpoint_state(s: Session, state: TrainState | None = None) -> dict[str, A
         "in_chans": s.data.channels,
         "classes": s.data.classes,
         "preprocess": s.data.preprocess(),
-        "config": s.cfg.to_dict(),
+        "config": run_config(s),
     }
+
+
+def run_config(s: Session) -> dict:
+    """The config the run trains, as a dict: a time budget's corrected length as train.max_steps, as
+    config.yaml records it."""
+    config = s.cfg.to_dict()
+    if s.state.end_step:
+        config["train"].update(max_steps=s.state.end_step, epochs=math.ceil(s.state.end_step / s.steps_per_epoch))
+    return config
