@@ -47,17 +47,20 @@ def follow(argv: list[str]) -> dict:
     finally:
         sys.setprofile(None)
     here, entered, moves, returns = path[0][0] if path else "", set(), 0, 0
+    entries: dict[str, int] = {}  # how many separate times the reader enters each file
     for caller, callee, _ in path:
         if caller != here:  # back in the caller's file for its next call
             moves, returns = moves + 1, returns + 1
+            entries[caller] = entries.get(caller, 0) + 1
         if callee != caller:
             moves += 1
             returns += callee in entered
+            entries[callee] = entries.get(callee, 0) + 1
         entered |= {caller, callee}
         here = callee
     return {"files": len({f for c, f, _ in path} | {c for c, _, _ in path}),
             "functions": len({(f, fn) for _, f, fn in path}), "moves": moves, "return_moves": returns,
-            "files_list": sorted({f for _, f, _ in path})}
+            "entries": dict(sorted(entries.items(), key=lambda kv: -kv[1]))}
 
 
 def main() -> None:
@@ -70,7 +73,7 @@ def main() -> None:
         found = follow([*argv, f"train.out_dir={out}"])
     print(f"resnetlab train {' '.join(argv)}: {found['files']} files, {found['functions']} functions, "
           f"{found['moves']} moves between files, {found['return_moves']} of them back into a file already left")
-    print("files:", ", ".join(found["files_list"]))
+    print("entries into each file, most first:", ", ".join(f"{f} {n}" for f, n in found["entries"].items()))
     if args.record:
         from results import record  # benchmarks/ is on sys.path when this script runs
 

@@ -25,11 +25,10 @@ def save_epoch(s: Session, record: dict, curves: Curves) -> None:
     if not s.dist.main:
         distributed.barrier(s.dist)  # the others wait until rank 0 has written the checkpoints
         return
-    streamed = getattr(s.loaders["train"], "skipped", {})  # bad files found by streaming workers
+    streamed = getattr(s.loaders["train"], "skipped", {})  # bad files streaming workers found, run so far
     if streamed:
         known = {p for p, _ in s.data.skipped}
-        s.data.skipped += [(p, r) for p, r in streamed.items() if p not in known]
-        write_skipped(s.run_dir, s.data.skipped)
+        write_skipped(s.run_dir, s.data.skipped + [(p, r) for p, r in streamed.items() if p not in known])
     write_metrics(s.run_dir, s.state.history)
     curves.update(s.state.history)
     snapshots = sorted(snapshot_epochs(s.cfg))
