@@ -146,7 +146,7 @@ def test_export_bad_input(run, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].endswith("has no checkpoint yet: train it first (`resnetlab train --resume " + str(empty) + "`)")
     assert err[1] == ("resnetlab export: error: unknown export format 'tflite': "
-                      "choose one of onnx, torchscript, safetensors")
+                      "choose one of onnx, torchscript, safetensors, openvino, hf")
     assert "is not a model onnxruntime can load" in err[2]
 
 

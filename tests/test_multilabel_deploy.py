@@ -108,7 +108,7 @@ def test_single_label_options_say_what_to_use_instead(run, capsys):
         assert len(err) == 1 and option[0] in err[0] and "thresholds.json" in err[0] and "label set" in err[0]
 
 
-@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".torchscript.pt")])
+@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".torchscript.pt"), ("openvino", ".xml")])
 def test_export_carries_the_thresholds_and_agrees(run, fmt, suffix, tmp_path, capsys):
     run_dir, images = run
     assert main(["export", str(run_dir), "--format", fmt, "--out", str(tmp_path / "model")]) == 0
@@ -128,6 +128,22 @@ def test_export_carries_the_thresholds_and_agrees(run, fmt, suffix, tmp_path, ca
     for r, s, ties in zip(rows, ref, near):
         differ = set(r["labels"].split()) ^ set(s["labels"].split())
         assert all(ties[CLASSES.index(c)] for c in differ), (r["path"], differ)
+
+
+def test_hf_folder_carries_the_thresholds_and_gives_the_run_s_label_sets(run, tmp_path, capsys):
+    run_dir, images = run
+    out = tmp_path / "hf"
+    assert main(["export", str(run_dir), "--format", "hf", "--out", str(out)]) == 0
+    assert "label sets 100.00%" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    fitted = json.loads((run_dir / "thresholds.json").read_text())
+    assert config["task"] == "multi_label" and config["thresholds"] == fitted["thresholds"]
+    loaded = Predictor.load(out)
+    assert loaded.multi_label and loaded.thresholds.tolist() == fitted["thresholds"]
+    ours, theirs = _predict_csv(run_dir, images, tmp_path / "r.csv"), _predict_csv(out, images, tmp_path / "h.csv")
+    assert [r["labels"] for r in theirs] == [r["labels"] for r in ours]
+    card = (out / "README.md").read_text()
+    assert "| mAP (macro) |" in card and "its own threshold" in card
 
 
 def test_an_export_giving_other_label_sets_is_refused(run, monkeypatch, tmp_path, capsys):

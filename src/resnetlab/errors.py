@@ -10,3 +10,13 @@ class UserError(Exception):
 
     The message says what is wrong and what to do about it, in one line.
     """
+
+
+def need_extra(module: str, extra: str, purpose: str):
+    """``module`` imported, or one line naming the optional extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"{purpose} needs the {module} package: pip install 'resnetlab[{extra}]'") from None

@@ -7,8 +7,8 @@ import sys
 
 from resnetlab.errors import UserError
 
-COMMANDS = ("train", "lr-find", "evaluate", "report", "runs", "compare", "tune", "predict", "export", "serve", "data",
-            "models", "recipes", "env")
+COMMANDS = ("train", "lr-find", "evaluate", "report", "runs", "compare", "tune", "predict", "export", "push", "serve",
+            "data", "models", "recipes", "env")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         lr_find,
         models,
         predict,
+        push,
         recipes,
         report,
         runs,
@@ -35,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train, lr_find, evaluate, report, runs, compare, tune, predict, export, serve, data, models, recipes,
-                   env):
+    for module in (train, lr_find, evaluate, report, runs, compare, tune, predict, export, push, serve, data, models,
+                   recipes, env):
         module.add_parser(sub)
     return parser
 

@@ -2,7 +2,10 @@
 
 What is printed is the run's task's (evaluate/task.py): a multi-label run prints mAP, F1 and exact
 match at per-class thresholds instead of top-1, and refuses the single-label options (rejection,
---data class folders) in one line."""
+--data class folders) in one line.
+
+A Hugging Face model (a folder `export --format hf` wrote, or hf-hub:ORG/NAME) has no splits of its own:
+it is scored on --data, and its scores are written to --out."""
 
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ from resnetlab.errors import UserError
 
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics, error analysis, TTA, calibration and rejection of a trained run")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", help="run folder; or a Hugging Face folder or hf-hub:ORG/NAME, scored on --data")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split of the run's data")
     p.add_argument("--data", metavar="FOLDER", help="evaluate on this folder of class folders instead")
+    p.add_argument("--out", metavar="DIR",
+                   help="a Hugging Face model's scores and figures go here (default ./eval-<model name>)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
@@ -36,20 +41,24 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from resnetlab import run_folder as rf
     from resnetlab.data import build_data
-    from resnetlab.evaluate.evaluator import Options, split_images, unseen_images
+    from resnetlab.deploy.hub import is_hub_model
+    from resnetlab.evaluate.evaluator import split_images, unseen_images
     from resnetlab.evaluate.task import task_of_config
     from resnetlab.evaluate.trained import run_model, score_run
     from resnetlab.run_folder import check_run_dir, read_run_config, saved_split_file
 
-    run_dir = check_run_dir(Path(args.run))
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     if args.tta < 1:
         raise UserError(f"--tta {args.tta}: give the number of views, 1 (none) or more, e.g. --tta 20")
     if args.reject_target is not None and not 0 < args.reject_target < 1:
         raise UserError(f"--reject-target {args.reject_target:g} must be in (0, 1), e.g. 0.05 for at most 5%")
+    if is_hub_model(args.run):
+        return _hub_model(args)
+    if args.out:
+        raise UserError("--out is for Hugging Face models: a run's scores are written into the run folder")
+    run_dir = check_run_dir(Path(args.run))
     cfg = read_run_config(run_dir)
     task = task_of_config(cfg)
     if not task.one_class:
@@ -68,17 +77,51 @@ def run(args) -> int:
             raise UserError(f"the run's data has no '{args.split}' split (it has {', '.join(splits)}); use {other}")
         name = args.split
         unseen = unseen_images(cfg, run_dir, model) if task.one_class else None  # rejection of unseen classes
-    opts = Options(tta=args.tta, reduce=args.tta_reduce, batch_size=args.batch_size, figures=not args.no_figures,
+    result = score_run(run_dir, model, splits, _options(args), name, images=images, unseen=unseen)
+    _print(result, run_dir, name, model, args)
+    if args.snapshots:
+        _snapshots(run_dir, result, name, args, model, images or split_images(splits[name], model))
+    return 0
+
+
+def _options(args):
+    from resnetlab.evaluate.evaluator import Options
+
+    return Options(tta=args.tta, reduce=args.tta_reduce, batch_size=args.batch_size, figures=not args.no_figures,
                    reject_target=0.05 if args.reject_target is None else args.reject_target,
                    default_thresholds=args.default_thresholds)
-    result = score_run(run_dir, model, splits, opts, name, images=images, unseen=unseen)
+
+
+def _print(result: dict, folder: Path, name: str, model, args) -> None:
+    from resnetlab import run_folder as rf
+
+    task = model.task
     print(task.table(result, model.classes))
     for line in task.detail_lines(result):
         print(line)
-    if args.snapshots:
-        _snapshots(run_dir, result, name, args, model, images or split_images(splits[name], model))
-    print(f"{result['images_per_s']:.0f} img/s; wrote {run_dir / rf.eval_name(name)}, {task.tables(name, result)}"
-          + ("" if args.no_figures else f" and figures in {rf.eval_figures(run_dir, name)}"))
+    print(f"{result['images_per_s']:.0f} img/s; wrote {folder / rf.eval_name(name)}, {task.tables(name, result)}"
+          + ("" if args.no_figures else f" and figures in {rf.eval_figures(folder, name)}"))
+
+
+def _hub_model(args) -> int:
+    """A Hugging Face model scored on --data (class folders), its scores written to --out."""
+    from resnetlab.deploy.predictor import Predictor
+    from resnetlab.evaluate.trained import score_run
+    from resnetlab.io import make_folder
+
+    for option, given in (("--snapshots", args.snapshots), ("--split", args.split != "test")):
+        if given:
+            raise UserError(f"{option} needs the run folder: a Hugging Face model carries no splits or snapshots")
+    if not args.data:
+        raise UserError(f"{args.run} is a Hugging Face model, without the run's splits: give --data FOLDER of "
+                        "class folders to score it on")
+    model = Predictor.load(args.run, device=args.device, decisions=False)  # scoring fits its own
+    if not model.task.one_class:
+        _refuse_single_label_options(args)
+    out = make_folder(Path(args.out or f"eval-{str(args.run).rstrip('/').replace(':', '/').split('/')[-1]}"))
+    x, y, name = _folder_split(Path(args.data), model)
+    result = score_run(out, model, {}, _options(args), name, images=(x, y))
+    _print(result, out, name, model, args)
     return 0
 
 

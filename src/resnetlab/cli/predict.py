@@ -22,7 +22,8 @@ CHUNK = 1024  # images decoded and classified at a time
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes (multi-label: label sets) of images, as a table, CSV or JSON")
     p.add_argument("model",
-                   help="run folder, checkpoint (.pt), or an export (.onnx, .torchscript.pt, .safetensors + .json)")
+                   help="run folder, checkpoint (.pt), an export (.onnx, .torchscript.pt, .safetensors, .xml + .json), "
+                        "a Hugging Face folder or hf-hub:ORG/NAME")
     p.add_argument("images", nargs="+", help="image files, folders or globs")
     p.add_argument("--topk", type=int, default=None, help="classes listed an image (default 3; single-label models)")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
@@ -42,6 +43,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from resnetlab.deploy.export import is_export, load_export
+    from resnetlab.deploy.hub import is_hub_spec
     from resnetlab.deploy.predictor import Predictor, expand_inputs
 
     if args.topk is not None and args.topk < 1:
@@ -49,10 +51,11 @@ def run(args) -> int:
     if args.tta < 1:
         raise UserError(f"--tta {args.tta}: give the number of views, 1 (none) or more")
     path = Path(args.model)
-    if not path.exists():
-        raise UserError(f"model {args.model} does not exist: give a run folder, a checkpoint or an export")
+    if not path.exists() and not is_hub_spec(args.model):
+        raise UserError(f"model {args.model} does not exist: give a run folder, a checkpoint, an export or "
+                        "hf-hub:ORG/NAME")
     predictor = load_export(path) if is_export(path) else Predictor.load(
-        path, which=args.checkpoint, device=args.device, default_thresholds=args.default_thresholds)
+        args.model, which=args.checkpoint, device=args.device, default_thresholds=args.default_thresholds)
     if not predictor.task.one_class:
         return _run_multilabel(predictor, args)
     paths = expand_inputs(args.images)

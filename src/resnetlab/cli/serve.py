@@ -7,6 +7,7 @@ import argparse
 EXAMPLES = """examples:
   resnetlab serve runs/<run>                          # then open http://127.0.0.1:8000/
   resnetlab serve runs/<run>/export/model.int8.onnx --port 8080
+  resnetlab serve hf-hub:ORG/NAME                     # a model pushed with resnetlab push
   curl -F files=@photo.jpg http://127.0.0.1:8000/predict
   curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8000/predict?topk=3'
   (a multi-label model answers {"labels": [...], "probabilities": {class: p}} an image; no topk)
@@ -17,7 +18,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("serve",
                        help="serve a run or an export over HTTP: /predict, /health, /classes, /docs, and a page",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="run folder, checkpoint, or export (.onnx, .torchscript.pt, .safetensors)")
+    p.add_argument("model", help="run folder, checkpoint, export (.onnx, .torchscript.pt, .safetensors, .xml), "
+                                 "a Hugging Face folder or hf-hub:ORG/NAME")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-bytes", type=int, default=10 * 2**20, help="largest image accepted, in bytes")

@@ -10,7 +10,8 @@ layout and size, resize policy, mean/std, temperature, rejection threshold. The 
 decision are the run's task's (evaluate/task.py): a multi-label export outputs one sigmoid a class,
 its sidecar carries the task's name and the per-class decision thresholds (the run's
 thresholds.json), and its check compares those probabilities and the label sets they give, not
-the argmax.
+the argmax. OpenVINO models (deploy/openvino.py writes them from the ONNX export) load here too, and
+Hugging Face folders (deploy/hub.py) reuse the safetensors loader's model builder.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from resnetlab.config import AugmentConfig
 from resnetlab.data import plan_data
 from resnetlab.data.bundle import split_labels
 from resnetlab.data.decode import decode_for_model, resize_tensor, set_channels
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, need_extra
 from resnetlab.evaluate.inference import Classifier
 from resnetlab.evaluate.task import SingleLabel, Tasked, task_named
 from resnetlab.io import atomic_write_bytes, atomic_write_text, make_folder, read_json, temporary_path
@@ -168,21 +169,40 @@ def load_export(path: Path, *, threads: int = 0) -> Exported:
             raise UserError(f"{path} is not a TorchScript model ({str(e).splitlines()[0][:120]})") from None
         return Exported(path, meta, _torch_runner(module))
     if fmt == "safetensors":
-        from safetensors.torch import load_file
-
-        m = meta["model"]
-        model = get_model(m["name"], num_classes=len(meta["classes"]), in_chans=meta["input"]["channels"],
-                          **{k: v for k, v in m["options"].items() if v is not None})
-        try:
-            model.load_state_dict(load_file(str(path)))
-        except Exception as e:  # noqa: BLE001
-            raise UserError(f"{path} does not hold the weights its sidecar describes "
-                            f"({str(e).splitlines()[0][:120]})") from None
         pre = meta["preprocess"]
-        wrapped = Deployable(model.eval(), pre["mean"], pre["std"], meta["temperature"], meta["input"]["layout"],
-                             task).eval()
+        wrapped = Deployable(model_from_meta(meta, path), pre["mean"], pre["std"], meta["temperature"],
+                             meta["input"]["layout"], task).eval()
         return Exported(path, meta, _torch_runner(wrapped))
+    if fmt == "openvino":
+        return Exported(path, meta, _openvino_runner(path, threads))
     raise UserError(f"{meta_path}: unknown format {fmt!r}")
+
+
+def model_from_meta(meta: dict, weights: Path) -> nn.Module:
+    """The model an export's metadata names, in eval mode, its weights read with safetensors (no pickle,
+    so a downloaded file cannot run code)."""
+    from safetensors.torch import load_file
+
+    m = meta["model"]
+    model = get_model(m["name"], num_classes=len(meta["classes"]), in_chans=meta["input"]["channels"],
+                      **{k: v for k, v in m["options"].items() if v is not None})
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{weights} does not hold the weights its metadata describes "
+                        f"({str(e).splitlines()[0][:120]})") from None
+    return model.eval()
+
+
+def _openvino_runner(path: Path, threads: int):
+    ov = need_extra("openvino", "openvino", "an OpenVINO model")
+    # f32: OpenVINO's CPU default is bf16 where the CPU has it, which would not be the checked model
+    config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    try:
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+    except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+        raise UserError(f"{path} is not a model OpenVINO can load ({_last_line(e)})") from None
+    return lambda x: compiled(x)[0]
 
 
 def _torch_runner(module: nn.Module):
@@ -213,16 +233,10 @@ def write_export(predictor: Classifier, fmt: str, out: Path, *, images: torch.Te
     tmp = temporary_path(path)
     try:
         _write_model(model, predictor, fmt, tmp, layout)
-        atomic_write_text(sidecar(tmp), json.dumps(_sidecar(predictor, fmt, path.name, layout), indent=2) + "\n")
+        atomic_write_text(sidecar(tmp), json.dumps(export_meta(predictor, fmt, path.name, layout), indent=2) + "\n")
         thresholds = predictor.task.thresholds_of(predictor)
         result = {**agreement(reference, load_export(tmp).probabilities(images), thresholds), "split": split}
-        key = "top1_agreement" if thresholds is None else "label_set_agreement"
-        if not result[key] >= min_agreement:
-            raise UserError(
-                f"the {fmt} export disagrees with the checkpoint on {100 * (1 - result[key]):.2f}% of "
-                f"{result['n']} images (largest probability difference {result['max_probability_difference']:.2e}); "
-                f"nothing was written{' and the previous export was kept' if path.exists() else ''}: "
-                "report this as a bug")
+        require_agreement(result, fmt, min_agreement, kept=path.exists())
         meta = read_json(sidecar(tmp))
         atomic_write_text(sidecar(tmp), json.dumps({**meta, "agreement": result}, indent=2) + "\n")
         os.replace(tmp, path)
@@ -231,6 +245,17 @@ def write_export(predictor: Classifier, fmt: str, out: Path, *, images: torch.Te
         tmp.unlink(missing_ok=True)
         sidecar(tmp).unlink(missing_ok=True)
     return path, result
+
+
+def require_agreement(result: dict, fmt: str, min_agreement: float, *, kept: bool) -> None:
+    """One line, and nothing written, when the export's top-1 (multi-label: label-set) agreement with the
+    checkpoint is under ``min_agreement``; ``kept``: a previous export stays where it was."""
+    key = "top1_agreement" if "top1_agreement" in result else "label_set_agreement"
+    if not result[key] >= min_agreement:
+        raise UserError(
+            f"the {fmt} export disagrees with the checkpoint on {100 * (1 - result[key]):.2f}% of "
+            f"{result['n']} images (largest probability difference {result['max_probability_difference']:.2e}); "
+            f"nothing was written{' and the previous export was kept' if kept else ''}: report this as a bug")
 
 
 def _write_model(model: nn.Module, predictor: Classifier, fmt: str, tmp: Path, layout: str) -> None:
@@ -251,7 +276,8 @@ def _write_model(model: nn.Module, predictor: Classifier, fmt: str, tmp: Path, l
         atomic_write_bytes(tmp, save({k: v.contiguous() for k, v in model.state_dict().items()}))
 
 
-def _sidecar(predictor: Classifier, fmt: str, name: str, layout: str) -> dict:
+def export_meta(predictor: Classifier, fmt: str, name: str, layout: str) -> dict:
+    """The sidecar of an export of ``predictor``: what it expects, and how its output is decided."""
     size, channels = predictor.image_size, predictor.channels
     return {
         "format": fmt, "file": name, "classes": predictor.classes, "opset": OPSET if fmt == "onnx" else None,
@@ -259,7 +285,7 @@ def _sidecar(predictor: Classifier, fmt: str, name: str, layout: str) -> dict:
                   "shape": ["N", size, size, channels] if layout == "nhwc" else ["N", channels, size, size]},
         "output": "probabilities (N, classes), temperature-scaled, softmax applied",
         "preprocess": {"resize": predictor.resize, "mean": predictor.mean.tolist(), "std": predictor.std.tolist(),
-                       "where": "applied by resnetlab's loader" if fmt == "safetensors" else "inside the graph",
+                       "where": "applied by resnetlab's loader" if fmt in ("safetensors", "hf") else "inside the graph",
                        "note": "decode to RGB (or grey), resize to size x size (squash or short side + centre "
                                "crop per 'resize'), uint8; the model does the rest"},
         "temperature": predictor.temperature, "calibration": predictor.calibration,

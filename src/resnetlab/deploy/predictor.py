@@ -9,6 +9,9 @@ GPU predicts and exports on a CPU.
 The model decides as its task does (evaluate/task.py): single-label by the most probable class,
 rejected as unknown under calibration.json's threshold; multi-label by each class's own threshold,
 read from the run's thresholds.json beside the checkpoint.
+
+A Hugging Face folder (`resnetlab export --format hf`) or ``hf-hub:ORG/NAME`` loads as the same kind
+of model (deploy/hub.py), its weights read with safetensors, what decides read from its config.json.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnetlab.data.images import is_image_file
+from resnetlab.deploy.hub import is_hub_model, load_hf
 from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import Classifier
 from resnetlab.evaluate.trained import run_model
@@ -31,7 +35,10 @@ class Predictor(Classifier):
         """The run's model (evaluate/trained.py ``run_model``: best.pt when chosen on val, else last.pt;
         EMA weights where kept). ``default_thresholds``: a multi-label run whose thresholds.json is missing
         or damaged decides at 0.5 rather than stopping. ``decisions=False`` leaves calibration.json and
-        thresholds.json unread: evaluation fits its own."""
+        thresholds.json unread: evaluation fits its own. ``path``: a run folder, a checkpoint, a Hugging
+        Face folder or ``hf-hub:ORG/NAME[@REVISION]`` (``which`` does not apply to the last two)."""
+        if is_hub_model(path):
+            return load_hf(path, device=device, decisions=decisions, default_thresholds=default_thresholds, cls=cls)
         return run_model(path, which=which, device=device, decisions=decisions,
                          default_thresholds=default_thresholds, cls=cls)
 

@@ -54,11 +54,14 @@ class BadRequest(Exception):
 
 def load_model(path: Path, *, default_thresholds: bool = False):
     from resnetlab.deploy.export import is_export, load_export
+    from resnetlab.deploy.hub import is_hub_model
     from resnetlab.deploy.predictor import Predictor
     from resnetlab.errors import UserError
 
+    if is_hub_model(path):
+        return Predictor.load(path, default_thresholds=default_thresholds)
     if not path.exists():
-        raise UserError(f"{path} does not exist: give a run folder, a checkpoint or an export")
+        raise UserError(f"{path} does not exist: give a run folder, a checkpoint, an export or hf-hub:ORG/NAME")
     if is_export(path):
         return load_export(path)
     if path.is_file() and path.suffix != ".pt":
