@@ -1,5 +1,5 @@
 """The package's architecture, checked: layers import only downwards, no import cycles, and
-`import resnetlab` / `resnetlab --help` stay light (no torch, torchvision or matplotlib)."""
+`import resnetlab` / `resnetlab --help` stay light (no torch, torchvision, matplotlib, MLflow or W&B)."""
 
 import ast
 import subprocess
@@ -84,14 +84,16 @@ def test_at_most_eight_top_level_modules():
     assert len(top) <= 9, top  # __main__ and _version besides the ~8 the layout allows
 
 
+HEAVY = ("torch", "torchvision", "matplotlib", "mlflow", "wandb")  # none loads before a command needs it
+
+
 @pytest.mark.parametrize("code", [
     "import resnetlab",
     "import resnetlab.cli as c; c.build_parser()",
     "from resnetlab.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
 ])
 def test_light_imports(code):
-    check = code + "\nimport sys\nheavy = [m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules]\n" \
-                   "assert not heavy, heavy"
+    check = code + f"\nimport sys\nheavy = [m for m in {HEAVY!r} if m in sys.modules]\nassert not heavy, heavy"
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
 

@@ -15,6 +15,8 @@ runs/<name>/
   eval_<split>.json  a split's scores; eval_<split>/ its figures; confusion_<split>[_normalized].csv
   report.html     the one-page report
   tensorboard/    TensorBoard event files (train.tensorboard)
+  trackers.json   the MLflow and W&B run ids of train.log_to, so a resume logs to the same runs
+  wandb/          W&B's own files for the run (train.log_to=[wandb])
   curves.png      loss, accuracy and learning rate against epoch
   last.pt         the latest checkpoint (previous.pt: the one before); best.pt: the best epoch on val
   snapshot-K.pt   the end of the K-th SGDR cycle (stages with snapshots: true)
@@ -44,6 +46,7 @@ CONFIG, ENV, CLASSES, DATA, SPLIT = "config.yaml", "env.json", "classes.json", "
 METRICS, METRICS_CSV, STATUS, BUDGET = "metrics.jsonl", "metrics.csv", "status.json", "budget.json"
 CALIBRATION, REPORT, CURVES, TENSORBOARD = "calibration.json", "report.html", "curves.png", "tensorboard"
 SKIPPED, THRESHOLDS, UNTRAINED = "skipped_images.csv", "thresholds.json", "untrained.json"
+TRACKERS = "trackers.json"
 LAST, BEST, PREVIOUS = "last.pt", "best.pt", "previous.pt"
 SNAPSHOTS = "snapshot-*.pt"
 # what scoring a run's final model wrote (finish, evaluate): a --from-epoch roll-back sets them aside

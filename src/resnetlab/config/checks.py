@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from resnetlab.config.keys import resolve_key, section_items, set_value
+from resnetlab.config.keys import resolve_key, section_items, set_value, unknown_choice
 from resnetlab.config.schema import SECTIONS, Config, ScheduleConfig
 from resnetlab.errors import UserError
 
@@ -86,6 +86,10 @@ def validate(cfg: Config) -> Config:
             ok = f.metadata.get("ok")
             if ok is not None and not ok(getattr(section, f.name)):
                 raise UserError(f"{name}.{f.name} {f.metadata['must']}")
+            choices, value = f.metadata.get("choices"), getattr(section, f.name)
+            if choices and isinstance(value, list) and (bad := unknown_choice(value, choices)) is not None:
+                # a list set in Python, past set_value's check (train.log_to)
+                raise UserError(f"{name}.{f.name}: {bad!r} is not one of: {', '.join(choices)}")
     d, a, t = cfg.data, cfg.augment, cfg.train
     across = [
         (d.dataset.strip() != "", "data.dataset is empty: give a folder or CSV of photos (resnetlab train "

@@ -69,11 +69,17 @@ def set_value(cfg: Config, key: str, value: Any, *, source: str) -> str:
     hints = typing.get_type_hints(type(target))
     setattr(target, name, _coerce(value, hints[name], full, source))
     choices = f.metadata.get("choices")
-    if choices and getattr(target, name) not in choices:
-        near = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.4)
+    if choices and (bad := unknown_choice(getattr(target, name), choices)) is not None:
+        near = difflib.get_close_matches(str(bad), choices, n=1, cutoff=0.4)
         hint = f"did you mean '{near[0]}'? " if near else ""
-        raise UserError(f"{full}={value!r} ({source}) is not one of: {', '.join(choices)}; {hint}".rstrip("; "))
+        what = f"{full}={value!r}" if bad == getattr(target, name) else f"{full}: {bad!r}"
+        raise UserError(f"{what} ({source}) is not one of: {', '.join(choices)}; {hint}".rstrip("; "))
     return full
+
+
+def unknown_choice(value: Any, choices: tuple) -> Any:
+    """The value, or a list key's first item (train.log_to), that is not one of ``choices``; None when all are."""
+    return next((v for v in (value if isinstance(value, list) else [value]) if v not in choices), None)
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:

@@ -207,6 +207,10 @@ class TrainConfig(_Section):
     # views per test image in that final score (1: none; e.g. 4 adds flipped and shifted views)
     final_tta: int = _ranged(1, lambda v: v >= 1, "must be at least 1 (1: no test-time augmentation)")
     tensorboard: bool = True  # also write TensorBoard event files (runs/<name>/tensorboard)
+    # also log the run to these experiment trackers (each an optional extra: pip install 'resnetlab[mlflow]'):
+    # the config as params, every epoch's metrics, the test metrics, figures, report and best checkpoint.
+    # Where to: $MLFLOW_TRACKING_URI and $MLFLOW_EXPERIMENT_NAME, $WANDB_PROJECT and $WANDB_MODE; [] = none
+    log_to: list[str] = field(default_factory=list, metadata={"choices": ("mlflow", "wandb")})
     sync_bn: bool = False  # BatchNorm statistics over the global batch of all processes
     dist_timeout: float = 600.0  # s a collective waits for a peer before failing (a dead rank)
     # stop after this many epochs without a val top-1 gain; 0 = off

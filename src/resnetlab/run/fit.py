@@ -3,11 +3,11 @@ around it, and the same end as the command line's (run/finish.py).
 
 Around the loop: status.json, the start banner and the live progress bar, stop signals read at
 step boundaries, checkpoints and curves at each epoch's end (and inside an epoch on a signal or
-train.checkpoint_every), TensorBoard, a time budget's length correction, and the user's callbacks
-(minGPT style), ``{event: [fn, ...]}``: ``on_batch_end(session, info)``,
-``on_epoch_end(session, record)``, ``on_train_end(session, result)``. They observe; the loop does
-not depend on them. After the last epoch the test split is scored once, then calibration,
-figures and report.html.
+train.checkpoint_every), TensorBoard, MLflow and W&B (train.log_to: run/trackers.py), a time
+budget's length correction, and the user's callbacks (minGPT style), ``{event: [fn, ...]}``:
+``on_batch_end(session, info)``, ``on_epoch_end(session, record)``, ``on_train_end(session, result)``.
+They observe; the loop does not depend on them. After the last epoch the test split is scored once,
+then calibration, figures and report.html.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from resnetlab.run.progress import EpochProgress, announce, epoch_line, split_sc
 from resnetlab.run.saving import save_epoch, save_partial
 from resnetlab.run.stopping import run_status, signal_name, stop_agreed, stop_on_signals
 from resnetlab.run.tensorboard import TensorBoardLogger
+from resnetlab.run.trackers import tracking
 from resnetlab.train.loop import Hooks, Preempted, StopTraining, check_trainable, train, val_metrics
 from resnetlab.train.session import Session
 
@@ -48,7 +49,10 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         from resnetlab.budget.correction import LengthCorrection
 
         correction = LengthCorrection(s)
-    with run_status(s), EpochProgress(s, console) as progress, stop_on_signals() as stop:
+    with run_status(s), tracking(s) as tracked, EpochProgress(s, console) as progress, \
+            stop_on_signals() as stop:
+        for event, fns in tracked.items():  # before the user's: an epoch is logged even if they stop the run
+            callbacks[event] = fns + callbacks[event]
         announce(s, console)
         t = s.cfg.train
         if t.score_untrained and s.state.epoch == 0 and s.state.step == 0:  # a resume has trained already

@@ -33,6 +33,7 @@ from resnetlab.evaluate.task import TASK_KEY, task_of_config
 from resnetlab.io import read_json, write_json
 from resnetlab.run.resume import RESUME_FROM, restore_newest_intact
 from resnetlab.run.rollback import epoch_checkpoint, roll_back, rolled_back_already
+from resnetlab.run.trackers import check_trackers
 from resnetlab.run_folder import check_run_dir, create_run_dir, read_run_config, saved_split_file
 from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
@@ -67,6 +68,8 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
             raise UserError(f"{resume} was trained {trained.kind}: a resume cannot change {TASK_KEY}; start a new run")
         cfg = validate(cfg)
     d = distributed.from_environment()
+    if d.main:  # only rank 0 logs to MLflow and W&B: a missing package is one line before anything is built
+        check_trackers(cfg.train.log_to)
     if d.world > cfg.train.batch_size:
         raise UserError(f"{d.world} processes cannot share a global batch of {cfg.train.batch_size}: "
                         "raise train.batch_size or start fewer processes")

@@ -11,6 +11,8 @@ study folder/
 Trials are scored on validation top-1 (the best epoch); the test split is never looked at
 (``train.final_test=false``). TPE proposes; a median or successive-halving pruner stops a
 trial whose validation top-1 after an epoch is poor, through fit()'s on_epoch_end callback.
+With ``train.log_to``, each trial's MLflow run nests under one for the study, and its W&B run is in the
+group named after the study folder.
 A trial killed mid-run (its state stays RUNNING in the database) is marked failed on the
 next ``tune`` and queued again with the same parameters.
 """
@@ -32,6 +34,7 @@ from resnetlab.evaluate.task import task_of_config
 from resnetlab.io import read_json, write_json
 from resnetlab.run.fit import fit
 from resnetlab.run.prepare import prepare
+from resnetlab.run.trackers import check_trackers, study_run
 from resnetlab.run_folder import read_run_config
 from resnetlab.train.loop import StopTraining
 from resnetlab.train.session import val_score
@@ -96,6 +99,7 @@ def run_study(recipe: str, overrides: list[str], *, trials: int, study_dir: Path
     if trials < 1:
         raise UserError(f"--trials {trials}: give 1 or more")
     base = load_config(recipe, overrides)
+    check_trackers(base.train.log_to)  # before the study folder is made
     catalog, root, _ = plan_data(base)
     if "val" not in catalog.present_splits():
         raise UserError(f"tuning needs a validation split and {root} has none: add data.val_fraction=0.1 "
@@ -137,7 +141,8 @@ def run_study(recipe: str, overrides: list[str], *, trials: int, study_dir: Path
                           f"({' '.join(shown(k, v) for k, v in trial.params.items())})")
 
     if trials - done > 0:
-        study.optimize(objective, n_trials=trials - done, catch=(UserError,), callbacks=[said])
+        with study_run(base.train.log_to, study_dir):
+            study.optimize(objective, n_trials=trials - done, catch=(UserError,), callbacks=[said])
     return finish_study(study, study_dir, console)
 
 
