@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnetlab import run_folder as rf
+from resnetlab.config import section_items
 from resnetlab.errors import UserError
 from resnetlab.evaluate.report import inline_png, page, pct, table
 from resnetlab.evaluate.runs import is_run, read_history
@@ -58,20 +59,10 @@ def load_run(path: Path) -> Run:
     if not is_run(path):
         raise UserError(f"{path} is not a resnetlab run folder (no config.yaml and env.json)")
     data = rf.read_optional_json(path, rf.DATA, {})
-    return Run(path, flat_config(read_yaml(path / rf.CONFIG) or {}), read_history(path),
+    return Run(path, dict(section_items(read_yaml(path / rf.CONFIG) or {})), read_history(path),
                rf.read_optional_json(path, rf.CLASSES, []),
                rf.read_optional_json(path, rf.eval_name("test"), {}),
                data.get("sizes", {}).get("val"))
-
-
-def flat_config(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flat_config(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def differing_keys(runs: list[Run]) -> list[str]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from resnetlab import run_folder as rf
+from resnetlab.config import section_items
 from resnetlab.errors import UserError
 from resnetlab.io import write_json
 from resnetlab.train.loop import Preempted, StopTraining
@@ -60,17 +61,6 @@ def _installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ValueError:  # imported already, without a spec: it is there
         return True
-
-
-def flat_params(config: dict, prefix: str = "") -> dict[str, Any]:
-    """The config's sections flattened: {"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; lists stay lists."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flat_params(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def epoch_metrics(record: dict) -> dict[str, float]:
@@ -135,7 +125,7 @@ class MLflowTracker(Tracker):
             run = mlflow.start_run(run_id=run_id, nested=parent is not None)
             logged = mlflow.get_run(run_id).data.params
         self.run_id = run.info.run_id
-        params = {k: _param_text(v) for k, v in flat_params(run_config(s)).items() if k not in logged}
+        params = {k: _param_text(v) for k, v in dict(section_items(run_config(s))).items() if k not in logged}
         mlflow.log_params(params, run_id=self.run_id)
         return self.run_id
 
@@ -219,7 +209,7 @@ class WandbTracker(Tracker):
 
         # create_new: never log into (or finish) a W&B run the caller has open
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), name=s.run_dir.name,
-                              config=flat_params(run_config(s)), dir=str(s.run_dir), group=STUDY.get() or None,
+                              config=dict(section_items(run_config(s))), dir=str(s.run_dir), group=STUDY.get() or None,
                               id=run_id, resume="allow" if run_id else None, allow_val_change=bool(run_id),
                               reinit="create_new")
         return self.run.id
