@@ -146,7 +146,8 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
     if rcfg.stages:  # the earlier stages keep their epochs; each stage has its own schedule, so no correction
         return evolve(rcfg, changes, last_stage_epochs=_last_stage_epochs(rcfg, plan, budget)), rdata, plan
     sched = rcfg.schedule
-    if sched.name == "onecycle" and not sched.warmup_epochs:  # the rise, pinned: it stays put when the length changes
+    # the rise, pinned: it stays put when the length changes
+    if sched.name in ("onecycle", "triangle") and not sched.warmup_epochs:
         changes["schedule.warmup_epochs"], plan.pinned_rise = sched.pct_start * plan.epochs, True
     rcfg = evolve(rcfg, changes)
     # the correction waits for the schedule's length-free steps (the rise; at most half the run), so it is

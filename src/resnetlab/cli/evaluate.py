@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
                    help="also score N views per image (the image, its mirror where training flipped, then training "
                         "augmentations); 20 as in the GTSRB tutorial")
     p.add_argument("--tta-reduce", default="mean", choices=["mean", "max"], help="how TTA views combine")
+    p.add_argument("--tta-views", default="random", choices=["random", "fixed"],
+                   help="random: training augmentations; fixed: airbench's 1 px shifts and mirrors, logits averaged "
+                        "(--tta 2 or 6; 3 where training did not flip)")
     p.add_argument("--reject-target", type=float, default=None,
                    help="rejection thresholds reject at most this share of known-class val images (default 0.05; "
                         "single-label runs)")
@@ -87,7 +90,8 @@ def run(args) -> int:
 def _options(args):
     from resnetlab.evaluate.evaluator import Options
 
-    return Options(tta=args.tta, reduce=args.tta_reduce, batch_size=args.batch_size, figures=not args.no_figures,
+    return Options(tta=args.tta, reduce=args.tta_reduce, views=args.tta_views, batch_size=args.batch_size,
+                   figures=not args.no_figures,
                    reject_target=0.05 if args.reject_target is None else args.reject_target,
                    default_thresholds=args.default_thresholds)
 

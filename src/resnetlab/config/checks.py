@@ -90,7 +90,7 @@ def validate(cfg: Config) -> Config:
             if choices and isinstance(value, list) and (bad := unknown_choice(value, choices)) is not None:
                 # a list set in Python, past set_value's check (train.log_to)
                 raise UserError(f"{name}.{f.name}: {bad!r} is not one of: {', '.join(choices)}")
-    d, a, t = cfg.data, cfg.augment, cfg.train
+    d, a, t, m, o = cfg.data, cfg.augment, cfg.train, cfg.model, cfg.optim
     across = [
         (d.dataset.strip() != "", "data.dataset is empty: give a folder or CSV of photos (resnetlab train "
          "path/to/photos) or a built-in data set such as fashion-mnist or cifar10"),
@@ -113,6 +113,19 @@ def validate(cfg: Config) -> Config:
          "train.max_steps ends one schedule; with stages, give each stage its epochs"),
         (t.ladder_rung < len(t.ladder), f"train.ladder_rung={t.ladder_rung} names no rung: train.ladder has "
          f"{len(t.ladder)} (0 to {len(t.ladder) - 1}); use -1 to let the ladder's rule choose"),
+        (not (t.lookahead and not t.ema_decay), "train.lookahead pulls the weights to their EMA: set "
+         "train.ema_decay too (airbench: 0.95), or train.lookahead=0"),
+        (not (cfg.stages and (m.freeze_bn_weight or o.bn_bias_lr_scale != 1 or m.stem == "whiten")),
+         "stages set which groups train and at what rates: model.freeze_bn_weight, optim.bn_bias_lr_scale and "
+         "model.stem=whiten are for runs without stages"),
+        (not (cfg.stages and t.lookahead and any(st.precompute for st in cfg.stages)),
+         "train.lookahead moves the whole model, and a precompute stage trains the head on fixed features: set "
+         "train.lookahead=0 or precompute: false"),
+        (not (d.multi_label and t.final_tta_views == "fixed"), "train.final_tta_views=fixed averages softmax "
+         "logits: multi-label runs take random"),
+        (t.final_tta_views != "fixed" or t.final_tta in ((1, 2, 6) if a.hflip else (1, 3)),
+         f"train.final_tta_views=fixed has {'1, 2 or 6' if a.hflip else '1 or 3 (no flips)'} views, not "
+         f"train.final_tta={t.final_tta}"),
         (a.hflip or not a.hflip_alternate, "augment.hflip_alternate alternates the flips augment.hflip makes: set "
          "augment.hflip=true too, or leave hflip_alternate off"),
     ]

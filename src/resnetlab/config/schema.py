@@ -141,6 +141,15 @@ class ModelConfig(_Section):
     # pre-activation family: the first block of every stage takes the 1x1 conv shortcut from its
     # pre-activation, also where the shape stays (Keras' red=True); null = only where the shape changes
     stage_shortcut: bool | None = None
+    # whiten: a frozen 2x2 patch-whitening conv (fitted on ~5,000 training images before the first step) and
+    # GELU before the family's own stem (airbench); conv or null: the family's own (airnet: whitening built in)
+    stem: str | None = field(default=None, metadata={"choices": ("conv", "whiten")})
+    # every stride-1 3x3 conv starts passing its first min(in, out) channels through (airbench's Dirac init)
+    dirac_init: bool = False
+    # BatchNorm weights (scales) fixed at 1, only the biases train (airbench); false: both train
+    freeze_bn_weight: bool = False
+    # share of each batch's statistics in BatchNorm's running ones (PyTorch's convention: airbench's 0.6 is 0.4)
+    bn_momentum: float = _ranged(0.1, lambda v: 0 < v <= 1, "must be in (0, 1] (PyTorch's default is 0.1)")
 
 
 @dataclass
@@ -159,12 +168,17 @@ class OptimConfig(_Section):
     # norm clip; 0 = off
     grad_clip_value: float = _ranged(0.0, lambda v: v >= 0, "must be 0 (off) or more")
     label_smoothing: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in [0, 1)")
+    # BatchNorm biases' learning rate x this, their weight decay / this so each step's decay is unchanged
+    # (airbench's 64, with frozen BN weights); 1 = as every other parameter
+    bn_bias_lr_scale: float = _ranged(1.0, lambda v: v > 0, "must be positive (1: as every other parameter)")
     class_weights: str = _choice("none", "none", "balanced")  # balanced: loss weight n / (k * n_class)
 
 
 @dataclass
 class ScheduleConfig(_Section):
-    name: str = _choice("cosine", "constant", "step", "cosine", "onecycle", "poly", "sgdr")
+    # triangle (airbench's): linear from lr / div_factor up to lr at pct_start of the run, then linear down to
+    # lr * min_lr_ratio at its end
+    name: str = _choice("cosine", "constant", "step", "cosine", "onecycle", "poly", "sgdr", "triangle")
     # linear warm-up from 0 before the schedule; onecycle: the rise, in epochs, in place of pct_start (a time
     # budget sets it, so the rise does not move when the run's length is corrected)
     warmup_epochs: float = _ranged(0.0, lambda v: v >= 0, "must be 0 or more")
@@ -206,6 +220,10 @@ class TrainConfig(_Section):
     final_test: bool = True  # score the test split once at the end; a tuning study turns it off
     # views per test image in that final score (1: none; e.g. 4 adds flipped and shifted views)
     final_tta: int = _ranged(1, lambda v: v >= 1, "must be at least 1 (1: no test-time augmentation)")
+    # which views: random (the image, its mirror, then training augmentations; probabilities averaged) or
+    # fixed (airbench's: the image and 1 px diagonal shifts each way, each with its mirror where training flips;
+    # logits averaged, the unshifted pair weighted half; final_tta 2 or 6, or 3 without flips)
+    final_tta_views: str = _choice("random", "random", "fixed")
     tensorboard: bool = True  # also write TensorBoard event files (runs/<name>/tensorboard)
     # also log the run to these experiment trackers (each an optional extra: pip install 'resnetlab[mlflow]'):
     # the config as params, every epoch's metrics, the test metrics, figures, report and best checkpoint.
@@ -217,6 +235,10 @@ class TrainConfig(_Section):
     early_stop_patience: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or more epochs")
     # EMA of the weights, per step (0.999 is usual); 0 = off; best.pt, predict, export use it
     ema_decay: float = _ranged(0.0, lambda v: 0 <= v < 1, "must be in (0, 1) (0.999 is usual), or 0 for no EMA")
+    # Lookahead with the EMA as the slow weights (airbench's): every N steps the EMA takes one step of decay
+    # ema_decay^N x (step / run's steps)^3 (averaging strengthens as the run ends) and the weights are set to
+    # it, and again at each epoch's end; 0 = off (the EMA then averages every step on its own)
+    lookahead: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or a number of steps (airbench: 5)")
     # also score this split every epoch, for the curves, the epoch line and TensorBoard only (the tutorials
     # watch test so); it never chooses a checkpoint or stops a run; "" = off
     monitor: str = _choice("", "", "test")

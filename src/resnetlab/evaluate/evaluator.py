@@ -21,7 +21,7 @@ from resnetlab.data.readers.manifest import read_split_file
 from resnetlab.errors import UserError
 from resnetlab.evaluate import analysis, calibration
 from resnetlab.evaluate import figures as plots
-from resnetlab.evaluate.inference import Classifier, Inference, infer_images, infer_tta
+from resnetlab.evaluate.inference import Classifier, Inference, infer_fixed_tta, infer_images, infer_tta
 from resnetlab.evaluate.metrics import metrics, write_confusion_csv
 from resnetlab.evaluate.multilabel_split import score_multilabel_split
 from resnetlab.evaluate.options import Options
@@ -56,9 +56,13 @@ def score_single_label_split(run_dir: Path, p: Classifier, name: str, images: to
     result.update(split=name, checkpoint=p.source, images_per_s=round(plain.images_per_second, 1))
     probs = plain.logits.softmax(1)
     if opts.tta > 1:
-        tta = infer_tta(p, images, labels, views=opts.tta, reduce=opts.reduce, batch_size=opts.batch_size)
+        if opts.views == "fixed":
+            tta = infer_fixed_tta(p, images, labels, views=opts.tta, batch_size=opts.batch_size)
+        else:
+            tta = infer_tta(p, images, labels, views=opts.tta, reduce=opts.reduce, batch_size=opts.batch_size)
         m = metrics(tta.logits, tta.labels, classes)
-        result["tta"] = {"views": opts.tta, "reduce": opts.reduce, "top1": m["top1"], "top5": m["top5"],
+        reduce = "fixed views, logits weighted" if opts.views == "fixed" else opts.reduce
+        result["tta"] = {"views": opts.tta, "reduce": reduce, "top1": m["top1"], "top5": m["top5"],
                          "loss": m["loss"], "balanced_accuracy": m["balanced_accuracy"], "n": m["n"],
                          "images_per_s": round(len(labels) * opts.tta / max(tta.seconds, 1e-9), 1)}
     result["calibration"] = _calibration(run_dir, p, plain, val, opts)

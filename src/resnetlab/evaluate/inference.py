@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from resnetlab.config import AugmentConfig
-from resnetlab.data.augment import augment_batch, make_generator, normalize
+from resnetlab.data.augment import _reflect, augment_batch, make_generator, normalize
 from resnetlab.data.decode import decode_for_model
 from resnetlab.device import autocast
+from resnetlab.errors import UserError
 from resnetlab.evaluate.task import SingleLabel, Tasked
 
 
@@ -128,6 +129,35 @@ def infer_tta(c: Classifier, images: torch.Tensor, labels: torch.Tensor, *, view
     combined = combine_views(lambda x: c.logits(x, batch_size).softmax(1), images, views=views, reduce=reduce,
                              augment=c.augment, batch_size=batch_size, seed=seed)
     return Inference(combined.clamp_min(1e-12).log(), labels.cpu(), time.perf_counter() - start)
+
+
+def infer_fixed_tta(c: Classifier, images: torch.Tensor, labels: torch.Tensor, *, views: int,
+                    batch_size: int = 256) -> Inference:
+    """airbench's fixed TTA (train.final_tta_views=fixed): logits averaged over the image and, with 3 or 6
+    views, its 1 px diagonal shifts up-left and down-right (reflected at the edge), each with its mirror
+    where training flipped (2 or 6 views); the unshifted views weigh half. Returned as log-probabilities."""
+    if views not in (2, 3, 6):
+        raise UserError(f"fixed TTA has 2 views (the image and its mirror), 3 (and its diagonal shifts) or 6 (each "
+                        f"with its mirror), not {views}")
+    start = time.perf_counter()
+    shifts, weights = ([0], [1.0]) if views <= 2 else ([0, -1, 1], [0.5, 0.25, 0.25])
+    mirrors = [False, True] if views in (2, 6) else [False]
+    total = torch.zeros(len(labels), len(c.classes))
+    for d, w in zip(shifts, weights):
+        shifted = shift_diagonal(images, d)
+        for mirror in mirrors:
+            total += w / len(mirrors) * c.logits(shifted.flip(-1) if mirror else shifted, batch_size)
+    return Inference(total.log_softmax(1), labels.cpu(), time.perf_counter() - start)
+
+
+def shift_diagonal(images: torch.Tensor, d: int) -> torch.Tensor:
+    """(N, C, H, W) with pixel (y, x) taken from (y + d, x + d), reflected at the edges (airbench's
+    reflect-pad by 1 and crop: d = -1 is the crop at (0, 0), d = 1 at (2, 2))."""
+    if d == 0:
+        return images
+    h, w = images.shape[-2:]
+    rows, cols = _reflect(torch.arange(h) + d, h), _reflect(torch.arange(w) + d, w)
+    return images[..., rows, :][..., cols]
 
 
 def combine_views(probabilities, images: torch.Tensor, *, views: int, reduce: str, augment: AugmentConfig,

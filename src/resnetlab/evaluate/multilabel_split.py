@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from resnetlab import run_folder as rf
+from resnetlab.errors import UserError
 from resnetlab.evaluate import figures as plots
 from resnetlab.evaluate.inference import Classifier, combine_views, infer_images
 from resnetlab.evaluate.multilabel import (
@@ -91,6 +92,8 @@ def settle_thresholds(run_dir: Path, p: Classifier, val, opts: Options) -> tuple
 
 def _tta(p: Classifier, images, targets, thresholds, opts: Options) -> dict:
     """Scores of the mean (or max) of each class's sigmoid over ``opts.tta`` views; never renormalised."""
+    if opts.views == "fixed":
+        raise UserError("fixed TTA views average softmax logits: multi-label runs take --tta-views random")
     start = time.perf_counter()
     probs = combine_views(lambda x: p.probabilities(x, opts.batch_size), images, views=opts.tta,
                           reduce=opts.reduce, augment=p.augment, batch_size=opts.batch_size, normalise=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 class Options:
     tta: int = 1  # views per image; 1 = none
     reduce: str = "mean"  # how views combine: mean or max of probabilities
+    views: str = "random"  # random (training augmentations) or fixed (airbench's shifts and mirrors, logits averaged)
     reject_target: float = 0.05  # share of known-class val images rejection may cost
     batch_size: int = 256
     figures: bool = True

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from torch import nn
 
 from resnetlab.errors import UserError
+from resnetlab.models.whitening import whitened
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,22 @@ def get_model(
     weights: str | None = None,
     **options: Any,
 ) -> nn.Module:
-    """Build a registered model. Options a family does not take are an error, not ignored."""
+    """Build a registered model. Options a family does not take are an error, not ignored.
+    ``stem="whiten"`` puts any family's model behind a frozen patch-whitening stem (models/whitening.py)."""
     entry = model_entry(name)
     accepted = inspect.signature(entry.builder).parameters
     given = {k: v for k, v in options.items() if v is not None}
+    stem = given.pop("stem", None)  # None: the family's own
+    if stem not in (None, "conv", "whiten"):
+        raise UserError(f"model.stem={stem}: choose conv (the family's own) or whiten")
+    if stem == "conv" and entry.family == "airnet":
+        raise UserError(f"{name}'s whitening stem is part of it: leave model.stem unset, or choose another family")
+    if stem == "whiten" and entry.family != "airnet":  # airnet has it built in
+        if weights is not None:
+            raise UserError("model.stem=whiten replaces the first layer pretrained weights were trained with: "
+                            "train from scratch (model.weights=null) or set model.stem=conv")
+        return whitened(lambda **kw: get_model(name, weights=None, **kw), in_chans=in_chans,
+                        num_classes=num_classes, **given)
     for key in given:
         if key not in accepted:
             raise UserError(f"model '{name}' has no option '{key}' (it takes: {', '.join(accepted)})")

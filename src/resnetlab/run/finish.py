@@ -41,6 +41,7 @@ def finish_run(s: Session, console: Console) -> dict:
         return out
     model = final_model(s)
     opts = Options(batch_size=s.cfg.train.eval_batch_size, figures=s.cfg.train.report, tta=s.cfg.train.final_tta,
+                   views=s.cfg.train.final_tta_views,
                    thresholds_from=_parent_thresholds(s.cfg))
     scored = "test" if s.cfg.train.final_test and "test" in s.data.splits else None
     result = score_run(s.run_dir, model, s.data.splits, opts, scored)

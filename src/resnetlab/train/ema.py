@@ -32,12 +32,33 @@ class ModelEma:
         """Three multi-tensor kernels a step, not one launch per tensor (~50-300 on a GPU)."""
         d = self.current_decay()
         self.updates += 1
-        if self._pairs is None or self._pairs[0] is not model:
-            self._pairs = (model, _pairs(self.module, model))  # parameters are updated in place, never replaced
-        ema_float, now_float, ema_count, now_count = self._pairs[1]
-        torch._foreach_lerp_(ema_float, now_float, 1 - d)  # weights and BatchNorm running mean/var
+        self._lerp(model, 1 - d)
+
+    @torch.no_grad()
+    def lookahead(self, model: nn.Module, progress: float, every: int) -> None:
+        """train.lookahead (airbench's Lookahead, every ``every`` steps): the EMA takes one step of decay
+        ``decay**every * progress**3`` (``progress``: the share of the run done, so it averages more as the run
+        ends) towards the weights, and the weights are set to the EMA."""
+        self.updates += 1
+        self._lerp(model, 1 - self.decay**every * progress**3)
+        self.pull(model)
+
+    @torch.no_grad()
+    def pull(self, model: nn.Module) -> None:
+        """The weights (and BatchNorm statistics) set to the EMA's: Lookahead's return to the slow weights."""
+        ema_float, now_float, _, _ = self._pairs_of(model)
+        torch._foreach_copy_(now_float, ema_float)
+
+    def _lerp(self, model: nn.Module, weight: float) -> None:
+        ema_float, now_float, ema_count, now_count = self._pairs_of(model)
+        torch._foreach_lerp_(ema_float, now_float, weight)  # weights and BatchNorm running mean/var
         if ema_count:  # num_batches_tracked: copied, not averaged
             torch._foreach_copy_(ema_count, now_count)
+
+    def _pairs_of(self, model: nn.Module) -> tuple:
+        if self._pairs is None or self._pairs[0] is not model:
+            self._pairs = (model, _pairs(self.module, model))  # parameters are updated in place, never replaced
+        return self._pairs[1]
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}

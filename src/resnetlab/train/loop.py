@@ -147,7 +147,7 @@ def train_epoch(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None 
         if len(y):  # a streamed batch whose images were all bad trains nothing, but is still a step
             logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i), head=head)
             if s.ema is not None:
-                s.ema.update(s.model)
+                ema_step(s, step)
             finite &= torch.isfinite(loss_sum.detach())
             s.task.tally(sums, logits.detach(), loss_sum.detach(), y)
             hooks.batch_end(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr,
@@ -167,6 +167,8 @@ def train_epoch(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None 
         if i >= last:
             break
     seconds = time.perf_counter() - start
+    if s.ema is not None and cfg.train.lookahead:  # the epoch ends on the slow weights (airbench's)
+        s.ema.pull(s.model)
     check_finite(s, finite, epoch, i)
     hooks.steps_done(s, epoch)
     loss_sum, correct, seen = distributed.all_sum(sums, d).tolist()
@@ -176,6 +178,16 @@ def train_epoch(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None 
             "train_images": int(seen),  # summed over ranks, bad images left out
             "images_per_s": (seen - seen0) / max(seconds, 1e-9),
             "seconds": round(seconds, 2), "size": size or s.data.image_size}
+
+
+def ema_step(s: Session, step: int) -> None:
+    """After optimiser step ``step``: the EMA averages every step, or with train.lookahead every N steps,
+    and the weights return to it."""
+    every = s.cfg.train.lookahead
+    if not every:
+        s.ema.update(s.model)
+    elif (step + 1) % every == 0:
+        s.ema.lookahead(s.model, (step + 1) / run_end(s), every)
 
 
 def train_size(s: Session, epoch: int) -> int:

@@ -19,6 +19,8 @@ def lr_at(
 ) -> float:
     if cfg.name == "onecycle":  # has its own warm-up phase
         return _onecycle(step, base_lr, total_steps, steps_per_epoch, cfg)
+    if cfg.name == "triangle":
+        return _triangle(step, base_lr, total_steps, steps_per_epoch, cfg)
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
         # (step + 1) so the first step already moves; reaches base_lr at the last warm-up step
@@ -71,9 +73,10 @@ def length_free_steps(cfg: ScheduleConfig, steps_per_epoch: int) -> float:
     its rise when given in epochs); schedules that count in epochs only (constant, step, sgdr), all."""
     if cfg.name in ("constant", "step", "sgdr"):
         return math.inf
-    if cfg.name != "onecycle":
+    if cfg.name not in ("onecycle", "triangle"):
         return round(cfg.warmup_epochs * steps_per_epoch)  # as lr_at counts them
-    # the rising steps 0 .. rise - 1; without warmup_epochs the rise is pct_start of the total
+    # the rising steps 0 .. rise - 1; without warmup_epochs the rise is pct_start of the total (triangle: the
+    # same, its peak at step ``rise``)
     return math.floor(cfg.warmup_epochs * steps_per_epoch)
 
 
@@ -95,3 +98,13 @@ def _onecycle(step: int, base_lr: float, total_steps: int, steps_per_epoch: int,
         span = last_step - rise
         pct, start, end = (step - rise) / span if span > 0 else 1.0, base_lr, final
     return end + (start - end) / 2 * (1 + math.cos(math.pi * min(pct, 1.0)))
+
+
+def _triangle(step: int, base_lr: float, total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig) -> float:
+    """airbench's: linear from base_lr / div_factor at step 0 to base_lr at step ``rise``, then linear to
+    base_lr * min_lr_ratio at step ``total_steps`` (one past the last)."""
+    start, end = 1 / cfg.div_factor, cfg.min_lr_ratio
+    rise = cfg.warmup_epochs * steps_per_epoch if cfg.warmup_epochs else cfg.pct_start * total_steps
+    if step < rise:
+        return base_lr * (start + (1 - start) * step / rise)
+    return base_lr * (1 + (end - 1) * (step - rise) / max(total_steps - rise, 1e-9))

@@ -21,11 +21,13 @@ from resnetlab.checkpoint import rng_state
 from resnetlab.config import AugmentConfig, Config, OptimConfig
 from resnetlab.data import CachedLoader, DataBundle, FileDataset, Split, StreamLoader
 from resnetlab.data.archive import shard_of
-from resnetlab.data.augment import BatchAugment, flip_sides
+from resnetlab.data.augment import BatchAugment, flip_sides, normalize
 from resnetlab.errors import UserError
 from resnetlab.evaluate.task import SingleLabel, balanced_weights, task_of_config
 from resnetlab.models import get_model, model_entry
 from resnetlab.models.groups import first_trained, layer_groups
+from resnetlab.models.tuning import bn_biases, dirac_init, set_batchnorm
+from resnetlab.models.whitening import fit_whitening, whitening_layer
 from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
 from resnetlab.train.ema import ModelEma
@@ -147,7 +149,7 @@ class Session:
 def model_options(cfg: Config) -> dict[str, Any]:
     m = cfg.model
     return {"stages": m.stages, "filters": m.filters, "zero_init_residual": m.zero_init_residual,
-            "input_bn": m.input_bn, "stage_shortcut": m.stage_shortcut}
+            "input_bn": m.input_bn, "stage_shortcut": m.stage_shortcut, "stem": m.stem}
 
 
 def build_model(cfg: Config, data: DataBundle, *, pretrained: bool = True) -> nn.Module:
@@ -165,29 +167,59 @@ def build_model(cfg: Config, data: DataBundle, *, pretrained: bool = True) -> nn
             f"model.num_classes={cfg.model.num_classes} but {data.root} has {len(data.classes)} classes; "
             "set model.num_classes=0 to follow the data"
         )
-    return get_model(
+    model = get_model(
         cfg.model.name,
         num_classes=len(data.classes),
         in_chans=data.channels,
         weights=cfg.model.weights if pretrained else None,
         **model_options(cfg),
     )
+    if cfg.model.dirac_init:
+        dirac_init(model)
+    set_batchnorm(model, momentum=cfg.model.bn_momentum, freeze_weight=cfg.model.freeze_bn_weight)
+    if (layer := whitening_layer(model)) is not None:
+        fit_whitening(layer, whitening_images(data, cfg))
+    return model
+
+
+WHITEN_IMAGES = 5000  # airbench fits its stem on 5,000 CIFAR-10 images: ~4.8M 2x2 patches for 12 directions
+
+
+def whitening_images(data: DataBundle, cfg: Config) -> torch.Tensor:
+    """Up to WHITEN_IMAGES training images, seeded, normalised as training normalises them, at the
+    training size: float (N, C, H, W)."""
+    split = data.splits["train"]
+    n = len(split.labels)
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:WHITEN_IMAGES]
+    if split.images is not None:
+        images = split.images[pick]
+    else:  # streamed: read the chosen files once
+        files = FileDataset(split.paths, split.labels, size=data.image_size, resize=cfg.data.resize,
+                            channels=data.channels, boxes=split.boxes, margin=cfg.data.roi_margin)
+        images = torch.stack([files[int(i)][0] for i in pick])
+    mean, std = torch.tensor(data.mean), torch.tensor(data.std)
+    return normalize(images, mean, std, channels_last=False)
 
 
 def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
     """Two parameter groups per layer group (stem, layer1, ..., head): with and without weight decay.
     Stages set each group's ``lr_scale`` (discriminative rates) and freeze groups by requires_grad."""
-    groups = []
+    groups, fast = [], bn_biases(model) if o.bn_bias_lr_scale != 1 else set()
     for name, modules in layer_groups(model):
-        decay, no_decay = [], []
+        decay, no_decay, biases = [], [], []
         for m in modules:
             for p in m.parameters():
                 # BN scales and biases (1-d) gain nothing from decay and lose accuracy with it
-                (no_decay if p.ndim <= 1 and not o.decay_norm_and_bias else decay).append(p)
+                plain = no_decay if p.ndim <= 1 and not o.decay_norm_and_bias else decay
+                (biases if id(p) in fast else plain).append(p)
         for params, with_decay in ((decay, True), (no_decay, False)):
             if params:
                 groups.append({"params": params, "weight_decay": o.weight_decay if with_decay else 0.0,
                                "layer_group": name, "decay": with_decay, "lr_scale": 1.0})
+        if biases:  # airbench: BN biases at a higher rate, decayed by the same amount each step
+            wd = o.weight_decay / o.bn_bias_lr_scale if o.decay_norm_and_bias else 0.0
+            groups.append({"params": biases, "weight_decay": wd, "layer_group": name, "decay": False,
+                           "lr_scale": o.bn_bias_lr_scale})
     # on a GPU one fused kernel updates every tensor (the default foreach path launches several per
     # group); the CPU keeps the default, which the bit-identity tests were written against
     fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) else {}
