@@ -78,7 +78,7 @@ def test_discriminative_rates_reach_the_optimizer(class_folders, tmp_path):
 
     def record(session, info):
         if info["step"] == 4:  # first step of stage 2: layer3, layer4, head at 1e-3 .. 1e-2
-            seen.update({g["layer_group"]: g["lr"] for g in session.optimizer.param_groups if g["decay"]})
+            seen.update({g["layer_group"]: g["lr"] for g in session.optimizer.param_groups if g["wd_scale"]})
 
     session = prepare(tiny_config(class_folders, tmp_path, *RESNET18, TUTORIAL), run_name="t")
     fit(session, callbacks={"on_batch_end": [record]})

@@ -50,7 +50,7 @@ def restore(s: Session, path: Path, state: dict | None = None) -> Session:
     # load_state_dict brought back the saved hyperparameters; overrides given on resume win
     o = s.cfg.optim
     for group in s.optimizer.param_groups:
-        group["weight_decay"] = o.weight_decay if group["decay"] else 0.0
+        group["weight_decay"] = o.weight_decay * group["wd_scale"]
         if "momentum" in group:
             group["momentum"], group["nesterov"] = o.momentum, o.nesterov and o.momentum > 0
         if "betas" in group:

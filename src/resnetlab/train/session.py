@@ -215,11 +215,11 @@ def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
         for params, with_decay in ((decay, True), (no_decay, False)):
             if params:
                 groups.append({"params": params, "weight_decay": o.weight_decay if with_decay else 0.0,
-                               "layer_group": name, "decay": with_decay, "lr_scale": 1.0})
+                               "layer_group": name, "wd_scale": 1.0 if with_decay else 0.0, "lr_scale": 1.0})
         if biases:  # airbench: BN biases at a higher rate, decayed by the same amount each step
-            wd = o.weight_decay / o.bn_bias_lr_scale if o.decay_norm_and_bias else 0.0
-            groups.append({"params": biases, "weight_decay": wd, "layer_group": name, "decay": False,
-                           "lr_scale": o.bn_bias_lr_scale})
+            wd_scale = 1 / o.bn_bias_lr_scale if o.decay_norm_and_bias else 0.0
+            groups.append({"params": biases, "weight_decay": o.weight_decay * wd_scale, "layer_group": name,
+                           "wd_scale": wd_scale, "lr_scale": o.bn_bias_lr_scale})
     # on a GPU one fused kernel updates every tensor (the default foreach path launches several per
     # group); the CPU keeps the default, which the bit-identity tests were written against
     fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) else {}

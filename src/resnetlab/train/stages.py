@@ -91,8 +91,7 @@ def apply_stage(model: nn.Module, optimizer, cfg: Config, index: int) -> str:
         scale = by_name.get(group.get("layer_group"), 1.0)
         # a frozen group's BatchNorm that still trains (train_bn) moves at the lowest trained rate
         group["lr_scale"] = scale if scale > 0 else min(s for s in scales if s > 0)
-        if group.get("decay"):
-            group["weight_decay"] = decay
+        group["weight_decay"] = decay * group["wd_scale"]
     trained = [n for n, _ in groups][first:]
     rates = " ".join(f"{n}={top_lr(cfg, st) * s:.2e}" for n, s in zip(trained, scales[first:]))
     return (f"stage {index + 1}/{len(cfg.stages)}: {st.epochs} epochs, training {', '.join(trained)}"
