@@ -47,7 +47,7 @@ def run(recipe: str, overrides: list[str], out: Path) -> dict:
     record = {"recipe": recipe, "overrides": overrides, "epochs": run_epochs(s),
               "steps_per_epoch": len(s.loaders["train"]), "time_budget": s.cfg.train.time_budget,
               "seconds": round(seconds, 2), "final_test_top1": test.get("top1"), "final_n": test.get("n"),
-              "final_checkpoint": test.get("checkpoint"), "points": points, "run_dir": str(s.run_dir),
+              "final_checkpoint": test.get("checkpoint"), "final_tta": test.get("tta"), "points": points, "run_dir": str(s.run_dir),
               "device": str(s.device), "precision": s.precision}
     return record
 
@@ -62,6 +62,10 @@ def record_figures(record: dict, name: str) -> Path:
     if record["final_test_top1"] is not None:
         figures.insert(0, {"metric": "test top-1", "value": round(100 * record["final_test_top1"], 2), "unit": "%",
                            "n": record["final_n"], "how": f"{record['final_checkpoint']}, scored once"})
+    if tta := record.get("final_tta"):
+        figures.insert(1, {"metric": "test top-1, TTA", "value": round(100 * tta["top1"], 2), "unit": "%",
+                           "n": record["final_n"], "how": f"{tta['views']} views ({tta.get('reduce', 'mean')}); "
+                                                          f"{record['final_checkpoint']}, scored once"})
     figures += [{"metric": f"test top-1 after epoch {p['epoch']}", "value": round(100 * p["test_top1"], 2),
                  "unit": "%", "n": p["n"], "seconds": p["seconds"],
                  "how": "the weights of that moment (EMA weights when on), outside the clock"}
