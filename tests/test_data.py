@@ -10,7 +10,7 @@ from resnetlab.config import AugmentConfig, load_config
 from resnetlab.data import build_data
 from resnetlab.data.augment import BatchAugment, crop_flip, flip_sides, make_generator
 from resnetlab.data.images import load_array
-from resnetlab.data.loader import CachedLoader
+from resnetlab.data.loader import CachedLoader, batch_slices
 from resnetlab.errors import UserError
 from tests.conftest import tiny_config, write_class_folders
 
@@ -204,7 +204,7 @@ def test_alternating_flip_shows_each_image_the_other_side_each_epoch():
         cfg = AugmentConfig(crop_padding=0, hflip=True, hflip_alternate=alternate)
         augment = BatchAugment(cfg, num_classes=n, sides=flip_sides(n, seed=5) if alternate else None)
         return CachedLoader(images, labels, batch_size=6, device=torch.device("cpu"), seed=5, shuffle=True,
-                            augment=augment, merge_tail=True)
+                            augment=augment, tail="merge")
 
     shown = [_sides_shown(loader(True), images, e) for e in range(4)]
     assert all(shown[e][i] != shown[e + 1][i] for e in range(3) for i in range(n))
@@ -219,13 +219,29 @@ def test_loader_is_a_function_of_seed_and_epoch():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 4, 4).contiguous()
     labels = torch.arange(10)
     loader = CachedLoader(images, labels, batch_size=3, device=torch.device("cpu"), seed=5, shuffle=True,
-                          augment=BatchAugment(AugmentConfig(crop_padding=1), num_classes=10), merge_tail=True)
+                          augment=BatchAugment(AugmentConfig(crop_padding=1), num_classes=10), tail="merge")
     assert len(loader) == 3 and [loader.global_batch(i) for i in range(3)] == [3, 3, 4]  # tail joins
     first = [y.tolist() for _, y in loader.epoch(4)]
     assert first == [y.tolist() for _, y in loader.epoch(4)]
     assert [y.tolist() for _, y in loader.epoch(4, start=1)] == first[1:]
     assert sorted(sum(first, [])) == list(range(10))  # every image once an epoch
     assert first != [y.tolist() for _, y in loader.epoch(5)]
+
+
+def test_drop_last_keeps_one_batch_shape_and_drops_other_images_each_epoch():
+    """train.drop_last: every batch full; the images left out change with the shuffle, so all are seen."""
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 4, 4).contiguous()
+    loader = CachedLoader(images, torch.arange(10), batch_size=3, device=torch.device("cpu"), seed=5, shuffle=True,
+                          augment=BatchAugment(AugmentConfig(crop_padding=1), num_classes=10), tail="drop")
+    assert len(loader) == loader.full_steps == 3 and [loader.global_batch(i) for i in range(3)] == [3, 3, 3]
+    epochs = [[y.tolist() for _, y in loader.epoch(e)] for e in range(6)]
+    assert all(len(b) == 3 for batches in epochs for b in batches)
+    dropped = [set(range(10)) - set(sum(batches, [])) for batches in epochs]
+    assert all(len(d) == 1 for d in dropped) and len(set.union(*dropped)) > 1  # one a time, not always the same
+    assert [y.tolist() for _, y in loader.epoch(4, start=1)] == epochs[4][1:]  # a resume sees the same steps
+    assert batch_slices(2, 3, "drop") == [slice(0, 2)]  # a split under one batch: nothing is dropped
+    assert batch_slices(9, 3, "drop") == batch_slices(9, 3, "merge") == batch_slices(9, 3, "keep")
+    assert batch_slices(10, 3, "keep")[-1] == slice(9, 10) and batch_slices(10, 3, "merge")[-1] == slice(6, 10)
 
 
 def test_real_cifar10_jpeg_subset(shared_data, tmp_path):

@@ -107,7 +107,7 @@ def test_every_sample_once_across_ranks_uneven(world):
     seen = []
     for rank in range(world):
         loader = CachedLoader(images, labels, batch_size=4, device=torch.device("cpu"), seed=3, shuffle=True,
-                              augment=BatchAugment(AugmentConfig(crop_padding=1), num_classes=10), merge_tail=True,
+                              augment=BatchAugment(AugmentConfig(crop_padding=1), num_classes=10), tail="merge",
                               rank=rank, world=world)
         seen += [i for _, y in loader.epoch(2) for i in y.tolist()]
     assert sorted(seen) == list(range(n))

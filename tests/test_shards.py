@@ -102,7 +102,7 @@ def _rank_loader(data, rank: int, world: int, steps: int = 0) -> StreamLoader:
     split = data.splits["train"]
     dataset = FileDataset(split.paths, split.labels.tolist(), size=16, resize="squash", channels=3)
     return StreamLoader(dataset, batch_size=8, device=torch.device("cpu"), seed=0, num_workers=0, on_bad_image="skip",
-                        shuffle=True, merge_tail=True, rank=rank, world=world,
+                        shuffle=True, tail="merge", rank=rank, world=world,
                         groups=torch.from_numpy(shard_of(split.paths)), limit=steps)
 
 

@@ -39,9 +39,12 @@ CPU_BF16_ENV = "RESNETLAB_CPU_BF16"
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A CPU-drawn tensor (augmentation offsets, masks) onto ``device`` without waiting for the GPU: a
-    blocking copy would first drain every kernel queued (a stall a step). From pageable memory CUDA
-    stages the bytes before the call returns, so ``t`` may be freed at once. A no-op on the CPU."""
+    """A CPU tensor (augmentation draws, a batch read from disk) onto ``device`` without waiting for the
+    GPU: a blocking copy would first drain every kernel queued (a stall a step). On CUDA it goes through
+    pinned memory (PyTorch's caching host allocator, which keeps the block until the copy is done): from
+    pageable memory CUDA stages the bytes itself, and that may wait on the stream. A no-op on the CPU."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()  # already pinned (a DataLoader's batch): the same tensor
     return t.to(device, non_blocking=True)
 
 

@@ -262,6 +262,10 @@ class TrainConfig(_Section):
     # the run's last optimiser step, inside its last epoch (0: every step of train.epochs); the schedule ends
     # there. A time budget sets it when the run corrects its length from its own clock
     max_steps: int = _ranged(0, lambda v: v >= 0, "must be 0 (every step of train.epochs) or more")
+    # leave out the last images of each epoch's shuffled order that do not fill a batch (a different few
+    # each epoch), so every step has one shape: one torch.compile graph and one cuDNN plan (airbench's way).
+    # false: they join the epoch's last batch, so every image is seen every epoch
+    drop_last: bool = False
     # batches an epoch (0: the whole training split); a time budget sets it
     steps_per_epoch: int = _ranged(0, lambda v: v >= 0, "must be 0 (all) or more")
     # progressive resizing: px at the start, up to size_end (0 = off)

@@ -60,9 +60,11 @@ def crop_flip(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generat
     if cfg.vflip:  # drawn after the others, so runs without it draw as before
         rows = torch.where((torch.rand(n, generator=generator) < 0.5)[:, None], rows.flip(1), rows)
     dev = images.device
+    maps = to_device(torch.cat([rows, cols], 1), dev)  # (N, H + W): one copy a batch, not two
+    rows, cols = maps[:, :h], maps[:, h:]
     batch = torch.arange(n, device=dev)[:, None, None, None]
     chan = torch.arange(c, device=dev)[None, :, None, None]
-    return images[batch, chan, to_device(rows, dev)[:, None, :, None], to_device(cols, dev)[:, None, None, :]]
+    return images[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
@@ -174,7 +176,8 @@ def erase(images: torch.Tensor, p: float, fill: torch.Tensor, generator: torch.G
     rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
     inside = ((rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
               & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None]) & hit[:, None, None])
-    return torch.where(to_device(inside[:, None], images.device), fill.view(1, -1, 1, 1).to(images.device), images)
+    return torch.where(to_device(inside[:, None], images.device), to_device(fill.view(1, -1, 1, 1), images.device),
+                       images)
 
 
 def mix(images: torch.Tensor, targets: torch.Tensor, cfg: AugmentConfig,
@@ -203,6 +206,11 @@ def mix(images: torch.Tensor, targets: torch.Tensor, cfg: AugmentConfig,
     return images, targets.mul(lam).add_(targets.roll(1, 0), alpha=1 - lam)
 
 
+def one_hot(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """int64 (N,) -> float32 (N, k), 1 at each label, on the labels' device; reads nothing back."""
+    return torch.zeros(len(labels), k, device=labels.device).scatter_(1, labels[:, None], 1.0)
+
+
 class BatchAugment:
     """All training augmentation of a global uint8 batch: geometry, crop/flip and lighting
     (augment_batch), then the policy, erasing, and mixing. Labels come back as int64 (N,), or as
@@ -218,11 +226,12 @@ class BatchAugment:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, *,
                  index: torch.Tensor | None = None, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """``index``: the images' positions in the split, which with ``sides`` pick this epoch's flips."""
+        """``index``: the images' positions in the split (a CPU tensor, as the loaders give it: one on a
+        GPU would be copied back, a sync), which with ``sides`` pick this epoch's flips."""
         cfg = self.cfg
         flip = None
         if self.sides is not None and index is not None:
-            flip = self.sides[index.cpu()] ^ bool(epoch % 2)
+            flip = self.sides[index] ^ bool(epoch % 2)
         images = augment_batch(images, cfg, generator, flip)
         if cfg.policy != "none":
             images = apply_policy(images, cfg.policy, cfg.policy_ops, cfg.policy_magnitude, generator)
@@ -235,7 +244,8 @@ class BatchAugment:
         if not self.mixing:
             return images, labels
         # multi-label targets are (N, k) multi-hot already: mixing two gives each label its share
-        targets = labels if labels.ndim == 2 else F.one_hot(labels, self.num_classes).float()
+        # not F.one_hot: it reads the labels' range back to check it (on the CPU and others; not on CUDA)
+        targets = labels if labels.ndim == 2 else one_hot(labels, self.num_classes)
         return mix(images, targets, self.cfg, generator)
 
 

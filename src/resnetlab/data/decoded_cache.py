@@ -74,7 +74,10 @@ class DiskImages:
         return {**self.__dict__, "_fd": None}
 
     def __getitem__(self, index) -> torch.Tensor:
-        pick = np.arange(self.n)[index] if isinstance(index, slice) else np.asarray(torch.as_tensor(index).cpu())
+        if isinstance(index, slice):
+            pick = np.arange(self.n)[index]
+        else:  # the training loader's are numpy already: a tensor on a GPU would be copied back, a sync
+            pick = index if isinstance(index, np.ndarray) else np.asarray(torch.as_tensor(index).cpu())
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
         rows = self.rows[pick.reshape(-1)]

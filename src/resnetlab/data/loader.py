@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from resnetlab.data.augment import BatchAugment, make_generator
 from resnetlab.data.decode import resize_tensor, set_channels
 from resnetlab.data.images import BadImage, load_array
+from resnetlab.device import to_device
 from resnetlab.errors import UserError
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, C, H, W), int64 (N,) or soft (N, k) float, on the device
@@ -36,13 +37,21 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool, weights: torch.
     return torch.randperm(n, generator=make_generator(seed, epoch))
 
 
-def batch_slices(n: int, batch_size: int, merge_tail: bool) -> list[slice]:
-    """Batches of an epoch. With merge_tail (training) a short last batch joins the one before:
-    every image is used once an epoch, and no step sees a tiny batch (BatchNorm needs 2+)."""
+TAILS = ("keep", "merge", "drop")  # what becomes of an epoch's last images that do not fill a batch
+
+
+def batch_slices(n: int, batch_size: int, tail: str = "keep") -> list[slice]:
+    """Batches of an epoch. ``tail`` says what becomes of a short last batch: keep it (evaluation); merge
+    it into the one before (training: every image once an epoch, and no step sees a tiny batch, as
+    BatchNorm needs 2+); or drop it (train.drop_last: every step one shape, for cuDNN and torch.compile;
+    a shuffled order drops other images each epoch). A split smaller than one batch is one batch."""
+    if tail not in TAILS:
+        raise ValueError(f"tail={tail!r} is not one of {TAILS}")
     starts = list(range(0, n, batch_size))
-    if merge_tail and len(starts) > 1 and n - starts[-1] < batch_size:
+    if tail != "keep" and len(starts) > 1 and n - starts[-1] < batch_size:
         starts.pop()
-    return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
+    ends = starts[1:] + [n if tail != "drop" or len(starts) == 1 else starts[-1] + batch_size]
+    return [slice(a, b) for a, b in zip(starts, ends)]
 
 
 def group_parts(groups: torch.Tensor, *, seed: int, epoch: int, world: int) -> list[torch.Tensor]:
@@ -70,8 +79,9 @@ def group_parts(groups: torch.Tensor, *, seed: int, epoch: int, world: int) -> l
 class _Batches:
     """The batch plan both loaders share: global slices of an epoch's order, and this rank's share."""
 
-    def __init__(self, n: int, batch_size: int, merge_tail: bool, rank: int = 0, world: int = 1, limit: int = 0):
-        slices = batch_slices(n, batch_size, merge_tail)
+    def __init__(self, n: int, batch_size: int, tail: str, rank: int = 0, world: int = 1, limit: int = 0):
+        slices = batch_slices(n, batch_size, tail)
+        self.tail = tail
         self.slices, self.full_steps = slices[: limit or None], len(slices)  # full_steps: before any limit
         self.rank, self.world = rank, world  # torchrun's RANK and WORLD_SIZE: each process takes its share
 
@@ -100,13 +110,13 @@ class CachedLoader(_Batches):
         seed: int,
         shuffle: bool = False,
         augment: BatchAugment | None = None,
-        merge_tail: bool = False,
+        tail: str = "keep",
         rank: int = 0,
         world: int = 1,
         sample_weights: torch.Tensor | None = None,
         limit: int = 0,
     ):
-        super().__init__(len(labels), batch_size, merge_tail, rank, world, limit)
+        super().__init__(len(labels), batch_size, tail, rank, world, limit)
         self.images = images.to(device)  # a DiskImages stays on disk and is read a batch at a time
         self.labels = labels.to(device)
         self.seed, self.shuffle, self.augment = seed, shuffle, augment
@@ -116,14 +126,19 @@ class CachedLoader(_Batches):
         """The batches of ``epoch`` from step ``start``; ``size`` > 0 resizes them (progressive resizing)."""
         order = epoch_order(len(self.labels), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                             weights=self.sample_weights)
-        on_device = order.to(self.labels.device)
+        device = self.labels.device
+        on_device = order.to(device)  # once an epoch: a step's indices are a slice of it, no copy a step
+        # a DiskImages reads records by host indices: device ones would be copied back (a sync a step)
+        host = None if isinstance(self.images, torch.Tensor) else order.numpy()
         for step in range(start, len(self.slices)):
-            idx = on_device[self.slices[step]]
-            x, y = self.images[idx].to(self.labels.device, non_blocking=True), self.labels[idx]
+            part = self.slices[step]
+            idx = on_device[part]
+            x = self.images[idx] if host is None else to_device(self.images[host[part]], device)
+            y = self.labels[idx]
             if self.augment is not None:
-                # drawn for the whole global batch, then sharded: any rank count sees the same images
-                x, y = self.augment(x, y, make_generator(self.seed, epoch, step),
-                                    index=order[self.slices[step]], epoch=epoch)  # on the CPU: no GPU sync
+                # drawn for the whole global batch, then sharded: any rank count sees the same images;
+                # drawn on the CPU, copied without a sync (data/augment.py)
+                x, y = self.augment(x, y, make_generator(self.seed, epoch, step), index=order[part], epoch=epoch)
             yield shard(resize_tensor(x, size), self.rank, self.world), shard(y, self.rank, self.world)
 
 
@@ -178,9 +193,9 @@ class StreamLoader(_Batches):
     (``group_parts``) instead of a share of every global batch."""
 
     def __init__(self, dataset: FileDataset, *, batch_size, device, seed, num_workers, on_bad_image,
-                 shuffle=False, merge_tail=False, rank: int = 0, world: int = 1, sample_weights=None,
+                 shuffle=False, tail: str = "keep", rank: int = 0, world: int = 1, sample_weights=None,
                  limit: int = 0, augment: BatchAugment | None = None, groups: torch.Tensor | None = None):
-        super().__init__(len(dataset), batch_size, merge_tail, rank, world, limit)
+        super().__init__(len(dataset), batch_size, tail, rank, world, limit)
         # a balanced sampler draws from every shard; evaluation keeps the global order
         self.groups = groups if groups is not None and world > 1 and shuffle and sample_weights is None else None
         self.sizes: list[int] = []  # global images per step when ranks read their own shards
@@ -207,15 +222,17 @@ class StreamLoader(_Batches):
                                      pin_memory=self.device.type == "cuda",
                                      persistent_workers=self.shuffle and self.num_workers > 0)
         for step, (x, y, index, err) in enumerate(self.loader, start=start):
-            bad = torch.tensor([bool(e) for e in err], dtype=torch.bool)
-            if bad.any():
-                for i in bad.nonzero().flatten().tolist():
-                    path = self.dataset.paths[int(index[i])]
-                    if self.on_bad_image == "fail":
-                        raise UserError(f"bad image {path}: {err[i]} (set data.on_bad_image=skip to leave it out)")
-                    self.skipped[path] = err[i]
-                x, y, index = x[~bad], y[~bad], index[~bad]  # may leave none: the step is then empty, not skipped
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if any(err):  # the workers' messages, host strings: no tensor is read
+                good = [i for i, e in enumerate(err) if not e]
+                for i, e in enumerate(err):
+                    if e:
+                        path = self.dataset.paths[int(index[i])]
+                        if self.on_bad_image == "fail":
+                            raise UserError(f"bad image {path}: {e} (set data.on_bad_image=skip to leave it out)")
+                        self.skipped[path] = e
+                keep = torch.tensor(good, dtype=torch.long)
+                x, y, index = x[keep], y[keep], index[keep]  # may leave none: the step is then empty, not skipped
+            x, y = to_device(x, self.device), to_device(y, self.device)  # pinned by the DataLoader on CUDA
             if self.augment is not None and len(y):
                 # a rank holds only its own images: its own draws (one process: the cached path's)
                 key = (self.seed, epoch, step) if self.world == 1 else (self.seed, epoch, step, self.rank)

@@ -16,6 +16,11 @@ from resnetlab.run_folder import write_skipped
 from resnetlab.train.loop import run_epochs
 from resnetlab.train.session import Session
 
+# the bar moves every step from host counts; its loss and accuracy are read from the device (a host sync,
+# which drains the GPU's queue) only on every READ_EVERY-th step of an epoch, and at most every REFRESH_S s
+READ_EVERY = 10
+REFRESH_S = 0.5
+
 
 class EpochProgress:
     """The live progress bar of an epoch (rank 0 only): loss, accuracy and images/s of this rank's share."""
@@ -42,9 +47,13 @@ class EpochProgress:
                                       completed=completed, loss=0, acc=0, ips=0)
 
     def update(self, i: int, sums: torch.Tensor, seen0: float, start: float) -> None:
+        """After step ``i`` of the epoch; ``sums``: its running sums on the device (evaluate/task.py)."""
+        if self.bar.disable or not self.s.dist.main:
+            return
         now = time.perf_counter()
-        if self.bar.disable or not self.s.dist.main or (now - self.last < 0.5 and i != self.s.steps_per_epoch - 1):
-            return  # at most two updates a second: each reads the sums back from the device (a sync)
+        if i % READ_EVERY != READ_EVERY - 1 or now - self.last < REFRESH_S:
+            self.bar.update(self.task, completed=i + 1)  # host values only: no sync
+            return
         loss, correct, n = sums.tolist()
         n = max(n, 1)
         self.bar.update(self.task, completed=i + 1, loss=loss / n, acc=100 * correct / n,

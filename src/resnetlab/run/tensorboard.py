@@ -23,7 +23,7 @@ from resnetlab.train.session import Session, run_config, val_score
 EPOCH_TAGS = ("train_loss", "train_top1", "train_exact", "val_loss", "val_top1", "val_top5", "val_map", "val_map_micro",
               "test_loss", "test_top1", "test_top5", "test_map", "images_per_s", "lr")  # test_*: train.monitor
 FIGURES = ("confusion_normalized.png", "top_losses.png")
-FLUSH_EVERY = 50  # steps whose losses are read back from the device together
+FLUSH_EVERY = 50  # steps whose losses are read back from the device together: after each global step N * 50 - 1
 
 
 class TensorBoardLogger:
@@ -64,7 +64,7 @@ class TensorBoardLogger:
 
     def on_batch_end(self, s: Session, info: dict) -> None:
         self.pending.append((info["step"], info["loss"], info["lr"]))
-        if len(self.pending) >= FLUSH_EVERY:
+        if (info["step"] + 1) % FLUSH_EVERY == 0:  # on the same steps whatever step a resume began at
             self._write_steps()
 
     def _write_steps(self) -> None:

@@ -55,7 +55,7 @@ class HeadFeatures:
         view = (epoch - self.start_epoch) % len(self.features)
         t = self.train_loader  # the same N, batch size, seed and limit: the same batches of the same images
         return CachedLoader(self.features[view], self.labels, batch_size=self.batch_size, device=self.labels.device,
-                            seed=t.seed, shuffle=True, merge_tail=True, rank=t.rank, world=t.world,
+                            seed=t.seed, shuffle=True, tail=t.tail, rank=t.rank, world=t.world,
                             sample_weights=t.sample_weights, limit=len(t))
 
 

@@ -238,7 +238,9 @@ def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.devic
     limit = cfg.train.limit_batches
     if train and cfg.train.steps_per_epoch:
         limit = min(limit or cfg.train.steps_per_epoch, cfg.train.steps_per_epoch)
-    common = dict(batch_size=batch, device=device, seed=cfg.seed, shuffle=train, merge_tail=train, rank=dist.rank,
+    # training: a short last batch joins the one before, or with train.drop_last is left out (one shape)
+    tail = ("drop" if cfg.train.drop_last else "merge") if train else "keep"
+    common = dict(batch_size=batch, device=device, seed=cfg.seed, shuffle=train, tail=tail, rank=dist.rank,
                   world=dist.world, limit=limit)
     if train and cfg.data.sampler == "balanced":
         common["sample_weights"] = balanced_weights(split.labels, len(data.classes))[split.labels]
@@ -289,8 +291,8 @@ def build_session(cfg: Config, data: DataBundle, *, device: torch.device, precis
         # stages freeze groups after DDP is built: let it skip parameters that get no gradient
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=bool(cfg.stages))
-    # dynamic=False: one graph per input shape; training batches keep one shape (the tail batch is
-    # merged), so it compiles once per training size, never per batch
+    # dynamic=False: one graph per input shape; an epoch's batches have at most two shapes (the last one
+    # holds the merged tail; one with train.drop_last), so it compiles once or twice per training size
     compiled = torch.compile(ddp or model, dynamic=False) if compile_wanted else None
     return Session(cfg, data, model, optimizer, torch.amp.GradScaler(device.type) if precision == "fp16" else None,
                    device, precision, loaders, torch.tensor(data.mean, device=device),
