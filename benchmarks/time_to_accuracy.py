@@ -48,8 +48,7 @@ def run(recipe: str, overrides: list[str], out: Path) -> dict:
               "steps_per_epoch": len(s.loaders["train"]), "time_budget": s.cfg.train.time_budget,
               "seconds": round(seconds, 2), "final_test_top1": test.get("top1"), "final_n": test.get("n"),
               "final_checkpoint": test.get("checkpoint"), "final_tta": test.get("tta"), "points": points,
-              "run_dir": str(s.run_dir),
-              "device": str(s.device), "precision": s.precision}
+              "run_dir": str(s.run_dir), "device": str(s.device), "precision": s.precision}
     return record
 
 

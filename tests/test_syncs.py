@@ -191,7 +191,8 @@ def unscheduled(watch: SyncWatch) -> list[str]:
     ("data.cache=stream", "data.image_size=8", "data.num_workers=0"),  # decoded in this process: watched too
     # airbench's set: whitening stem, Dirac init, frozen BN weights, BN-bias group, triangle, lookahead
     ("data.image_size=16", "model.stem=whiten", "model.dirac_init=true", "model.freeze_bn_weight=true",
-     "model.bn_momentum=0.4", "optim.bn_bias_lr_scale=64", "schedule.name=triangle", "train.ema_decay=0.9", "train.lookahead=5"),
+     "model.bn_momentum=0.4", "optim.bn_bias_lr_scale=64", "schedule.name=triangle", "train.ema_decay=0.9",
+     "train.lookahead=5"),
 ], ids=["memory", "memory-more", "disk", "stream", "airbench"])
 def test_no_host_sync_in_steady_state_steps(tmp_path, short_intervals, extra):
     watch = watched_run(tmp_path, *extra)
