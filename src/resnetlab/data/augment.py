@@ -31,7 +31,7 @@ def make_generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+def reflect_index(index: torch.Tensor, size: int) -> torch.Tensor:
     """Reflect indices in [-size+1, 2*size-2] into [0, size) ('reflect' padding: edge not repeated)."""
     index = index.abs()
     return torch.where(index >= size, 2 * (size - 1) - index, index)
@@ -52,8 +52,8 @@ def crop_flip(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generat
         return images
     dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator) - pad  # offsets in px
     dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator) - pad
-    rows = _reflect(dy + torch.arange(h), h)  # (N, H)
-    cols = _reflect(dx + torch.arange(w), w)  # (N, W)
+    rows = reflect_index(dy + torch.arange(h), h)  # (N, H)
+    cols = reflect_index(dx + torch.arange(w), w)  # (N, W)
     if cfg.hflip:
         drawn = torch.rand(n, generator=generator) < 0.5
         cols = torch.where((drawn if flip is None else flip)[:, None], cols.flip(1), cols)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from resnetlab.config import AugmentConfig
-from resnetlab.data.augment import _reflect, augment_batch, make_generator, normalize
+from resnetlab.data.augment import reflect_index, augment_batch, make_generator, normalize
 from resnetlab.data.decode import decode_for_model
 from resnetlab.device import autocast
 from resnetlab.errors import UserError
@@ -156,7 +156,7 @@ def shift_diagonal(images: torch.Tensor, d: int) -> torch.Tensor:
     if d == 0:
         return images
     h, w = images.shape[-2:]
-    rows, cols = _reflect(torch.arange(h) + d, h), _reflect(torch.arange(w) + d, w)
+    rows, cols = reflect_index(torch.arange(h) + d, h), reflect_index(torch.arange(w) + d, w)
     return images[..., rows, :][..., cols]
 
 
