@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from resnetlab.config import AugmentConfig
-from resnetlab.data.augment import reflect_index, augment_batch, make_generator, normalize
+from resnetlab.data.augment import augment_batch, make_generator, normalize, reflect_index
 from resnetlab.data.decode import decode_for_model
 from resnetlab.device import autocast
 from resnetlab.errors import UserError
