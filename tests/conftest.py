@@ -7,6 +7,8 @@ import os
 import pickle
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import torchvision
 from PIL import Image
 
 from resnetlab.config import load_config
+from resnetlab.run.saving import WRITER_THREAD
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -159,6 +162,16 @@ def tiny_overrides(dataset: Path | str, out_dir: Path, *extra: str) -> list[str]
         "train.device=cpu",  # the tests' figures are for the CPU, also on a machine with a GPU
         *extra,
     ]
+
+
+def wait_for_writes(timeout: float = 60.0) -> None:
+    """Until no checkpoint is being written in the background (run/saving.py's writer thread), so a
+    callback that kills the process or deletes the run folder acts after the epoch's write, as it did
+    when epoch ends wrote synchronously."""
+    deadline = time.monotonic() + timeout
+    while any(t.name == WRITER_THREAD for t in threading.enumerate()):
+        assert time.monotonic() < deadline, f"a checkpoint write still going after {timeout} s"
+        time.sleep(0.01)
 
 
 def tiny_config(dataset: Path | str, out_dir: Path, *extra: str):

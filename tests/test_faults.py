@@ -17,7 +17,7 @@ from resnetlab.io import WriteFailed
 from resnetlab.run.fit import fit
 from resnetlab.run.prepare import prepare
 from resnetlab.train.loop import StopTraining
-from tests.conftest import REPO, tiny_config, tiny_overrides
+from tests.conftest import REPO, tiny_config, tiny_overrides, wait_for_writes
 
 
 def weights(path):
@@ -97,6 +97,7 @@ def test_a_vanished_run_folder_is_one_line(class_folders, tmp_path):
     import shutil
 
     def vanish(session, record):
+        wait_for_writes()  # the epoch's last.pt is written in the background
         shutil.rmtree(session.run_dir)
 
     for events in ("true", "false"):  # the TensorBoard writer keeps its own files: with and without it

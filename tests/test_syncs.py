@@ -39,7 +39,7 @@ COPIES = {"tolist", "numpy", "cpu"}  # Tensor methods that copy to the host (no 
 SCHEDULED = {
     "check_finite": lambda i, step: i % loop.FINITE_CHECK_EVERY == loop.FINITE_CHECK_EVERY - 1,
     "EpochProgress.update": lambda i, step: i % progress.READ_EVERY == progress.READ_EVERY - 1,
-    "TensorBoardLogger._write_steps": lambda i, step: (step + 1) % tensorboard.FLUSH_EVERY == 0,
+    "TensorBoardLogger._read_steps": lambda i, step: (step + 1) % tensorboard.FLUSH_EVERY == 0,
 }
 # functions that read the augmentation's draws (mix: its lam and box; apply_policy: which images drew
 # which op), made on the CPU from a CPU generator on any device
@@ -201,7 +201,7 @@ def test_no_host_sync_in_steady_state_steps(tmp_path, short_intervals, extra):
     # the named reads were seen where their intervals put them: the counter does see syncs
     assert {i for f, i in seen if f == "check_finite"} == {7, 15, 23}
     assert {i for f, i in seen if f == "EpochProgress.update"} == set(range(4, 30, 5))
-    assert {i for f, i in seen if f == "TensorBoardLogger._write_steps"} == {9, 19, 29}
+    assert {i for f, i in seen if f == "TensorBoardLogger._read_steps"} == {9, 19, 29}
 
 
 def test_an_item_in_the_step_is_caught(tmp_path, short_intervals):

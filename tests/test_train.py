@@ -61,14 +61,17 @@ def test_same_seed_same_weights(class_folders, tmp_path):
 
 KILLER = textwrap.dedent(
     """
-    import os, signal, sys
+    import os, signal, sys, threading, time
     from resnetlab.config import load_config
     from resnetlab.run.prepare import prepare
     from resnetlab.run.fit import fit
+    from resnetlab.run.saving import WRITER_THREAD
 
     kill_at = int(sys.argv[1])
     def on_batch_end(session, info):
         if info["step"] == kill_at:
+            while any(t.name == WRITER_THREAD for t in threading.enumerate()):  # epoch 1's last.pt, written
+                time.sleep(0.01)  # in the background, on disk first (conftest's wait_for_writes)
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: like the OOM killer
 
     cfg = load_config(None, sys.argv[2:])

@@ -61,9 +61,11 @@ def write_failed(path: Path, error: OSError) -> WriteFailed:
                        "(training: resnetlab train --resume RUN)")
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, keep: Path | None = None) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, keep: Path | None = None, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically; with ``keep``, the file it replaces becomes ``keep``
-    (``path`` itself is never missing: the old one is linked to ``keep`` before the rename)."""
+    (``path`` itself is never missing: the old one is linked to ``keep`` before the rename).
+    ``durable=False``: no fsync (still whole or absent after a kill, but a power cut may lose it), for a
+    file rewritten every epoch and made again from a checkpoint on resume (metrics.jsonl)."""
     path = Path(path)
     tmp = None
     try:
@@ -71,12 +73,14 @@ def atomic_write_bytes(path: Path, data: bytes, *, keep: Path | None = None) -> 
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a written file gets the usual mode
         if keep is not None and path.exists():
             _keep_copy(path, Path(keep))
         os.replace(tmp, path)
-        sync_folder(path.parent)
+        if durable:
+            sync_folder(path.parent)
     except OSError as e:  # ENOSPC, EDQUOT, EFBIG (RLIMIT_FSIZE), EROFS, ENOENT, EXDEV, EIO...
         _discard(tmp)
         raise write_failed(path, e) from None
@@ -113,8 +117,8 @@ def sync_folder(folder: Path) -> None:
         os.close(dir_fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode(), durable=durable)
 
 
 def write_json(path: Path, obj: Any) -> None:

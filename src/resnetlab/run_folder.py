@@ -155,10 +155,12 @@ def find_checkpoint(run: Path, which: str = "best") -> Path:
 
 
 def write_metrics(run: Path, history: list[dict]) -> None:
-    """metrics.jsonl (one JSON record an epoch) and the same table as metrics.csv, for spreadsheets."""
-    atomic_write_text(run / METRICS, "".join(json.dumps(h) + "\n" for h in history))
+    """metrics.jsonl (one JSON record an epoch) and the same table as metrics.csv, for spreadsheets.
+    Not fsynced (written every epoch end): a resume writes them again from the checkpoint's history."""
+    atomic_write_text(run / METRICS, "".join(json.dumps(h) + "\n" for h in history), durable=False)
     columns = list(dict.fromkeys(key for h in history for key in h))
-    atomic_write_text(run / METRICS_CSV, csv_text([columns] + [[h.get(c, "") for c in columns] for h in history]))
+    atomic_write_text(run / METRICS_CSV, csv_text([columns] + [[h.get(c, "") for c in columns] for h in history]),
+                      durable=False)
 
 
 def write_status(run: Path, status: str, **details) -> None:

@@ -214,6 +214,10 @@ class TrainConfig(_Section):
     keep_every: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or more epochs")
     # also save 'last' every N steps (0: at epoch ends only)
     checkpoint_every: int = _ranged(0, lambda v: v >= 0, "must be 0 (off) or more steps")
+    # s between writes of last.pt at epoch ends, in the background from a snapshot of the state; also
+    # written at the first epoch end, the run's end and a stop (best.pt with it, held in memory until then);
+    # 0: every epoch end. A kill (SIGKILL, power loss) loses at most this much training
+    checkpoint_interval_s: float = _ranged(60.0, lambda v: v >= 0, "must be 0 (every epoch end) or more seconds")
     # smoke tests: at most N batches an epoch in every split (0: all)
     limit_batches: int = _ranged(0, lambda v: v >= 0, "must be 0 (all) or more")
     report: bool = True  # after training: evaluate the test split with figures and write report.html

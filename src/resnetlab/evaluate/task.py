@@ -71,6 +71,26 @@ class SingleLabel:
         """optim.class_weights=balanced: (k,) the loss weight of each class."""
         return balanced_weights(labels, num_classes)
 
+    # an epoch's validation: the figures val_keys reads, summed batch by batch on the device and read
+    # back once (the whole of ``metrics``, with scikit-learn, is for a scored split's report)
+    scores_on_device = True
+
+    def batch_scores(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(3,) float64 on the logits' device: the batch's cross-entropy summed over its images, its
+        top-1 hits and its top-5 hits (``metrics`` computes the same from all the logits at once)."""
+        import torch
+        import torch.nn.functional as F
+
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]  # (B, k): rank of the label
+        return torch.stack([F.cross_entropy(logits, labels, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum()]
+                           ).double()
+
+    def scores(self, sums: list[float], n: int) -> dict:
+        """``batch_scores`` summed over a split's ``n`` images -> the ``metrics`` keys val_keys reads."""
+        nan = float("nan")
+        return {"n": n, "loss": sums[0] / n if n else nan, "top1": sums[1] / n if n else nan,
+                "top5": sums[2] / n if n else nan}
+
     def guessing_loss(self, labels: torch.Tensor, k: int, weights: torch.Tensor | None) -> tuple[float, str]:
         """The loss of a model that predicts nothing, and its formula: ln k for softmax over k classes."""
         return math.log(k), f"ln({k})"
@@ -212,6 +232,8 @@ class MultiLabel(SingleLabel):
         """(k,) the weight of each class's positives, so a rare label's few positives weigh as much as
         its negatives."""
         return positive_weights(labels)
+
+    scores_on_device = False  # mAP ranks a class's images across the whole split: scored from the logits
 
     def guessing_loss(self, labels: torch.Tensor, k: int, weights: torch.Tensor | None) -> tuple[float, str]:
         """k sigmoids at 1/2 (the loss is summed over classes): k ln 2, or with positive weights w_i on

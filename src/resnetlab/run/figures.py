@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -12,11 +11,13 @@ CURVES_EVERY_S = 60.0  # s between redraws while training: a drawing is ~0.3-0.5
 
 
 class Curves:
-    """curves.png, the training monitor: redrawn once CURVES_EVERY_S have passed since the last drawing
-    and at the end of the run. Drawn every epoch, short epochs spent seconds a run in text layout."""
+    """curves.png, the training monitor: drawn at an epoch end once CURVES_EVERY_S have passed since the
+    run began or the last drawing, and at the end of the run (or a stop). Drawn every epoch, short epochs
+    spent seconds a run in text layout; drawn at the first, a short run paid ~1 s to import matplotlib
+    in its first epoch end."""
 
     def __init__(self, path: Path):
-        self.path, self.drawn, self.epochs_drawn = path, -math.inf, 0
+        self.path, self.drawn, self.epochs_drawn = path, time.monotonic(), 0
 
     def update(self, history: list[dict], *, final: bool = False) -> None:
         if len(history) == self.epochs_drawn:  # nothing new since the last drawing (the end of a run)

@@ -2,12 +2,14 @@
 around it, and the same end as the command line's (run/finish.py).
 
 Around the loop: status.json, the start banner and the live progress bar, stop signals read at
-step boundaries, checkpoints and curves at each epoch's end (and inside an epoch on a signal or
-train.checkpoint_every), TensorBoard, MLflow and W&B (train.log_to: run/trackers.py), a time
-budget's length correction, and the user's callbacks (minGPT style), ``{event: [fn, ...]}``:
-``on_batch_end(session, info)``, ``on_epoch_end(session, record)``, ``on_train_end(session, result)``.
-They observe; the loop does not depend on them. After the last epoch the test split is scored once,
-then calibration, figures and report.html.
+step boundaries, the metrics and a checkpoint snapshot at each epoch's end, written in the background
+(run/saving.py: last.pt every train.checkpoint_interval_s, and at the end or a stop; inside an epoch on
+a signal or train.checkpoint_every), curves.png at most once a minute and at the end or a stop, TensorBoard,
+MLflow and W&B (train.log_to: run/trackers.py), a time budget's length correction, and the user's
+callbacks (minGPT style), ``{event: [fn, ...]}``: ``on_batch_end(session, info)``,
+``on_epoch_end(session, record)``, ``on_train_end(session, result)``. They observe; the loop does not
+depend on them. After the last epoch the test split is scored once, then calibration, figures and
+report.html.
 """
 
 from __future__ import annotations
@@ -22,27 +24,29 @@ from rich.console import Console
 
 from resnetlab import run_folder as rf
 from resnetlab.errors import UserError
-from resnetlab.io import write_json
+from resnetlab.io import WriteFailed, write_json
 from resnetlab.run.figures import Curves
 from resnetlab.run.finish import finish_run
 from resnetlab.run.progress import EpochProgress, announce, epoch_line, split_score
-from resnetlab.run.saving import save_epoch, save_partial
+from resnetlab.run.saving import Checkpoints
 from resnetlab.run.stopping import run_status, signal_name, stop_agreed, stop_on_signals
 from resnetlab.run.tensorboard import TensorBoardLogger
 from resnetlab.run.trackers import tracking
-from resnetlab.train.loop import Hooks, Preempted, StopTraining, check_trainable, train, val_metrics
+from resnetlab.train.loop import Hooks, NonFiniteLoss, Preempted, StopTraining, check_trainable, train, val_metrics
 from resnetlab.train.session import Session
 
 Callback = Callable[..., None]
 EVENTS = ("on_batch_end", "on_epoch_end", "on_train_end")
+STOPS = (Preempted, StopTraining, KeyboardInterrupt, NonFiniteLoss)  # a run stopped, not failed: curves drawn
 
 
 def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console: Console | None = None) -> dict:
     console = console or Console(soft_wrap=True, quiet=not s.dist.main)  # rank 0 speaks for all ranks
     callbacks = check_callbacks(callbacks)
     check_trainable(s)
-    if s.dist.main and s.cfg.train.tensorboard:  # first, so an epoch is logged even if a later callback stops the run
-        for event, fns in TensorBoardLogger(s).callbacks().items():
+    tensorboard = TensorBoardLogger(s) if s.dist.main and s.cfg.train.tensorboard else None
+    if tensorboard is not None:  # first, so an epoch is logged even if a later callback stops the run
+        for event, fns in tensorboard.callbacks().items():
             callbacks[event] = fns + callbacks[event]
     correction = None
     if s.plan is not None:  # a time budget: its correction is one more callback (budget/correction.py)
@@ -60,9 +64,10 @@ def fit(s: Session, callbacks: dict[str, list[Callback]] | None = None, console:
         hooks = RunHooks(s, console, progress, stop, callbacks, correction)
         try:
             train(s, hooks)
-        except (Preempted, StopTraining, KeyboardInterrupt):
-            hooks.draw_curves()
+        except BaseException as e:
+            hooks.stopped(s, e, tensorboard)
             raise
+        hooks.checkpoints.close(s)  # last.pt and best.pt on disk: the test split is scored from best.pt
         hooks.draw_curves()
         trained_at = time.monotonic()
         result = finish_run(s, console)
@@ -82,6 +87,7 @@ class RunHooks(Hooks):
         self.console, self.progress, self.stop, self.callbacks = console, progress, stop, callbacks
         self.correction = correction
         self.curves = Curves(s.run_dir / rf.CURVES)
+        self.checkpoints = Checkpoints(s)
         self.history, self.main = s.state.history, s.dist.main
 
     def say(self, line: str) -> None:
@@ -109,11 +115,12 @@ class RunHooks(Hooks):
         return signal_name(self.stop) if stop_agreed(s, self.stop, i) else None
 
     def save_position(self, s: Session, epoch: int, step: int, sums: torch.Tensor) -> None:
-        save_partial(s, epoch, step, sums)
+        self.checkpoints.position(s, epoch, step, sums)
 
     def epoch_end(self, s: Session, record: dict) -> None:
-        save_epoch(s, record, self.curves)  # metrics first, then checkpoints: a kill repeats this epoch
+        self.checkpoints.epoch_end(s, record)  # metrics, then the snapshot (written in the background)
         if s.dist.main:
+            self.curves.update(self.history)
             self.console.print(epoch_line(s, record))
         for fn in self.callbacks["on_epoch_end"]:
             fn(s, record)
@@ -121,6 +128,20 @@ class RunHooks(Hooks):
     def draw_curves(self) -> None:
         if self.main:
             self.curves.update(self.history, final=True)
+
+    def stopped(self, s: Session, error: BaseException, tensorboard: TensorBoardLogger | None) -> None:
+        """The run stops on ``error``: what is not on disk yet is written (nothing trained is lost), and
+        for a stop (not a failure) the curves and TensorBoard's held events too. After a failed write
+        nothing more is tried: the disk or folder that failed it would fail the rest, and its error
+        is the one to show."""
+        if isinstance(error, WriteFailed):
+            self.checkpoints.abandon()
+            return
+        self.checkpoints.close(s)
+        if isinstance(error, STOPS):
+            self.draw_curves()
+            if tensorboard is not None:
+                tensorboard.write_held()
 
 
 def check_callbacks(callbacks: dict[str, list[Callback]] | None) -> defaultdict:

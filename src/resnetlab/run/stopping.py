@@ -47,7 +47,7 @@ def _try_status(s: Session, status: str, reason: str) -> None:
 @contextlib.contextmanager
 def stop_on_signals():
     """SIGTERM/SIGINT only set a flag, read at the next step boundary, so the checkpoint written
-    then is consistent. A second Ctrl+C interrupts at once (the last checkpoint stays as it was)."""
+    then is consistent. A second Ctrl+C interrupts at once (last.pt: the last finished epoch's end)."""
     requested: list[str] = []
     if threading.current_thread() is not threading.main_thread():
         yield requested  # signal handlers can only be set from the main thread

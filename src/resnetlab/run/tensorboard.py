@@ -7,10 +7,15 @@ Tags: ``step/loss`` and ``step/lr`` every optimiser step; ``epoch/train_loss``,
 ``epoch/images_per_s`` and ``epoch/lr`` every epoch (x axis: the epoch number); at the end
 the test metrics, the confusion-matrix and top-losses figures, and the config as
 hyper-parameters with the final metrics (TensorBoard's HPARAMS tab).
+
+Importing TensorBoard takes ~1 s, so the first events are written once WRITE_AFTER_S have passed since
+the run began (then as they come), or at the run's end or a stop: a short run trains without it and
+writes its events at the end; a long one shows them live from its first minute on.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +29,7 @@ EPOCH_TAGS = ("train_loss", "train_top1", "train_exact", "val_loss", "val_top1",
               "test_loss", "test_top1", "test_top5", "test_map", "images_per_s", "lr")  # test_*: train.monitor
 FIGURES = ("confusion_normalized.png", "top_losses.png")
 FLUSH_EVERY = 50  # steps whose losses are read back from the device together: after each global step N * 50 - 1
+WRITE_AFTER_S = 60.0  # s into the run before the first events are written (TensorBoard imported)
 
 
 class TensorBoardLogger:
@@ -37,11 +43,14 @@ class TensorBoardLogger:
         # (step, loss tensor on the device, lr): read back FLUSH_EVERY steps at a time, so logging every
         # step does not add a host sync to every step on a GPU (the loop itself keeps its sums on the device)
         self.pending: list[tuple[int, torch.Tensor, float]] = []
+        # (tag, value, step) read back but not written: held until WRITE_AFTER_S, the end or a stop
+        self.held: list[tuple[str, float, int]] = []
+        self.started = time.monotonic()
 
     @property
     def writer(self):
-        """The SummaryWriter, made at the first write: importing TensorBoard (~1 s) is not paid before
-        the first training step."""
+        """The SummaryWriter, made at the first write (WRITE_AFTER_S into the run, or its end): importing
+        TensorBoard (~1 s) is not paid by a short run's epochs."""
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -65,25 +74,44 @@ class TensorBoardLogger:
     def on_batch_end(self, s: Session, info: dict) -> None:
         self.pending.append((info["step"], info["loss"], info["lr"]))
         if (info["step"] + 1) % FLUSH_EVERY == 0:  # on the same steps whatever step a resume began at
-            self._write_steps()
+            self._read_steps()
+            self._write(flush=False)
 
-    def _write_steps(self) -> None:
+    def _read_steps(self) -> None:
         if not self.pending:
             return
         losses = torch.stack([loss.float() for _, loss, _ in self.pending]).tolist()  # one device read
         for (step, _, lr), loss in zip(self.pending, losses):
-            self.writer.add_scalar("step/loss", loss, step)
-            self.writer.add_scalar("step/lr", lr, step)
+            self.held += [("step/loss", loss, step), ("step/lr", lr, step)]
         self.pending.clear()
 
+    def _write(self, *, flush: bool, now: bool = False) -> None:
+        """Write the held events, once the writer is open or WRITE_AFTER_S have passed (``now``: at once)."""
+        if not (now or self._writer is not None or time.monotonic() - self.started >= WRITE_AFTER_S):
+            return
+        if not self.held and self._writer is None:
+            return  # nothing to write: no folder made for it
+        for tag, value, step in self.held:
+            self.writer.add_scalar(tag, value, step)
+        self.held.clear()
+        if flush:
+            self.writer.flush()
+
+    def write_held(self) -> None:
+        """The run's end or a stop: every event read so far written and flushed (a stopped run may resume)."""
+        self._read_steps()
+        try:
+            self._write(flush=True, now=True)
+        except OSError as e:
+            raise write_failed(self.log_dir, e) from None
+
     def on_epoch_end(self, s: Session, record: dict) -> None:
-        self._write_steps()
-        for tag in EPOCH_TAGS:
-            if tag in record:
-                self.writer.add_scalar(f"epoch/{tag}", record[tag], record["epoch"])
-        self.writer.flush()
+        self._read_steps()
+        self.held += [(f"epoch/{tag}", record[tag], record["epoch"]) for tag in EPOCH_TAGS if tag in record]
+        self._write(flush=True)
 
     def on_train_end(self, s: Session, result: dict) -> None:
+        self.write_held()
         test = result.get("test")
         final = {f"hparam/best_{s.task.val_score_key}": max((val_score(h) for h in s.state.history),
                                                             default=float("nan"))}

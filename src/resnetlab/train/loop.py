@@ -18,7 +18,7 @@ import torch
 
 from resnetlab import run_folder as rf
 from resnetlab.errors import UserError
-from resnetlab.evaluate.inference import infer
+from resnetlab.evaluate.inference import infer, infer_sums
 from resnetlab.train import distributed
 from resnetlab.train.precompute import HeadFeatures
 from resnetlab.train.session import SEEN, Session, no_sums, val_score
@@ -219,7 +219,9 @@ def _enter_stage(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None
 def check_finite(s: Session, finite: torch.Tensor, epoch: int, i: int) -> None:
     if distributed.any_rank(not bool(finite), s.dist, s.device):
         last = s.run_dir / rf.LAST
-        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+        # a finished epoch is in last.pt, or is written there as the run stops (run/saving.py)
+        written = last.exists() or s.state.history
+        kept = f"the last good checkpoint is {last}" if written else "no checkpoint was written"
         raise NonFiniteLoss(
             f"loss became NaN or infinite in epoch {epoch + 1} by step {i + 1}; training stopped and {kept}; "
             "lower optim.lr or set optim.grad_clip_norm"
@@ -253,12 +255,20 @@ def val_metrics_of(s: Session, split: str) -> dict:
 def score_split(s: Session, split: str, model=None) -> dict:
     """A split's metrics during training, from the session's own loader (evaluate.evaluator's
     evaluate_split scores a finished run, with figures and calibration). Each rank infers its shard of
-    every batch; the shards are gathered, so each image counts once."""
-    out = infer(model or s.model, s.loaders[split].epoch(0), mean=s.mean, std=s.std, device=s.device,
-                precision=s.precision, channels_last=s.cfg.train.channels_last, num_classes=len(s.data.classes))
-    logits, labels = distributed.gather_cat(out.logits, s.dist), distributed.gather_cat(out.labels, s.dist)
-    result = s.task.metrics(logits, labels, s.data.classes)
-    result["images_per_s"] = len(labels) / max(out.seconds, 1e-9)
+    every batch, so each image counts once. Single-label: loss, top-1 and top-5 summed on the device,
+    over ranks, and read back once (n, loss, top1, top5); multi-label: the gathered logits scored whole."""
+    how = dict(mean=s.mean, std=s.std, device=s.device, precision=s.precision,
+               channels_last=s.cfg.train.channels_last, num_classes=len(s.data.classes))
+    start = time.perf_counter()
+    if s.task.scores_on_device:
+        sums = infer_sums(model or s.model, s.loaders[split].epoch(0), s.task.batch_scores, **how)
+        *sums, n = distributed.all_sum(sums, s.dist).tolist()  # the one host sync
+        result = s.task.scores(sums, int(n))
+    else:
+        out = infer(model or s.model, s.loaders[split].epoch(0), **how)
+        logits, labels = distributed.gather_cat(out.logits, s.dist), distributed.gather_cat(out.labels, s.dist)
+        result = s.task.metrics(logits, labels, s.data.classes)
+    result["images_per_s"] = result["n"] / max(time.perf_counter() - start, 1e-9)
     return result
 
 
