@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from resnetlab import run_folder as rf
+from resnetlab.budget import cache as probe_cache
 from resnetlab.budget.probe import epoch_sizes, measure
 from resnetlab.config import Config, evolve, parse_duration, rung_config
 from resnetlab.data import DataBundle, build_data
@@ -64,10 +65,16 @@ class Plan:
     correct_at: int = 0
     correction: dict = field(default_factory=dict)  # what the correction measured and chose (correction.py)
     pinned_rise: bool = False  # schedule.warmup_epochs was set by this plan (pct_start x epochs), not given
+    # the chosen rung's timings: "probed" here before the run, or "cached" from an earlier run's probe
+    # (budget/cache.py); each row of ``rungs`` says the same of its own, with its cache file
+    timing: str = ""
 
     def line(self) -> str:
         steps = f"{self.steps} steps" if self.steps == self.full_steps else f"{self.steps} of {self.full_steps} steps"
-        return (f"time budget {clock(self.budget_s)}: {_rates(self.step_s)}; {self.epoch_overhead_s:.1f} s to "
+        row = next((r for r in self.rungs if r["rung"] == (self.rung or 0)), {})
+        timed = (f" (from the probe cache, {row['cache_file']})" if self.timing == "cached" else
+                 f" (timed here: {row['cache_note']})" if row.get("cache_note") else " (timed here)" if row else "")
+        return (f"time budget {clock(self.budget_s)}: {_rates(self.step_s)}{timed}; {self.epoch_overhead_s:.1f} s to "
                 f"validate and save an epoch, ~{self.finish_s:.0f} s for the test and report, {self.used_s:.0f} s "
                 f"used so far: {self.epochs} epochs of {steps}, ending at ~{clock(self.predicted_s)}; "
                 + (f"the length is corrected from the run's own clock after step {self.correct_at}"
@@ -76,6 +83,10 @@ class Plan:
     def table(self) -> list[str]:
         """The ladder's rungs as timed here, the chosen one marked '>'."""
         lines = [f"ladder on {self.hardware}: {self.rule}"]
+        if cached := [r for r in self.rungs if r.get("timing") == "cached"]:
+            lines[0] += (f"; {'every rung' if len(cached) == len(self.rungs) else 'rungs marked cached'}: timings "
+                         f"from the probe cache, {Path(cached[0]['cache_file']).parent} (train.probe_cache=false "
+                         "times them anew)")
         if any((r.get("others_cpu") or 0) > SHARED for r in self.rungs):
             lines[0] += ("; other processes were using the CPU while rungs were timed, so the choice may be a smaller "
                          "rung than this machine trains alone (the run corrects its length from its own clock; "
@@ -89,6 +100,8 @@ class Plan:
             fit = f"{row['epochs']} epochs" if row["epochs"] else "not one epoch fits"
             if (others := row.get("others_cpu") or 0) > SHARED:
                 fit += f" (timed while other processes kept {100 * others:.0f}% of the CPUs busy)"
+            if row.get("timing") == "cached":
+                fit += " (cached)"
             lines.append(f" {mark} {row['rung']}: {what}: {_rates(row['step_s'])}, {row['epoch_s']:.0f} s an "
                          f"epoch: {fit}")
         return lines
@@ -138,7 +151,7 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
         raise UserError(decision)
     chosen, plan = decision
     rcfg, rdata, _ = rungs[chosen]
-    plan.hardware, plan.rung = hw.describe(), chosen if ladder else None
+    plan.hardware, plan.rung, plan.timing = hw.describe(), chosen if ladder else None, plan.rungs[chosen]["timing"]
     plan.rule = ("no ladder: the config as it is" if not ladder else f"train.ladder_rung={pin} pins it" if pin >= 0
                  else f"the first rung that gets {need} epochs, else the one that gets the most")
     changes = {"train.epochs": plan.epochs, "train.steps_per_epoch": 0 if plan.steps == plan.full_steps else plan.steps,
@@ -168,7 +181,32 @@ def _last_stage_epochs(cfg: Config, plan: Plan, budget: float) -> int:
 
 
 def _measure_rung(cfg: Config, data: DataBundle, hw: Hardware, started: float) -> dict | None:
-    """A probe session's timings (None when the rung runs out of accelerator memory: the next rung may fit)."""
+    """The rung's timings from the probe cache (budget/cache.py) when a run on this machine, with this
+    torch, code and config, timed them before; else a probe session's, then cached. None when the rung
+    runs out of accelerator memory (the next rung may fit). Rank 0 looks: every rank times, or none."""
+    found, note, path = None, "train.probe_cache=false", None
+    if hw.dist.main:
+        key = probe_cache.key(cfg, data, device=hw.device, precision=hw.precision, world=hw.dist.world,
+                              compiled=hw.compile_wanted)
+        path = probe_cache.file_for(cfg, key)
+        if cfg.train.probe_cache:
+            found, note = probe_cache.lookup(path, key)
+    found = distributed.broadcast_object(found, hw.dist)
+    if found is not None:
+        return {**found, "timing": "cached", "cache_file": str(path), "cache_note": ""}
+    measured = _probe(cfg, data, hw, started)
+    if measured is None or not hw.dist.main:
+        return measured
+    if (measured["others_cpu"] or 0) > SHARED:  # a later run alone would plan from steps too slow
+        failed = "not cached: timed while other processes kept the CPUs busy"
+    else:
+        failed = probe_cache.store(path, key, measured)
+    if failed:
+        note, path = "; ".join(filter(None, [note, failed])), None
+    return {**measured, "timing": "probed", "cache_file": None if path is None else str(path), "cache_note": note}
+
+
+def _probe(cfg: Config, data: DataBundle, hw: Hardware, started: float) -> dict | None:
     try:
         return measure(build_session(cfg, data, device=hw.device, precision=hw.precision, dist=hw.dist,
                                      compile_wanted=hw.compile_wanted, started=started))
@@ -185,6 +223,11 @@ def _costs(measured: dict) -> dict:
     return {k: measured[k] for k in ("step_s", "epoch_overhead_s", "finish_s", "full_steps")}
 
 
+def _source(measured: dict) -> dict:
+    """Where a rung's timings came from, for budget.json: probed here or cached, its file, why not cached."""
+    return {k: measured.get(k) for k in ("timing", "cache_file", "cache_note")}
+
+
 def _decide(budget: float, used: float, ladder: list[dict], need: int, rungs: list) -> tuple[int, Plan] | str:
     """Every timed rung scored with the same time used so far: (the chosen index, its plan), or the
     one line that refuses the budget. Rank 0 decides; the result is broadcast."""
@@ -197,7 +240,7 @@ def _decide(budget: float, used: float, ladder: list[dict], need: int, rungs: li
             sizes = lambda e, c=rcfg, d=rdata: epoch_sizes(c, d, e)  # noqa: E731
             step = measured["step_s"].get(sizes(1)[0]) or measured["step_s"][max(measured["step_s"])]
             row.update(step_s=measured["step_s"], epoch_s=measured["full_steps"] * step + measured["epoch_overhead_s"],
-                       timed_steps=measured["timed_steps"], others_cpu=measured["others_cpu"])
+                       timed_steps=measured["timed_steps"], others_cpu=measured["others_cpu"], **_source(measured))
             try:
                 plans[i] = choose(budget, used, **_costs(measured), sizes=sizes)
                 row.update(epochs=plans[i].epochs, steps=plans[i].steps)

@@ -14,6 +14,7 @@ from resnetlab.errors import UserError
 # and the run's name and folder are one for all rungs
 PLAN_KEYS = {"train.time_budget": "the budget is the whole run's", "train.ladder": "rungs do not nest",
              "train.ladder_min_epochs": "the rule is the whole ladder's", "train.ladder_rung": "rungs do not nest",
+             "train.probe_cache": "the cache serves the whole ladder",
              "train.epochs": "the plan sets it",
              "train.steps_per_epoch": "the plan sets it", "train.max_steps": "the plan sets it",
              "train.device": "the hardware is the run's",

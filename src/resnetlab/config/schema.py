@@ -263,6 +263,9 @@ class TrainConfig(_Section):
     ladder_min_epochs: int = _ranged(1, lambda v: v >= 1, "must be at least 1")
     # pin the time budget to one rung of train.ladder (its index; -1: the ladder's rule chooses)
     ladder_rung: int = _ranged(-1, lambda v: v >= -1, "must be -1 (the rule chooses) or a rung's index")
+    # the time budget reads each rung's timings from the probe cache (<data.cache_dir>/probe, by machine,
+    # torch, code and config) when a run timed them before; false times every rung anew and stores that
+    probe_cache: bool = True
     # the run's last optimiser step, inside its last epoch (0: every step of train.epochs); the schedule ends
     # there. A time budget sets it when the run corrects its length from its own clock
     max_steps: int = _ranged(0, lambda v: v >= 0, "must be 0 (every step of train.epochs) or more")
