@@ -6,7 +6,7 @@ from resnetlab.errors import UserError
 
 def test_defaults_and_recipe_and_overrides():
     cfg = load_config("fashion-mnist-fast", ["optim.lr=0.05", "epochs=3", "model.filters=[8, 8, 16, 16]"])
-    assert cfg.model.name == "resnet9_pool_first"
+    assert cfg.model.name == "airnet94"
     assert cfg.optim.lr == 0.05 and isinstance(cfg.optim.lr, float)
     assert cfg.train.epochs == 3
     assert cfg.model.filters == [8, 8, 16, 16]

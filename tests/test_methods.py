@@ -259,7 +259,7 @@ def test_bad_ladders_are_one_line_each():
     # checked without a budget too
     with pytest.raises(UserError, match=r"train.ladder\[0\]: unknown config key 'model.filter'"):
         load_config(None, ["train.ladder=[{model.filter: [8, 8, 16, 16]}]"])
-    assert load_config("fashion-mnist-fast", ["train.time_budget="]).model.filters == [16, 48, 96, 192]
+    assert load_config("fashion-mnist-fast", ["train.time_budget="]).model.filters == [48, 192, 192]
     with pytest.raises(UserError,
                        match=r"train.ladder=3 \(command line\) should be a mapping of config keys to values"):
         load_config(None, [budget, "train.ladder=[3]"])

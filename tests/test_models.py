@@ -18,6 +18,7 @@ def test_builds_shapes_and_learns_at_the_default_settings(name):
     lr 0.1, momentum 0.9, nesterov, weight decay 5e-4): resnet9 without its 0.125 output scale
     diverged here, as it did to chance on CIFAR."""
     from resnetlab.config import load_config
+    from resnetlab.models.whitening import fit_whitening, whitening_layer
     from resnetlab.train.session import build_optimizer
 
     torch.manual_seed(0)
@@ -25,6 +26,8 @@ def test_builds_shapes_and_learns_at_the_default_settings(name):
     size = SIZE.get(name, 32 if model_entry(name).family == "torchvision" else 16)
     x = torch.randn(4, model_in_chans(model), size, size)
     y = torch.tensor([0, 1, 2, 1])
+    if (stem := whitening_layer(model)) is not None:  # fitted before training, as train/session.py does
+        fit_whitening(stem, x)
     assert model(x).shape == (4, 3)
     opt = build_optimizer(model, load_config(None, [f"model.name={name}"]).optim)
     model.train()
@@ -41,8 +44,10 @@ def test_builds_shapes_and_learns_at_the_default_settings(name):
 
 
 def model_in_chans(model):
-    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    return conv.in_channels
+    from resnetlab.models.whitening import PatchWhitening
+
+    first = next(m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, PatchWhitening)))
+    return first.weight.shape[1]  # (out, in, k, k) for both
 
 
 def test_preact_configurable_stages_and_filters():
