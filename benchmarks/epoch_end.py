@@ -7,8 +7,8 @@ background write, curves.png, the epoch line, TensorBoard's callback) is timed a
 short run: ResNet-9 with filters [64, 128, 256, 512] on synthetic 32 px images, one training batch an
 epoch (train.limit_batches=1), validation excluded (it runs before the timed part). The first epoch end
 hands last.pt and best.pt to the writer thread; the later ones, within train.checkpoint_interval_s,
-only take the snapshot. For comparison, the synchronous write of last.pt and best.pt that an epoch end
-used to make is timed on the same state. Prints one JSON line last.
+only take the snapshot. For comparison, a synchronous write of last.pt and best.pt (what writing both at
+every epoch end would cost) is timed on the same state. Prints one JSON line last.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main() -> None:
          "how": how},
         {"metric": "first epoch end (hands last.pt and best.pt to the writer thread)", "value": out["first_ms"],
          "unit": "ms", "n": 1, "how": how},
-        {"metric": "synchronous write of last.pt and best.pt (before: every epoch end)",
+        {"metric": "synchronous write of last.pt and best.pt (for comparison)",
          "value": out["synchronous_write_ms"], "unit": "ms", "n": 3, "how": "median; one serialisation, two files"},
     ]
     print(json.dumps(out))
