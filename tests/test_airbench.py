@@ -158,7 +158,7 @@ AIRBENCH = ("model.name=airnet94", "model.filters=[8,16,16]", "model.freeze_bn_w
             "train.final_tta=6", "train.final_tta_views=fixed", "data.val_fraction=0.25", "data.image_size=16")
 
 
-def test_an_airbench_run_trains_resumes_exactly_and_scores_with_fixed_views(class_folders, tmp_path):
+def test_an_airbench_run_trains_resumes_exactly_and_scores_with_fixed_views(class_folders, tmp_path, monkeypatch):
     extra = (*AIRBENCH, "train.checkpoint_every=2")
     full = prepare(tiny_config(class_folders, tmp_path / "full", *extra), run_name="t")
     fitted = whitening_layer(full.model).weight.clone()
@@ -175,7 +175,11 @@ def test_an_airbench_run_trains_resumes_exactly_and_scores_with_fixed_views(clas
 
     with pytest.raises(KeyboardInterrupt):
         fit(s, callbacks={"on_batch_end": [stop]})
-    fit(prepare(None, run_name="", resume=s.run_dir))
+    with monkeypatch.context() as patch:  # resuming takes the fitted stem from the checkpoint, not a new fit
+        patch.setattr("resnetlab.train.session.fit_whitening", lambda *a: pytest.fail("refitted on resume"))
+        resumed = prepare(None, run_name="", resume=s.run_dir)
+    assert torch.equal(whitening_layer(resumed.model).weight, fitted)
+    fit(resumed)
     a, b = load_checkpoint(full.run_dir / "last.pt"), load_checkpoint(s.run_dir / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["ema"]["module"][k], b["ema"]["module"][k]) for k in a["ema"]["module"])

@@ -211,8 +211,19 @@ def test_alternating_flip_shows_each_image_the_other_side_each_epoch():
     assert 10 < sum(shown[0].values()) < 30  # a random half mirrored first
     coin = [_sides_shown(loader(False), images, e) for e in range(2)]
     assert any(coin[0][i] == coin[1][i] for i in range(n))  # coin flips repeat a side: the random path kept
-    with pytest.raises(UserError, match="augment.hflip_alternate alternates the flips augment.hflip makes"):
+    with pytest.raises(UserError, match="^augment.hflip=false, but augment.hflip_alternate=true need flips: also "
+                                        "set augment.hflip_alternate=false, or keep augment.hflip=true$"):
         load_config(None, ["augment.hflip=false", "augment.hflip_alternate=true"])
+
+
+def test_turning_flips_off_names_every_setting_that_needs_them_in_one_line():
+    """cifar10-fast alternates flips and scores 6 fixed views: hflip=false names both, and its fix loads."""
+    with pytest.raises(UserError, match=r"^augment.hflip=false, but augment.hflip_alternate=true and "
+                                        r"train.final_tta=6 \(fixed views\) need flips: also set "
+                                        r"augment.hflip_alternate=false train.final_tta=3, or keep augment.hflip=true$"):
+        load_config("cifar10-fast", ["augment.hflip=false"])
+    cfg = load_config("cifar10-fast", ["augment.hflip=false", "augment.hflip_alternate=false", "train.final_tta=3"])
+    assert (cfg.augment.hflip, cfg.train.final_tta) == (False, 3)
 
 
 def test_loader_is_a_function_of_seed_and_epoch():

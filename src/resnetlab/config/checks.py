@@ -124,11 +124,11 @@ def validate(cfg: Config) -> Config:
          "train.lookahead=0 or precompute: false"),
         (not (d.multi_label and t.final_tta_views == "fixed"), "train.final_tta_views=fixed averages softmax "
          "logits: multi-label runs take random"),
+        (a.hflip or not flip_needs(cfg), "augment.hflip=false, but " + " and ".join(flip_needs(cfg)) + " need "
+         "flips: also set " + " ".join(flip_fixes(cfg)) + ", or keep augment.hflip=true"),
         (t.final_tta_views != "fixed" or t.final_tta in ((1, 2, 6) if a.hflip else (1, 3)),
          f"train.final_tta_views=fixed has {'1, 2 or 6' if a.hflip else '1 or 3 (no flips)'} views, not "
          f"train.final_tta={t.final_tta}"),
-        (a.hflip or not a.hflip_alternate, "augment.hflip_alternate alternates the flips augment.hflip makes: set "
-         "augment.hflip=true too, or leave hflip_alternate off"),
     ]
     for ok, message in across:
         if not ok:
@@ -139,6 +139,22 @@ def validate(cfg: Config) -> Config:
         rung_config(cfg, i)
     resolve_stages(cfg)
     return cfg.freeze()
+
+
+def flip_needs(cfg: Config) -> list[str]:
+    """The settings that flip images besides augment.hflip: one error names them all when hflip is off."""
+    t = cfg.train
+    needs = ["augment.hflip_alternate=true"] if cfg.augment.hflip_alternate else []
+    if t.final_tta_views == "fixed" and t.final_tta in (2, 6):
+        needs.append(f"train.final_tta={t.final_tta} (fixed views)")
+    return needs
+
+
+def flip_fixes(cfg: Config) -> list[str]:
+    fixes = ["augment.hflip_alternate=false"] if cfg.augment.hflip_alternate else []
+    if cfg.train.final_tta_views == "fixed" and cfg.train.final_tta in (2, 6):
+        fixes.append(f"train.final_tta={cfg.train.final_tta // 2}")
+    return fixes
 
 
 def rung_config(cfg: Config, index: int) -> Config:

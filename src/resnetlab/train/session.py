@@ -177,7 +177,7 @@ def build_model(cfg: Config, data: DataBundle, *, pretrained: bool = True) -> nn
     if cfg.model.dirac_init:
         dirac_init(model)
     set_batchnorm(model, momentum=cfg.model.bn_momentum, freeze_weight=cfg.model.freeze_bn_weight)
-    if (layer := whitening_layer(model)) is not None:
+    if pretrained and (layer := whitening_layer(model)) is not None:  # else a checkpoint brings the fitted stem
         fit_whitening(layer, whitening_images(data, cfg))
     return model
 
