@@ -9,6 +9,7 @@ from PIL import Image
 from resnetlab.config import AugmentConfig, load_config
 from resnetlab.data import build_data
 from resnetlab.data.augment import BatchAugment, crop_flip, flip_sides, make_generator
+from resnetlab.data.decode import mean_std
 from resnetlab.data.images import load_array
 from resnetlab.data.loader import CachedLoader, batch_slices
 from resnetlab.errors import UserError
@@ -167,6 +168,15 @@ def test_streaming_matches_cache_without_augmentation(class_folders, tmp_path):
     assert torch.equal(x, cached.splits["test"].images)
 
 
+def test_mean_std_agrees_with_numpy_in_parts_of_any_size():
+    images = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (37, 3, 5, 7), dtype=np.uint8))
+    x = images.numpy().astype(np.float64) / 255
+    for elements in (2**22, 100):  # one part, or 37 parts of one image
+        mean, std = mean_std(images, elements=elements)
+        assert mean == [round(v, 6) for v in x.mean((0, 2, 3))]
+        assert std == pytest.approx(x.std((0, 2, 3)), abs=1e-6)
+
+
 def test_crop_flip_matches_reflect_pad_reference():
     torch.manual_seed(0)
     x = torch.randint(0, 255, (6, 3, 10, 10), dtype=torch.uint8)
@@ -219,8 +229,8 @@ def test_alternating_flip_shows_each_image_the_other_side_each_epoch():
 def test_turning_flips_off_names_every_setting_that_needs_them_in_one_line():
     """cifar10-fast alternates flips and scores 6 fixed views: hflip=false names both, and its fix loads."""
     with pytest.raises(UserError, match=r"^augment.hflip=false, but augment.hflip_alternate=true and "
-                                        r"train.final_tta=6 \(fixed views\) need flips: also set "
-                                        r"augment.hflip_alternate=false train.final_tta=3, or keep augment.hflip=true$"):
+                                        r"train.final_tta=6 \(fixed views\) need flips: also set augment."
+                                        r"hflip_alternate=false train.final_tta=3, or keep augment.hflip=true$"):
         load_config("cifar10-fast", ["augment.hflip=false"])
     cfg = load_config("cifar10-fast", ["augment.hflip=false", "augment.hflip_alternate=false", "train.final_tta=3"])
     assert (cfg.augment.hflip, cfg.train.final_tta) == (False, 3)

@@ -8,6 +8,7 @@ import platform
 import random
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,6 @@ def git_commit() -> str | None:
 def environment(device: torch.device | None = None) -> dict[str, Any]:
     """Versions, hardware and threads: what a bug report needs."""
     import PIL
-    import torchvision
 
     from resnetlab import __version__
 
@@ -219,7 +219,7 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.machine(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": version("torchvision"),  # its metadata: importing torchvision costs ~1 s
         "numpy": np.__version__,
         "pillow": PIL.__version__,
         "cpu_count": os.cpu_count(),

@@ -19,6 +19,7 @@ import os
 import platform
 import time
 from functools import cache
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -71,9 +72,7 @@ def machine(device: torch.device, precision: str) -> dict:
 
 
 def software() -> dict:
-    import torchvision
-
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
+    return {"torch": torch.__version__, "torchvision": version("torchvision"), "python": platform.python_version(),
             "resnetlab": __version__, "source": _source_digest()}
 
 

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab.config import AugmentConfig
-from resnetlab.data.policy import apply_policy
 from resnetlab.device import to_device
 
 
@@ -233,7 +232,9 @@ class BatchAugment:
         if self.sides is not None and index is not None:
             flip = self.sides[index] ^ bool(epoch % 2)
         images = augment_batch(images, cfg, generator, flip)
-        if cfg.policy != "none":
+        if cfg.policy != "none":  # imported here: data/policy.py imports torchvision (~1 s), other runs skip it
+            from resnetlab.data.policy import apply_policy
+
             images = apply_policy(images, cfg.policy, cfg.policy_ops, cfg.policy_magnitude, generator)
         if cfg.erasing:
             images = erase(images, cfg.erasing, self.fill, generator)

@@ -13,23 +13,20 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from resnetlab.errors import UserError
 from resnetlab.models.registry import register_model
 
-_LAYOUTS = {
-    18: (BasicBlock, [2, 2, 2, 2]),
-    34: (BasicBlock, [3, 4, 6, 3]),
-    50: (Bottleneck, [3, 4, 6, 3]),
-    101: (Bottleneck, [3, 4, 23, 3]),
-    152: (Bottleneck, [3, 8, 36, 3]),
-}
+_LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}  # blocks
 
 
 def _cifar_resnet(depth: int, num_classes: int, in_chans: int, zero_init_residual: bool) -> nn.Module:
-    block, layers = _LAYOUTS[depth]
-    model = ResNet(block, layers, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    # imported here, not at the top: torchvision's import loads torch._dynamo (~1 s on a 2-core CPU), which a
+    # ResNet-9 or airnet run never needs
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    block = Bottleneck if depth >= 50 else BasicBlock
+    model = ResNet(block, _LAYERS[depth], num_classes=num_classes, zero_init_residual=zero_init_residual)
     # 3x3 stride-1 stem, no max-pool: a 32 px image reaches layer4 at 4x4 instead of 1x1
     model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")

@@ -2,24 +2,31 @@
 
 Weights are fetched exactly as torchvision fetches them, into its cache
 (``$TORCH_HOME/hub/checkpoints``), so a file that is already there is used
-offline. A local ``.pth``/``.safetensors`` file works too.
+offline. A local ``.pth``/``.safetensors`` file works too. torchvision is imported when a model is
+built, not when this family registers: its import loads torch._dynamo (~1 s on a 2-core CPU), which a run
+of another family never needs.
 """
 
 from __future__ import annotations
 
 import urllib.error
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-import torchvision
 from torch import nn
 
 from resnetlab.errors import UserError
 from resnetlab.models.registry import register_model
 
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
-def resolve_weights(arch: str, weights: str) -> torchvision.models.WeightsEnum:
+
+def resolve_weights(arch: str, weights: str) -> WeightsEnum:
     """'IMAGENET1K_V1', 'DEFAULT' or 'ResNet34_Weights.IMAGENET1K_V1' -> the enum member."""
+    import torchvision.models
+
     enum = torchvision.models.get_model_weights(arch)
     short = weights.split(".")[-1]
     if weights.split(".")[0] not in (short, enum.__name__):
@@ -93,6 +100,8 @@ def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], *, arch: s
 
 
 def _build(arch: str, num_classes: int, in_chans: int, weights: str | None, zero_init_residual: bool):
+    import torchvision.models
+
     model = torchvision.models.get_model(
         arch, weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual
     )
