@@ -44,6 +44,7 @@ def plain_loop(root: Path, epochs: int, batch_size: int, workers: int, model_nam
     """The tutorials' loop, on the GPU when there is one; ``amp``: bf16 autocast and channels_last too, so the
     two loops do the same arithmetic and the ratio is resnetlab's own overhead."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as resnetlab's prepare() sets it
     transform = v2.Compose([
         v2.RandomCrop(32, padding=4, padding_mode="reflect"),
         v2.RandomHorizontalFlip(),
@@ -106,7 +107,7 @@ def resnetlab_loop(root: Path, epochs: int, batch_size: int, model_name: str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of 2,000 images; the first is warm-up")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs over --data's train/; the first is warm-up")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
     parser.add_argument("--model", default="cifar_resnet18", help="the model both loops train")

@@ -221,7 +221,7 @@ def test_alternating_flip_shows_each_image_the_other_side_each_epoch():
     assert 10 < sum(shown[0].values()) < 30  # a random half mirrored first
     coin = [_sides_shown(loader(False), images, e) for e in range(2)]
     assert any(coin[0][i] == coin[1][i] for i in range(n))  # coin flips repeat a side: the random path kept
-    with pytest.raises(UserError, match="^augment.hflip=false, but augment.hflip_alternate=true need flips: also "
+    with pytest.raises(UserError, match="^augment.hflip=false, but augment.hflip_alternate=true needs flips: also "
                                         "set augment.hflip_alternate=false, or keep augment.hflip=true$"):
         load_config(None, ["augment.hflip=false", "augment.hflip_alternate=true"])
 

@@ -161,7 +161,7 @@ LIGHT = textwrap.dedent(
     from resnetlab.run.fit import fit
     from resnetlab.run.prepare import prepare
 
-    # torchvision: ~0.4 s of import beyond torch's own, which a ResNet-9 without an augmentation policy never needs
+    # torchvision: start-up that a ResNet-9 without an augmentation policy never needs
     HEAVY = ("matplotlib", "tensorboard", "torch.utils.tensorboard", "sklearn", "torchvision")
     seen = []
     def heavy(session, info):

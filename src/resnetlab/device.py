@@ -219,7 +219,7 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.machine(),
         "torch": torch.__version__,
-        "torchvision": version("torchvision"),  # its metadata: importing torchvision costs ~1 s
+        "torchvision": version("torchvision"),  # from its metadata: a run need not import torchvision
         "numpy": np.__version__,
         "pillow": PIL.__version__,
         "cpu_count": os.cpu_count(),

@@ -124,8 +124,9 @@ def validate(cfg: Config) -> Config:
          "train.lookahead=0 or precompute: false"),
         (not (d.multi_label and t.final_tta_views == "fixed"), "train.final_tta_views=fixed averages softmax "
          "logits: multi-label runs take random"),
-        (a.hflip or not flip_needs(cfg), "augment.hflip=false, but " + " and ".join(flip_needs(cfg)) + " need "
-         "flips: also set " + " ".join(flip_fixes(cfg)) + ", or keep augment.hflip=true"),
+        (a.hflip or not flip_needs(cfg), "augment.hflip=false, but " + " and ".join(flip_needs(cfg))
+         + (" need" if len(flip_needs(cfg)) > 1 else " needs") + " flips: also set " + " ".join(flip_fixes(cfg))
+         + ", or keep augment.hflip=true"),
         (t.final_tta_views != "fixed" or t.final_tta in ((1, 2, 6) if a.hflip else (1, 3)),
          f"train.final_tta_views=fixed has {'1, 2 or 6' if a.hflip else '1 or 3 (no flips)'} views, not "
          f"train.final_tta={t.final_tta}"),

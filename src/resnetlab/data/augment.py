@@ -232,7 +232,7 @@ class BatchAugment:
         if self.sides is not None and index is not None:
             flip = self.sides[index] ^ bool(epoch % 2)
         images = augment_batch(images, cfg, generator, flip)
-        if cfg.policy != "none":  # imported here: data/policy.py imports torchvision (~1 s), other runs skip it
+        if cfg.policy != "none":  # imported here: data/policy.py imports torchvision, which other runs skip
             from resnetlab.data.policy import apply_policy
 
             images = apply_policy(images, cfg.policy, cfg.policy_ops, cfg.policy_magnitude, generator)

@@ -159,7 +159,7 @@ def resize_tensor(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.T
 
 def mean_std(images: torch.Tensor, elements: int = 2**22) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of a uint8 cache (or a DiskImages), in [0, 1] units, from each channel's
-    count of every pixel value (exact; ~4x faster than float sums: 0.04 s for Fashion-MNIST's 43M pixels on a
+    count of every pixel value: exact, in one integer pass (0.04 s for Fashion-MNIST's 43M pixels on a
     2-core CPU), ``elements`` values at a time so a DiskImages is read in parts."""
     c = images.shape[1]
     chunk = max(1, elements // max(1, c * images.shape[2] * images.shape[3]))
@@ -176,7 +176,7 @@ def mean_std(images: torch.Tensor, elements: int = 2**22) -> tuple[list[float], 
 
 def mean_image(images: torch.Tensor, elements: int = 2**22) -> list:
     """The mean image (C, H, W) of a uint8 cache (or a DiskImages), in [0, 1] units, as nested lists;
-    float64 sums of ``elements`` values at a time, as mean_std()."""
+    float64 sums of ``elements`` values at a time."""
     c, h, w = images.shape[1:]
     total = torch.zeros(c, h, w, dtype=torch.float64)
     for part in images.split(max(1, elements // max(1, c * h * w))):
