@@ -105,6 +105,32 @@ def test_frozen_batchnorm_weights_stay_at_one_and_biases_step_at_their_own_rate(
     assert torch.equal(model[1].weight.detach(), torch.ones(4))
 
 
+def test_the_whitening_bias_trains_its_epochs_then_stays(class_folders, tmp_path):
+    """model.whiten_bias_epochs=1: the stem's bias moves in epoch 1 and not after, while the rest trains on."""
+    s = prepare(tiny_config(class_folders, tmp_path, "model.name=airnet94", "model.filters=[8,16,16]",
+                            "model.whiten_bias_epochs=1", "data.image_size=16", "train.epochs=3"), run_name="t")
+    (group,) = [g for g in s.optimizer.param_groups if g.get("whiten_bias")]
+    assert group["params"] == [s.model.whiten.bias]
+    seen = []
+
+    def keep(session, info):
+        seen.append((session.model.whiten.bias.detach().clone(), session.model.fc.weight.detach().clone()))
+
+    fit(s, callbacks={"on_batch_end": [keep]})
+    spe = s.steps_per_epoch
+    assert spe >= 2 and len(seen) == 3 * spe
+    bias, fc = zip(*seen)
+    assert not torch.equal(bias[spe - 2], bias[spe - 1])  # still training at epoch 1's last step
+    assert all(torch.equal(b, bias[spe - 1]) for b in bias[spe:])
+    assert not torch.equal(fc[spe], fc[-1])
+    assert group["lr_scale"] == 0.0
+
+
+def test_whiten_bias_epochs_without_a_whitening_stem_is_one_line(class_folders, tmp_path):
+    with pytest.raises(UserError, match="^model.whiten_bias_epochs is for a whitening stem, which resnet9 has not"):
+        prepare(tiny_config(class_folders, tmp_path, "model.whiten_bias_epochs=3"), run_name="t")
+
+
 def test_the_triangle_schedule_is_airbenchs():
     def airbench_triangle(steps, start, end, peak):  # airbench94.py's piecewise-linear multipliers
         return np.interp(np.arange(steps), [0, int(peak * steps), steps], [start, 1, end]).tolist()
@@ -155,7 +181,8 @@ AIRBENCH = ("model.name=airnet94", "model.filters=[8,16,16]", "model.freeze_bn_w
             "optim.momentum=0.85", "optim.decay_norm_and_bias=true", "optim.bn_bias_lr_scale=64",
             "optim.label_smoothing=0.2", "schedule.name=triangle", "schedule.pct_start=0.23", "schedule.div_factor=5",
             "schedule.min_lr_ratio=0.07", "train.ema_decay=0.95", "train.lookahead=2", "augment.hflip_alternate=true",
-            "train.final_tta=6", "train.final_tta_views=fixed", "data.val_fraction=0.25", "data.image_size=16")
+            "train.final_tta=6", "train.final_tta_views=fixed", "data.val_fraction=0.25", "data.image_size=16",
+            "model.whiten_bias_epochs=1")
 
 
 def test_an_airbench_run_trains_resumes_exactly_and_scores_with_fixed_views(class_folders, tmp_path, monkeypatch):

@@ -150,6 +150,8 @@ class ModelConfig(_Section):
     freeze_bn_weight: bool = False
     # share of each batch's statistics in BatchNorm's running ones (PyTorch's convention: airbench's 0.6 is 0.4)
     bn_momentum: float = _ranged(0.1, lambda v: 0 < v <= 1, "must be in (0, 1] (PyTorch's default is 0.1)")
+    # epochs the whitening stem's bias trains before it stays where it is (airbench94: 3); 0: it trains throughout
+    whiten_bias_epochs: float = _ranged(0.0, lambda v: v >= 0, "must be 0 (trains throughout) or more")
 
 
 @dataclass

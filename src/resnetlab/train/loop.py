@@ -144,6 +144,8 @@ def train_epoch(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None 
     for i, (x, y) in enumerate(loader.epoch(epoch, start=first, size=size), start=first):
         step = epoch * spe + i
         lr = lr_for_step(cfg, step, spe, s.state.end_step)
+        if cfg.model.whiten_bias_epochs and step >= math.ceil(cfg.model.whiten_bias_epochs * spe):
+            stop_whiten_bias(s)
         if len(y):  # a streamed batch whose images were all bad trains nothing, but is still a step
             logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i), head=head)
             if s.ema is not None:
@@ -178,6 +180,15 @@ def train_epoch(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None 
             "train_images": int(seen),  # summed over ranks, bad images left out
             "images_per_s": (seen - seen0) / max(seconds, 1e-9),
             "seconds": round(seconds, 2), "size": size or s.data.image_size}
+
+
+def stop_whiten_bias(s: Session) -> None:
+    """The whitening stem's bias stays where it is from now on (airbench94 trains it for its first 3 epochs):
+    its group's rate goes to 0, which the optimiser's state keeps for a resume. Its gradient is still computed:
+    turning requires_grad off instead would make torch.compile trace the model again."""
+    for group in s.optimizer.param_groups:
+        if group.get("whiten_bias"):
+            group["lr_scale"] = 0.0
 
 
 def ema_step(s: Session, step: int) -> None:

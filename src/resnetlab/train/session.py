@@ -177,7 +177,11 @@ def build_model(cfg: Config, data: DataBundle, *, pretrained: bool = True) -> nn
     if cfg.model.dirac_init:
         dirac_init(model)
     set_batchnorm(model, momentum=cfg.model.bn_momentum, freeze_weight=cfg.model.freeze_bn_weight)
-    if pretrained and (layer := whitening_layer(model)) is not None:  # else a checkpoint brings the fitted stem
+    layer = whitening_layer(model)
+    if cfg.model.whiten_bias_epochs and layer is None:
+        raise UserError(f"model.whiten_bias_epochs is for a whitening stem, which {cfg.model.name} has not: set "
+                        "model.stem=whiten too, or model.whiten_bias_epochs=0")
+    if pretrained and layer is not None:  # else a checkpoint brings the fitted stem
         fit_whitening(layer, whitening_images(data, cfg))
     return model
 
@@ -205,10 +209,16 @@ def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
     """Two parameter groups per layer group (stem, layer1, ..., head): with and without weight decay.
     Stages set each group's ``lr_scale`` (discriminative rates) and freeze groups by requires_grad."""
     groups, fast = [], bn_biases(model) if o.bn_bias_lr_scale != 1 else set()
+    whiten = whitening_layer(model)
     for name, modules in layer_groups(model):
         decay, no_decay, biases = [], [], []
         for m in modules:
             for p in m.parameters():
+                if whiten is not None and p is whiten.bias:  # a group of its own: it may stop early (loop.py)
+                    groups.append({"params": [p], "weight_decay": o.weight_decay if o.decay_norm_and_bias else 0.0,
+                                   "layer_group": name, "wd_scale": float(o.decay_norm_and_bias), "lr_scale": 1.0,
+                                   "whiten_bias": True})
+                    continue
                 # BN scales and biases (1-d) gain nothing from decay and lose accuracy with it
                 plain = no_decay if p.ndim <= 1 and not o.decay_norm_and_bias else decay
                 (biases if id(p) in fast else plain).append(p)
