@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -164,14 +163,8 @@ def machine_detail(hardware: str = "") -> str:
 
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0)
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    model = model or platform.processor() or platform.machine() or "unknown CPU"
+    from resnetlab.device import cpu_model  # imports torch: only when a figure is recorded
+
+    model = cpu_model() or "unknown CPU"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{model}, {cores} cores"

@@ -68,6 +68,17 @@ def _cpu_flags_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what platform knows ("" where neither says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _forced_cpu_bf16() -> str | None:
     """RESNETLAB_CPU_BF16 when it is set to 0 or 1, else None (the CPU's flags decide)."""
     forced = os.environ.get(CPU_BF16_ENV, "").strip()

@@ -28,7 +28,7 @@ from resnetlab._version import __version__
 from resnetlab.config import Config
 from resnetlab.data import DataBundle
 from resnetlab.data.decoded_cache import default_cache_dir
-from resnetlab.device import hardware_class
+from resnetlab.device import cpu_model, hardware_class
 from resnetlab.errors import UserError
 from resnetlab.io import make_folder, write_json
 
@@ -60,7 +60,7 @@ def key(cfg: Config, data: DataBundle, *, device: torch.device, precision: str, 
 
 def machine(device: torch.device, precision: str) -> dict:
     """The hardware: hardware_class() (bf16/AMX, vector ISA, threads; the GPU's name) and what it leaves out."""
-    out = {"class": hardware_class(device, precision), "cpu": _cpu_model(), "cpus": os.cpu_count(),
+    out = {"class": hardware_class(device, precision), "cpu": cpu_model(), "cpus": os.cpu_count(),
            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
            "threads": torch.get_num_threads()}
     if device.type == "cuda":
@@ -125,16 +125,6 @@ def _flat(d: dict, prefix: str = ""):
             yield from _flat(v, f"{k}.")
         else:
             yield prefix + k, v
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @cache
