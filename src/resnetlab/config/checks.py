@@ -92,6 +92,7 @@ def validate(cfg: Config) -> Config:
                 # a list set in Python, past set_value's check (train.log_to)
                 raise UserError(f"{name}.{f.name}: {bad!r} is not one of: {', '.join(choices)}")
     d, a, t, m, o = cfg.data, cfg.augment, cfg.train, cfg.model, cfg.optim
+    flips = flip_settings(cfg)
     across = [
         (d.dataset.strip() != "", "data.dataset is empty: give a folder or CSV of photos (resnetlab train "
          "path/to/photos) or a built-in data set such as fashion-mnist or cifar10"),
@@ -124,8 +125,8 @@ def validate(cfg: Config) -> Config:
          "train.lookahead=0 or precompute: false"),
         (not (d.multi_label and t.final_tta_views == "fixed"), "train.final_tta_views=fixed averages softmax "
          "logits: multi-label runs take random"),
-        (a.hflip or not flip_needs(cfg), "augment.hflip=false, but " + " and ".join(flip_needs(cfg))
-         + (" need" if len(flip_needs(cfg)) > 1 else " needs") + " flips: also set " + " ".join(flip_fixes(cfg))
+        (a.hflip or not flips, "augment.hflip=false, but " + " and ".join(need for need, _ in flips)
+         + (" need" if len(flips) > 1 else " needs") + " flips: also set " + " ".join(fix for _, fix in flips)
          + ", or keep augment.hflip=true"),
         (t.final_tta_views != "fixed" or t.final_tta in ((1, 2, 6) if a.hflip else (1, 3)),
          f"train.final_tta_views=fixed has {'1, 2 or 6' if a.hflip else '1 or 3 (no flips)'} views, not "
@@ -142,20 +143,14 @@ def validate(cfg: Config) -> Config:
     return cfg.freeze()
 
 
-def flip_needs(cfg: Config) -> list[str]:
-    """The settings that flip images besides augment.hflip: one error names them all when hflip is off."""
+def flip_settings(cfg: Config) -> list[tuple[str, str]]:
+    """(the setting, its value without flips) of each setting besides augment.hflip that flips images: one
+    error names them all when hflip is off."""
     t = cfg.train
-    needs = ["augment.hflip_alternate=true"] if cfg.augment.hflip_alternate else []
+    flips = [("augment.hflip_alternate=true", "augment.hflip_alternate=false")] if cfg.augment.hflip_alternate else []
     if t.final_tta_views == "fixed" and t.final_tta in (2, 6):
-        needs.append(f"train.final_tta={t.final_tta} (fixed views)")
-    return needs
-
-
-def flip_fixes(cfg: Config) -> list[str]:
-    fixes = ["augment.hflip_alternate=false"] if cfg.augment.hflip_alternate else []
-    if cfg.train.final_tta_views == "fixed" and cfg.train.final_tta in (2, 6):
-        fixes.append(f"train.final_tta={cfg.train.final_tta // 2}")
-    return fixes
+        flips.append((f"train.final_tta={t.final_tta} (fixed views)", f"train.final_tta={t.final_tta // 2}"))
+    return flips
 
 
 def rung_config(cfg: Config, index: int) -> Config:
