@@ -210,26 +210,27 @@ def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
     Stages set each group's ``lr_scale`` (discriminative rates) and freeze groups by requires_grad."""
     groups, fast = [], bn_biases(model) if o.bn_bias_lr_scale != 1 else set()
     whiten = whitening_layer(model)
+
+    def group(params: list, name: str, wd_scale: float, lr_scale: float = 1.0, **mark) -> dict:
+        return {"params": params, "weight_decay": o.weight_decay * wd_scale, "layer_group": name,
+                "wd_scale": wd_scale, "lr_scale": lr_scale, **mark}
+
     for name, modules in layer_groups(model):
         decay, no_decay, biases = [], [], []
         for m in modules:
             for p in m.parameters():
-                if whiten is not None and p is whiten.bias:  # a group of its own: it may stop early (loop.py)
-                    groups.append({"params": [p], "weight_decay": o.weight_decay if o.decay_norm_and_bias else 0.0,
-                                   "layer_group": name, "wd_scale": float(o.decay_norm_and_bias), "lr_scale": 1.0,
-                                   "whiten_bias": True})
-                    continue
                 # BN scales and biases (1-d) gain nothing from decay and lose accuracy with it
                 plain = no_decay if p.ndim <= 1 and not o.decay_norm_and_bias else decay
-                (biases if id(p) in fast else plain).append(p)
-        for params, with_decay in ((decay, True), (no_decay, False)):
+                if whiten is not None and p is whiten.bias:  # a group of its own: it may stop early (loop.py)
+                    groups.append(group([p], name, 1.0 if plain is decay else 0.0, whiten_bias=True))
+                else:
+                    (biases if id(p) in fast else plain).append(p)
+        for params, wd_scale in ((decay, 1.0), (no_decay, 0.0)):
             if params:
-                groups.append({"params": params, "weight_decay": o.weight_decay if with_decay else 0.0,
-                               "layer_group": name, "wd_scale": 1.0 if with_decay else 0.0, "lr_scale": 1.0})
+                groups.append(group(params, name, wd_scale))
         if biases:  # airbench: BN biases at a higher rate, decayed by the same amount each step
-            wd_scale = 1 / o.bn_bias_lr_scale if o.decay_norm_and_bias else 0.0
-            groups.append({"params": biases, "weight_decay": o.weight_decay * wd_scale, "layer_group": name,
-                           "wd_scale": wd_scale, "lr_scale": o.bn_bias_lr_scale})
+            groups.append(group(biases, name, 1 / o.bn_bias_lr_scale if o.decay_norm_and_bias else 0.0,
+                                o.bn_bias_lr_scale))
     # on a GPU one fused kernel updates every tensor (the default foreach path launches several per
     # group); the CPU keeps the default, which the bit-identity tests were written against
     fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) else {}
