@@ -139,12 +139,14 @@ def train_epoch(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None 
     start, seen0 = time.perf_counter(), s.state.partial[SEEN]
     size = train_size(s, epoch) if head is None else 0
     loader = s.loaders["train"] if head is None else head.loader(epoch)
+    # the first step at which the whitening stem's bias stays where it is (model.whiten_bias_epochs)
+    whiten_stop = math.ceil(cfg.model.whiten_bias_epochs * spe) if cfg.model.whiten_bias_epochs else None
     hooks.epoch_begin(s, epoch, first)
     i = first - 1  # the last step done (a resume at the epoch's end has none left)
     for i, (x, y) in enumerate(loader.epoch(epoch, start=first, size=size), start=first):
         step = epoch * spe + i
         lr = lr_for_step(cfg, step, spe, s.state.end_step)
-        if cfg.model.whiten_bias_epochs and step >= math.ceil(cfg.model.whiten_bias_epochs * spe):
+        if whiten_stop is not None and step >= whiten_stop:
             stop_whiten_bias(s)
         if len(y):  # a streamed batch whose images were all bad trains nothing, but is still a step
             logits, loss_sum = train_step(s, x, y, lr, s.loaders["train"].global_batch(i), head=head)
