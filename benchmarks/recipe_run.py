@@ -160,7 +160,8 @@ def budget_figures(run: Path, wall_s: float, busy_s: float) -> list[dict]:
     figures = [{"metric": "whole command / train.time_budget", "value": _pct(wall_s / plan["budget_s"]), "unit": "%",
                 "n": 1, "how": f"wall time around the command over the budget ({plan['budget_s']:g} s){beside}"},
                {"metric": "the run's own clock / train.time_budget", "value": _pct(plan["actual_s"] / plan["budget_s"]),
-                "unit": "%", "n": 1, "how": "budget.json actual_s: prepare() to the report, what the budget counts"}]
+                "unit": "%", "n": 1,
+                "how": "budget.json actual_s: the train command's start to the report, what the budget counts"}]
     if plan.get("rung") is not None:
         chosen = plan["rungs"][plan["rung"]]
         figures.append({"metric": "ladder rung chosen", "value": plan["rung"], "unit": "rung", "n": 1,

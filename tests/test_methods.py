@@ -4,6 +4,7 @@ progressive resizing and the time budget."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -174,6 +175,33 @@ def test_time_budget_run_equals_the_fixed_run_of_the_rung_it_chose(class_folders
     with pytest.raises(UserError, match="too small for one epoch"):
         prepare(tiny_config(class_folders, tmp_path / "tiny", "train.time_budget=0.5s"), run_name="t")
     assert not (tmp_path / "tiny").exists()  # refused while planning, before any run folder is made
+
+
+def test_a_time_budget_counts_from_the_command_start_as_the_user_times_it(class_folders, tmp_path, monkeypatch):
+    """`resnetlab train` hands prepare() the moment the command began: start-up and loading the config
+    are part of the budget; a library caller's budget starts in prepare()."""
+    import resnetlab.cli.train as cli_train
+    import resnetlab.run.prepare as run_prepare
+    from resnetlab.cli import main
+
+    seen, load = {}, cli_train.load_config
+
+    def loading(*args, **kwargs):
+        seen["config_at"] = time.monotonic()
+        return load(*args, **kwargs)
+
+    def preparing(cfg, **kwargs):
+        seen.update(kwargs)
+        raise UserError("prepared")
+
+    monkeypatch.setattr(cli_train, "load_config", loading)
+    monkeypatch.setattr(run_prepare, "prepare", preparing)
+    assert main(["train", f"data.dataset={class_folders}", f"train.out_dir={tmp_path}"]) == 2
+    assert seen["started"] < seen["config_at"]
+    monkeypatch.undo()
+    s = prepare(tiny_config(class_folders, tmp_path, "train.time_budget=1m"), run_name="t",
+                started=time.monotonic() - 40)
+    assert 40 <= s.plan.used_s < 60 and 40 <= s.clock.elapsed() < 60
 
 
 def test_ladder_takes_the_first_rung_that_gets_its_epochs_and_times_no_further(class_folders, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from resnetlab.config import all_keys, load_config, resolve_key
@@ -41,6 +42,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    started = time.monotonic()  # a time budget counts from here, as the user's clock does: torch's import included
     from resnetlab.run.finish import retrain_config
     from resnetlab.run.fit import fit
     from resnetlab.run.prepare import prepare
@@ -61,7 +63,7 @@ def run(args) -> int:
         if recipe:
             raise UserError("--resume takes its recipe from the run folder; give only key=value overrides")
         session = prepare(None, run_name="", resume=Path(args.resume), overrides=overrides,
-                          from_epoch=args.from_epoch)
+                          from_epoch=args.from_epoch, started=started)
     elif args.from_epoch is not None:
         raise UserError("--from-epoch N rolls a run back: give it with --resume RUN")
     else:
@@ -71,7 +73,7 @@ def run(args) -> int:
         if os.environ.get("RANK", "0") == "0":  # under torchrun one process speaks for all
             for note in notes:
                 print(f"note: {note}")
-        session = prepare(cfg, run_name=run_name)
+        session = prepare(cfg, run_name=run_name, started=started)
     try:
         fit(session)
         if args.retrain_on_all:

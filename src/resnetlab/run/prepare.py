@@ -41,7 +41,7 @@ from resnetlab.train.session import Session, build_session
 
 
 def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, overrides: list[str] = (),
-            from_epoch: int | None = None) -> Session:
+            from_epoch: int | None = None, started: float | None = None) -> Session:
     """Build data, model and optimiser; create the run folder (or reopen it to resume).
 
     With ``resume`` the config comes from the run folder (``cfg`` is ignored) and
@@ -49,9 +49,10 @@ def prepare(cfg: Config | None, *, run_name: str, resume: Path | None = None, ov
     processes (``--max-restarts``), the run it had begun is resumed from its last checkpoint.
     With train.time_budget, the plan (rung and length) is made here and kept in the folder's
     config.yaml and budget.json, so a resume follows it. ``from_epoch`` resumes from the run's
-    epoch_NNN.pt instead of its last checkpoint (run/rollback.py).
+    epoch_NNN.pt instead of its last checkpoint (run/rollback.py). ``started`` (``time.monotonic()``)
+    is where a time budget's clock starts, the command's start for the CLI; by default, now.
     """
-    started, restarted, resume_notes = time.monotonic(), None, []
+    started, restarted, resume_notes = time.monotonic() if started is None else started, None, []
     if resume is None and (restarted := elastic_restart(cfg, run_name)) is not None:
         resume, overrides = restarted, []
     if from_epoch is not None and resume is not None and rolled_back_already(resume, from_epoch):

@@ -88,7 +88,7 @@ class TrainState:
 
 @dataclass
 class RunClock:
-    """What a time budget counts: s since prepare() began, less any time a caller ran outside the run
+    """What a time budget counts: s since the command (or prepare()) began, less any time a caller ran outside the run
     (``paused``: a benchmark scoring each epoch on its own clock)."""
 
     started: float = field(default_factory=time.monotonic)
@@ -131,7 +131,7 @@ class Session:
     # budget.plan.Plan: how train.time_budget set this run's rung and length (None: no budget); typed
     # loosely because the budget package sits above this one (run/ reads it)
     plan: object | None = None
-    clock: RunClock = field(default_factory=RunClock)  # from prepare(): what train.time_budget counts
+    clock: RunClock = field(default_factory=RunClock)  # from the command's start: what train.time_budget counts
     task: SingleLabel = field(default_factory=SingleLabel)  # single- or multi-label (evaluate/task.py)
 
     @property
