@@ -52,6 +52,9 @@ def test_recipe_runs_on_real_data(recipe, shared_data, pretrained_cache, tmp_pat
     run = tmp_path / "r"
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert history and all(h["train_loss"] == h["train_loss"] for h in history)  # finite, not NaN
+    if recipe != "photos":  # a folder of photos has no test split; the others score the smoke's 2 batches of it
+        eval_batch = read_yaml(run / "config.yaml")["train"]["eval_batch_size"]
+        assert 0 < json.loads((run / "eval_test.json").read_text())["n"] <= 2 * eval_batch
     if recipe in SHORT:
         assert (run / "snapshot-1.pt").is_file() and len(history) == 3
 

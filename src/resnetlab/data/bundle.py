@@ -39,6 +39,13 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def head(self, n: int) -> Split:
+        """The first ``n`` images: what a smoke test (train.limit_batches) scores."""
+        if n >= len(self):
+            return self
+        return Split(self.labels[:n], None if self.images is None else self.images[:n],
+                     None if self.paths is None else self.paths[:n], None if self.boxes is None else self.boxes[:n])
+
 
 @dataclass
 class DataBundle:

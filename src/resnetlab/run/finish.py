@@ -44,7 +44,10 @@ def finish_run(s: Session, console: Console) -> dict:
                    views=s.cfg.train.final_tta_views,
                    thresholds_from=_parent_thresholds(s.cfg))
     scored = "test" if s.cfg.train.final_test and "test" in s.data.splits else None
-    result = score_run(s.run_dir, model, s.data.splits, opts, scored)
+    splits, limit = s.data.splits, s.cfg.train.limit_batches * s.cfg.train.eval_batch_size
+    if limit:  # a smoke test scores and calibrates on as few batches as it trained and validated on
+        splits = {name: split.head(limit) for name, split in splits.items()}
+    result = score_run(s.run_dir, model, splits, opts, scored)
     if scored is None and model.threshold_source:  # predict, export and serve decide with these
         console.print(f"thresholds: {model.threshold_source}")
     if not s.cfg.train.final_test:
