@@ -6,6 +6,7 @@ import gzip
 import os
 import pickle
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -172,6 +173,17 @@ def wait_for_writes(timeout: float = 60.0) -> None:
     while any(t.name == WRITER_THREAD for t in threading.enumerate()):
         assert time.monotonic() < deadline, f"a checkpoint write still going after {timeout} s"
         time.sleep(0.01)
+
+
+def in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """`resnetlab ARGS` as main() in this process, as the console script calls it: its exit code and
+    what it printed. A real process costs ~3-4 s of imports; tests/test_cli.py checks that path."""
+    from resnetlab.cli import main
+
+    capsys.readouterr()  # what came before is not this command's
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def tiny_config(dataset: Path | str, out_dir: Path, *extra: str):

@@ -16,8 +16,8 @@ from PIL import Image
 from resnetlab.cli import main
 from resnetlab.config import load_config
 from resnetlab.errors import UserError
-from tests.conftest import pattern, place_weights, tiny_overrides
-from tests.test_cli import assert_one_line_error, cli
+from tests.conftest import in_process, pattern, place_weights, tiny_overrides
+from tests.test_cli import assert_one_line_error
 
 # the photos recipe at a size and length a test affords; every other key is the recipe's
 FAST = ["data.image_size=32", "train.limit_batches=1", "train.batch_size=4", "train.eval_batch_size=8",
@@ -70,8 +70,8 @@ def test_a_folder_of_photos_fine_tunes_the_pretrained_resnet50_with_a_validation
     conv1 = torch.load(run / "last.pt", weights_only=True)["model"]["conv1.weight"]
     assert (conv1 - 0.01).abs().max() < 1e-3  # the stem moved only by stage 2's lowest rate
     # then the run is a run like any other
-    proc = cli("predict", run, photos / "rose" / "0.jpg", photos / "rose" / "4.png", "--format", "json",
-               "--plot", tmp_path / "plots")
+    proc = in_process(capsys, "predict", run, photos / "rose" / "0.jpg", photos / "rose" / "4.png", "--format",
+                      "json", "--plot", tmp_path / "plots")
     assert proc.returncode == 0, proc.stderr
     answers = json.loads(proc.stdout)
     assert len(answers) == 2 and all(a["top"][0]["class"] in ("daisy", "rose", "tulip") for a in answers)

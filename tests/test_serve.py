@@ -271,11 +271,11 @@ def test_a_slow_body_times_out_and_connections_are_bounded(served):
 
 
 def test_short_soak_of_mixed_traffic(served, tmp_path):
-    """15 s of benchmarks/serve_soak.py: good, bad, slow, dropped and bursting clients at once."""
+    """8 s of benchmarks/serve_soak.py: good, bad, slow, dropped and bursting clients at once."""
     run, _, _, _ = served
     out = tmp_path / "soak.json"
     image = next((run.parent / "data" / "test" / "cat").iterdir())
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_soak.py"), str(run), "--seconds", "15",
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_soak.py"), str(run), "--seconds", "8",
                            "--image", str(image), "--json", str(out)], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -20,7 +20,7 @@ from resnetlab.data.shards import parse_shard_size, write_shards
 from resnetlab.errors import UserError
 from resnetlab.run.fit import fit
 from resnetlab.run.prepare import prepare
-from tests.conftest import tiny_config, write_class_folders
+from tests.conftest import in_process, tiny_config, write_class_folders
 from tests.test_cli import assert_one_line_error, cli
 
 
@@ -208,8 +208,8 @@ def test_a_partial_shard_is_never_read(folders_and_shards, tmp_path):
     assert len(catalog) == 39
 
 
-def test_data_shards_command(class_folders, tmp_path):
-    proc = cli("data", "shards", class_folders, "--out", tmp_path / "s", "--shard-size", "20")
+def test_data_shards_command(class_folders, tmp_path, capsys):
+    proc = in_process(capsys, "data", "shards", class_folders, "--out", tmp_path / "s", "--shard-size", "20")
     assert proc.returncode == 0, proc.stderr
     assert "train 36 images in 2 shards, test 12 images in 1 shards (3 classes)" in proc.stdout
 

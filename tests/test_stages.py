@@ -14,8 +14,8 @@ from resnetlab.run.fit import fit
 from resnetlab.run.prepare import prepare
 from resnetlab.train.schedules import lr_at
 from resnetlab.train.stages import lr_for_step, snapshot_epochs, stage_schedule
-from tests.conftest import REPO, tiny_config, tiny_overrides
-from tests.test_train import assert_same_weights, cli, run_killed, weights
+from tests.conftest import REPO, in_process, tiny_config, tiny_overrides
+from tests.test_train import assert_same_weights, run_killed, weights
 
 TUTORIAL = ("stages=[{epochs: 1, train: head, lr: [0.01], weight_decay: 0.0005, train_bn: false},"
             " {epochs: 1, train: layer3, lr: [0.001, 0.01]},"
@@ -91,13 +91,13 @@ def test_discriminative_rates_reach_the_optimizer(class_folders, tmp_path):
     assert len(history) == 5
 
 
-def test_resume_inside_a_later_stage_equals_uninterrupted(class_folders, tmp_path):
+def test_resume_inside_a_later_stage_equals_uninterrupted(class_folders, tmp_path, capsys):
     extra = (*RESNET18, TUTORIAL)
     full = prepare(tiny_config(class_folders, tmp_path / "full", *extra), run_name="f")
     fit(full)
     run_killed(5, tiny_overrides(class_folders, tmp_path / "killed", *extra), cwd=REPO)  # in stage 2
     run = tmp_path / "killed" / "run"
-    proc = cli("train", "--resume", str(run), cwd=REPO)
+    proc = in_process(capsys, "train", "--resume", run)
     assert proc.returncode == 0, proc.stderr
     assert_same_weights(weights(full.run_dir), weights(run))
     assert_same_weights(weights(full.run_dir, "snapshot-1.pt"), weights(run, "snapshot-1.pt"))

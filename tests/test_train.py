@@ -15,7 +15,7 @@ from resnetlab.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.errors import UserError
 from resnetlab.run.fit import fit
 from resnetlab.run.prepare import prepare
-from tests.conftest import REPO, tiny_config, tiny_overrides, write_class_folders
+from tests.conftest import REPO, in_process, tiny_config, tiny_overrides, write_class_folders
 
 RUN_FILES = {"config.yaml", "env.json", "classes.json", "data.json", "metrics.jsonl", "curves.png", "last.pt",
              "best.pt"}
@@ -86,10 +86,6 @@ def run_killed(kill_at, overrides, cwd):
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
-def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "resnetlab", *args], cwd=cwd, capture_output=True, text=True)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """One uninterrupted 3-epoch run that every interrupted-and-resumed run must equal bit for bit
@@ -102,7 +98,7 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("checkpoint_every", [0, 2])
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(reference, tmp_path, checkpoint_every):
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(reference, tmp_path, capsys, checkpoint_every):
     # 36 images / batch 8 = 4 steps an epoch; killed at global step 6, in the middle of epoch 2
     class_folders, full_weights = reference
     extra = ("train.epochs=3", f"train.checkpoint_every={checkpoint_every}")
@@ -113,17 +109,17 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(reference, tmp_path,
         assert (state["epoch"], state["step_in_epoch"]) == (1, 2)  # saved after global step 5 (6 steps done)
     else:
         assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
-    proc = cli("train", "--resume", str(run), cwd=REPO)
+    proc = in_process(capsys, "train", "--resume", run)
     assert proc.returncode == 0, proc.stderr
     assert_same_weights(full_weights, weights(run))
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
-def test_resume_override_is_recorded(class_folders, tmp_path):
+def test_resume_override_is_recorded(class_folders, tmp_path, capsys):
     s = prepare(tiny_config(class_folders, tmp_path, "train.epochs=1"), run_name="t")
     fit(s)
-    proc = cli("train", "--resume", str(s.run_dir), "train.epochs=2", "optim.lr=0.01", cwd=REPO)
+    proc = in_process(capsys, "train", "--resume", s.run_dir, "train.epochs=2", "optim.lr=0.01")
     assert proc.returncode == 0, proc.stderr
     env = json.loads((s.run_dir / "env.json").read_text())
     assert env["resumes"][0]["overrides"] == ["train.epochs=2", "optim.lr=0.01"]
@@ -195,7 +191,7 @@ TERMINATED = textwrap.dedent(
 
 
 @pytest.mark.parametrize("stop_at", [5, 7])  # mid-epoch 2, and the last step of epoch 2
-def test_sigterm_saves_the_step_and_resume_equals_uninterrupted(reference, tmp_path, stop_at):
+def test_sigterm_saves_the_step_and_resume_equals_uninterrupted(reference, tmp_path, capsys, stop_at):
     class_folders, full_weights = reference
     extra = ("train.epochs=3",)
     args = tiny_overrides(class_folders, tmp_path / "stopped", *extra)
@@ -207,7 +203,7 @@ def test_sigterm_saves_the_step_and_resume_equals_uninterrupted(reference, tmp_p
     done = stop_at + 1  # steps finished when the signal was acted on
     assert (state["epoch"], state["step_in_epoch"]) == divmod(done, 4)
     assert f"stopped by SIGTERM at epoch {done // 4 + 1}, step {done % 4}" in proc.stderr
-    resumed = cli("train", "--resume", str(run), cwd=REPO)
+    resumed = in_process(capsys, "train", "--resume", run)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(full_weights, weights(run))
 
