@@ -102,7 +102,7 @@ def test_a_budget_run_corrects_its_length_and_equals_the_fixed_run_of_that_lengt
     timed = probe._mean
     monkeypatch.setattr(probe, "_mean", lambda times: timed(times) * skew)
     extra = ("data.val_fraction=0.25", "schedule.name=onecycle", "augment.hflip=true")
-    s = prepare(tiny_config(class_folders, tmp_path / "budget", *extra, "train.time_budget=12s"), run_name="t")
+    s = prepare(tiny_config(class_folders, tmp_path / "budget", *extra, "train.time_budget=8s"), run_name="t")
     assert s.cfg.schedule.warmup_epochs == 0.25 * s.plan.epochs and s.plan.correct_at > 0  # the rise, pinned
     planned, planned_epochs = s.plan.epochs * s.plan.steps, s.plan.epochs
     fit(s)

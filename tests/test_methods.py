@@ -147,8 +147,8 @@ WIDE, NARROW = "[64, 128, 256, 512]", "[8, 8, 16, 16]"  # ~200x apart in FLOPs: 
 
 
 def test_time_budget_run_equals_the_fixed_run_of_the_rung_it_chose(class_folders, tmp_path, capsys):
-    # no rung gets 100,000 epochs in 15 s: the rule falls back to the rung that gets the most, the narrow one
-    s = prepare(tiny_config(class_folders, tmp_path / "budget", "data.val_fraction=0.25", "train.time_budget=15s",
+    # no rung gets 100,000 epochs in 10 s: the rule falls back to the rung that gets the most, the narrow one
+    s = prepare(tiny_config(class_folders, tmp_path / "budget", "data.val_fraction=0.25", "train.time_budget=10s",
                             f"train.ladder=[{{model.filters: {WIDE}}}, {{model.filters: {NARROW}}}]",
                             "train.ladder_min_epochs=100000"), run_name="t")
     fit(s)
@@ -162,7 +162,7 @@ def test_time_budget_run_equals_the_fixed_run_of_the_rung_it_chose(class_folders
     assert saved["model"]["filters"] == [8, 8, 16, 16]
     assert saved["train"]["epochs"] == plan["epochs"] == len(s.state.history) > 1
     assert "ladder on CPU" in out and " > 1: model.filters=[8, 8, 16, 16]: " in out and "ms a step at" in out
-    assert "time budget 15s:" in out and "the run took" in out and 0 < plan["actual_s"]
+    assert "time budget 10s:" in out and "the run took" in out and 0 < plan["actual_s"]
     # each planned part beside what it took: an overrun names its cause
     assert 0 < plan["actual_steps_s"] < plan["actual_s"] and plan["actual_finish_s"] > 0 and "planned_steps_s" in plan
     fixed = prepare(tiny_config(class_folders, tmp_path / "fixed", "data.val_fraction=0.25", f"model.filters={NARROW}",
