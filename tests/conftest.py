@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -177,12 +178,22 @@ def wait_for_writes(timeout: float = 60.0) -> None:
 
 def in_process(capsys, *args) -> subprocess.CompletedProcess:
     """`resnetlab ARGS` as main() in this process, as the console script calls it: its exit code and
-    what it printed. A real process costs ~3-4 s of imports; tests/test_cli.py checks that path."""
+    what it printed, warnings included, as a real process would print them (Python's default filters).
+    A real process costs ~3-4 s of imports; tests/test_cli.py checks that path."""
     from resnetlab.cli import main
 
     capsys.readouterr()  # what came before is not this command's
-    code = main([str(a) for a in args])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()  # pytest's filters show every warning; a process shows Python's defaults
+        warnings.simplefilter("default")
+        for hidden in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", hidden)
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's errors and --help end the console script this way
+            code = e.code if isinstance(e.code, int) else 1
     out, err = capsys.readouterr()
+    err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
     return subprocess.CompletedProcess(args, code, out, err)
 
 

@@ -15,7 +15,8 @@ from tests.conftest import REPO, in_process, tiny_overrides
 
 def cli(*args, cwd=REPO):
     """`python -m resnetlab ARGS` in a real process: the console script's own path (the trained fixture,
-    test_empty_class_folder and test_unknown_recipe; the other tests call main() in this process)."""
+    test_empty_class_folder, test_unknown_recipe and test_shards' `data inspect`; the other tests call
+    main() in this process)."""
     return subprocess.run([sys.executable, "-m", "resnetlab", *map(str, args)], cwd=cwd, capture_output=True, text=True)
 
 

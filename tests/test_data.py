@@ -168,6 +168,18 @@ def test_streaming_matches_cache_without_augmentation(class_folders, tmp_path):
     assert torch.equal(x, cached.splits["test"].images)
 
 
+def test_a_smoke_tests_share_of_a_split_is_spread_over_it_not_its_first_class():
+    from resnetlab.data.bundle import Split
+
+    labels = torch.arange(3).repeat_interleave(10)  # a folder's split: in class order
+    split = Split(labels, images=torch.arange(30).view(30, 1, 1, 1).to(torch.uint8),
+                  paths=[f"{i}.png" for i in range(30)], boxes=np.arange(30 * 4).reshape(30, 4))
+    part = split.spread(6)
+    assert part.labels.tolist() == [0, 0, 1, 1, 2, 2] and part.images.flatten().tolist() == [0, 6, 12, 17, 23, 29]
+    assert part.paths == ["0.png", "6.png", "12.png", "17.png", "23.png", "29.png"] and part.boxes[-1, 0] == 29 * 4
+    assert split.spread(30) is split and split.spread(100) is split
+
+
 def test_mean_std_agrees_with_numpy_in_parts_of_any_size():
     images = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (37, 3, 5, 7), dtype=np.uint8))
     x = images.numpy().astype(np.float64) / 255

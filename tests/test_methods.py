@@ -15,7 +15,7 @@ from resnetlab.budget.plan import MARGIN, choose
 from resnetlab.budget.probe import MIN_STEPS
 from resnetlab.checkpoint import load_checkpoint
 from resnetlab.config import AugmentConfig, TrainConfig, load_config
-from resnetlab.data import policy
+from resnetlab.data import build_data, policy
 from resnetlab.data.augment import BatchAugment, erase, make_generator, mix
 from resnetlab.errors import UserError
 from resnetlab.run.fit import fit
@@ -202,6 +202,23 @@ def test_a_time_budget_counts_from_the_command_start_as_the_user_times_it(class_
     s = prepare(tiny_config(class_folders, tmp_path, "train.time_budget=1m"), run_name="t",
                 started=time.monotonic() - 40)
     assert 40 <= s.plan.used_s < 60 and 40 <= s.clock.elapsed() < 60
+
+
+def test_a_smoke_runs_budget_plans_to_validate_and_score_only_its_batches(class_folders, tmp_path, monkeypatch):
+    from resnetlab.budget import probe
+    from resnetlab.train.distributed import Dist
+    from resnetlab.train.session import build_session
+
+    monkeypatch.setattr(probe, "_time_eval", lambda s: 1.0)  # 1 s an image: the plan counts images
+    costs = {}
+    for limit in (0, 1):  # 9 val and 12 test images; with train.limit_batches=1, one batch of 2 of each
+        cfg = tiny_config(class_folders, tmp_path / str(limit), "data.val_fraction=0.25", "train.eval_batch_size=2",
+                          f"train.limit_batches={limit}", "train.report=false")
+        s = build_session(cfg, build_data(cfg), device=torch.device("cpu"), precision="fp32", dist=Dist(),
+                          compile_wanted=False)
+        costs[limit] = probe._fixed_costs(s)
+    assert costs[0]["finish_s"] == 12 + 9 + 0.5 and costs[1]["finish_s"] == 2 + 2 + 0.5
+    assert costs[0]["epoch_overhead_s"] - costs[1]["epoch_overhead_s"] == pytest.approx(9 - 2, abs=0.5)
 
 
 def test_ladder_takes_the_first_rung_that_gets_its_epochs_and_times_no_further(class_folders, tmp_path):

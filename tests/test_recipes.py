@@ -25,10 +25,7 @@ SHORT = {"gtsrb-resnet34-finetune": [
 LOCAL = {"cifar10": "cifar10-jpeg", "": "intel/seg_train/seg_train"}
 EPOCHS = {"photos": ["train.epochs=2"]}  # its head stage, then one epoch of the whole network
 # the recipes hold out 2,000 (Intel, of 14,034) and 5,000 (CIFAR, of 50,000) images; the subsets have 480 and 2,000
-# the whole Fashion-MNIST test split (10,000) is scored over 5 views: in batches of 16 that took 13 of a 26 s run
-SUBSET = {"intel-resnet34-onecycle": ["data.val_count=100"], "cifar10-fast": ["data.val_count=200"],
-          "fashion-mnist-fast": ["train.eval_batch_size=500"],
-          "fashion-mnist-3min": ["train.eval_batch_size=500"]}
+SUBSET = {"intel-resnet34-onecycle": ["data.val_count=100"], "cifar10-fast": ["data.val_count=200"]}
 
 
 @pytest.fixture

@@ -112,7 +112,9 @@ def _fixed_costs(s: Session) -> dict:
         start = time.perf_counter()
         save_checkpoint(Path(tmp) / "probe.pt", checkpoint_state(s))
         save_s = 2 * (time.perf_counter() - start)  # last.pt and best.pt (one serialisation, two writes)
-    n, t = {name: len(split) for name, split in s.data.splits.items()}, s.cfg.train
+    t = s.cfg.train
+    cap = t.limit_batches * t.eval_batch_size or None  # a smoke test validates and scores that many images
+    n = {name: min(len(split), cap or len(split)) for name, split in s.data.splits.items()}
     models = 2 if s.ema is not None and t.eval_raw else 1  # train.eval_raw: val scored twice
     test = n.get("test", 0) * (1 + (t.final_tta if t.final_tta > 1 else 0)) if t.final_test else 0
     untrained = n.get("val", 0) if t.score_untrained else 0  # once, before the first step

@@ -220,7 +220,8 @@ class TrainConfig(_Section):
     # written at the first epoch end, the run's end and a stop (best.pt with it, held in memory until then);
     # 0: every epoch end. A kill (SIGKILL, power loss) loses at most this much training
     checkpoint_interval_s: float = _ranged(60.0, lambda v: v >= 0, "must be 0 (every epoch end) or more seconds")
-    # smoke tests: at most N batches an epoch in every split, and in the final test and calibration (0: all)
+    # smoke tests: at most N batches an epoch in every split, and N batches' worth spread over the final test and
+    # the calibration's val split (0: all)
     limit_batches: int = _ranged(0, lambda v: v >= 0, "must be 0 (all) or more")
     report: bool = True  # after training: evaluate the test split with figures and write report.html
     final_test: bool = True  # score the test split once at the end; a tuning study turns it off

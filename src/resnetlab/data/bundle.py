@@ -39,12 +39,15 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: int) -> Split:
-        """The first ``n`` images: what a smoke test (train.limit_batches) scores."""
+    def spread(self, n: int) -> Split:
+        """``n`` images evenly spaced through the split: what a smoke test (train.limit_batches) scores.
+        Evenly spaced, not the first n: a folder's split is in class order, and the first would be one class."""
         if n >= len(self):
             return self
-        return Split(self.labels[:n], None if self.images is None else self.images[:n],
-                     None if self.paths is None else self.paths[:n], None if self.boxes is None else self.boxes[:n])
+        rows = np.linspace(0, len(self) - 1, n).round().astype(np.int64)
+        return Split(self.labels[torch.from_numpy(rows)], None if self.images is None else self.images[rows],
+                     None if self.paths is None else [self.paths[i] for i in rows],
+                     None if self.boxes is None else self.boxes[rows])
 
 
 @dataclass

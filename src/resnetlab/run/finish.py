@@ -45,8 +45,8 @@ def finish_run(s: Session, console: Console) -> dict:
                    thresholds_from=_parent_thresholds(s.cfg))
     scored = "test" if s.cfg.train.final_test and "test" in s.data.splits else None
     splits, limit = s.data.splits, s.cfg.train.limit_batches * s.cfg.train.eval_batch_size
-    if limit:  # a smoke test scores and calibrates on as few batches as it trained and validated on
-        splits = {name: split.head(limit) for name, split in splits.items()}
+    if limit:  # a smoke test scores and calibrates on as few batches as it validated on
+        splits = {name: split.spread(limit) if name in ("val", scored) else split for name, split in splits.items()}
     result = score_run(s.run_dir, model, splits, opts, scored)
     if scored is None and model.threshold_source:  # predict, export and serve decide with these
         console.print(f"thresholds: {model.threshold_source}")
