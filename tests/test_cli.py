@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetlab.cli import main
 from tests.conftest import REPO, in_process, tiny_overrides
 
 
@@ -62,10 +61,9 @@ def test_models_recipes_env(capsys):
     ],
 )
 def test_train_user_errors_leave_no_run_folder(class_folders, tmp_path, capsys, args, pattern):
-    # main() in this process, as the console script calls it (a process each cost ~4 s of imports);
     # test_empty_class_folder and test_unknown_recipe check the same through a real process
-    code = main(["train", *tiny_overrides(class_folders, tmp_path / "runs"), *args])
-    assert_one_line_error(subprocess.CompletedProcess([], code, "", capsys.readouterr().err), pattern)
+    assert_one_line_error(in_process(capsys, "train", *tiny_overrides(class_folders, tmp_path / "runs"), *args),
+                          pattern)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 

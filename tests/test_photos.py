@@ -3,7 +3,6 @@ offline with torchvision's weights file in its cache; and a key set on the comma
 by what a recipe plans."""
 
 import json
-import subprocess
 import urllib.error
 
 import numpy as np
@@ -86,8 +85,7 @@ def test_offline_without_the_weights_file_is_one_line_naming_where_it_goes(photo
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    code = main(["train", str(photos), f"train.out_dir={tmp_path / 'runs'}", *FAST])
-    assert_one_line_error(subprocess.CompletedProcess([], code, "", capsys.readouterr().err),
+    assert_one_line_error(in_process(capsys, "train", photos, f"train.out_dir={tmp_path / 'runs'}", *FAST),
                           r"put resnet50-11ad3fa6.pth .* at .*hub/checkpoints.*or pass model.weights=none")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     assert load_config("photos", [f"data.dataset={photos}", "model.weights=none"]).model.weights is None
@@ -96,11 +94,9 @@ def test_offline_without_the_weights_file_is_one_line_naming_where_it_goes(photo
 def test_what_the_first_argument_is(tmp_path, capsys):
     for args, error in [([str(tmp_path / "nowhere")], "nowhere: no such folder or CSV file"),
                         ([], "data.dataset is empty: give a folder or CSV of photos")]:
-        code = main(["train", *(args or ["photos"]), "train.device=cpu"])
-        assert_one_line_error(subprocess.CompletedProcess([], code, "", capsys.readouterr().err), error)
+        assert_one_line_error(in_process(capsys, "train", *(args or ["photos"]), "train.device=cpu"), error)
     write_photos(tmp_path / "p", per_class=2)
-    code = main(["train", str(tmp_path / "p"), f"data.dataset={tmp_path}"])
-    assert_one_line_error(subprocess.CompletedProcess([], code, "", capsys.readouterr().err),
+    assert_one_line_error(in_process(capsys, "train", tmp_path / "p", f"data.dataset={tmp_path}"),
                           "is the data set already: leave out data.dataset")
 
 
