@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -155,6 +158,26 @@ def test_lookahead_is_airbenchs_update_with_the_ema():
         for k, v in net.state_dict().items():
             torch.testing.assert_close(v, slow[k])
             torch.testing.assert_close(ema.module.state_dict()[k], slow[k])
+
+
+def test_the_lookaheads_progress_is_0_in_a_pinned_rise_so_a_budgets_new_length_changes_no_step_before_it():
+    from resnetlab.config import Config, evolve
+    from resnetlab.train.loop import lookahead_progress
+    from resnetlab.train.stages import length_free
+
+    cfg = evolve(Config(), {"schedule.name": "triangle", "schedule.warmup_epochs": 2, "train.epochs": 10,
+                            "train.ema_decay": 0.95, "train.lookahead": 5})
+    s = SimpleNamespace(cfg=cfg, steps_per_epoch=10, state=SimpleNamespace(end_step=0))
+    assert [lookahead_progress(s, t) for t in (4, 19, 20, 99)] == [0.0, 0.0, 21 / 100, 1.0]
+    s.state.end_step = 60  # a correction's new length moves the steps after the rise alone
+    assert [lookahead_progress(s, t) for t in (19, 29, 59)] == [0.0, 0.5, 1.0]
+    # a schedule free of the length throughout: the lookahead depends on the length from the first step, so no step
+    # is length-free (a time budget plans no correction); without lookahead every step is
+    constant = evolve(cfg, {"schedule.name": "constant", "schedule.warmup_epochs": 0})
+    assert length_free(constant, 10) == 0
+    assert lookahead_progress(SimpleNamespace(cfg=constant, steps_per_epoch=10, state=SimpleNamespace(end_step=0)),
+                              4) == 0.05
+    assert length_free(evolve(constant, {"train.lookahead": 0}), 10) == math.inf
 
 
 def test_fixed_tta_shifts_are_airbenchs_reflect_pad_and_crop():

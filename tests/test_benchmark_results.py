@@ -60,3 +60,22 @@ def test_record_rejects_incomplete_figures(results, tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):
         results.record("benchmarks/recipe_run.py", "x", [bad], hardware="CPU bf16", out_dir=tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_seeds_ab_pairs_the_variants_by_seed():
+    """benchmarks/seeds_ab.py's summary: each variant's mean over the seeds, and B - A paired by seed."""
+    spec = importlib.util.spec_from_file_location("seeds_ab", SCRIPT.parent / "seeds_ab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    val = {"A": [95.0, 95.4, 94.9], "B": [95.3, 95.6, 95.4]}  # by seed 0, 1, 2
+    scores = {v: {seed: {"best val top-1": (val[v][seed], 5000), "test top-1": (94.0 + seed, 10000)}
+                  for seed in range(3)} for v in "AB"}
+    figures = {f["metric"]: f for f in module.summary(scores, [0, 1, 2], {"A": [], "B": ["model.name=airnet"]})}
+    assert list(figures) == [f"{m}, {x}" for m in ("best val top-1", "test top-1") for x in ("A", "B", "B - A")]
+    assert figures["best val top-1, A"]["value"] == 95.1 and figures["best val top-1, A"]["n"] == 3
+    assert "n=5,000 images; A: the recipe as it is" in figures["best val top-1, A"]["how"]
+    assert "B: model.name=airnet" in figures["best val top-1, B"]["how"]
+    diff = figures["best val top-1, B - A"]
+    # differences 0.3, 0.2, 0.5: mean 0.333, sd 0.153, standard error sd / sqrt(3)
+    assert diff["value"] == 0.333 and diff["unit"] == "points" and "standard error 0.088" in diff["how"]
+    assert figures["test top-1, B - A"]["value"] == 0.0

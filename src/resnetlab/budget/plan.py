@@ -25,8 +25,8 @@ from resnetlab.errors import UserError
 from resnetlab.io import atomic_write_text
 from resnetlab.train import distributed
 from resnetlab.train.distributed import Dist
-from resnetlab.train.schedules import length_free_steps
 from resnetlab.train.session import build_session
+from resnetlab.train.stages import length_free
 
 MARGIN = 0.99  # plan to 99% of what is left: the run corrects its length from its own clock
 SHARED = 0.2  # a rung timed while other processes kept more of the CPUs busy than this was timed beside a job
@@ -78,7 +78,7 @@ class Plan:
                 f"validate and save an epoch, ~{self.finish_s:.0f} s for the test and report, {self.used_s:.0f} s "
                 f"used so far: {self.epochs} epochs of {steps}, ending at ~{clock(self.predicted_s)}; "
                 + (f"the length is corrected from the run's own clock after step {self.correct_at}"
-                   if self.correct_at else "no correction (no early steps whose rates are free of the run's length)"))
+                   if self.correct_at else "no correction (no early steps that train alike whatever the run's length)"))
 
     def table(self) -> list[str]:
         """The ladder's rungs as timed here, the chosen one marked '>'."""
@@ -165,7 +165,7 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
     rcfg = evolve(rcfg, changes)
     # the correction waits for the schedule's length-free steps (the rise; at most half the run), so it is
     # measured on steps of the run itself
-    at = min(length_free_steps(rcfg.schedule, plan.steps), plan.epochs * plan.steps // 2)
+    at = min(length_free(rcfg, plan.steps), plan.epochs * plan.steps // 2)
     plan.correct_at = int(at) if at >= 1 else 0
     return rcfg, rdata, plan
 

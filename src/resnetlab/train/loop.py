@@ -23,7 +23,7 @@ from resnetlab.train import distributed
 from resnetlab.train.precompute import HeadFeatures
 from resnetlab.train.session import SEEN, Session, no_sums, val_score
 from resnetlab.train.sizes import training_size
-from resnetlab.train.stages import apply_stage, freeze_bn_statistics, lr_for_step, run_steps, stage_at
+from resnetlab.train.stages import apply_stage, freeze_bn_statistics, length_free, lr_for_step, run_steps, stage_at
 from resnetlab.train.step import train_step
 
 FINITE_CHECK_EVERY = 50  # steps between NaN checks: each is a host sync (and a collective under torchrun)
@@ -200,7 +200,15 @@ def ema_step(s: Session, step: int) -> None:
     if not every:
         s.ema.update(s.model)
     elif (step + 1) % every == 0:
-        s.ema.lookahead(s.model, (step + 1) / run_end(s), every)
+        s.ema.lookahead(s.model, lookahead_progress(s, step), every)
+
+
+def lookahead_progress(s: Session, step: int) -> float:
+    """The share of the run done after ``step``, by which the lookahead averages more as the run ends (airbench's
+    progress**3); 0 within the length-free steps (a pinned rise: stages.length_free), where a time budget's
+    correction has not yet set the length, so that they average alike in the run and in the fixed run of its
+    final length (the rise's ~1% of averaging is given up)."""
+    return 0.0 if step < length_free(s.cfg, s.steps_per_epoch) else (step + 1) / run_end(s)
 
 
 def train_size(s: Session, epoch: int) -> int:

@@ -10,12 +10,13 @@ resume lands in the right stage at the right rate.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from torch import nn
 
 from resnetlab.config import Config, ScheduleConfig, StageConfig
 from resnetlab.models.groups import first_trained, group_lr_scales, layer_groups
-from resnetlab.train.schedules import lr_at, sgdr_cycle_ends
+from resnetlab.train.schedules import length_free_steps, lr_at, sgdr_cycle_ends
 
 
 def stage_at(cfg: Config, epoch: int) -> tuple[int, int]:
@@ -43,6 +44,16 @@ def run_steps(cfg: Config, steps_per_epoch: int) -> int:
     (inside the last epoch); the schedule spans them."""
     every = steps_per_epoch * cfg.train.epochs
     return min(every, cfg.train.max_steps) if cfg.train.max_steps else every
+
+
+def length_free(cfg: Config, steps_per_epoch: int) -> float:
+    """Steps at the start that train alike whatever the run's length, so that a time budget may set the length
+    after them (budget/plan.py) and the run is still the fixed run of its new length: the schedule's
+    (schedules.length_free_steps). train.lookahead averages by the share of the run done, so within these steps
+    its progress counts as 0 (loop.lookahead_progress); under a schedule free of the length throughout, it
+    depends on the length from the first step, and no step is length-free."""
+    free = length_free_steps(cfg.schedule, steps_per_epoch)
+    return 0 if cfg.train.lookahead and math.isinf(free) else free
 
 
 def lr_for_step(cfg: Config, step: int, steps_per_epoch: int, end: int = 0) -> float:
