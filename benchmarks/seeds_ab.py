@@ -9,9 +9,9 @@ drift over the minutes weighs on both alike. Each run chooses its checkpoint on 
 split once. Records, through benchmarks/results.py, one file: per variant the mean of the seeds' best val
 top-1, test top-1 and (with train.final_tta) test TTA, each with its sample standard deviation and the
 seeds' values; and B - A, paired by seed, with the standard error of that mean difference. Decide on
-val; the test is reported, not chosen on. That standard error is the seeds' spread alone: every run is
-scored on the same images, so on 5,000 of them a gain of a tenth or two of a point can be those images'
-luck even when every seed agrees.
+val; the test is reported, not chosen on. Each seed draws its own val images from the training set (the
+split is seeded), so val's standard error holds the luck of that draw; every run scores the same test
+images, so test's does not: a tenth of a point there can be those images' luck with every seed agreeing.
 
 For a like-for-like comparison give a fixed length (``train.time_budget= train.epochs=N``) unless the
 change's point is its speed, in which case keep the budget: the runs then differ in epochs too.
