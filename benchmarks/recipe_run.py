@@ -39,12 +39,17 @@ from resnetlab.io import read_json
 POLL_S = 0.1  # s between looks at the run folder while the command runs
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+def recipe_parser(doc: str, overrides: str) -> argparse.ArgumentParser:
+    """A benchmark's command line that takes a recipe and its key=value overrides, its help from ``doc``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", help="a recipe name or YAML file, as `resnetlab train` takes it")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, passed on to `resnetlab train`")
+    parser.add_argument("overrides", nargs="*", help=overrides)
+    return parser
+
+
+def main() -> int:
+    parser = recipe_parser(__doc__, "key=value overrides, passed on to `resnetlab train`")
     parser.add_argument("--name", help="the measurement's name in benchmarks/results/ (default: the recipe's)")
     parser.add_argument("--out", type=Path, help="keep the run folder under this folder (default: a temporary one)")
     parser.add_argument("--results", type=Path, help="where the result file goes (default: benchmarks/results/)")

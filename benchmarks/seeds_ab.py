@@ -19,7 +19,6 @@ change's point is its speed, in which case keep the budget: the runs then differ
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import statistics
@@ -31,11 +30,9 @@ METRICS = ("best val top-1", "test top-1", "test top-1, TTA")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("recipe", help="a recipe name or YAML file, as `resnetlab train` takes it")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides for both variants")
+    from recipe_run import recipe_parser, run_figures, run_timed  # benchmarks/ is on sys.path when this script runs
+
+    parser = recipe_parser(__doc__, "key=value overrides for both variants")
     parser.add_argument("--a", default="", help="variant A's key=value overrides, quoted as one argument")
     parser.add_argument("--b", required=True, help="variant B's key=value overrides, quoted as one argument")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -44,8 +41,6 @@ def main() -> int:
     args = parser.parse_args()
     if len(args.seeds) < 2:
         parser.error("give at least 2 seeds: one run per variant has no spread to weigh a difference against")
-
-    from recipe_run import run_figures, run_timed  # benchmarks/ is on sys.path when this script runs
 
     out = args.out or Path(tempfile.mkdtemp(prefix="resnetlab-seeds-ab-"))
     variants = {"A": shlex.split(args.a), "B": shlex.split(args.b)}
