@@ -14,7 +14,7 @@ from resnetlab.checkpoint import save_checkpoint
 from resnetlab.config import Config
 from resnetlab.data import DataBundle
 from resnetlab.evaluate.inference import infer
-from resnetlab.train.session import Session, checkpoint_state
+from resnetlab.train.session import Session, checkpoint_state, smoke_images
 from resnetlab.train.sizes import training_size
 from resnetlab.train.stages import lr_for_step
 from resnetlab.train.step import train_step
@@ -113,7 +113,7 @@ def _fixed_costs(s: Session) -> dict:
         save_checkpoint(Path(tmp) / "probe.pt", checkpoint_state(s))
         save_s = 2 * (time.perf_counter() - start)  # last.pt and best.pt (one serialisation, two writes)
     t = s.cfg.train
-    cap = t.limit_batches * t.eval_batch_size or None  # a smoke test validates and scores that many images
+    cap = smoke_images(s.cfg) or None
     n = {name: min(len(split), cap or len(split)) for name, split in s.data.splits.items()}
     models = 2 if s.ema is not None and t.eval_raw else 1  # train.eval_raw: val scored twice
     test = n.get("test", 0) * (1 + (t.final_tta if t.final_tta > 1 else 0)) if t.final_test else 0

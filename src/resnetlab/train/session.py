@@ -265,6 +265,13 @@ def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.devic
                         groups=None if groups is None else torch.from_numpy(groups), **common)
 
 
+def smoke_images(cfg: Config) -> int:
+    """The images a smoke test (train.limit_batches) validates and scores in each split: that many batches of
+    eval_batch_size; 0: all. The budget's plan costs them (budget/probe.py), the run's finish takes them
+    (run/finish.py)."""
+    return cfg.train.limit_batches * cfg.train.eval_batch_size
+
+
 def train_augment(cfg: Config, data: DataBundle, count: int, augment: AugmentConfig | None = None) -> BatchAugment:
     """The training split's augmentation (``augment``, else cfg.augment) for its ``count`` images:
     erased pixels in what normalises to 0, alternating flips with hflip_alternate (validate()
