@@ -26,6 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from resnetlab import run_folder as rf
+from resnetlab.io import read_json
+
 METRICS = ("best val top-1", "test top-1", "test top-1, TTA")
 
 
@@ -58,7 +61,7 @@ def main() -> int:
                       file=sys.stderr)
                 return code or 1
             scores[label][seed] = {f["metric"]: (f["value"], f["n"]) for f in run_figures(run, wall_s, None)}
-            env = json.loads((run / "env.json").read_text())
+            env = read_json(run / rf.ENV)
             hardware.add((env["device"], env["precision"]))
             print(f"seeds_ab: {label} seed {seed}: " + ", ".join(f"{m} {scores[label][seed][m][0]}" for m in METRICS
                                                                   if m in scores[label][seed]), flush=True)
