@@ -38,9 +38,11 @@ def run_model(path: str | Path, *, which: str = "best", device: str | torch.devi
     ema = bool(state.get("ema"))
     if ema:  # trained with train.ema_decay: the averaged weights are the model
         state = {**state, "model": state["ema"]["module"]}
-    if model is None:
+    if model is None:  # in the layout it trained in: on a CPU, NCHW weights with NHWC inputs infer at ~half speed
         model = get_model(state["model_name"], num_classes=state["num_classes"], in_chans=state["in_chans"],
                           **{k: v for k, v in state["model_options"].items() if v is not None})
+        if state["config"]["train"].get("channels_last", True):
+            model = model.to(memory_format=torch.channels_last)
     load_model_state(model, state, path=ckpt_path, expected="the model it names")
     dev = select_device(device) if isinstance(device, str) else device
     cfg, pre, classes = state["config"], state["preprocess"], list(state["classes"])
