@@ -167,16 +167,18 @@ def test_the_lookaheads_progress_is_0_in_a_pinned_rise_so_a_budgets_new_length_c
 
     cfg = evolve(Config(), {"schedule.name": "triangle", "schedule.warmup_epochs": 2, "train.epochs": 10,
                             "train.ema_decay": 0.95, "train.lookahead": 5})
-    s = SimpleNamespace(cfg=cfg, steps_per_epoch=10, state=SimpleNamespace(end_step=0))
+    s = SimpleNamespace(cfg=cfg, steps_per_epoch=10, state=SimpleNamespace(end_step=0, end_moves=()))
     assert [lookahead_progress(s, t) for t in (4, 19, 20, 99)] == [0.0, 0.0, 21 / 100, 1.0]
     s.state.end_step = 60  # a correction's new length moves the steps after the rise alone
     assert [lookahead_progress(s, t) for t in (19, 29, 59)] == [0.0, 0.5, 1.0]
+    s.state.end_step, s.state.end_moves = 50, ((40, 60),)  # a late move: from step 40 the rest ends at step 50
+    assert [lookahead_progress(s, t) for t in (39, 40, 49)] == [40 / 60, 41 / 60, 1.0]
     # a schedule free of the length throughout: the lookahead depends on the length from the first step, so no step
     # is length-free (a time budget plans no correction); without lookahead every step is
     constant = evolve(cfg, {"schedule.name": "constant", "schedule.warmup_epochs": 0})
     assert length_free(constant, 10) == 0
-    assert lookahead_progress(SimpleNamespace(cfg=constant, steps_per_epoch=10, state=SimpleNamespace(end_step=0)),
-                              4) == 0.05
+    fresh = SimpleNamespace(end_step=0, end_moves=())
+    assert lookahead_progress(SimpleNamespace(cfg=constant, steps_per_epoch=10, state=fresh), 4) == 0.05
     assert length_free(evolve(constant, {"train.lookahead": 0}), 10) == math.inf
 
 

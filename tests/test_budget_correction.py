@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from resnetlab.budget import probe
-from resnetlab.budget.correction import MARGIN, LengthCorrection, corrected_steps
+from resnetlab.budget import correction, probe
+from resnetlab.budget.correction import MARGIN, LengthCorrection, corrected_steps, finish_estimate
 from resnetlab.budget.plan import Plan
 from resnetlab.checkpoint import load_checkpoint
 from resnetlab.config import Config, load_config
@@ -18,6 +18,7 @@ from resnetlab.errors import UserError
 from resnetlab.run.finish import retrain_config
 from resnetlab.run.fit import fit
 from resnetlab.run.prepare import prepare
+from resnetlab.train.stages import laid_position
 from tests.conftest import tiny_config
 
 K = 100  # steps an epoch
@@ -117,19 +118,86 @@ def test_a_budget_run_corrects_its_length_and_equals_the_fixed_run_of_that_lengt
     else:  # fast: it trained on past the epochs it planned
         assert corrected["pace"] < 0.7 and corrected["max_steps"] > planned
         assert saved["train"]["epochs"] > planned_epochs
-    assert saved["train"]["max_steps"] == corrected["max_steps"] == s.state.history[-1]["step"]
-    assert saved["train"]["epochs"] == len(s.state.history) == math.ceil(corrected["max_steps"] / s.plan.steps)
+    # the run's own clock may move the end again late in the run (below): where it ended is config.yaml's
+    final = (record["late_corrections"] or [corrected])[-1]["max_steps"]
+    assert saved["train"]["max_steps"] == final == s.state.history[-1]["step"]
+    assert saved["train"]["epochs"] == len(s.state.history) == math.ceil(final / s.plan.steps)
     assert f"after {s.plan.correct_at} steps the run's steps are at" in out and "length corrected after step" in out
     # --retrain-on-all plans anew, the rise from pct_start again
     assert record["pinned_rise"] and retrain_config(s.run_dir).schedule.warmup_epochs == 0
     # the fixed run is the run's own config.yaml replayed, without the budget
     replay = load_config(str(s.run_dir / "config.yaml"), ["train.time_budget=", f"train.out_dir={tmp_path / 'fixed'}"])
-    assert replay.train.max_steps == corrected["max_steps"]
+    assert replay.train.max_steps == final
     assert replay.schedule.warmup_epochs == s.cfg.schedule.warmup_epochs
     fixed = prepare(replay, run_name="t")
     fit(fixed)
     a, b = load_checkpoint(s.run_dir / "last.pt")["model"], load_checkpoint(fixed.run_dir / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_whose_steps_slow_down_moves_its_end_and_equals_the_fixed_run_of_its_config(class_folders, tmp_path,
+                                                                                           monkeypatch, capsys):
+    """Steps at the timed pace until the first correction, then at twice it (the corrections' clock advanced by
+    each step's planned seconds): at an epoch's end the run moves its end sooner, the rest of the one-cycle
+    re-laid over the steps left, and a replay of its config.yaml trains the same weights."""
+    s = prepare(tiny_config(class_folders, tmp_path / "budget", "data.val_fraction=0.25", "schedule.name=onecycle",
+                            "train.batch_size=2", "train.ema_decay=0.9", "train.lookahead=2", "train.time_budget=8s"),
+                run_name="t")
+    step_s, at = s.plan.step_s[max(s.plan.step_s)], s.plan.correct_at
+    ticks = {"now": s.clock.started + s.plan.used_s, "calls": 0}
+
+    def fake_clock() -> float:  # call 0 starts the clock; call n + 1 ends step n
+        ticks["now"] += step_s * (1 if ticks["calls"] <= at else 2)
+        ticks["calls"] += 1
+        return ticks["now"]
+
+    monkeypatch.setattr(correction, "monotonic", fake_clock)
+    fit(s)
+    record = json.loads((s.run_dir / "budget.json").read_text())
+    first, late = record["correction"], record["late_corrections"]
+    assert first["pace"] == pytest.approx(1.0) and late and late[0]["pace"] == pytest.approx(2.0)
+    assert late[0]["planned_steps"] == first["max_steps"] and late[-1]["max_steps"] < first["max_steps"]
+    saved = yaml.safe_load((s.run_dir / "config.yaml").read_text())["train"]
+    assert saved["max_steps"] == late[-1]["max_steps"] == s.state.history[-1]["step"]
+    assert saved["end_moves"][0] == [late[0]["after_step"], first["max_steps"]] and len(saved["end_moves"]) == len(late)
+    assert f"moved after step {late[0]['after_step']} (steps at 2.00x)" in capsys.readouterr().out
+    # the schedule ends where the run does: the one-cycle's last rate at the run's last step
+    final = s.cfg.optim.lr / s.cfg.schedule.div_factor / s.cfg.schedule.final_div_factor
+    assert s.state.history[-1]["lr"] == pytest.approx(final)
+    replay = load_config(str(s.run_dir / "config.yaml"), ["train.time_budget=", f"train.out_dir={tmp_path / 'fixed'}"])
+    fixed = prepare(replay, run_name="t")
+    fit(fixed)
+    a, b = load_checkpoint(s.run_dir / "last.pt"), load_checkpoint(fixed.run_dir / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ema"]["module"][k], b["ema"]["module"][k]) for k in a["ema"]["module"])
+
+
+def test_a_late_decision_keeps_an_end_on_time_and_moves_one_that_is_not():
+    """After 600 of 1000 steps, 70 s in (so 1 s an epoch end, 5 s for the test: ending at ~120 s of 300): on
+    track at the aim (99% of the budget), the end stays; at twice the pace the rest no longer fits, and the
+    end moves sooner; the test's time is the probe's at the run's own validation speed."""
+    p, sizes = plan(budget_s=120.0 / MARGIN), lambda e: [28] * e
+    kept = corrected_steps(p, elapsed=70.0, done=600, k=K, pace=1.0, end_s=1.0, sizes=sizes, end=1000, tolerance=0.02)
+    assert kept["max_steps"] is None and "as it aims to" in kept["line"]
+    slow = corrected_steps(p, elapsed=70.0, done=600, k=K, pace=2.0, end_s=1.0, sizes=sizes, end=1000, tolerance=0.02)
+    # 45.7 s left before the test: epochs 6-8 (40 s of 0.2 s steps, 3 ends), then 8 steps of a 9th and its end
+    assert slow["planned_steps"] == 1000 and slow["max_steps"] == 808
+    timed = plan(eval_s=1e-3, finish_images=2000, finish_s=2.5)  # 2 s of inference + 0.5 s
+    history = [{"val_images_per_s": 10.0}] + [{"val_images_per_s": v} for v in (400.0, 500.0, 800.0)]
+    assert finish_estimate(timed, history) == pytest.approx(2.5 + 2000 * (1 / 500 - 1e-3))  # the first left out
+    assert finish_estimate(plan(), history) == 5.0  # no inference timed: the probe's
+
+
+def test_the_schedule_as_laid_maps_each_step_of_a_moved_run():
+    """A run laid over 100 steps, moved at step 60 to end at 80, then at 70 to end at 90: steps before the first
+    move are themselves; from each move on, the rest of the schedule is spread evenly, the last step on 99."""
+    assert laid_position(59, 90, []) == (59, 90)
+    moves = [[60, 100], [70, 80]]
+    got = [laid_position(t, 90, moves) for t in (0, 59, 60, 69, 70, 89)]
+    assert [laid for _, laid in got] == [100] * 6
+    one = 60 + 9 * 39 / 19  # step 69: 9 of the 19 steps to 79, which lands on 99
+    assert [p for p, _ in got] == pytest.approx([0, 59, 60, one, one + 39 / 19, 99])
+    assert laid_position(60, 61, [[60, 100]]) == (99.0, 100)  # one step left: the schedule's last
 
 
 def test_max_steps_ends_the_run_inside_its_last_epoch_where_the_schedule_ends(class_folders, tmp_path):
@@ -178,8 +246,8 @@ def test_rungs_timed_beside_another_job_are_said_so():
 
     def rung(others):
         return Config(), SimpleNamespace(image_size=28), {
-            "step_s": {28: 0.2}, "epoch_overhead_s": 1.0, "finish_s": 5.0, "full_steps": 100,
-            "timed_steps": {28: 30}, "others_cpu": others}
+            "step_s": {28: 0.2}, "epoch_overhead_s": 1.0, "finish_s": 5.0, "eval_s": 1e-3, "finish_images": 4000,
+            "full_steps": 100, "timed_steps": {28: 30}, "others_cpu": others}
 
     alone = _decide(300.0, 10.0, [{}], 1, [rung(0.05)])[1]
     assert "other processes" not in "\n".join(alone.table())

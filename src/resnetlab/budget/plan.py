@@ -60,14 +60,17 @@ class Plan:
     rung: int | None = None  # the chosen index of train.ladder; None: no ladder
     rungs: list[dict] = field(default_factory=list)  # the table the rung was chosen from (_decide)
     rule: str = ""
-    # after this many steps the run corrects its length once from its own clock (budget/correction.py):
-    # the steps before it have the same rates whatever the length; 0: the schedule allows no correction
+    # after this many steps the run first corrects its length from its own clock (budget/correction.py; it may
+    # move its end again at later epoch ends): the steps before it have the same rates whatever the length; 0: the
+    # schedule allows no correction
     correct_at: int = 0
     correction: dict = field(default_factory=dict)  # what the correction measured and chose (correction.py)
     pinned_rise: bool = False  # schedule.warmup_epochs was set by this plan (pct_start x epochs), not given
     # the chosen rung's timings: "probed" here before the run, or "cached" from an earlier run's probe
     # (budget/cache.py); each row of ``rungs`` says the same of its own, with its cache file
     timing: str = ""
+    eval_s: float = 0.0  # s an image of inference as timed (0: not timed): the corrections rescale the finish by it
+    finish_images: int = 0  # images the test and report infer (the test's views, val)
 
     def line(self) -> str:
         steps = f"{self.steps} steps" if self.steps == self.full_steps else f"{self.steps} of {self.full_steps} steps"
@@ -155,7 +158,7 @@ def plan_budget(cfg: Config, data: DataBundle, hw: Hardware, *, started: float) 
     plan.rule = ("no ladder: the config as it is" if not ladder else f"train.ladder_rung={pin} pins it" if pin >= 0
                  else f"the first rung that gets {need} epochs, else the one that gets the most")
     changes = {"train.epochs": plan.epochs, "train.steps_per_epoch": 0 if plan.steps == plan.full_steps else plan.steps,
-               "train.max_steps": 0}  # a correction sets the run's end, during the run
+               "train.max_steps": 0, "train.end_moves": []}  # the corrections set the run's end, during the run
     if rcfg.stages:  # the earlier stages keep their epochs; each stage has its own schedule, so no correction
         return evolve(rcfg, changes, last_stage_epochs=_last_stage_epochs(rcfg, plan, budget)), rdata, plan
     sched = rcfg.schedule
@@ -243,6 +246,7 @@ def _decide(budget: float, used: float, ladder: list[dict], need: int, rungs: li
                        timed_steps=measured["timed_steps"], others_cpu=measured["others_cpu"], **_source(measured))
             try:
                 plans[i] = choose(budget, used, **_costs(measured), sizes=sizes)
+                plans[i].eval_s, plans[i].finish_images = measured["eval_s"], measured["finish_images"]
                 row.update(epochs=plans[i].epochs, steps=plans[i].steps)
             except UserError as e:
                 row["too_small"] = str(e)

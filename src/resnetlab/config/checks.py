@@ -17,6 +17,7 @@ PLAN_KEYS = {"train.time_budget": "the budget is the whole run's", "train.ladder
              "train.probe_cache": "the cache serves the whole ladder",
              "train.epochs": "the plan sets it",
              "train.steps_per_epoch": "the plan sets it", "train.max_steps": "the plan sets it",
+             "train.end_moves": "the plan sets it",
              "train.device": "the hardware is the run's",
              "train.precision": "the hardware chooses it", "train.out_dir": "the run has one folder",
              "train.name": "the run has one folder", "seed": "every rung trains from the run's seed",
@@ -24,7 +25,7 @@ PLAN_KEYS = {"train.time_budget": "the budget is the whole run's", "train.ladder
 
 
 # the keys a time budget plans: a run's length
-BUDGET_KEYS = ("train.epochs", "train.steps_per_epoch", "train.max_steps")
+BUDGET_KEYS = ("train.epochs", "train.steps_per_epoch", "train.max_steps", "train.end_moves")
 
 
 def yield_to_command_line(cfg: Config, keys: set[str]) -> list[str]:
@@ -45,7 +46,7 @@ def yield_to_command_line(cfg: Config, keys: set[str]) -> list[str]:
                      "for this run")
         t.time_budget = ""
         if "train.max_steps" not in keys:  # the budget's own end (a resumed budget run's correction set it)
-            t.max_steps = 0
+            t.max_steps, t.end_moves = 0, []
     if t.time_budget and t.ladder and "train.ladder" not in keys:  # a ladder the user gives is theirs to rule
         ruled = sorted({resolve_key(k) for rung in t.ladder for k, _ in section_items(rung)} & keys)
         if ruled:
@@ -113,6 +114,8 @@ def validate(cfg: Config) -> Config:
          "each stage its epochs instead"),
         (not (t.max_steps and cfg.stages),
          "train.max_steps ends one schedule; with stages, give each stage its epochs"),
+        (not t.end_moves or t.max_steps, "train.end_moves moves the end to train.max_steps: set it too, or "
+         "train.end_moves=[] (a time budget sets both in its run's config.yaml)"),
         (t.ladder_rung < len(t.ladder), f"train.ladder_rung={t.ladder_rung} names no rung: train.ladder has "
          f"{len(t.ladder)} (0 to {len(t.ladder) - 1}); use -1 to let the ladder's rule choose"),
         (not (t.lookahead and not t.ema_decay), "train.lookahead pulls the weights to their EMA: set "

@@ -272,6 +272,14 @@ class TrainConfig(_Section):
     # the run's last optimiser step, inside its last epoch (0: every step of train.epochs); the schedule ends
     # there. A time budget sets it when the run corrects its length from its own clock
     max_steps: int = _ranged(0, lambda v: v >= 0, "must be 0 (every step of train.epochs) or more")
+    # [[step, end], ...]: where a time budget moved the run's end late in the run, re-laying what was left of the
+    # schedule. At each ``step`` the run that was to end at ``end`` ends at the next entry's ``end``, or at
+    # train.max_steps; the schedule laid over the first ``end`` steps is spread over the new steps from there, so
+    # a replay of config.yaml trains the same run (budget/correction.py)
+    end_moves: list[list[int]] = _ranged(
+        None, lambda v: all(len(m) == 2 and 0 < m[0] < m[1] for m in v)
+        and [m[0] for m in v] == sorted({m[0] for m in v}),
+        "must be [[step, end], ...] with 0 < step < end, the steps increasing", factory=list)
     # leave out the last images of each epoch's shuffled order that do not fill a batch (a different few
     # each epoch), so every step has one shape: one torch.compile graph and one cuDNN plan (airbench's way).
     # false: they join the epoch's last batch, so every image is seen every epoch

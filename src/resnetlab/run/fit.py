@@ -32,7 +32,16 @@ from resnetlab.run.saving import Checkpoints
 from resnetlab.run.stopping import run_status, signal_name, stop_agreed, stop_on_signals
 from resnetlab.run.tensorboard import TensorBoardLogger
 from resnetlab.run.trackers import tracking
-from resnetlab.train.loop import Hooks, NonFiniteLoss, Preempted, StopTraining, check_trainable, train, val_metrics
+from resnetlab.train.loop import (
+    Hooks,
+    NonFiniteLoss,
+    Preempted,
+    RunEnd,
+    StopTraining,
+    check_trainable,
+    train,
+    val_metrics,
+)
 from resnetlab.train.session import Session
 
 Callback = Callable[..., None]
@@ -102,10 +111,10 @@ class RunHooks(Hooks):
         for fn in self.callbacks["on_batch_end"]:
             fn(s, public)
 
-    def step_end(self, s: Session, step: int) -> int | None:
+    def step_end(self, s: Session, step: int) -> RunEnd | None:
         if self.correction is not None and (decision := self.correction.step_done(step)) is not None:
-            self.progress.say(decision.line)  # the budget's one look at its clock
-            return decision.max_steps
+            self.progress.say(decision.line)  # the budget's look at its clock, where it moves the end
+            return decision.end
         return None
 
     def steps_done(self, s: Session, epoch: int) -> None:

@@ -13,6 +13,7 @@ import itertools
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -23,7 +24,15 @@ from resnetlab.train import distributed
 from resnetlab.train.precompute import HeadFeatures
 from resnetlab.train.session import SEEN, Session, no_sums, val_score
 from resnetlab.train.sizes import training_size
-from resnetlab.train.stages import apply_stage, freeze_bn_statistics, length_free, lr_for_step, run_steps, stage_at
+from resnetlab.train.stages import (
+    apply_stage,
+    freeze_bn_statistics,
+    laid_position,
+    length_free,
+    lr_for_step,
+    run_steps,
+    stage_at,
+)
 from resnetlab.train.step import train_step
 
 FINITE_CHECK_EVERY = 50  # steps between NaN checks: each is a host sync (and a collective under torchrun)
@@ -49,6 +58,13 @@ class StopTraining(Exception):
     """Raised by a callback to end a run early (a tuner pruning a trial); status.json says stopped."""
 
 
+class RunEnd(NamedTuple):
+    """Where a time budget's correction moved the run's end: the step it now ends at, and train.end_moves as they
+    now stand (the moves late in the run that re-laid the rest of the schedule)."""
+    step: int
+    moves: tuple[tuple[int, int], ...] = ()
+
+
 class Hooks:
     """What the loop tells the run around it, and asks it. The defaults do nothing."""
 
@@ -61,9 +77,9 @@ class Hooks:
     def batch_end(self, s: Session, info: dict) -> None:
         """After each step that trained images (a streamed batch whose images were all bad trains none)."""
 
-    def step_end(self, s: Session, step: int) -> int | None:
-        """After every global ``step``; may return the step the run should now end at (a time budget's
-        length correction), which the loop keeps in the state."""
+    def step_end(self, s: Session, step: int) -> RunEnd | None:
+        """After every global ``step``; may return where the run should now end (a time budget's length
+        correction), which the loop keeps in the state."""
         return None
 
     def steps_done(self, s: Session, epoch: int) -> None:
@@ -121,6 +137,12 @@ def run_end(s: Session) -> int:
     return s.state.end_step or run_steps(s.cfg, s.steps_per_epoch)
 
 
+def run_moves(s: Session) -> tuple | list:
+    """Where a time budget moved the run's end late in the run (train.end_moves), as this run's corrections left
+    them, else as the config gives them (a replay, a resume)."""
+    return s.state.end_moves or s.cfg.train.end_moves
+
+
 def run_epochs(s: Session) -> int:
     """The epochs the run trains (the last may be cut short by its end step)."""
     return math.ceil(run_end(s) / s.steps_per_epoch) if s.state.end_step else s.cfg.train.epochs
@@ -135,7 +157,7 @@ def train_epoch(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None 
     # epoch's sums are already global, so rank 0 alone carries them
     sums = torch.tensor(s.state.partial if d.main else no_sums(), dtype=torch.float64, device=s.device)
     finite = torch.ones((), dtype=torch.bool, device=s.device)
-    lr = lr_for_step(cfg, epoch * spe + min(first, spe - 1), spe, s.state.end_step)
+    lr = lr_for_step(cfg, epoch * spe + min(first, spe - 1), spe, s.state.end_step, run_moves(s))
     start, seen0 = time.perf_counter(), s.state.partial[SEEN]
     size = train_size(s, epoch) if head is None else 0
     loader = s.loaders["train"] if head is None else head.loader(epoch)
@@ -145,7 +167,7 @@ def train_epoch(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None 
     i = first - 1  # the last step done (a resume at the epoch's end has none left)
     for i, (x, y) in enumerate(loader.epoch(epoch, start=first, size=size), start=first):
         step = epoch * spe + i
-        lr = lr_for_step(cfg, step, spe, s.state.end_step)
+        lr = lr_for_step(cfg, step, spe, s.state.end_step, run_moves(s))
         if whiten_stop is not None and step >= whiten_stop:
             stop_whiten_bias(s)
         if len(y):  # a streamed batch whose images were all bad trains nothing, but is still a step
@@ -157,7 +179,7 @@ def train_epoch(s: Session, epoch: int, hooks: Hooks, head: HeadFeatures | None 
             hooks.batch_end(s, {"epoch": epoch, "step": step, "step_in_epoch": i, "lr": lr,
                                 "loss": loss_sum.detach() / len(y), "sums": sums, "seen0": seen0, "started": start})
         if (end := hooks.step_end(s, step)) is not None:
-            s.state.end_step = end
+            s.state.end_step, s.state.end_moves = end
         if i % FINITE_CHECK_EVERY == FINITE_CHECK_EVERY - 1:  # the same steps on every rank: a collective
             check_finite(s, finite, epoch, i)
         last = min(spe, run_end(s) - epoch * spe) - 1  # the run may end inside this epoch
@@ -208,7 +230,10 @@ def lookahead_progress(s: Session, step: int) -> float:
     progress**3); 0 within the length-free steps (a pinned rise: stages.length_free), where a time budget's
     correction has not yet set the length, so that they average alike in the run and in the fixed run of its
     final length (the rise's ~1% of averaging is given up)."""
-    return 0.0 if step < length_free(s.cfg, s.steps_per_epoch) else (step + 1) / run_end(s)
+    if step < length_free(s.cfg, s.steps_per_epoch):
+        return 0.0
+    position, laid = laid_position(step, run_end(s), run_moves(s))
+    return (position + 1) / laid
 
 
 def train_size(s: Session, epoch: int) -> int:
@@ -263,14 +288,19 @@ def val_metrics(s: Session) -> dict:
 
 
 def val_metrics_of(s: Session, split: str) -> dict:
-    """val_metrics() of any split, under the val_* keys."""
+    """val_metrics() of any split, under the val_* keys, with the pass's val_images_per_s (a time budget's
+    correction reads how fast the run infers)."""
     if s.ema is None:
-        return s.task.val_keys(score_split(s, split))
-    out = s.task.val_keys(score_split(s, split, model=s.ema.module))
+        return _val_keys(s, score_split(s, split))
+    out = _val_keys(s, score_split(s, split, model=s.ema.module))
     if s.cfg.train.eval_raw and split == "val":
         raw = s.task.val_keys(score_split(s, split))
         out = {**{f"{k}_raw": v for k, v in raw.items()}, **out}
     return out
+
+
+def _val_keys(s: Session, scored: dict) -> dict:
+    return {**s.task.val_keys(scored), "val_images_per_s": scored["images_per_s"]}
 
 
 def score_split(s: Session, split: str, model=None) -> dict:

@@ -58,9 +58,10 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     best_score: float = -1.0  # the best val_score
     # not checkpointed: the global step the run ends at once a time budget's correction moved it (0: the
-    # config's), which config.yaml records as train.max_steps for a resume; and whether the last finished
-    # epoch set a new best
+    # config's) and the moves late in the run (loop.RunEnd), which config.yaml records as train.max_steps and
+    # train.end_moves for a resume; and whether the last finished epoch set a new best
     end_step: int = field(default=0, compare=False)
+    end_moves: tuple[tuple[int, int], ...] = field(default=(), compare=False)
     improved: bool = field(default=False, compare=False)
 
     def end_epoch(self, record: dict) -> bool:
@@ -346,4 +347,6 @@ def run_config(s: Session) -> dict:
     config = s.cfg.to_dict()
     if s.state.end_step:
         config["train"].update(max_steps=s.state.end_step, epochs=math.ceil(s.state.end_step / s.steps_per_epoch))
+    if s.state.end_moves:
+        config["train"]["end_moves"] = [list(move) for move in s.state.end_moves]
     return config

@@ -56,16 +56,40 @@ def length_free(cfg: Config, steps_per_epoch: int) -> float:
     return 0 if cfg.train.lookahead and math.isinf(free) else free
 
 
-def lr_for_step(cfg: Config, step: int, steps_per_epoch: int, end: int = 0) -> float:
+def lr_for_step(cfg: Config, step: int, steps_per_epoch: int, end: int = 0, moves=None) -> float:
     """The head's learning rate at global step ``step`` (other groups get their multiple of it).
-    ``end``: the step the run ends at when a time budget's correction moved it (0: the config's)."""
+    ``end``: the step the run ends at when a time budget's correction moved it (0: the config's); ``moves``:
+    where it moved the end late in the run (None: train.end_moves)."""
     if not cfg.stages:
-        return lr_at(step, base_lr=cfg.optim.lr, total_steps=end or run_steps(cfg, steps_per_epoch),
-                     steps_per_epoch=steps_per_epoch, cfg=cfg.schedule)
+        end = end or run_steps(cfg, steps_per_epoch)
+        moves = cfg.train.end_moves if moves is None else moves
+        if math.isfinite(length_free_steps(cfg.schedule, steps_per_epoch)):  # a schedule laid over the run's length
+            step, end = laid_position(step, end, moves)
+        return lr_at(step, base_lr=cfg.optim.lr, total_steps=end, steps_per_epoch=steps_per_epoch, cfg=cfg.schedule)
     index, start = stage_at(cfg, step // steps_per_epoch)
     st = cfg.stages[index]
     return lr_at(step - start * steps_per_epoch, base_lr=top_lr(cfg, st), total_steps=st.epochs * steps_per_epoch,
                  steps_per_epoch=steps_per_epoch, cfg=stage_schedule(cfg, st))
+
+
+def laid_position(step: int, end: int, moves) -> tuple[float, int]:
+    """(where global ``step`` falls on the schedule as first laid, that schedule's steps): ``step`` and ``end``
+    until a time budget moved the end late in the run. ``moves``: train.end_moves, [[step, end], ...]: from each
+    move's step, what was left of the schedule is spread evenly over the steps to the new end (the next move's
+    ``end``, else ``end``), so that the run's last step is the schedule's."""
+    if not moves:
+        return step, end
+    laid, starts, ends = moves[0][1], [0, *(b for b, _ in moves)], [*(e for _, e in moves), end]
+    position = 0.0  # where the segment that begins at starts[i] begins on the laid schedule
+
+    def at(t: int, start: int, stop: int) -> float:  # a segment's step ``t``: its last step lands on laid - 1
+        return laid - 1.0 if stop - 1 <= start else position + (t - start) * (laid - 1 - position) / (stop - 1 - start)
+
+    for i, (start, stop) in enumerate(zip(starts, ends)):
+        if i == len(moves) or step < starts[i + 1]:
+            return (step if i == 0 else at(step, start, stop)), laid
+        position = at(starts[i + 1], start, stop)
+    raise AssertionError("unreachable: the last segment returns")
 
 
 def snapshot_epochs(cfg: Config) -> set[int]:
