@@ -84,9 +84,7 @@ class LengthCorrection:
     def _decide(self, done: int, now: float, *, first: bool) -> Decision | None:
         s = self.s
         if s.dist.main:
-            # late: the pace of as many of the latest steps as are left (at least LATE_MIN_STEPS), so one
-            # slow epoch does not move the end of a run with many epochs to go
-            pace, end_s = self.measured(later_half=first, latest=max(self.end - done, LATE_MIN_STEPS))
+            pace, end_s = self.measured(later_half=first)
             decision = corrected_steps(s.plan, elapsed=s.clock.elapsed(now), done=done, k=self.k, pace=pace,
                                        end_s=end_s, sizes=lambda e: epoch_sizes(s.cfg, s.data, e), end=self.end,
                                        finish_s=finish_estimate(s.plan, s.state.history),
@@ -95,17 +93,17 @@ class LengthCorrection:
             self.steps = []
         return self.apply(distributed.broadcast_object(decision if s.dist.main else None, s.dist), first=first)
 
-    def measured(self, *, later_half: bool = True, latest: int = 0) -> tuple[float, float]:
+    def measured(self, *, later_half: bool = True) -> tuple[float, float]:
         """(the steps' pace against the plan, s an epoch end; without a timed end, the plan's at that pace).
-        The pace is read on the timed steps since the first decision (before it: all of them), the slowest 5%
-        left out: the later half of them (the first decision: a run's first minutes are often slower than the
-        rest, a job beside it that has ended, and one-off stalls such as TensorBoard's import weigh on a short
-        run's few steps), else the ``latest`` of them."""
+        The pace is read on the timed steps before the first decision, or since it (a late one: all of them,
+        so that an epoch's noise does not move the end back and forth), the slowest 5% left out. The first
+        decision reads the later half: a run's first minutes are often slower than the rest (a job beside it
+        that has ended), and one-off stalls (TensorBoard's import) weigh on a short run's few steps."""
         plan = self.s.plan
         if not self.steps:  # epochs of one step: every gap holds an epoch end, one factor for both
             pace = self.ends_s / (self.ends_planned + self.ends * plan.epoch_overhead_s) if self.ends else 1.0
             return pace, pace * plan.epoch_overhead_s
-        later = sorted(self.steps[len(self.steps) // 2:] if later_half else self.steps[-latest:])
+        later = sorted(self.steps[len(self.steps) // 2:] if later_half else self.steps)
         later = later[:len(later) - max(len(later) // 20, 1)] or later
         pace = sum(taken for taken, _ in later) / sum(planned for _, planned in later)
         if not self.ends:
