@@ -178,6 +178,10 @@ def budget_figures(run: Path, wall_s: float, busy_s: float) -> list[dict]:
         steps = correction.get("max_steps") or correction["planned_steps"]
         figures.append({"metric": "length correction", "value": steps, "unit": "steps", "n": 1,
                         "how": correction["line"]})
+    if late := plan.get("late_corrections"):
+        figures.append({"metric": "late moves of the end", "value": len(late), "unit": "moves", "n": 1,
+                        "how": "; ".join(f"after step {m['after_step']}: {m['planned_steps']} -> {m['max_steps']} "
+                                         f"steps (pace {m['pace']:.2f}x)" for m in late)})
     return figures
 
 

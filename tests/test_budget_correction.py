@@ -186,7 +186,7 @@ def test_a_late_decision_keeps_an_end_on_time_and_moves_one_that_is_not():
     slow = corrected_steps(p, elapsed=70.0, done=600, k=K, pace=2.0, end_s=1.0, sizes=sizes, end=1000, tolerance=0.02)
     # 45.7 s left before the test: epochs 6-8 (40 s of 0.2 s steps, 3 ends), then 8 steps of a 9th and its end
     assert slow["planned_steps"] == 1000 and slow["max_steps"] == 808
-    timed = plan(eval_s=1e-3, finish_images=2000, finish_s=2.5)  # 2 s of inference + 0.5 s
+    timed = plan(infer_s=1e-3, finish_images=2000, finish_s=2.5)  # 2 s of inference + 0.5 s
     history = [{"val_images_per_s": 10.0}] + [{"val_images_per_s": v} for v in (400.0, 500.0, 800.0)]
     assert finish_estimate(timed, history) == pytest.approx(2.5 + 2000 * (1 / 500 - 1e-3))  # the first left out
     assert finish_estimate(plan(), history) == 5.0  # no inference timed: the probe's
@@ -250,7 +250,7 @@ def test_rungs_timed_beside_another_job_are_said_so():
 
     def rung(others):
         return Config(), SimpleNamespace(image_size=28), {
-            "step_s": {28: 0.2}, "epoch_overhead_s": 1.0, "finish_s": 5.0, "eval_s": 1e-3, "finish_images": 4000,
+            "step_s": {28: 0.2}, "epoch_overhead_s": 1.0, "finish_s": 5.0, "infer_s": 1e-3, "finish_images": 4000,
             "full_steps": 100, "timed_steps": {28: 30}, "others_cpu": others}
 
     alone = _decide(300.0, 10.0, [{}], 1, [rung(0.05)])[1]

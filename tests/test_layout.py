@@ -177,7 +177,8 @@ def test_train_holds_only_the_math_of_a_run():
     assert train == {"distributed", "ema", "loop", "lr_find", "precompute", "schedules", "session", "sizes", "stages",
                      "step"}
     lines = sum(len(p.read_text().splitlines()) for p in (PACKAGE / "budget").glob("*.py"))
-    assert lines <= 800, f"the time budget's code is {lines} lines"  # planner, probe, its cache, correction
+    # planner, probe, its cache, and the corrections (the first, and the late moves of the end)
+    assert lines <= 880, f"the time budget's code is {lines} lines"
 
 
 def test_ruff_is_clean():

@@ -250,7 +250,7 @@ def test_ladder_rule_scores_every_timed_rung_alike_and_steps_past_one_out_of_mem
 
     def rung(step_s):  # 100 steps an epoch, 1 s to validate and save, 5 s for the test and report
         return Config(), data, {"step_s": {28: step_s}, "epoch_overhead_s": 1.0, "finish_s": 5.0, "full_steps": 100,
-                                "eval_s": 1e-3, "finish_images": 4000, "timed_steps": {28: 30}, "others_cpu": 0.0}
+                                "infer_s": 1e-3, "finish_images": 4000, "timed_steps": {28: 30}, "others_cpu": 0.0}
 
     ladder = [{"model.filters": [32]}, {"model.filters": [16]}, {"model.filters": [8]}]
     # 0.99 * (300 - 10) - 5 = 282.1 s: 0.5 s steps fit 6 epochs of 92 steps, 0.2 s steps 14 of 95

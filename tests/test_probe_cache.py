@@ -17,7 +17,7 @@ from resnetlab.run.prepare import prepare
 from resnetlab.train.distributed import Dist
 from tests.conftest import tiny_config
 
-FAKE = {"epoch_overhead_s": 0.5, "finish_s": 1.0, "eval_s": 1e-4, "finish_images": 1000, "timed_steps": {16: 30}}
+FAKE = {"epoch_overhead_s": 0.5, "finish_s": 1.0, "infer_s": 1e-4, "finish_images": 1000, "timed_steps": {16: 30}}
 
 
 @pytest.fixture

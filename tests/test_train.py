@@ -41,6 +41,7 @@ def test_run_folder_contents(class_folders, tmp_path):
     assert [row["epoch"] for row in lines] == [1, 2]
     assert {"train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_s",
             "seconds"} <= set(lines[0])
+    assert all(row["val_images_per_s"] > 0 for row in lines)  # what a time budget's late moves read
     env = json.loads((run / "env.json").read_text())
     assert env["seed"] == 0 and env["torch"] == torch.__version__ and env["device"] == "cpu"
     assert json.loads((run / "classes.json").read_text()) == ["ant", "bee", "cat"]

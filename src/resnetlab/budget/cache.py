@@ -40,7 +40,7 @@ UNTIMED = {"seed", "train.out_dir", "train.name", "train.progress", "train.tenso
            "train.time_budget", "train.ladder", "train.ladder_min_epochs", "train.ladder_rung",
            "train.probe_cache", "train.epochs", "train.steps_per_epoch", "train.max_steps", "train.end_moves",
            "train.early_stop_patience", "train.early_stop_min_delta", "train.dist_timeout", "train.keep_every"}
-MEASURED = ("step_s", "epoch_overhead_s", "finish_s", "eval_s", "finish_images", "full_steps", "timed_steps",
+MEASURED = ("step_s", "epoch_overhead_s", "finish_s", "infer_s", "finish_images", "full_steps", "timed_steps",
             "others_cpu")
 
 
@@ -93,12 +93,12 @@ def lookup(path: Path, want: dict) -> tuple[dict | None, str]:
         got = {"step_s": {int(px): float(s) for px, s in m["step_s"].items()},
                "timed_steps": {int(px): int(n) for px, n in m["timed_steps"].items()},
                "epoch_overhead_s": float(m["epoch_overhead_s"]), "finish_s": float(m["finish_s"]),
-               "eval_s": float(m["eval_s"]), "finish_images": int(m["finish_images"]),
+               "infer_s": float(m["infer_s"]), "finish_images": int(m["finish_images"]),
                "full_steps": int(m["full_steps"]),
                "others_cpu": None if m["others_cpu"] is None else float(m["others_cpu"])}
     except (TypeError, KeyError, ValueError, AttributeError):
         return None, "its cache file was malformed"
-    seconds = [*got["step_s"].values(), got["epoch_overhead_s"], got["finish_s"], got["eval_s"], got["finish_images"]]
+    seconds = [*got["step_s"].values(), got["epoch_overhead_s"], got["finish_s"], got["infer_s"], got["finish_images"]]
     if not got["step_s"] or got["full_steps"] < 1 or not all(math.isfinite(v) and v >= 0 for v in seconds) \
             or min(got["step_s"].values()) <= 0:
         return None, "its cache file was malformed"

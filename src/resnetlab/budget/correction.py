@@ -168,9 +168,9 @@ def finish_estimate(plan: Plan, history: list[dict]) -> float:
     """s for the test and report: the probe's, its inference at the run's own validation speed (the median of
     the epochs' after the first, whose pass pays a new model's first batches), where both were timed."""
     speeds = [h["val_images_per_s"] for h in history[1:] if h.get("val_images_per_s")]
-    if not speeds or not plan.eval_s:
+    if not speeds or not plan.infer_s:
         return plan.finish_s
-    return plan.finish_s + plan.finish_images * (1 / statistics.median(speeds) - plan.eval_s)
+    return plan.finish_s + plan.finish_images * (1 / statistics.median(speeds) - plan.infer_s)
 
 
 def corrected_steps(plan: Plan, *, elapsed: float, done: int, k: int, pace: float, end_s: float, sizes,

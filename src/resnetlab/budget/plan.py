@@ -69,7 +69,7 @@ class Plan:
     # the chosen rung's timings: "probed" here before the run, or "cached" from an earlier run's probe
     # (budget/cache.py); each row of ``rungs`` says the same of its own, with its cache file
     timing: str = ""
-    eval_s: float = 0.0  # s an image of inference as timed (0: not timed): the corrections rescale the finish by it
+    infer_s: float = 0.0  # s an image of inference as timed (0: not timed): the corrections rescale the finish by it
     finish_images: int = 0  # images the test and report infer (the test's views, val)
 
     def line(self) -> str:
@@ -246,7 +246,7 @@ def _decide(budget: float, used: float, ladder: list[dict], need: int, rungs: li
                        timed_steps=measured["timed_steps"], others_cpu=measured["others_cpu"], **_source(measured))
             try:
                 plans[i] = choose(budget, used, **_costs(measured), sizes=sizes)
-                plans[i].eval_s, plans[i].finish_images = measured["eval_s"], measured["finish_images"]
+                plans[i].infer_s, plans[i].finish_images = measured["infer_s"], measured["finish_images"]
                 row.update(epochs=plans[i].epochs, steps=plans[i].steps)
             except UserError as e:
                 row["too_small"] = str(e)

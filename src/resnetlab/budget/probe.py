@@ -107,7 +107,7 @@ def _mean(times: list[float]) -> float:
 
 def _fixed_costs(s: Session) -> dict:
     """Seconds per epoch of validation and saving, and for the test split and report."""
-    eval_s = _time_eval(s)  # s an image
+    infer_s = _time_eval(s)  # s an image
     with tempfile.TemporaryDirectory(prefix="resnetlab-budget-") as tmp:
         start = time.perf_counter()
         save_checkpoint(Path(tmp) / "probe.pt", checkpoint_state(s))
@@ -119,11 +119,11 @@ def _fixed_costs(s: Session) -> dict:
     test = n.get("test", 0) * (1 + (t.final_tta if t.final_tta > 1 else 0)) if t.final_test else 0
     untrained = n.get("val", 0) if t.score_untrained else 0  # once, before the first step
     finish_images = test + n.get("val", 0) + untrained
-    return {"epoch_overhead_s": (n.get("val", 0) * models + n.get(t.monitor, 0)) * eval_s + save_s,
+    return {"epoch_overhead_s": (n.get("val", 0) * models + n.get(t.monitor, 0)) * infer_s + save_s,
             # the final curves.png (~0.5 s; while training they are redrawn at most once a minute)
-            "finish_s": finish_images * eval_s + (REPORT_S if test and t.report else 0) + 0.5,
+            "finish_s": finish_images * infer_s + (REPORT_S if test and t.report else 0) + 0.5,
             # what the corrections rescale by the run's own validation speed (budget/correction.py)
-            "eval_s": eval_s, "finish_images": finish_images,
+            "infer_s": infer_s, "finish_images": finish_images,
             "full_steps": s.loaders["train"].full_steps if not t.limit_batches else len(s.loaders["train"])}
 
 
