@@ -1,12 +1,14 @@
 """Inference speed by batch size on this CPU: which train.eval_batch_size a CPU recipe should validate and test at.
 
-    .venv/bin/python benchmarks/eval_batch.py RECIPE [key=value ...] [--sizes 64 128 256 512 1000] [--record]
+    .venv/bin/python benchmarks/eval_batch.py RECIPE [key=value ...] [--sizes 64 128 256 512 1000] [--nchw] [--record]
 
 The recipe's model (its first ladder rung, channels-last, random weights) infers --images random uint8
 images at the recipe's px and channels, at each batch size, through evaluate/inference.py's ``infer``
 (what validation and the test use), in the precision a run here would infer in; the best of --repeats
-passes. On a CPU a smaller batch can be faster: its activations stay in cache. Set RESNETLAB_CPU_BF16=0
-(with ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``) to see an AVX2-only CPU's fp32 path.
+passes. On a CPU a smaller batch can be faster: its activations stay in cache. --nchw keeps the weights in
+NCHW while the inputs are channels-last (how a loaded model was built before it followed its training layout).
+Set RESNETLAB_CPU_BF16=0 (with ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``) to see an AVX2-only CPU's
+fp32 path.
 Prints one JSON line last.
 """
 
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1000])
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--nchw", action="store_true", help="NCHW weights (the inputs stay channels-last)")
     parser.add_argument("--record", action="store_true", help="also write the figures to benchmarks/results/")
     args = parser.parse_args()
     cfg = load_config(args.recipe, args.overrides)
@@ -53,10 +56,10 @@ def main() -> None:
     precision = resolve_precision(cfg.train.precision, device)
     torch.manual_seed(0)
     model = get_model(cfg.model.name, num_classes=10, in_chans=chans, **model_options(cfg))
-    model = model.to(memory_format=torch.channels_last).eval()
+    model = (model if args.nchw else model.to(memory_format=torch.channels_last)).eval()
     images = torch.randint(0, 256, (args.images, chans, size, size), dtype=torch.uint8)
     speeds = {b: images_per_s(model, images, b, precision, args.repeats) for b in args.sizes}
-    what = f"{cfg.model.name} {cfg.model.filters}, {chans}x{size}x{size}, {precision}"
+    what = f"{cfg.model.name} {cfg.model.filters}, {chans}x{size}x{size}, {precision}" + (", NCHW weights" * args.nchw)
     print(f"{hardware_class(device, precision)}; {what}; recipe eval_batch_size {cfg.train.eval_batch_size}")
     for b, v in speeds.items():
         print(f"  batch {b:5d}: {v:7.0f} img/s")
@@ -68,7 +71,7 @@ def main() -> None:
         figures = [{"metric": f"inference at batch {b}", "value": round(v), "unit": "img/s", "n": args.images,
                     "how": f"best of {args.repeats} passes over {args.images} random images; {what}"}
                    for b, v in speeds.items()]
-        name = Path(args.recipe).stem + "".join(f"-{o}" for o in args.overrides)
+        name = Path(args.recipe).stem + "".join(f"-{o}" for o in args.overrides) + ("-nchw-weights" * args.nchw)
         print(f"recorded: {record(__file__, name, figures, hardware=hardware_name(device, precision))}")
 
 
