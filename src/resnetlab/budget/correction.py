@@ -24,7 +24,7 @@ from resnetlab.train.schedules import length_free_steps
 from resnetlab.train.session import Session
 
 LATE_TOLERANCE = 0.02  # of the budget: a late move only when the run would end further than this from its aim
-LATE_MIN_STEPS = 10  # timed steps since the last decision before a late one: fewer read a pace too noisy
+LATE_MIN_STEPS = 10  # timed steps since the first decision before a late one: fewer read a pace too noisy
 
 
 def monotonic() -> float:
