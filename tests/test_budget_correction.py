@@ -190,6 +190,10 @@ def test_a_late_decision_keeps_an_end_on_time_and_moves_one_that_is_not():
     history = [{"val_images_per_s": 10.0}] + [{"val_images_per_s": v} for v in (400.0, 500.0, 800.0)]
     assert finish_estimate(timed, history) == pytest.approx(2.5 + 2000 * (1 / 500 - 1e-3))  # the first left out
     assert finish_estimate(plan(), history) == 5.0  # no inference timed: the probe's
+    # under torchrun 2 processes validate and 1 tests: s an image is 2 / their speed
+    assert finish_estimate(timed, history, 2) == pytest.approx(2.5 + 2000 * (2 / 500 - 1e-3))
+    with pytest.raises(UserError, match=r"set train.max_steps above 200, or train.end_moves=\[\]"):
+        load_config(None, ["train.end_moves=[[200, 400]]", "train.max_steps=150"])  # a length before its last move
 
 
 def test_the_schedule_as_laid_maps_each_step_of_a_moved_run():

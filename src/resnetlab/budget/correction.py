@@ -49,7 +49,8 @@ class LengthCorrection:
         self.end = s.plan.epochs * s.plan.steps  # the step the run ends at, as decided so far
         self.moves: tuple[tuple[int, int], ...] = ()
         # a schedule that ignores the run's length (constant, step, sgdr) needs no re-laying: only the end moves
-        self.relays = math.isfinite(length_free_steps(s.cfg.schedule, self.k))
+        self.free = length_free_steps(s.cfg.schedule, self.k)
+        self.relays = math.isfinite(self.free)
         self.clock_from = WARMUP_STEPS if self.at > 2 * WARMUP_STEPS else 1  # steps left off the clock
         self.sizes = epoch_sizes(s.cfg, s.data, s.plan.epochs)
         self.last = monotonic()
@@ -78,8 +79,10 @@ class LengthCorrection:
         self.last = now
 
     def _late_due(self, step: int) -> bool:
-        """An epoch's last step, with a pace to read since the first decision and an epoch still to come."""
-        return step % self.k == self.k - 1 and len(self.steps) >= LATE_MIN_STEPS and self.end - (step + 1) >= self.k
+        """An epoch's last step past the schedule's length-free steps (a move re-lays what follows it), with a
+        pace to read since the first decision and an epoch still to come."""
+        return step % self.k == self.k - 1 and len(self.steps) >= LATE_MIN_STEPS and self.end - (step + 1) >= self.k \
+            and (not self.relays or step + 1 >= self.free)
 
     def _decide(self, done: int, now: float, *, first: bool) -> Decision | None:
         s = self.s
@@ -87,7 +90,7 @@ class LengthCorrection:
             pace, end_s = self.measured(later_half=first)
             decision = corrected_steps(s.plan, elapsed=s.clock.elapsed(now), done=done, k=self.k, pace=pace,
                                        end_s=end_s, sizes=lambda e: epoch_sizes(s.cfg, s.data, e), end=self.end,
-                                       finish_s=finish_estimate(s.plan, s.state.history),
+                                       finish_s=finish_estimate(s.plan, s.state.history, s.dist.world),
                                        tolerance=0.0 if first else LATE_TOLERANCE)
         if first:  # the late decisions read the steps after it
             self.steps = []
@@ -164,13 +167,14 @@ class LengthCorrection:
                       + _corrected_text(self.correction, self.late))
 
 
-def finish_estimate(plan: Plan, history: list[dict]) -> float:
+def finish_estimate(plan: Plan, history: list[dict], world: int = 1) -> float:
     """s for the test and report: the probe's, its inference at the run's own validation speed (the median of
-    the epochs' after the first, whose pass pays a new model's first batches), where both were timed."""
+    the epochs' after the first, whose pass pays a new model's first batches), where both were timed. Under
+    torchrun validation runs on ``world`` processes and the test on one: s an image is world / that speed."""
     speeds = [h["val_images_per_s"] for h in history[1:] if h.get("val_images_per_s")]
     if not speeds or not plan.infer_s:
         return plan.finish_s
-    return plan.finish_s + plan.finish_images * (1 / statistics.median(speeds) - plan.infer_s)
+    return plan.finish_s + plan.finish_images * (world / statistics.median(speeds) - plan.infer_s)
 
 
 def corrected_steps(plan: Plan, *, elapsed: float, done: int, k: int, pace: float, end_s: float, sizes,

@@ -45,8 +45,9 @@ def yield_to_command_line(cfg: Config, keys: set[str]) -> list[str]:
         notes.append(f"{given} from the command line: the recipe's time budget ({t.time_budget}) is off "
                      "for this run")
         t.time_budget = ""
-        if "train.max_steps" not in keys:  # the budget's own end (a resumed budget run's correction set it)
-            t.max_steps, t.end_moves = 0, []
+        for key in ("max_steps", "end_moves"):  # the budget's own end (a resumed budget run's corrections set it)
+            if f"train.{key}" not in keys:
+                setattr(t, key, 0 if key == "max_steps" else [])
     if t.time_budget and t.ladder and "train.ladder" not in keys:  # a ladder the user gives is theirs to rule
         ruled = sorted({resolve_key(k) for rung in t.ladder for k, _ in section_items(rung)} & keys)
         if ruled:
@@ -114,7 +115,8 @@ def validate(cfg: Config) -> Config:
          "each stage its epochs instead"),
         (not (t.max_steps and cfg.stages),
          "train.max_steps ends one schedule; with stages, give each stage its epochs"),
-        (not t.end_moves or t.max_steps, "train.end_moves moves the end to train.max_steps: set it too, or "
+        (not t.end_moves or t.max_steps > t.end_moves[-1][0], f"train.end_moves moves the end to train.max_steps, "
+         f"after its last move's step: set train.max_steps above {t.end_moves[-1][0] if t.end_moves else 0}, or "
          "train.end_moves=[] (a time budget sets both in its run's config.yaml)"),
         (t.ladder_rung < len(t.ladder), f"train.ladder_rung={t.ladder_rung} names no rung: train.ladder has "
          f"{len(t.ladder)} (0 to {len(t.ladder) - 1}); use -1 to let the ladder's rule choose"),

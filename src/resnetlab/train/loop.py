@@ -119,8 +119,8 @@ def check_trainable(s: Session) -> None:
     """One line when there is nothing to train, or the config watches a split the data lacks."""
     first, t = s.state.epoch, s.cfg.train
     if first >= t.epochs or first * s.steps_per_epoch + s.state.step >= run_end(s):
-        resume = (f" and reached train.max_steps={t.max_steps}; resume with train.max_steps=0 and" if t.max_steps
-                  else "; resume with")
+        resume = (f" and reached train.max_steps={t.max_steps}; resume with train.max_steps=0"
+                  f"{' train.end_moves=[]' if t.end_moves else ''} and" if t.max_steps else "; resume with")
         raise UserError(f"nothing to train: {s.run_dir} has finished {first} of train.epochs={t.epochs}{resume} "
                         f"train.epochs={first + 1} or more, or score it with resnetlab evaluate")
     for key in ("early_stop_patience", "score_untrained"):
