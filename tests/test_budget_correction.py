@@ -194,6 +194,9 @@ def test_a_late_decision_keeps_an_end_on_time_and_moves_one_that_is_not():
     assert finish_estimate(timed, history, 2) == pytest.approx(2.5 + 2000 * (2 / 500 - 1e-3))
     with pytest.raises(UserError, match=r"set train.max_steps above 200, or train.end_moves=\[\]"):
         load_config(None, ["train.end_moves=[[200, 400]]", "train.max_steps=150"])  # a length before its last move
+    # a length the user gives turns a recipe's budget off and keeps what the user gave
+    given = load_config("fashion-mnist-fast", ["train.end_moves=[[10, 100]]", "train.max_steps=50"]).train
+    assert (given.time_budget, given.end_moves, given.max_steps) == ("", [[10, 100]], 50)
 
 
 def test_the_schedule_as_laid_maps_each_step_of_a_moved_run():

@@ -98,8 +98,8 @@ def lookup(path: Path, want: dict) -> tuple[dict | None, str]:
                "others_cpu": None if m["others_cpu"] is None else float(m["others_cpu"])}
     except (TypeError, KeyError, ValueError, AttributeError):
         return None, "its cache file was malformed"
-    seconds = [*got["step_s"].values(), got["epoch_overhead_s"], got["finish_s"], got["infer_s"], got["finish_images"]]
-    if not got["step_s"] or got["full_steps"] < 1 or not all(math.isfinite(v) and v >= 0 for v in seconds) \
+    values = [*got["step_s"].values(), got["epoch_overhead_s"], got["finish_s"], got["infer_s"], got["finish_images"]]
+    if not got["step_s"] or got["full_steps"] < 1 or not all(math.isfinite(v) and v >= 0 for v in values) \
             or min(got["step_s"].values()) <= 0:
         return None, "its cache file was malformed"
     return got, ""

@@ -129,9 +129,10 @@ class LengthCorrection:
         if decision["max_steps"] is None:
             return Decision(decision["line"], None)
         self.end = decision["max_steps"]
-        self.sizes = epoch_sizes(s.cfg, s.data, math.ceil(self.end / self.k))
+        epochs = math.ceil(self.end / self.k)
+        self.sizes = epoch_sizes(s.cfg, s.data, epochs)
         if s.dist.main:
-            cfg = evolve(s.cfg, {"train.max_steps": self.end, "train.epochs": math.ceil(self.end / self.k),
+            cfg = evolve(s.cfg, {"train.max_steps": self.end, "train.epochs": epochs,
                                  "train.end_moves": [list(m) for m in self.moves]}, source="time budget")
             save_config(cfg, s.run_dir / rf.CONFIG)
             write_plan(s.run_dir, s.plan, **self._record())

@@ -45,9 +45,11 @@ def yield_to_command_line(cfg: Config, keys: set[str]) -> list[str]:
         notes.append(f"{given} from the command line: the recipe's time budget ({t.time_budget}) is off "
                      "for this run")
         t.time_budget = ""
-        for key in ("max_steps", "end_moves"):  # the budget's own end (a resumed budget run's corrections set it)
-            if f"train.{key}" not in keys:
-                setattr(t, key, 0 if key == "max_steps" else [])
+        # the budget's own end (a resumed budget run's corrections set it), unless the user gave it
+        if "train.max_steps" not in keys:
+            t.max_steps = 0
+        if "train.end_moves" not in keys:
+            t.end_moves = []
     if t.time_budget and t.ladder and "train.ladder" not in keys:  # a ladder the user gives is theirs to rule
         ruled = sorted({resolve_key(k) for rung in t.ladder for k, _ in section_items(rung)} & keys)
         if ruled:
