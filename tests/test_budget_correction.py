@@ -176,6 +176,7 @@ def test_a_run_whose_steps_slow_down_moves_its_end_and_equals_the_fixed_run_of_i
     a, b = load_checkpoint(s.run_dir / "last.pt"), load_checkpoint(fixed.run_dir / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["ema"]["module"][k], b["ema"]["module"][k]) for k in a["ema"]["module"])
+    assert a["config"]["train"] == saved  # the checkpoint's copy of the config is config.yaml's
 
 
 def test_a_late_decision_keeps_an_end_on_time_and_moves_one_that_is_not():

@@ -21,7 +21,7 @@ from resnetlab.config import evolve, save_config
 from resnetlab.train import distributed
 from resnetlab.train.loop import RunEnd
 from resnetlab.train.schedules import length_free_steps
-from resnetlab.train.session import Session
+from resnetlab.train.session import Session, corrected_length
 
 LATE_TOLERANCE = 0.02  # of the budget: a late move only when the run would end further than this from its aim
 LATE_MIN_STEPS = 10  # timed steps since the first decision before a late one: fewer read a pace too noisy
@@ -132,8 +132,7 @@ class LengthCorrection:
         epochs = math.ceil(self.end / self.k)
         self.sizes = epoch_sizes(s.cfg, s.data, epochs)
         if s.dist.main:
-            cfg = evolve(s.cfg, {"train.max_steps": self.end, "train.epochs": epochs,
-                                 "train.end_moves": [list(m) for m in self.moves]}, source="time budget")
+            cfg = evolve(s.cfg, corrected_length(self.end, self.moves, self.k), source="time budget")
             save_config(cfg, s.run_dir / rf.CONFIG)
             write_plan(s.run_dir, s.plan, **self._record())
         return Decision(decision["line"], RunEnd(self.end, self.moves))

@@ -341,12 +341,18 @@ def checkpoint_state(s: Session, state: TrainState | None = None) -> dict[str, A
     }
 
 
+def corrected_length(end_step: int, moves: tuple, steps_per_epoch: int) -> dict[str, object]:
+    """The keys a time budget's correction sets, as overrides: its end as train.max_steps, the epochs that
+    reach it, and each late move of the end (the schedule's re-laying, so a replay trains the same weights)."""
+    return {"train.max_steps": end_step, "train.epochs": math.ceil(end_step / steps_per_epoch),
+            "train.end_moves": [list(move) for move in moves]}
+
+
 def run_config(s: Session) -> dict:
-    """The config the run trains, as a dict: a time budget's corrected length as train.max_steps, as
-    config.yaml records it."""
+    """The config the run trains, as a dict, as config.yaml records it: with a time budget's corrections."""
     config = s.cfg.to_dict()
     if s.state.end_step:
-        config["train"].update(max_steps=s.state.end_step, epochs=math.ceil(s.state.end_step / s.steps_per_epoch))
-    if s.state.end_moves:
-        config["train"]["end_moves"] = [list(move) for move in s.state.end_moves]
+        moves = s.state.end_moves or s.cfg.train.end_moves  # a resumed run's moves are its config's
+        for key, value in corrected_length(s.state.end_step, moves, s.steps_per_epoch).items():
+            config["train"][key.removeprefix("train.")] = value
     return config
