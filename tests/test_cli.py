@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 from tests.conftest import REPO, in_process, tiny_overrides
@@ -47,6 +48,7 @@ def test_models_recipes_env(capsys):
     assert "fashion-mnist-fast" in in_process(capsys, "recipes").stdout
     env = json.loads(in_process(capsys, "env", "--json").stdout)
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["torch_threads"] >= 1
+    assert env["torchvision"] == torchvision.__version__  # with its build tag, as torch's has
 
 
 @pytest.mark.parametrize(

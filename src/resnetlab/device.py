@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -217,6 +219,15 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def torchvision_version() -> str:
+    """torchvision's version with its build tag ("0.29.1+cu130", as torch's has), read from its version.py:
+    a run need not import torchvision, and the package metadata's version lacks the tag."""
+    spec = importlib.util.find_spec("torchvision")
+    text = Path(spec.origin).with_name("version.py").read_text() if spec and spec.origin else ""
+    found = re.search(r"^__version__ = '([^']+)'", text, re.MULTILINE)
+    return found.group(1) if found else version("torchvision")
+
+
 def environment(device: torch.device | None = None) -> dict[str, Any]:
     """Versions, hardware and threads: what a bug report needs."""
     import PIL
@@ -230,7 +241,7 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.machine(),
         "torch": torch.__version__,
-        "torchvision": version("torchvision"),  # from its metadata: a run need not import torchvision
+        "torchvision": torchvision_version(),
         "numpy": np.__version__,
         "pillow": PIL.__version__,
         "cpu_count": os.cpu_count(),
