@@ -217,6 +217,9 @@ def test_a_smoke_runs_budget_plans_to_validate_and_score_only_its_batches(class_
         s = build_session(cfg, build_data(cfg), device=torch.device("cpu"), precision="fp32", dist=Dist(),
                           compile_wanted=False)
         costs[limit] = probe._fixed_costs(s)
+        if limit:  # it validates on the images its finish scores: spread through val, not val's first batch
+            validated = torch.cat([y for _, y in s.loaders["val"].epoch(0)])
+            assert torch.equal(validated, s.data.splits["val"].spread(2).labels) and len(set(validated.tolist())) == 2
     assert costs[0]["finish_s"] == 12 + 9 + 0.5 and costs[1]["finish_s"] == 2 + 2 + 0.5
     assert costs[0]["epoch_overhead_s"] - costs[1]["epoch_overhead_s"] == pytest.approx(9 - 2, abs=0.5)
 

@@ -298,8 +298,11 @@ def build_session(cfg: Config, data: DataBundle, *, device: torch.device, precis
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
-    loaders = {name: make_loader(split, data, cfg, device, train=name == "train", dist=dist)
-               for name, split in data.splits.items()}
+    # a smoke test (train.limit_batches) validates on images spread through val, as its finish scores: a folder's
+    # split is in class order, and its first batches would be one class
+    smoke = smoke_images(cfg)
+    loaders = {name: make_loader(split.spread(smoke) if smoke and name != "train" else split, data, cfg, device,
+                                 train=name == "train", dist=dist) for name, split in data.splits.items()}
     ema = ModelEma(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     task = task_of_config(cfg)
     class_weights = None
