@@ -129,8 +129,7 @@ class LengthCorrection:
         if decision["max_steps"] is None:
             return Decision(decision["line"], None)
         self.end = decision["max_steps"]
-        epochs = math.ceil(self.end / self.k)
-        self.sizes = epoch_sizes(s.cfg, s.data, epochs)
+        self.sizes = epoch_sizes(s.cfg, s.data, math.ceil(self.end / self.k))
         if s.dist.main:
             cfg = evolve(s.cfg, corrected_length(self.end, self.moves, self.k), source="time budget")
             save_config(cfg, s.run_dir / rf.CONFIG)

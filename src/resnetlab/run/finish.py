@@ -25,7 +25,7 @@ from resnetlab.evaluate.report import build_report
 from resnetlab.evaluate.trained import run_model, score_run
 from resnetlab.io import read_json
 from resnetlab.run_folder import read_run_config
-from resnetlab.train.session import Session, smoke_images
+from resnetlab.train.session import Session, smoke_splits
 
 
 def final_model(s: Session) -> Classifier:
@@ -44,10 +44,8 @@ def finish_run(s: Session, console: Console) -> dict:
                    views=s.cfg.train.final_tta_views,
                    thresholds_from=_parent_thresholds(s.cfg))
     scored = "test" if s.cfg.train.final_test and "test" in s.data.splits else None
-    splits, limit = s.data.splits, smoke_images(s.cfg)
-    if limit:  # a smoke test scores and calibrates on as few batches as it validated on
-        splits = {name: split.spread(limit) if name in ("val", scored) else split for name, split in splits.items()}
-    result = score_run(s.run_dir, model, splits, opts, scored)
+    # a smoke test scores and calibrates on the images it validated on
+    result = score_run(s.run_dir, model, smoke_splits(s.cfg, s.data.splits), opts, scored)
     if scored is None and model.threshold_source:  # predict, export and serve decide with these
         console.print(f"thresholds: {model.threshold_source}")
     if not s.cfg.train.final_test:

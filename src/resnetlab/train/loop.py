@@ -22,7 +22,7 @@ from resnetlab.errors import UserError
 from resnetlab.evaluate.inference import infer, infer_sums
 from resnetlab.train import distributed
 from resnetlab.train.precompute import HeadFeatures
-from resnetlab.train.session import SEEN, Session, no_sums, val_score
+from resnetlab.train.session import SEEN, Session, no_sums, run_moves, val_score
 from resnetlab.train.sizes import training_size
 from resnetlab.train.stages import (
     apply_stage,
@@ -135,12 +135,6 @@ def run_end(s: Session) -> int:
     """The global step the run ends at: train.epochs (or train.max_steps), unless a time budget's
     correction has moved it (the state keeps that)."""
     return s.state.end_step or run_steps(s.cfg, s.steps_per_epoch)
-
-
-def run_moves(s: Session) -> tuple | list:
-    """Where a time budget moved the run's end late in the run (train.end_moves), as this run's corrections left
-    them, else as the config gives them (a replay, a resume)."""
-    return s.state.end_moves or s.cfg.train.end_moves
 
 
 def run_epochs(s: Session) -> int:

@@ -268,9 +268,16 @@ def make_loader(split: Split, data: DataBundle, cfg: Config, device: torch.devic
 
 def smoke_images(cfg: Config) -> int:
     """The images a smoke test (train.limit_batches) validates and scores in each split: that many batches of
-    eval_batch_size; 0: all. The budget's plan costs them (budget/probe.py), the run's finish takes them
-    (run/finish.py)."""
+    eval_batch_size; 0: all. The budget's plan costs them (budget/probe.py); validation and the run's finish
+    take them (smoke_splits)."""
     return cfg.train.limit_batches * cfg.train.eval_batch_size
+
+
+def smoke_splits(cfg: Config, splits: dict[str, Split]) -> dict[str, Split]:
+    """The splits a run validates and scores: in a smoke test, each but train cut to smoke_images(cfg) images
+    spread through it (a folder's split is in class order: its first batches would be one class)."""
+    n = smoke_images(cfg)
+    return {name: split.spread(n) if n and name != "train" else split for name, split in splits.items()}
 
 
 def train_augment(cfg: Config, data: DataBundle, count: int, augment: AugmentConfig | None = None) -> BatchAugment:
@@ -298,11 +305,8 @@ def build_session(cfg: Config, data: DataBundle, *, device: torch.device, precis
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
-    # a smoke test (train.limit_batches) validates on images spread through val, as its finish scores: a folder's
-    # split is in class order, and its first batches would be one class
-    smoke = smoke_images(cfg)
-    loaders = {name: make_loader(split.spread(smoke) if smoke and name != "train" else split, data, cfg, device,
-                                 train=name == "train", dist=dist) for name, split in data.splits.items()}
+    loaders = {name: make_loader(split, data, cfg, device, train=name == "train", dist=dist)
+               for name, split in smoke_splits(cfg, data.splits).items()}
     ema = ModelEma(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     task = task_of_config(cfg)
     class_weights = None
@@ -351,11 +355,16 @@ def corrected_length(end_step: int, moves: tuple, steps_per_epoch: int) -> dict[
             "train.end_moves": [list(move) for move in moves]}
 
 
+def run_moves(s: Session) -> tuple | list:
+    """Where a time budget moved the run's end late in the run (train.end_moves), as this run's corrections left
+    them, else as the config gives them (a replay, a resume)."""
+    return s.state.end_moves or s.cfg.train.end_moves
+
+
 def run_config(s: Session) -> dict:
     """The config the run trains, as a dict, as config.yaml records it: with a time budget's corrections."""
     config = s.cfg.to_dict()
     if s.state.end_step:
-        moves = s.state.end_moves or s.cfg.train.end_moves  # a resumed run's moves are its config's
-        for key, value in corrected_length(s.state.end_step, moves, s.steps_per_epoch).items():
+        for key, value in corrected_length(s.state.end_step, run_moves(s), s.steps_per_epoch).items():
             config["train"][key.removeprefix("train.")] = value
     return config
